@@ -1,0 +1,73 @@
+"""Validation shared by the signal functions: done once at each public function's edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def check_features(features: Any, *, name: str = "features", min_rows: int = 1) -> np.ndarray:
+    """A finite float32 2-D array of shape (n, d), or a clear error."""
+    x = np.asarray(features)
+    if x.dtype.kind not in "fiub":
+        raise InputError(f"{name} must be numeric; got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise InputError(f"{name} must be 2-D (n_samples, n_features); got shape {x.shape}")
+    if x.shape[0] < min_rows:
+        raise InputError(f"{name} has {x.shape[0]} rows; at least {min_rows} are needed")
+    if x.shape[1] == 0:
+        raise InputError(f"{name} has no columns")
+    x = x.astype(np.float32, copy=False)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise InputError(
+            f"{name} has {int(bad.sum())} NaN or infinite value(s) in {len(rows)} row(s), first at row {rows[0]}"
+        )
+    return x
+
+
+def check_labels(labels: Any, n: int, *, name: str = "labels", n_classes: int | None = None) -> np.ndarray:
+    """Integer class indices of length n (and below n_classes when given), or a clear error."""
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise InputError(f"{name} must be 1-D; got shape {y.shape}")
+    if len(y) != n:
+        raise InputError(f"{name} has {len(y)} entries but features has {n} rows")
+    if y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+            y = y.astype(np.int64)
+        else:
+            raise InputError(f"{name} must be integer class indices; got dtype {y.dtype}")
+    y = y.astype(np.int64, copy=False)
+    if n and y.min() < 0:
+        raise InputError(f"{name} must be >= 0; found {int(y.min())}")
+    if n_classes is not None and n and y.max() >= n_classes:
+        raise InputError(f"{name} has class {int(y.max())} but only {n_classes} classes are known")
+    return y
+
+
+def check_probs(probs: Any, n: int, *, name: str = "probs") -> np.ndarray:
+    """Row-stochastic probabilities of shape (n, n_classes), or a clear error."""
+    p = check_features(probs, name=name)
+    if p.shape[0] != n:
+        raise InputError(f"{name} has {p.shape[0]} rows but labels has {n} entries")
+    if p.min() < 0 or p.max() > 1 or not np.allclose(p.sum(axis=1), 1.0, atol=1e-3):
+        raise InputError(f"{name} must hold probabilities in [0, 1] whose rows sum to 1 (apply a softmax first)")
+    return p
+
+
+def check_scores(scores: Any, *, name: str = "scores") -> np.ndarray:
+    """A 1-D float array of per-sample scores, NaN allowed only where a signal could not score a sample."""
+    s = np.asarray(scores)
+    if s.ndim != 1:
+        raise InputError(f"{name} must be 1-D; got shape {s.shape}")
+    if s.dtype.kind not in "fiub":
+        raise InputError(f"{name} must be numeric; got dtype {s.dtype}")
+    s = s.astype(np.float64, copy=False)
+    if np.isinf(s).any():
+        raise InputError(f"{name} has infinite values")
+    return s
