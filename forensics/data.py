@@ -55,7 +55,7 @@ def _unsafe_characters(s: str) -> list[str]:
     return [c for c in s if c in _BIDI_CONTROLS or unicodedata.category(c) == "Cc"]
 
 
-def _check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
+def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
     if len(ids) != n:
         raise InputError(f"ids has {len(ids)} entries but there are {n} samples")
     out = np.empty(n, dtype=object)
@@ -223,7 +223,7 @@ class Dataset:
         self.kind = kind
         self.images = images
         self.texts = texts
-        self.ids = _check_ids(ids, n)
+        self.ids = check_ids(ids, n)
         self.labels, self.class_names = _check_labels(labels, n, class_names)
         self.sources = _check_sources(sources, n)
         self.paths = None if paths is None else np.asarray([str(p) for p in paths], dtype=object)
