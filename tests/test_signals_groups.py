@@ -1,0 +1,425 @@
+"""Group-level signals: duplicates, sources, ensemble disagreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+from sklearn.datasets import load_digits
+
+from forensics.data import Dataset
+from forensics.errors import InputError
+from forensics.signals.duplicates import (
+    REDUNDANCY_WEIGHT,
+    duplicate_group_table,
+    duplicate_scores,
+    exact_duplicate_groups,
+    image_phash,
+    near_duplicate_groups_features,
+    near_duplicate_groups_hashes,
+    near_duplicate_groups_images,
+    near_duplicate_groups_texts,
+    normalize_text,
+)
+from forensics.signals.ensemble import ensemble_disagreement, ensemble_table
+from forensics.signals.sources import source_scores, source_table
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    d = load_digits()
+    return (d.images * 255 / 16).round().astype(np.uint8), d.target.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def digits32(digits) -> tuple[np.ndarray, np.ndarray]:
+    """Digits blown up to 32 x 32 (each pixel a 4 x 4 block), so that one pixel is a small edit."""
+    images, labels = digits
+    return np.kron(images, np.ones((1, 4, 4), np.uint8)), labels
+
+
+# ---------------------------------------------------------------------------------------------- exact duplicates
+def test_exact_groups_numbered_by_first_member():
+    groups = exact_duplicate_groups(["b", "a", "b", "c", "a", "b", "d"])
+    assert groups.tolist() == [0, 1, 0, -1, 1, 0, -1]
+    assert groups.dtype == np.int64
+
+
+def test_exact_groups_from_dataset_hashes(digits):
+    images, labels = digits
+    ds = Dataset.from_numpy(images[[0, 1, 2, 0, 2]], labels[[0, 1, 2, 0, 2]])
+    assert exact_duplicate_groups(ds.hashes).tolist() == [0, -1, 1, 0, 1]
+
+
+def test_exact_groups_empty_and_errors():
+    assert exact_duplicate_groups([]).tolist() == []
+    with pytest.raises(InputError, match="hashes has 1 missing value"):
+        exact_duplicate_groups(np.array(["a", None], dtype=object))
+    with pytest.raises(InputError, match="hashes must be 1-D"):
+        exact_duplicate_groups(np.zeros((2, 2)))
+
+
+# ---------------------------------------------------------------------------------------------- images
+def _edit_two_pixels(image: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    out[3, 5] = 255 - out[3, 5]
+    out[20, 17] = 255 - out[20, 17]
+    return out
+
+
+def test_image_phash_close_for_small_edit_far_for_other_image(digits32):
+    images, labels = digits32
+    h = image_phash(images[:50])
+    assert h.dtype == np.uint64 and h.shape == (50,)
+    edited = image_phash(_edit_two_pixels(images[4])[None])[0]
+    assert np.bitwise_count(edited ^ h[4]) <= 4
+    other = int(np.flatnonzero(labels[:50] != labels[4])[0])
+    assert np.bitwise_count(h[other] ^ h[4]) > 10
+    # Colour images hash through their grey version; a single channel axis is dropped.
+    rgb = np.repeat(images[:3, :, :, None], 3, axis=3)
+    assert np.array_equal(image_phash(rgb), h[:3])
+    assert np.array_equal(image_phash(images[:3, :, :, None]), h[:3])
+
+
+def test_near_duplicate_images_planted(digits32):
+    images, _ = digits32
+    base = images[:200]
+    planted = np.concatenate([base, _edit_two_pixels(base[5])[None], base[9][None], base[30][None] // 2 + 60])
+    groups = near_duplicate_groups_images(planted)
+    # The edited copy joins its original; the exact copy joins its own; the re-toned image does not.
+    assert groups[5] == groups[200] == 0
+    assert groups[9] == groups[201] == 1
+    assert (groups >= 0).sum() == 4
+    assert groups[202] == -1 and groups[30] == -1
+
+
+def test_near_duplicate_images_brightness_and_noise(digits32):
+    images, _ = digits32
+    rng = np.random.default_rng(0)
+    base = images[:100]
+    brighter = np.clip(base[7].astype(int) + 20, 0, 255).astype(np.uint8)
+    noisy = np.clip(base[8] + rng.normal(0, 6, base[8].shape), 0, 255).astype(np.uint8)
+    groups = near_duplicate_groups_images(np.concatenate([base, brighter[None], noisy[None]]))
+    assert groups[7] == groups[100] >= 0
+    assert groups[8] == groups[101] >= 0
+    assert (groups >= 0).sum() == 4
+
+
+def test_near_duplicate_images_errors(digits32):
+    images, _ = digits32
+    with pytest.raises(InputError, match="images must be a uint8 array"):
+        near_duplicate_groups_images(images.astype(np.float32))
+    with pytest.raises(InputError, match=r"max_hamming must be in \[0, 16\]"):
+        near_duplicate_groups_images(images[:5], max_hamming=20)
+    with pytest.raises(InputError, match=r"max_changed_share must be in \[0.0, 1.0\]"):
+        near_duplicate_groups_images(images[:5], max_changed_share=2)
+
+
+def test_hash_groups_are_exact_within_radius():
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 2**63, size=300, dtype=np.uint64) * np.uint64(2)
+    # Plant hashes 6 and 7 bits away from code 0: radius 6 takes the first, not the second.
+    six = codes[0] ^ np.uint64(0b111111 << 20)
+    seven = codes[0] ^ np.uint64((0b1111111 << 40))
+    groups = near_duplicate_groups_hashes(np.r_[codes, six, seven], max_hamming=6)
+    assert groups[0] == groups[300] >= 0
+    assert groups[301] == -1
+    # Brute force over all pairs agrees on which hashes have a neighbour.
+    allc = np.r_[codes, six, seven]
+    close = (np.bitwise_count(allc[:, None] ^ allc[None, :]) <= 6).sum(axis=1) > 1
+    assert np.array_equal(groups >= 0, close)
+
+
+def test_small_pair_chunks_give_the_same_groups(monkeypatch):
+    # Tiny chunks drive every chunking path (many buckets, one huge bucket, partner runs) on small inputs.
+    from forensics.signals import duplicates
+
+    rng = np.random.default_rng(2)
+    base = rng.integers(0, 2**63, size=20, dtype=np.uint64)
+    codes = np.concatenate([base, np.repeat(base[:2], 12), base[:6] ^ np.uint64(1 << 3)])
+    texts = [" ".join(rng.choice(["aa", "bb", "cc", "dd", "ee"], 40)) for _ in range(30)]
+    texts += [t + " ff" for t in texts[:5]]
+    expected_hashes = near_duplicate_groups_hashes(codes, max_hamming=3)
+    expected_texts = near_duplicate_groups_texts(texts, threshold=0.9)
+    monkeypatch.setattr(duplicates, "_PAIR_CHUNK", 5)
+    assert np.array_equal(near_duplicate_groups_hashes(codes, max_hamming=3), expected_hashes)
+    assert np.array_equal(near_duplicate_groups_texts(texts, threshold=0.9), expected_texts)
+    close = (np.bitwise_count(codes[:, None] ^ codes[None, :]) <= 3).sum(axis=1) > 1
+    assert np.array_equal(expected_hashes >= 0, close)
+    assert (expected_texts[30:] == expected_texts[:5]).all() and (expected_texts[:5] >= 0).all()
+
+
+def test_feature_groups_euclidean_and_cosine():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 24)).astype(np.float32)
+    x = np.vstack([x, x[3] + 1e-3, x[10] * 3.0])
+    groups = near_duplicate_groups_features(x, radius=0.05)
+    assert groups[3] == groups[400] == 0
+    assert (groups >= 0).sum() == 2
+    cos = near_duplicate_groups_features(x, radius=1e-4, metric="cosine")
+    assert cos[3] == cos[400] >= 0 and cos[10] == cos[401] >= 0
+    assert (cos >= 0).sum() == 4
+
+
+def test_feature_groups_errors():
+    with pytest.raises(InputError, match="radius must be a finite number >= 0"):
+        near_duplicate_groups_features(np.zeros((3, 2)), radius=-1)
+    with pytest.raises(InputError, match="metric must be 'euclidean' or 'cosine'"):
+        near_duplicate_groups_features(np.zeros((3, 2)), radius=1.0, metric="manhattan")
+    with pytest.raises(InputError, match="all-zero row"):
+        near_duplicate_groups_features(np.zeros((3, 2)), radius=0.1, metric="cosine")
+
+
+# ---------------------------------------------------------------------------------------------- texts
+_REVIEW = ("the film was a slow and thoughtful portrait of a family coming apart, with strong performances from "
+           "the whole cast and a quiet ending that stays with you")
+
+
+def test_normalize_text():
+    assert normalize_text("  Héllo,\tWORLD!! it's ２０２４ -- café_au_lait ") == "héllo world it s 2024 café au lait"
+    assert normalize_text("Order #123 arrived", keep_digits=False) == "order arrived"
+    with pytest.raises(InputError, match="normalize_text expects a str"):
+        normalize_text(3)
+
+
+def test_near_duplicate_texts_planted():
+    texts = [
+        _REVIEW,
+        "a noisy action movie with terrible dialogue and far too many explosions for its own good",
+        _REVIEW.replace("quiet", "loud"),                     # one word changed
+        _REVIEW.upper() + "!!!",                               # same after normalisation
+        "great movie",
+        "great film",
+        "",
+        "?!",
+        "...",
+    ]
+    groups = near_duplicate_groups_texts(texts)
+    assert groups.tolist() == [0, -1, 0, 0, -1, -1, -1, -1, -1]
+
+
+def test_near_duplicate_texts_threshold_is_checked_exactly():
+    texts = [_REVIEW, _REVIEW.replace("quiet", "loud")]
+    # Their exact shingle Jaccard similarity lies between 0.8 and 0.95.
+    assert near_duplicate_groups_texts(texts, threshold=0.8).tolist() == [0, 0]
+    assert near_duplicate_groups_texts(texts, threshold=0.95).tolist() == [-1, -1]
+
+
+def test_near_duplicate_texts_many():
+    rng = np.random.default_rng(0)
+    words = np.array(("alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega red blue green "
+                      "yellow violet orange black white grey").split())
+    texts = [" ".join(rng.choice(words, 30)) for _ in range(300)]
+    copies = [t.replace(t.split()[5], "zzz", 1) for t in texts[:20]]
+    groups = near_duplicate_groups_texts(texts + copies)
+    assert np.array_equal(groups[:20], groups[300:])
+    assert (groups[:20] >= 0).all() and (groups[20:300] == -1).all()
+
+
+def test_near_duplicate_texts_errors():
+    with pytest.raises(InputError, match=r"texts\[1\] is int"):
+        near_duplicate_groups_texts(["a", 3])
+    with pytest.raises(InputError, match="threshold must be > 0"):
+        near_duplicate_groups_texts(["a"], threshold=0)
+    with pytest.raises(InputError, match=r"threshold must be in \[0.0, 1.0\]"):
+        near_duplicate_groups_texts(["a"], threshold=1.5)
+
+
+# ---------------------------------------------------------------------------------------------- scores and table
+def test_duplicate_scores_exact_values():
+    groups = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2, -1])
+    labels = np.array([0, 0, 1, 4, 4, 5, 5, 5, 5, 5, 6])
+    sources = np.array(["a", "a", "a", "b", "b", "s1", "s2", "s3", "s4", "s5", "a"])
+    scores = duplicate_scores(groups, labels, sources)
+    r3, r2, r5 = (REDUNDANCY_WEIGHT * (1 - 1 / k) for k in (3, 2, 5))
+    assert scores[2] == pytest.approx(1.0)                       # minority label in its group
+    assert scores[0] == pytest.approx(1 - 0.5 * (1 - r3))        # majority member of a conflicting group
+    assert scores[3] == pytest.approx(r2)                        # same-source consistent pair: only redundancy
+    assert scores[5] == pytest.approx(1 - (1 - 0.8) * (1 - r5))  # sybil group over 5 sources
+    assert scores[10] == 0.0
+    assert scores[5] > scores[3]
+    # Without sources the spread evidence is absent.
+    assert duplicate_scores(groups, labels)[5] == pytest.approx(r5)
+
+
+def test_duplicate_group_table():
+    groups = np.array([1, 0, 1, -1, 0, 1])
+    labels = np.array([2, 0, 3, 1, 0, 2])
+    sources = ["x", "y", "z", "x", "y", "x"]
+    table = duplicate_group_table(groups, labels, sources, ids=["a", "b", "c", "d", "e", "f"])
+    assert list(table.columns) == ["group", "size", "n_labels", "labels", "n_sources", "sources", "sample_ids"]
+    first = table.iloc[0]
+    assert (first["group"], first["size"], first["n_labels"], first["n_sources"]) == (1, 3, 2, 2)
+    assert first["labels"] == [2, 3] and first["sources"] == ["x", "z"] and first["sample_ids"] == ["a", "c", "f"]
+    assert table.iloc[1]["sample_ids"] == ["b", "e"]
+    empty = duplicate_group_table(np.full(3, -1), np.zeros(3, int))
+    assert len(empty) == 0 and "sources" not in empty.columns
+
+
+def test_duplicate_scores_errors():
+    with pytest.raises(InputError, match="groups has 2 entries but labels has 3 entries"):
+        duplicate_scores(np.array([0, 0]), np.array([0, 1, 1]))
+    with pytest.raises(InputError, match="group with a single member"):
+        duplicate_scores(np.array([0, 1, 1]), np.array([0, 1, 1]))
+    with pytest.raises(InputError, match="sources has 2 entries but labels has 3 entries"):
+        duplicate_scores(np.array([0, 0, -1]), np.array([0, 1, 1]), ["a", "b"])
+    with pytest.raises(InputError, match="groups must be integer group ids"):
+        duplicate_scores(np.array([0.0, 0.0]), np.array([0, 1]))
+
+
+# ---------------------------------------------------------------------------------------------- sources
+@pytest.fixture(scope="module")
+def contributors():
+    """Eight clean sources, a bot, a label flipper, a backdoor source, five sybils and a 3-sample source."""
+    rng = np.random.default_rng(0)
+    n_classes = 10
+    cols = {"source": [], "label": [], "pred": [], "score": [], "group": []}
+
+    def add(name, labels, preds, scores, groups=None):
+        cols["source"] += [name] * len(labels)
+        cols["label"] += list(labels)
+        cols["pred"] += list(preds)
+        cols["score"] += list(scores)
+        cols["group"] += list(groups) if groups is not None else [-1] * len(labels)
+
+    for c in range(8):
+        true = rng.integers(0, n_classes, 300)
+        add(f"clean{c}", true, np.where(rng.random(300) < 0.1, rng.integers(0, n_classes, 300), true),
+            rng.normal(0, 1, 300))
+    true = rng.integers(0, n_classes, 300)
+    add("bot", np.full(300, 3), true, rng.normal(0, 1, 300))
+    true = rng.integers(0, n_classes, 300)
+    add("flipper", np.where(rng.random(300) < 0.5, (true + 1) % n_classes, true), true, rng.normal(0, 1, 300))
+    true = rng.integers(0, n_classes, 300)
+    poisoned = rng.random(300) < 0.3
+    label = np.where(poisoned, 7, true)
+    add("backdoor", label, label, np.where(poisoned, rng.normal(3, 1, 300), rng.normal(0, 1, 300)))
+    for s in range(5):
+        true = rng.integers(0, n_classes, 40)
+        add(f"sybil{s}", true, true, rng.normal(0, 1, 40), np.r_[np.arange(30), np.full(10, -1)])
+    add("tiny", [0, 4, 8], [0, 4, 8], [0.5, 0.7, 0.9])
+    return {k: np.array(v) for k, v in cols.items()}, n_classes
+
+
+def test_source_table_ranks_planted_sources(contributors):
+    d, n_classes = contributors
+    table = source_table(d["source"], d["label"], n_classes=n_classes, predictions=d["pred"], scores=d["score"],
+                         groups=d["group"])
+    assert table.index.name == "source" and len(table) == 17
+    assert table.index[0] == "bot" and table.loc["bot", "evidence"] == "label"
+    assert table.loc["bot", "dominant_label"] == 3 and table.loc["bot", "dominant_share"] == 1.0
+    assert table.loc["flipper", "evidence"] == "disagreement"
+    assert table.loc["backdoor", "evidence"] in ("score", "label")
+    assert all(table.loc[f"sybil{s}", "evidence"] == "shared" for s in range(5))
+    assert all(table.loc[f"sybil{s}", "n_shared_groups"] == 30 for s in range(5))
+    planted = ["bot", "flipper", "backdoor"] + [f"sybil{s}" for s in range(5)]
+    assert set(table.index[:8]) == set(planted)
+    assert (table.loc[planted, "source_suspicion"] > 10).all()
+    clean = [f"clean{c}" for c in range(8)] + ["tiny"]
+    assert (table.loc[clean, "source_suspicion"] < 2).all()
+    assert (table.loc[clean, "q_value"] > 0.05).all()
+    assert table.index.get_loc("tiny") >= 8
+
+
+def test_source_table_tiny_source_cannot_top_by_chance():
+    # A 3-sample source whose labels all disagree with the model, among sources that disagree 10% of the time.
+    rng = np.random.default_rng(3)
+    sources = np.repeat(["a", "b", "c", "tiny"], [200, 200, 200, 3])
+    labels = rng.integers(0, 4, len(sources))
+    preds = np.where(rng.random(len(sources)) < 0.1, (labels + 1) % 4, labels)
+    preds[-3:] = (labels[-3:] + 1) % 4
+    table = source_table(sources, labels, n_classes=4, predictions=preds)
+    assert table.loc["tiny", "disagreement"] == 1.0
+    assert table.loc["tiny", "source_suspicion"] < 3.0
+    assert table.loc["tiny", "q_value"] > 0.01
+
+
+def test_source_table_hand_computed_statistics():
+    sources = np.array(["a"] * 6 + ["b"] * 4)
+    labels = np.array([0, 0, 0, 1, 1, 1, 0, 0, 0, 0])
+    preds = np.array([0, 0, 0, 1, 1, 0, 0, 1, 1, 1])
+    flagged = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 0], dtype=bool)
+    table = source_table(sources, labels, n_classes=2, predictions=preds, flagged=flagged)
+    # Consensus: per class, the sample-weighted median share (a holds the larger half: its shares win).
+    q = (np.array([0.5, 0.5]) * 10 + 0.5) / (10 + 1.0)
+    assert table.loc["b", "label_js"] == pytest.approx(jensenshannon([1.0, 0.0], q, base=2) ** 2)
+    g_b = 2 * 4 * np.log(1 / q[0])
+    assert table.loc["b", "label_p"] == pytest.approx(stats.chi2.sf(g_b, 1))
+    # Disagreement: a 1/6, b 3/4; typical = weighted median rate = a's, with the half-count pseudo-count.
+    p0 = (1 / 6 * 10 + 0.5) / 11
+    assert table.loc["b", "disagreement"] == 0.75
+    assert table.loc["b", "disagreement_typical"] == pytest.approx(p0)
+    assert table.loc["b", "disagreement_p"] == pytest.approx(stats.binom.sf(2, 4, p0))
+    assert table.loc["b", "flagged_share"] == 0.75
+    m = 3
+    best = min(table.loc["b", ["label_p", "disagreement_p", "flagged_p"]])
+    assert table.loc["b", "source_suspicion"] == pytest.approx(-np.log10(min(1.0, m * best)))
+
+
+def test_source_scores_broadcast(contributors):
+    d, n_classes = contributors
+    table = source_table(d["source"], d["label"], n_classes=n_classes, predictions=d["pred"])
+    per_sample = source_scores(d["source"], d["label"], n_classes=n_classes, predictions=d["pred"])
+    assert per_sample.shape == d["label"].shape
+    assert np.all(per_sample[d["source"] == "bot"] == table.loc["bot", "source_suspicion"])
+    assert per_sample.argmax() == int(np.flatnonzero(d["source"] == "bot")[0])
+
+
+def test_source_table_errors():
+    with pytest.raises(InputError, match="at least 2 are needed"):
+        source_table(["a", "a"], [0, 1], n_classes=2)
+    with pytest.raises(InputError, match="predictions has 1 entries but labels has 2 entries"):
+        source_table(["a", "b"], [0, 1], n_classes=2, predictions=[0])
+    with pytest.raises(InputError, match="flagged must be a boolean mask"):
+        source_table(["a", "b"], [0, 1], n_classes=2, flagged=[0, 1])
+    with pytest.raises(InputError, match="labels has class 2 but only 2 classes are known"):
+        source_table(["a", "b"], [0, 2], n_classes=2)
+    with pytest.raises(InputError, match="sources has 1 missing value"):
+        source_table(["a", None], [0, 1], n_classes=2)
+    with pytest.raises(InputError, match="n_classes must be a positive integer"):
+        source_table(["a", "b"], [0, 1], n_classes=0)
+
+
+# ---------------------------------------------------------------------------------------------- ensemble
+def _ensemble_fixture():
+    # 3 models, 4 samples, 2 classes; p[m, i] is the probability of class 1.
+    p1 = np.array([[0.8, 0.5, 0.9, 0.2],
+                   [0.6, 0.5, 0.9, 0.2],
+                   [0.3, 0.1, 0.9, 0.2]])
+    probs = np.stack([1 - p1, p1], axis=2)
+    labels = np.array([1, 0, 1, 1])
+    in_train = np.array([[False, True, True, False],
+                         [False, True, True, False],
+                         [True, False, True, False]])
+    return probs, labels, in_train
+
+
+def test_ensemble_disagreement_exact_values():
+    probs, labels, in_train = _ensemble_fixture()
+    scores = ensemble_disagreement(probs, labels, in_train)
+    # Sample 0: held out by models 0 and 1: p(label) 0.8, 0.6 -> 1 - 0.7 + 0.1.
+    # Sample 1: held out by model 2 only: p(label 0) = 0.9 -> 0.1 + 0.
+    # Sample 2: trained on by every model -> NaN. Sample 3: all three give 0.2 -> 0.8 + 0.
+    np.testing.assert_allclose(scores, [0.4, 0.1, np.nan, 0.8], atol=1e-12)
+    table = ensemble_table(probs, labels, in_train)
+    assert table["n_held_out"].tolist() == [2, 1, 0, 3]
+    np.testing.assert_allclose(table["std_p_label"], [0.1, 0.0, np.nan, 0.0], atol=1e-12)
+    strict = ensemble_disagreement(probs, labels, in_train, min_held_out=2)
+    np.testing.assert_allclose(strict, [0.4, np.nan, np.nan, 0.8], atol=1e-12)
+
+
+def test_ensemble_errors():
+    probs, labels, in_train = _ensemble_fixture()
+    with pytest.raises(InputError, match=r"in_train must have shape \(n_models, n_samples\) = \(3, 4\)"):
+        ensemble_disagreement(probs, labels, in_train[:2])
+    with pytest.raises(InputError, match="in_train must be a boolean array"):
+        ensemble_disagreement(probs, labels, in_train.astype(int))
+    with pytest.raises(InputError, match="probs must be 3-D"):
+        ensemble_disagreement(probs[0], labels, in_train)
+    with pytest.raises(InputError, match="rows sum to 1"):
+        ensemble_disagreement(probs * 2, labels, in_train)
+    with pytest.raises(InputError, match="labels has class 2 but only 2 classes are known"):
+        ensemble_disagreement(probs, np.array([0, 1, 2, 0]), in_train)
+    with pytest.raises(InputError, match="min_held_out must be an integer >= 1"):
+        ensemble_disagreement(probs, labels, in_train, min_held_out=0)
