@@ -237,6 +237,8 @@ class Investigation:
         self._when = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
         self._undo_stack: list[tuple[int, tuple[np.ndarray, ...]]] = []
         self._folder: Path | None = None
+        #: The model under investigation, for trigger confirmation; never saved (reattach it after a load).
+        self.model: Any = None
 
     # ------------------------------------------------------------------------------------------ tables
     @property

@@ -1,0 +1,255 @@
+"""From a dataset (and a model, or activations) to an :class:`~forensics.investigation.Investigation`.
+
+:func:`compute_signals` runs every signal on arrays and combines them; :func:`investigate` is the one call an
+analyst makes: it extracts activations when given a model, trains a reference model when given neither, and
+returns an investigation whose map and clusters are computed on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .data import Dataset
+from .errors import InputError
+from .signals import combine as _combine
+from .signals import duplicates, label_quality, loss, neighbors, sources, spectral
+from .signals import clustering as _clustering
+from .signals._checks import check_features, check_labels, check_probs
+
+log = logging.getLogger(__name__)
+
+#: The signals :func:`compute_signals` runs by default, in the order of the signals table.
+DEFAULT_SIGNALS = (
+    "high_loss", "low_loss", "label_quality", "activation_cluster", "spectral", "robust_spectral",
+    "knn_disagreement", "knn_outlier", "duplicates", "source",
+)
+
+
+def _groups(dataset: Dataset | None, features: np.ndarray, random_state: int) -> np.ndarray:
+    """Duplicate groups: exact content first, then near duplicates of the payload (or of the features)."""
+    if dataset is None:
+        return duplicates.near_duplicate_groups_features(features, radius=1e-3, random_state=random_state)
+    exact = duplicates.exact_duplicate_groups(dataset.hashes)
+    if dataset.kind == "image":
+        near = duplicates.near_duplicate_groups_images(dataset.images)
+    else:
+        near = duplicates.near_duplicate_groups_texts(list(dataset.texts), random_state=random_state)
+    # A sample joins the near-duplicate group when it has one, else its exact group; both number from 0.
+    out = np.where(near >= 0, near, -1)
+    lone = (out < 0) & (exact >= 0)
+    if lone.any():
+        out[lone] = exact[lone] + (out.max() + 1)
+    return out
+
+
+def compute_signals(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    probs: np.ndarray | None = None,
+    dataset: Dataset | None = None,
+    source_ids: Sequence[str] | None = None,
+    signals: Sequence[str] = DEFAULT_SIGNALS,
+    random_state: int = 0,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Run the signals and combine them.
+
+    Parameters
+    ----------
+    features : array, shape (n, d)
+        Activations of one layer.
+    labels : array of int, shape (n,)
+        The given labels.
+    probs : array, shape (n, n_classes), optional
+        The model's predicted probabilities on these samples; needed by the loss signals and the source signal's
+        agreement test (skipped without it).
+    dataset : Dataset, optional
+        For duplicate detection on the payload (images or texts); without it duplicates are found on features.
+    source_ids : sequence of str, optional
+        Each sample's source; defaults to ``dataset.sources``. The source signal needs at least two sources.
+    signals : sequence of str
+        Which signals to run (names from :data:`DEFAULT_SIGNALS`).
+
+    Returns
+    -------
+    table : DataFrame, shape (n, k + 2)
+        One ``<signal>_score`` column per signal that ran, then ``suspicion`` and ``reasons``; row order as given.
+    info : dict
+        Seconds per signal, the signals skipped and why, and the combination's parameters.
+    """
+    x = check_features(features)
+    n = len(x)
+    y = check_labels(labels, n)
+    n_classes = int(y.max()) + 1
+    if probs is not None:
+        probs = check_probs(probs, n)
+        n_classes = max(n_classes, probs.shape[1])
+    unknown = [s for s in signals if s not in DEFAULT_SIGNALS]
+    if unknown:
+        raise InputError(f"unknown signal(s) {unknown}; choose from {list(DEFAULT_SIGNALS)}")
+    if source_ids is None and dataset is not None:
+        source_ids = dataset.sources
+    if dataset is not None and len(dataset) != n:
+        raise InputError(f"dataset has {len(dataset)} samples but features has {n} rows")
+
+    scores: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    groups = None
+    predictions = None if probs is None else probs.argmax(axis=1)
+    per_sample_loss = None if probs is None else loss.high_loss(probs, y)
+
+    def run(name: str, fn) -> None:
+        t = time.perf_counter()
+        scores[name] = np.asarray(fn(), dtype=np.float64)
+        seconds[name] = round(time.perf_counter() - t, 3)
+
+    for name in signals:
+        if name in ("high_loss", "low_loss") and probs is None:
+            skipped[name] = "needs the model's predicted probabilities"
+            continue
+        if name == "high_loss":
+            run(name, lambda: per_sample_loss)
+        elif name == "low_loss":
+            run(name, lambda: loss.low_loss_within_class(per_sample_loss, y))
+        elif name == "label_quality":
+            run(name, lambda: label_quality.label_issue_scores(y, features=x, random_state=random_state))
+        elif name == "activation_cluster":
+            run(name, lambda: _clustering.activation_clustering(x, y, random_state=random_state))
+        elif name == "spectral":
+            run(name, lambda: spectral.spectral_signature(x, y, random_state=random_state))
+        elif name == "robust_spectral":
+            run(name, lambda: spectral.robust_spectral(x, y, random_state=random_state))
+        elif name == "knn_disagreement":
+            run(name, lambda: neighbors.knn_label_disagreement(x, y, random_state=random_state))
+        elif name == "knn_outlier":
+            run(name, lambda: neighbors.knn_distance_outlier(x, y, random_state=random_state))
+        elif name == "duplicates":
+            t = time.perf_counter()
+            groups = _groups(dataset, x, random_state)
+            scores[name] = duplicates.duplicate_scores(groups, y, source_ids)
+            seconds[name] = round(time.perf_counter() - t, 3)
+        elif name == "source":
+            if source_ids is None or len(set(source_ids)) < 2:
+                skipped[name] = "needs at least two sources"
+                continue
+            run(name, lambda: sources.source_scores(
+                np.asarray(source_ids, dtype=object), y, n_classes=n_classes, predictions=predictions,
+                groups=groups))
+
+    t = time.perf_counter()
+    combined = _combine.combine(scores, y)
+    seconds["combine"] = round(time.perf_counter() - t, 3)
+    table = pd.DataFrame({f"{k}_score": v for k, v in scores.items()})
+    table["suspicion"] = combined.suspicion
+    table["reasons"] = combined.reasons
+    info = {"seconds": seconds, "skipped": skipped, "signals": list(scores),
+            "threshold": _combine.DEFAULT_THRESHOLD, "random_state": random_state, "toolkit_version": __version__}
+    if groups is not None:
+        info["duplicate_groups"] = groups
+    return table, info
+
+
+def investigate(
+    dataset: Dataset,
+    model: Any = None,
+    *,
+    activations: Any = None,
+    layer: str | None = None,
+    pooling: str = "flatten",
+    preprocess: Any = None,
+    batch_size: int = 256,
+    device: Any = None,
+    cache_dir: Any = None,
+    signals: Sequence[str] = DEFAULT_SIGNALS,
+    random_state: int = 0,
+    progress: bool = True,
+    map_builder: Any = None,
+):
+    """Open an investigation of ``dataset``: one call from data (and model) to ranked, explained suspicion.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    model : torch.nn.Module, optional
+        The model trained on ``dataset``. Without a model and without ``activations``, a reference model is
+        trained on the dataset first (:func:`forensics.models.train_reference_model`).
+    activations : Activations or array of shape (n, d), optional
+        Precomputed activations (in ``dataset`` order); skips extraction. A bare array has no probabilities,
+        so the loss signals are skipped.
+    layer, pooling, preprocess, batch_size, device, cache_dir
+        Passed to :func:`forensics.activations.extract_activations` (``layer=None``: the input of the last
+        ``nn.Linear``).
+    signals : sequence of str
+        Signals to run (:data:`DEFAULT_SIGNALS`).
+
+    Returns
+    -------
+    Investigation
+        Tables indexed by ``sample_id``: ``samples`` (label, source, prediction, loss), ``signals`` (one
+        ``<signal>_score`` column per signal, ``suspicion``, ``reasons``); ``map`` and ``clusters`` are computed
+        on first use. The model, when there is one, is kept as ``inv.model`` (not saved with the investigation).
+    """
+    from .investigation import Investigation
+
+    if not isinstance(dataset, Dataset):
+        raise InputError(f"dataset must be a forensics.Dataset; got {type(dataset).__name__}")
+    t0 = time.perf_counter()
+    trained = False
+    probs = None
+    meta: dict[str, Any] = {}
+    if activations is None:
+        from .activations import extract_activations
+
+        if model is None:
+            from .models import train_reference_model
+
+            log.info("no model given: training a reference model on the dataset")
+            model = train_reference_model(dataset, random_state=random_state, progress=progress)
+            trained = True
+        activations = extract_activations(model, dataset, layers=layer, pooling=pooling, preprocess=preprocess,
+                                          batch_size=batch_size, device=device, cache_dir=cache_dir,
+                                          progress=progress)
+    if isinstance(activations, np.ndarray):
+        features = check_features(activations)
+        if len(features) != len(dataset):
+            raise InputError(f"activations has {len(features)} rows but the dataset has {len(dataset)} samples")
+        used_layer = layer or "given"
+    else:
+        ids = np.asarray(activations.ids).astype(str)
+        if len(ids) != len(dataset) or not np.array_equal(ids, dataset.ids.astype(str)):
+            raise InputError("activations.ids do not match dataset.ids (same samples, same order, are needed)")
+        used_layer = layer or activations.layer
+        features = np.asarray(activations.feature(used_layer), dtype=np.float32)
+        probs = np.asarray(activations.probs)
+        meta = dict(activations.meta)
+    table, info = compute_signals(features, dataset.labels, probs=probs, dataset=dataset, signals=signals,
+                                  random_state=random_state)
+    table.index = pd.Index(dataset.ids, name="sample_id", dtype=object)
+    samples = dataset.to_frame()
+    if probs is not None:
+        pred = probs.argmax(axis=1)
+        samples["prediction"] = pred
+        samples["prediction_name"] = np.asarray(dataset.class_names, dtype=object)[pred]
+        samples["confidence"] = probs.max(axis=1)
+        samples["loss"] = table["high_loss_score"].to_numpy() if "high_loss_score" in table else np.nan
+    groups = info.pop("duplicate_groups", None)
+    if groups is not None:
+        samples["duplicate_group"] = groups
+    params = {
+        "layer": used_layer, "pooling": pooling, "random_state": random_state, "signals": info["signals"],
+        "skipped_signals": info["skipped"], "signal_seconds": info["seconds"], "threshold": info["threshold"],
+        "reference_model_trained": trained, "activation_meta": {k: str(v) for k, v in meta.items()},
+        "toolkit_version": info["toolkit_version"], "seconds": round(time.perf_counter() - t0, 2),
+    }
+    inv = Investigation(dataset, signals=table, samples=samples, features=features, params=params,
+                        map_builder=map_builder)
+    inv.model = model
+    return inv

@@ -1,0 +1,97 @@
+"""compute_signals and investigate: from data and model to ranked, explained suspicion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from forensics import Dataset, investigate
+from forensics.analysis import DEFAULT_SIGNALS, compute_signals
+from forensics.attacks import patch_backdoor, random_label_flips
+from forensics.errors import InputError
+from forensics.evaluate import auroc
+
+
+def _blobs(n=2000, d=16, planted=60, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    centres = rng.normal(scale=6.0, size=(4, d))
+    x = centres[y] + rng.normal(size=(n, d))
+    # a tight, separate island inside class 0: the face of a relabelled backdoor
+    x[:planted] = centres[0] + 8.0 + 0.3 * rng.normal(size=(planted, d))
+    y[:planted] = 0
+    probs = np.full((n, 4), 0.02)
+    probs[np.arange(n), y] = 0.94
+    return x.astype(np.float32), y, probs
+
+
+def test_planted_island_tops_the_combined_ranking_and_reasons_name_it():
+    x, y, probs = _blobs()
+    table, info = compute_signals(x, y, probs=probs, signals=("spectral", "activation_cluster", "knn_outlier"))
+    assert list(table.columns) == ["spectral_score", "activation_cluster_score", "knn_outlier_score",
+                                   "suspicion", "reasons"]
+    top = np.argsort(-table["suspicion"].to_numpy(), kind="stable")[:60]
+    assert set(top) == set(range(60))
+    assert "spectral signature" in table["reasons"].iloc[0] or "activation cluster" in table["reasons"].iloc[0]
+    assert table["reasons"].iloc[1500] == "" or table["suspicion"].iloc[1500] < 2
+    assert set(info["seconds"]) == {"spectral", "activation_cluster", "knn_outlier", "combine"}
+
+
+def test_clean_blobs_raise_few_alarms_at_the_default_threshold():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 3000)
+    x = (rng.normal(scale=6.0, size=(4, 16))[y] + rng.normal(size=(3000, 16))).astype(np.float32)
+    table, info = compute_signals(x, y, signals=("spectral", "robust_spectral", "activation_cluster",
+                                                 "knn_outlier", "knn_disagreement"))
+    assert (table["suspicion"] >= info["threshold"]).mean() <= 0.02
+
+
+def test_loss_signals_are_skipped_without_probabilities_and_say_why():
+    x, y, _ = _blobs(n=400, planted=10)
+    table, info = compute_signals(x, y, signals=("high_loss", "spectral"))
+    assert "high_loss_score" not in table and info["skipped"]["high_loss"].startswith("needs the model")
+
+
+def test_unknown_signal_and_mismatched_lengths():
+    x, y, probs = _blobs(n=300, planted=10)
+    with pytest.raises(InputError, match=r"unknown signal\(s\) \['magic'\]"):
+        compute_signals(x, y, signals=("magic",))
+    with pytest.raises(InputError, match="labels has 299 entries but features has 300 rows"):
+        compute_signals(x, y[:-1])
+
+
+@pytest.fixture(scope="module")
+def poisoned_digits():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    d = load_digits()
+    images = (d.images * 16).clip(0, 255).astype(np.uint8)
+    sources = [f"worker-{i % 12:02d}" for i in range(len(images))]
+    clean = Dataset.from_numpy(images, d.target, ids=[f"digit-{i:04d}" for i in range(len(images))],
+                               sources=sources)
+    patched = patch_backdoor(clean, target=0, n=60, size=2, source="worker-99", random_state=0)
+    flipped = random_label_flips(patched.dataset, n=40, exclude=patched.truth.index[patched.truth.is_poison],
+                                 source="worker-98", random_state=1)
+    truth = flipped.truth
+    return flipped.dataset, truth
+
+
+def test_investigate_trains_a_reference_model_and_finds_the_planted_poison(poisoned_digits):
+    ds, truth = poisoned_digits
+    inv = investigate(ds, signals=DEFAULT_SIGNALS, progress=False)
+    assert inv.params["reference_model_trained"] is True
+    assert list(inv.signals.index) == list(ds.ids)
+    assert {"prediction", "loss", "confidence"} <= set(inv.samples.columns)
+    is_poison = truth["is_poison"].to_numpy()
+    assert auroc(inv.signals["suspicion"].to_numpy(), is_poison) > 0.9
+    # the sources of the planted attacks rank above the clean workers
+    by_source = inv.signals["source_score"].groupby(ds.sources).max().sort_values(ascending=False)
+    assert set(by_source.index[:2]) == {"worker-98", "worker-99"}
+    assert inv.model is not None
+
+
+def test_investigate_checks_activation_alignment(poisoned_digits):
+    ds, _ = poisoned_digits
+    with pytest.raises(InputError, match="activations has 5 rows"):
+        investigate(ds, activations=np.zeros((5, 3), np.float32))
