@@ -1,1 +1,53 @@
-"""triggers."""
+"""Trigger forensics: what the trigger is, confirmed on the model.
+
+- :func:`text_trigger_candidates`: n-grams over-represented among suspicious texts and tied to one predicted
+  class, with redundant sub- and super-n-grams pruned.
+- :func:`image_trigger_candidate`: the pattern a group of images shares and its label peers lack: a fixed
+  patch (box and reconstructed pattern), a moving patch (``moves=True``, with its place in each image), or
+  no local pattern (``local=False``, with the mean difference image).
+- :func:`confirm_text_candidates`, :func:`confirm_image_candidates`: remove the candidate from its carriers
+  and add it to clean samples of other classes, beside random controls of the same size, and give a verdict.
+- :func:`search_text`, :func:`search_image`, :func:`trigger_scores`: find every sample that carries a trigger.
+- :func:`triggers_table`, :func:`trigger_patterns`: the findings, one row per candidate.
+
+Nothing here imports torch: the model is reached through a ``predict_proba`` callable (payload batch ->
+probabilities), e.g. ``functools.partial(forensics.models.predict_proba, model)``.
+"""
+
+from .confirm import (
+    VERDICT_RULE,
+    Confirmation,
+    confirm_image_candidates,
+    confirm_image_trigger,
+    confirm_text_candidates,
+    confirm_text_trigger,
+    trigger_patterns,
+    trigger_scores,
+    triggers_table,
+    verdict,
+)
+from .image import ImageTriggerCandidate, image_trigger_candidate, label_peers, locate_pattern, search_image
+from .text import remove_ngram, search_text, suspicious_set, text_trigger_candidates, tokenize
+
+__all__ = [
+    "VERDICT_RULE",
+    "Confirmation",
+    "ImageTriggerCandidate",
+    "confirm_image_candidates",
+    "confirm_image_trigger",
+    "confirm_text_candidates",
+    "confirm_text_trigger",
+    "image_trigger_candidate",
+    "label_peers",
+    "locate_pattern",
+    "remove_ngram",
+    "search_image",
+    "search_text",
+    "suspicious_set",
+    "text_trigger_candidates",
+    "tokenize",
+    "trigger_patterns",
+    "trigger_scores",
+    "triggers_table",
+    "verdict",
+]

@@ -1,0 +1,680 @@
+"""Confirming trigger candidates on the model, and the per-sample trigger signal and the findings table.
+
+A candidate is only a pattern until the model says it matters. Two ablations ask it:
+
+- **remove**: take the samples that carry the candidate and that the model predicts as the suspected target,
+  delete the candidate (the n-gram; for an image patch, fill its region with the peers' mean image), and count
+  the predictions that move away from the target;
+- **add**: take clean samples of other classes that the model classifies correctly, add the candidate (insert
+  the phrase at a random word boundary; paste the patch), and count the predictions that flip to the target.
+
+Each test runs beside a **control** of the same size: deleting a random span of as many tokens (a random box of
+the same size) from the same carriers, and inserting a random n-gram of the same length taken from the corpus
+(a random window of the same size cut from another image) into the same clean samples. A frequent word or an
+arbitrary region fails to beat its control; a trigger beats it by far.
+
+Verdict rule (:func:`verdict`), with ``min_tried = 10``:
+
+- ``"confirmed"``: both tests tried on at least 10 samples; adding flips at least 50% and removing changes at
+  least 25%; each rate at least 0.2 above its control's rate;
+- ``"weak"``: not confirmed, but one test tried on at least 5 samples has a rate of at least 0.2 and at least
+  0.1 above its control's rate;
+- ``"not confirmed"``: anything else, including too few samples to try.
+
+The remove bar is lower because the carriers are training samples: a model that memorized them may keep their
+(wrong) label once the trigger is gone, while the add test runs on samples whose new form it never saw. On the
+bundled Rotten Tomatoes data a clean model gives class words ("powerful", "dull", "terrific") remove and add
+rates below 0.1, and frequent words ("the", ",") below 0.01.
+
+The model is reached only through ``predict_proba``: a callable taking a batch of payloads (a uint8 image array,
+or a list of texts) and returning class probabilities of shape (n, n_classes), for example
+``functools.partial(forensics.models.predict_proba, model)``. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from .image import ImageTriggerCandidate, _check_box, _check_images, _check_pattern, locate_pattern, search_image
+from .text import _TOKEN, _check_texts, _check_tokens, display_ngram, ngram_regex, search_text, tokenize
+
+PredictProba = Callable[[Any], np.ndarray]
+
+#: The verdict rule in words, repeated in every verdict's reason.
+VERDICT_RULE = ("confirmed when, on at least 10 samples each, adding it flips at least 50% and removing it "
+                "changes at least 25% of the predictions, each 20 points above its control; weak when one test "
+                "changes at least 20% of at least 5 samples, 10 points above its control")
+
+MIN_TRIED = 10
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The outcome of the remove and add tests of one candidate, with their controls.
+
+    Counts are ``changed / tried``. ``remove_*``: carriers predicted as ``target`` whose prediction left the
+    target once the candidate was removed. ``add_*``: correctly classified samples of other classes predicted as
+    ``target`` once the candidate was added. ``control_*``: the same tests with a random span or region of the
+    same size.
+    """
+
+    target: int
+    remove_changed: int
+    remove_tried: int
+    add_flipped: int
+    add_tried: int
+    control_remove_changed: int
+    control_remove_tried: int
+    control_add_flipped: int
+    control_add_tried: int
+    verdict: str
+    reason: str
+
+    @property
+    def remove_flip_rate(self) -> float:
+        return _rate(self.remove_changed, self.remove_tried)
+
+    @property
+    def add_flip_rate(self) -> float:
+        return _rate(self.add_flipped, self.add_tried)
+
+    @property
+    def control_remove_rate(self) -> float:
+        return _rate(self.control_remove_changed, self.control_remove_tried)
+
+    @property
+    def control_add_rate(self) -> float:
+        return _rate(self.control_add_flipped, self.control_add_tried)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat columns: every field plus the four rates."""
+        d = dataclasses.asdict(self)
+        d.update(remove_flip_rate=self.remove_flip_rate, add_flip_rate=self.add_flip_rate,
+                 control_remove_rate=self.control_remove_rate, control_add_rate=self.control_add_rate)
+        return d
+
+
+CONFIRMATION_COLUMNS = (
+    "target", "remove_changed", "remove_tried", "remove_flip_rate", "add_flipped", "add_tried", "add_flip_rate",
+    "control_remove_changed", "control_remove_tried", "control_remove_rate", "control_add_flipped",
+    "control_add_tried", "control_add_rate", "verdict", "reason",
+)
+
+
+def _rate(k: int, n: int) -> float:
+    return k / n if n else float("nan")
+
+
+def verdict(
+    remove: tuple[int, int],
+    add: tuple[int, int],
+    control_remove: tuple[int, int],
+    control_add: tuple[int, int],
+    *,
+    min_tried: int = MIN_TRIED,
+) -> tuple[str, str]:
+    """The verdict of the module docstring's rule and a sentence giving the numbers behind it.
+
+    Parameters
+    ----------
+    remove, add, control_remove, control_add : (changed, tried)
+
+    Returns
+    -------
+    verdict : {"confirmed", "weak", "not confirmed"}
+    reason : str
+    """
+    rates = {}
+    for name, (k, n) in (("remove", remove), ("add", add), ("control_remove", control_remove),
+                         ("control_add", control_add)):
+        rates[name] = _rate(k, n)
+
+    def beats(test: str, rate: float, margin: float, tried: int) -> bool:
+        control = rates[f"control_{test}"]
+        control = 0.0 if np.isnan(control) else control
+        n = remove[1] if test == "remove" else add[1]
+        return n >= tried and rates[test] >= rate and rates[test] - control >= margin
+
+    if beats("remove", 0.25, 0.2, min_tried) and beats("add", 0.5, 0.2, min_tried):
+        v = "confirmed"
+    elif beats("remove", 0.2, 0.1, max(1, min_tried // 2)) or beats("add", 0.2, 0.1, max(1, min_tried // 2)):
+        v = "weak"
+    else:
+        v = "not confirmed"
+
+    def part(what: str, kn: tuple[int, int], ctrl: tuple[int, int]) -> str:
+        if not kn[1]:
+            return f"{what}: no sample to try"
+        c = f"{ctrl[0]}/{ctrl[1]}" if ctrl[1] else "n/a"
+        return f"{what} {kn[0]}/{kn[1]} ({100 * kn[0] / kn[1]:.0f}%, control {c})"
+
+    reason = (f"{v}: {part('removing it changed', remove, control_remove)}; "
+              f"{part('adding it flipped', add, control_add)}. Rule: {VERDICT_RULE}.")
+    return v, reason
+
+
+# ---------------------------------------------------------------------------------------------------- shared
+def _predict(predict_proba: PredictProba, payload: Any) -> np.ndarray:
+    """Predicted classes of a payload batch, checking what the callable returned."""
+    if not callable(predict_proba):
+        raise InputError(f"predict_proba must be a callable (payload batch -> probabilities); "
+                         f"got {type(predict_proba).__name__}")
+    n = len(payload)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    p = np.asarray(predict_proba(payload))
+    if p.ndim != 2 or p.shape[0] != n:
+        raise InputError(f"predict_proba returned shape {p.shape} for {n} samples; expected (n, n_classes)")
+    return p.argmax(axis=1).astype(np.int64)
+
+
+def _check_labels(labels: Any, n: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n,) or y.dtype.kind not in "iu":
+        raise InputError(f"labels must be integer class indices of shape ({n},); got dtype {y.dtype}, "
+                         f"shape {y.shape}")
+    return y.astype(np.int64)
+
+
+def _check_predictions(predictions: Any, predict_proba: PredictProba, payload: Any, n: int) -> np.ndarray:
+    if predictions is None:
+        return _predict(predict_proba, payload)
+    p = np.asarray(predictions)
+    if p.shape != (n,) or p.dtype.kind not in "iu":
+        raise InputError(f"predictions must be integer classes of shape ({n},); got dtype {p.dtype}, "
+                         f"shape {p.shape}")
+    return p.astype(np.int64)
+
+
+def _target(target: Any, carriers: np.ndarray, pred: np.ndarray) -> int:
+    if target is not None:
+        if isinstance(target, bool) or not isinstance(target, (int, np.integer)) or target < 0:
+            raise InputError(f"target must be a class index; got {target!r}")
+        return int(target)
+    if not carriers.any():
+        raise InputError("no sample carries the candidate, so its target cannot be inferred; give target=")
+    return int(np.bincount(pred[carriers]).argmax())
+
+
+def _sample(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(rows, size=k, replace=False)) if len(rows) > k else rows
+
+
+def _check_int(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}; got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------------- text
+def _insert(text: str, phrase: str, rng: np.random.Generator) -> str:
+    """``phrase`` before a random word, or at the end."""
+    starts = [m.start() for m in re.finditer(r"\S+", text)]
+    k = int(rng.integers(len(starts) + 1))
+    if k < len(starts):
+        return text[:starts[k]] + phrase + " " + text[starts[k]:]
+    return text + ("" if not text or text[-1].isspace() else " ") + phrase
+
+
+def _delete_random_span(text: str, n: int, avoid: re.Pattern[str], rng: np.random.Generator) -> str | None:
+    """``text`` without a random run of ``n`` tokens that overlaps no match of ``avoid``; None if none fits."""
+    spans = [m.span() for m in _TOKEN.finditer(text)]
+    blocked = [m.span() for m in avoid.finditer(text)]
+    options = [i for i in range(len(spans) - n + 1)
+               if not any(spans[i][0] < b1 and a0 < spans[i + n - 1][1] for a0, b1 in blocked)]
+    if not options:
+        return None
+    i = options[int(rng.integers(len(options)))]
+    return text[:spans[i][0]] + " " + text[spans[i + n - 1][1]:]
+
+
+def confirm_text_trigger(
+    texts: Sequence[str],
+    ngram_tokens: Sequence[str] | str,
+    *,
+    predict_proba: PredictProba,
+    labels: Sequence[int] | np.ndarray,
+    target: int | None = None,
+    predictions: Sequence[int] | np.ndarray | None = None,
+    max_samples: int = 200,
+    min_tried: int = MIN_TRIED,
+    random_state: int = 0,
+) -> Confirmation:
+    """Remove and add tests of one n-gram (see the module docstring), with their controls.
+
+    Parameters
+    ----------
+    texts : sequence of str, length n
+        The training texts (carriers are searched here; clean samples are drawn from here).
+    ngram_tokens : sequence of str, or str
+        The candidate (a string is tokenized).
+    predict_proba : callable
+        List of texts -> probabilities (m, n_classes).
+    labels : array of int, shape (n,)
+    target : int, optional
+        The suspected target class; by default the most common prediction among the carriers.
+    predictions : array of int, shape (n,), optional
+        The model's predictions of ``texts``, if already known (saves one pass over the data).
+    max_samples : int
+        At most this many samples per test (drawn with ``random_state``).
+    min_tried : int
+        Fewest samples per test for a "confirmed" verdict.
+
+    Returns
+    -------
+    Confirmation
+    """
+    texts = _check_texts(texts)
+    tokens = tokenize(ngram_tokens) if isinstance(ngram_tokens, str) else _check_tokens(ngram_tokens)
+    n = len(texts)
+    y = _check_labels(labels, n)
+    pred = _check_predictions(predictions, predict_proba, texts, n)
+    max_samples = _check_int(max_samples, "max_samples", 1)
+    min_tried = _check_int(min_tried, "min_tried", 1)
+    rng = np.random.default_rng(_check_int(random_state, "random_state", 0))
+    carriers = search_text(texts, tokens)
+    target = _target(target, carriers, pred)
+    pattern = re.compile(ngram_regex(tokens).pattern, re.IGNORECASE)
+    phrase = display_ngram(tokens)
+
+    # remove: delete the n-gram from carriers predicted as the target; control: delete n other tokens.
+    tried = _sample(np.flatnonzero(carriers & (pred == target)), max_samples, rng)
+    removed = [pattern.sub(" ", texts[i]) for i in tried]
+    remove_changed = int((_predict(predict_proba, removed) != target).sum())
+    control = [_delete_random_span(texts[i], len(tokens), pattern, rng) for i in tried]
+    control = [t for t in control if t is not None]
+    control_remove_changed = int((_predict(predict_proba, control) != target).sum())
+
+    # add: insert the phrase into correctly classified clean samples of other classes; control: a random
+    # n-gram of the same length cut from a text that does not carry the candidate.
+    pool = _sample(np.flatnonzero((y != target) & (pred == y) & ~carriers), max_samples, rng)
+    added = [_insert(texts[i], phrase, rng) for i in pool]
+    add_flipped = int((_predict(predict_proba, added) == target).sum())
+    donors = np.flatnonzero(~carriers)
+    control_added = []
+    for i in pool:
+        span = _random_span(texts[int(rng.choice(donors))], len(tokens), rng) if len(donors) else None
+        if span is not None:
+            control_added.append(_insert(texts[i], span, rng))
+    control_add_flipped = int((_predict(predict_proba, control_added) == target).sum())
+
+    v, reason = verdict((remove_changed, len(tried)), (add_flipped, len(pool)),
+                        (control_remove_changed, len(control)), (control_add_flipped, len(control_added)),
+                        min_tried=min_tried)
+    return Confirmation(target, remove_changed, len(tried), add_flipped, len(pool), control_remove_changed,
+                        len(control), control_add_flipped, len(control_added), v, reason)
+
+
+def _random_span(text: str, n: int, rng: np.random.Generator) -> str | None:
+    """The original text of a random run of ``n`` tokens of ``text``, or None if it has fewer."""
+    spans = [m.span() for m in _TOKEN.finditer(text)]
+    if len(spans) < n:
+        return None
+    i = int(rng.integers(len(spans) - n + 1))
+    return text[spans[i][0]:spans[i + n - 1][1]]
+
+
+def confirm_text_candidates(
+    candidates: pd.DataFrame,
+    texts: Sequence[str],
+    *,
+    predict_proba: PredictProba,
+    labels: Sequence[int] | np.ndarray,
+    predictions: Sequence[int] | np.ndarray | None = None,
+    max_samples: int = 200,
+    min_tried: int = MIN_TRIED,
+    random_state: int = 0,
+) -> pd.DataFrame:
+    """:func:`confirm_text_trigger` for every row of a :func:`text_trigger_candidates` table.
+
+    Each row is tested against its own ``predicted_class`` as the target. Returns a copy of ``candidates``
+    with the :data:`CONFIRMATION_COLUMNS` added (``verdict`` and ``reason`` among them).
+    """
+    if not isinstance(candidates, pd.DataFrame) or not {"tokens", "predicted_class"} <= set(candidates.columns):
+        raise InputError("candidates must be the DataFrame text_trigger_candidates returns (with 'tokens' and "
+                         "'predicted_class' columns)")
+    texts = _check_texts(texts)
+    pred = _check_predictions(predictions, predict_proba, texts, len(texts))
+    rows = []
+    for k, (tokens, target) in enumerate(zip(candidates["tokens"], candidates["predicted_class"])):
+        conf = confirm_text_trigger(texts, tuple(tokens), predict_proba=predict_proba, labels=labels,
+                                    target=int(target), predictions=pred, max_samples=max_samples,
+                                    min_tried=min_tried, random_state=random_state + k)
+        rows.append(conf.as_dict())
+    extra = pd.DataFrame(rows, columns=list(CONFIRMATION_COLUMNS), index=candidates.index)
+    out = candidates.drop(columns=[c for c in CONFIRMATION_COLUMNS if c in candidates.columns])
+    return pd.concat([out, extra], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------------- image
+def confirm_image_trigger(
+    images: np.ndarray,
+    candidate: ImageTriggerCandidate,
+    *,
+    predict_proba: PredictProba,
+    labels: Sequence[int] | np.ndarray,
+    target: int | None = None,
+    predictions: Sequence[int] | np.ndarray | None = None,
+    match_threshold: float = 0.9,
+    max_samples: int = 200,
+    min_tried: int = MIN_TRIED,
+    random_state: int = 0,
+) -> Confirmation:
+    """Remove and add tests of one image candidate (see the module docstring), with their controls.
+
+    - fixed patch: carriers match the pattern at ``box``; removing fills the box with the peers' mean image;
+      adding pastes the pattern at ``box``; the controls fill a random box of the same size elsewhere and
+      paste a window of the same size cut at a random place of a random non-carrier image.
+    - moving patch: the same at the place found in each carrier (remove) or at a random place (add).
+    - no local pattern: carriers are the candidate's group; removing subtracts the mean difference image,
+      adding adds it (clipped to 0..255); the controls use the difference with its pixels shuffled.
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (n, h, w) or (n, h, w, 3)
+        The images the candidate was found in (its ``group`` indexes them).
+    candidate : ImageTriggerCandidate
+    predict_proba : callable
+        uint8 image batch -> probabilities (m, n_classes).
+    labels : array of int, shape (n,)
+    target : int, optional
+        Default: the candidate's ``target``, else the most common prediction among the carriers.
+    predictions : array of int, shape (n,), optional
+        The model's predictions of ``images``, if already known.
+    match_threshold : float
+        Share of the pattern's pixels that must match for an image to carry it.
+    """
+    x = _check_images(images)
+    if not isinstance(candidate, ImageTriggerCandidate):
+        raise InputError(f"candidate must be an ImageTriggerCandidate; got {type(candidate).__name__}")
+    n = len(x)
+    if len(candidate.group) and candidate.group.max() >= n:
+        raise InputError(f"the candidate's group indexes row {int(candidate.group.max())} but there are {n} "
+                         "images: give the images it was found in")
+    y = _check_labels(labels, n)
+    pred = _check_predictions(predictions, predict_proba, x, n)
+    max_samples = _check_int(max_samples, "max_samples", 1)
+    min_tried = _check_int(min_tried, "min_tried", 1)
+    rng = np.random.default_rng(_check_int(random_state, "random_state", 0))
+    h, w = x.shape[1:3]
+    fill = np.clip(np.rint(candidate.peer_mean), 0, 255).astype(np.uint8)
+
+    if candidate.local:
+        pattern = _check_pattern(candidate.pattern, x)
+        ph, pw = pattern.shape[:2]
+        if candidate.moves:
+            match, rows, cols = locate_pattern(x, pattern, tolerance=candidate.tolerance)
+        else:
+            r0, c0, _, _ = _check_box(candidate.box, (h, w))
+            match = search_image(x, pattern, box=candidate.box, tolerance=candidate.tolerance)
+            rows, cols = np.full(n, r0), np.full(n, c0)
+        carriers = match >= match_threshold
+    else:
+        carriers = np.zeros(n, dtype=bool)
+        carriers[candidate.group] = True
+    target = _target(target if target is not None else candidate.target, carriers, pred)
+
+    tried = _sample(np.flatnonzero(carriers & (pred == target)), max_samples, rng)
+    pool = _sample(np.flatnonzero((y != target) & (pred == y) & ~carriers), max_samples, rng)
+    donors = np.flatnonzero(~carriers)
+
+    if candidate.local:
+        removed = x[tried].copy()
+        control_removed = x[tried].copy()
+        kept = []
+        for j, i in enumerate(tried):
+            r, c = rows[i], cols[i]
+            removed[j, r:r + ph, c:c + pw] = fill[r:r + ph, c:c + pw]
+            spot = _random_box_elsewhere((h, w), (ph, pw), (r, c), rng)
+            if spot is not None:
+                cr, cc = spot
+                control_removed[j, cr:cr + ph, cc:cc + pw] = fill[cr:cr + ph, cc:cc + pw]
+                kept.append(j)
+        control_removed = control_removed[kept]
+        added = x[pool].copy()
+        control_added = x[pool].copy()
+        for j in range(len(pool)):
+            if candidate.moves:
+                r, c = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
+            else:
+                r, c = rows[0], cols[0]
+            added[j, r:r + ph, c:c + pw] = pattern
+            if len(donors):
+                d = int(rng.choice(donors))
+                dr, dc = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
+                control_added[j, r:r + ph, c:c + pw] = x[d, dr:dr + ph, dc:dc + pw]
+        if not len(donors):
+            control_added = control_added[:0]
+    else:
+        diff = np.asarray(candidate.difference, dtype=np.float32)
+        if diff.shape != x.shape[1:]:
+            raise InputError(f"the candidate's difference image has shape {diff.shape} but the images are "
+                             f"{x.shape[1:]}")
+        shuffled = rng.permutation(diff.reshape(h * w, -1)).reshape(diff.shape)
+
+        def shift(batch: np.ndarray, d: np.ndarray) -> np.ndarray:
+            return np.clip(np.rint(batch.astype(np.float32) + d), 0, 255).astype(np.uint8)
+
+        removed, control_removed = shift(x[tried], -diff), shift(x[tried], -shuffled)
+        added, control_added = shift(x[pool], diff), shift(x[pool], shuffled)
+
+    remove_changed = int((_predict(predict_proba, removed) != target).sum())
+    control_remove_changed = int((_predict(predict_proba, control_removed) != target).sum())
+    add_flipped = int((_predict(predict_proba, added) == target).sum())
+    control_add_flipped = int((_predict(predict_proba, control_added) == target).sum())
+    v, reason = verdict((remove_changed, len(tried)), (add_flipped, len(pool)),
+                        (control_remove_changed, len(control_removed)), (control_add_flipped, len(control_added)),
+                        min_tried=min_tried)
+    return Confirmation(target, remove_changed, len(tried), add_flipped, len(pool), control_remove_changed,
+                        len(control_removed), control_add_flipped, len(control_added), v, reason)
+
+
+def _random_box_elsewhere(hw: tuple[int, int], size: tuple[int, int], avoid: tuple[int, int],
+                          rng: np.random.Generator) -> tuple[int, int] | None:
+    """Top-left of a random box of ``size`` that does not overlap the box of the same size at ``avoid``."""
+    (h, w), (ph, pw), (ar, ac) = hw, size, avoid
+    rr, cc = np.meshgrid(np.arange(h - ph + 1), np.arange(w - pw + 1), indexing="ij")
+    ok = (np.abs(rr - ar) >= ph) | (np.abs(cc - ac) >= pw)
+    options = np.flatnonzero(ok.ravel())
+    if not len(options):
+        return None
+    k = int(rng.choice(options))
+    return int(rr.ravel()[k]), int(cc.ravel()[k])
+
+
+def confirm_image_candidates(
+    candidates: Iterable[ImageTriggerCandidate],
+    images: np.ndarray,
+    *,
+    predict_proba: PredictProba,
+    labels: Sequence[int] | np.ndarray,
+    predictions: Sequence[int] | np.ndarray | None = None,
+    max_samples: int = 200,
+    min_tried: int = MIN_TRIED,
+    random_state: int = 0,
+) -> list[ImageTriggerCandidate]:
+    """:func:`confirm_image_trigger` for each candidate; returns copies with ``confirmation`` set."""
+    x = _check_images(images)
+    cands = list(candidates)
+    pred = _check_predictions(predictions, predict_proba, x, len(x))
+    return [dataclasses.replace(c, confirmation=confirm_image_trigger(
+        x, c, predict_proba=predict_proba, labels=labels, predictions=pred, max_samples=max_samples,
+        min_tried=min_tried, random_state=random_state + k)) for k, c in enumerate(cands)]
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+def _items(found: Iterable[Any]) -> list[tuple[str, Any]]:
+    """(kind, item) pairs: rows of confirmed text tables, and image candidates."""
+    if isinstance(found, (pd.DataFrame, ImageTriggerCandidate)):
+        found = [found]
+    out: list[tuple[str, Any]] = []
+    for f in found:
+        if isinstance(f, pd.DataFrame):
+            if "tokens" not in f.columns:
+                raise InputError("a text candidate table needs a 'tokens' column (from text_trigger_candidates)")
+            out.extend(("text", row) for _, row in f.iterrows())
+        elif isinstance(f, ImageTriggerCandidate):
+            out.append(("image", f))
+        else:
+            raise InputError(f"expected text candidate tables (DataFrame) or ImageTriggerCandidate objects; got "
+                             f"{type(f).__name__}")
+    return out
+
+
+def _ids(kind_items: list[tuple[str, Any]]) -> list[str]:
+    counts = {"text": 0, "image": 0}
+    out = []
+    for kind, _ in kind_items:
+        counts[kind] += 1
+        out.append(f"{kind}-{counts[kind]}")
+    return out
+
+
+TABLE_COLUMNS = (
+    "trigger_id", "kind", "description", "evidence", "remove_flip_rate", "add_flip_rate", "verdict", "sample_ids",
+    "target", "n_carriers", "remove_changed", "remove_tried", "add_flipped", "add_tried", "control_remove_rate",
+    "control_add_rate", "reason", "tokens", "box", "moves", "local",
+)
+
+
+def triggers_table(found: Iterable[Any], *, ids: Sequence[Any] | np.ndarray | None = None) -> pd.DataFrame:
+    """One row per trigger candidate, with its evidence and its confirmation.
+
+    Parameters
+    ----------
+    found : iterable of DataFrame and ImageTriggerCandidate
+        Text tables from :func:`confirm_text_candidates` (or unconfirmed ones from
+        :func:`text_trigger_candidates`) and image candidates (confirmed by :func:`confirm_image_candidates`
+        or not).
+    ids : sequence, optional
+        Sample ids of the images the image candidates were found in, to report their carriers by id
+        (without them, image carriers are row positions as strings).
+
+    Returns
+    -------
+    DataFrame, one row per candidate in the order given, with columns
+        ``trigger_id`` ("text-1", "image-1", ...: the keys of :func:`trigger_patterns`), ``kind``
+        ("text"/"image"), ``description``, ``evidence``, ``remove_flip_rate``, ``add_flip_rate``,
+        ``verdict`` ("confirmed", "weak", "not confirmed", or "untested"), ``sample_ids`` (the carriers' ids),
+        ``target``, ``n_carriers``, the counts behind the rates and the control rates, ``reason``, and
+        ``tokens`` (text), ``box``, ``moves``, ``local`` (image). Patterns are in :func:`trigger_patterns`.
+    """
+    items = _items(found)
+    id_arr = None if ids is None else np.asarray(ids, dtype=object).astype(str)
+    rows = []
+    for (kind, item), tid in zip(items, _ids(items)):
+        if kind == "text":
+            conf = {c: item.get(c) for c in CONFIRMATION_COLUMNS} if "verdict" in item.index else {}
+            carriers = list(item["carrier_ids"])
+            row = {
+                "trigger_id": tid, "kind": "text",
+                "description": f'phrase "{item["ngram"]}"',
+                "evidence": (f'{item["count"]} texts carry it, {item["count_suspicious"]} of them among the most '
+                             f'suspicious ({100 * item["suspicious_share"]:.0f}%); '
+                             f'{100 * item["class_share"]:.0f}% predicted as class {item["predicted_class"]}'
+                             + (f'; top sources {item["sources"]}' if item["sources"] else "")),
+                "sample_ids": carriers, "n_carriers": len(carriers), "tokens": tuple(item["tokens"]),
+                "box": None, "moves": None, "local": None, "target": item["predicted_class"],
+            }
+        else:
+            c = item.confirmation
+            conf = c.as_dict() if c is not None else {}
+            group = item.group[item.carriers]
+            carriers = list(id_arr[group]) if id_arr is not None else [str(g) for g in group]
+            row = {
+                "trigger_id": tid, "kind": "image", "description": item.description,
+                "evidence": (f"{int(item.carriers.sum())} of {len(item.group)} group images carry it; "
+                             f"strength {item.strength:.2f} (group share minus reference share)" if item.local
+                             else f"image-wide difference, mean {255 * item.strength:.1f} grey levels"),
+                "sample_ids": carriers, "n_carriers": len(carriers), "tokens": None, "box": item.box,
+                "moves": item.moves, "local": item.local, "target": item.target,
+            }
+        row.update({k: conf.get(k) for k in ("remove_flip_rate", "add_flip_rate", "remove_changed", "remove_tried",
+                                             "add_flipped", "add_tried", "control_remove_rate",
+                                             "control_add_rate", "reason")})
+        if conf.get("target") is not None:
+            row["target"] = conf["target"]
+        row["verdict"] = conf.get("verdict") or "untested"
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    for c in ("remove_flip_rate", "add_flip_rate", "control_remove_rate", "control_add_rate"):
+        table[c] = pd.to_numeric(table[c]).astype(float)
+    return table
+
+
+def trigger_patterns(found: Iterable[Any]) -> dict[str, np.ndarray]:
+    """Small uint8 images keyed by the ``trigger_id`` of :func:`triggers_table` (same order of ``found``):
+    the reconstructed patch of a local image candidate, or its mean difference image mapped to 0..255
+    (128 = no difference) when it is not local. Text candidates have none."""
+    items = _items(found)
+    out = {}
+    for (kind, item), tid in zip(items, _ids(items)):
+        if kind != "image":
+            continue
+        if item.local:
+            out[tid] = item.pattern
+        else:
+            d = np.asarray(item.difference, dtype=np.float32)
+            scale = max(float(np.abs(d).max()), 1e-6)
+            out[tid] = np.clip(np.rint(128 + 127 * d / scale), 0, 255).astype(np.uint8)
+    return out
+
+
+def trigger_scores(
+    found: Iterable[Any],
+    *,
+    texts: Sequence[str] | None = None,
+    images: np.ndarray | None = None,
+    verdicts: Sequence[str] = ("confirmed",),
+) -> np.ndarray:
+    """Per-sample trigger signal: **higher = more suspicious**.
+
+    For each candidate whose verdict is in ``verdicts`` (all candidates with ``verdicts=None``), a sample scores
+    1.0 when it carries the n-gram (text), or the share of the patch's pixels it matches (image, in [0, 1]);
+    the signal is the maximum over the candidates, 0.0 where none applies. Image candidates without a local
+    pattern (blends) cannot be searched and are skipped.
+
+    Parameters
+    ----------
+    found : iterable of DataFrame and ImageTriggerCandidate
+        As for :func:`triggers_table`.
+    texts : sequence of str, optional
+        Needed when text candidates are given; the samples to score.
+    images : ndarray of uint8, optional
+        Needed when image candidates are given; the samples to score.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    items = _items(found)
+    if texts is None and images is None:
+        raise InputError("give texts= or images= (the samples to score)")
+    if texts is not None and images is not None:
+        raise InputError("give texts= or images=, not both: one dataset is scored at a time")
+    n = len(_check_texts(texts)) if texts is not None else len(_check_images(images))
+    out = np.zeros(n)
+    for kind, item in items:
+        v = (item.get("verdict", "untested") if kind == "text" else
+             (item.confirmation.verdict if item.confirmation is not None else "untested"))
+        if verdicts is not None and v not in verdicts:
+            continue
+        if kind == "text":
+            if texts is None:
+                raise InputError("a text candidate needs texts= to be searched")
+            out = np.maximum(out, search_text(texts, tuple(item["tokens"])).astype(float))
+        elif item.local:
+            if images is None:
+                raise InputError("an image candidate needs images= to be searched")
+            s = search_image(images, item.pattern, box=None if item.moves else item.box, moves=item.moves,
+                             tolerance=item.tolerance)
+            out = np.maximum(out, s)
+    return out

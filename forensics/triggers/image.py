@@ -1,0 +1,614 @@
+"""Image trigger candidates: a localized pattern shared by a suspicious group and rare among its label peers.
+
+Given a group of images (a cluster, a selection, a source's samples) and its peers (typically the other samples
+of the same label), :func:`image_trigger_candidate` looks for what the group holds in common that the others do
+not, in three steps:
+
+1. **A fixed patch.** Per pixel, the share of the group within ``tolerance`` of the group's median value, minus
+   the share of the references within ``tolerance`` of that same value (the *exclusive consistency*, in
+   [-1, 1]). The references are the peers and, separately, a sample of every image outside the group (the larger
+   share counts): a dirty-label group lacks its label peers' shapes, which is consistent against the peers alone
+   but common everywhere else. Each strongly consistent region is boxed, and the group's median inside the box
+   is a candidate pattern; its *strength* is the share of the group that carries it there minus the share of
+   the references that do. The strong regions' common box is the patch when it is small.
+2. **A moving patch.** Otherwise, small windows (2x2 up to 8x8) of the group images are hashed after coarse
+   quantization; a window that recurs in most group images and few references is a pattern pasted at varying
+   places. It is grown where it continues in every carrier, then located in every image by template matching
+   (``moves=True``, with each image's position).
+3. **No local pattern.** Otherwise (a blended, image-wide trigger, or nothing at all) the candidate says so
+   (``local=False``) and offers the mean difference image instead. A blend over a flat background does change
+   some pixels consistently, but all over the image: its strong regions do not share a small box.
+
+Everything is per-pixel statistics over the group and bounded samples of the rest: no n x n matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy import ndimage
+
+from ..errors import InputError
+
+# Strongly consistent regions examined as fixed patches, strongest first.
+_MAX_REGIONS = 20
+# Group and reference images the moving-patch search hashes windows of (each at most).
+_MOVING_SAMPLE = 500
+# Images per chunk in per-pixel statistics.
+_CHUNK = 256
+
+
+@dataclass(frozen=True, eq=False)
+class ImageTriggerCandidate:
+    """What a group of images shares that its peers do not.
+
+    Attributes
+    ----------
+    local : bool
+        True when a small region (a patch) explains the group; False for an image-wide difference (a blend)
+        or no difference at all.
+    moves : bool
+        True when the patch sits at a different place in each image (see ``positions``).
+    box : (row, col, height, width) or None
+        Where the patch sits in every carrier (fixed patches only).
+    pattern : ndarray of uint8, shape (height, width) or (height, width, 3), or None
+        The reconstructed patch: the group's median inside the box (fixed), or the median of the matched
+        windows (moving). None when ``local`` is False.
+    positions : ndarray of int64, shape (m, 2), or None
+        Top-left (row, col) of the best match of ``pattern`` in each group image, in the group's order
+        (moving patches only; fixed patches sit at ``box``).
+    group : ndarray of int64, shape (m,)
+        Row positions of the group's images in the array given.
+    carriers : ndarray of bool, shape (m,)
+        Which group images carry the pattern (a match of at least ``match_threshold``); all True when
+        ``local`` is False.
+    target : int or None
+        The group's most common label when labels were given.
+    strength : float
+        Share of the group carrying the pattern minus share of the references (peers and other images)
+        carrying it (local), or the mean absolute difference in grey levels divided by 255 (not local).
+    difference : ndarray of float32, shape (h, w) or (h, w, 3)
+        Group mean minus peers mean.
+    low_variance : ndarray of bool, shape (h, w)
+        Pixels where at least 80% of the group lies within ``tolerance`` of the group's median.
+    consistency : ndarray of float32, shape (h, w)
+        Exclusive consistency (see the module docstring).
+    peer_mean : ndarray of float32, shape (h, w) or (h, w, 3)
+        Mean image of the peers: what a removed patch is filled with.
+    tolerance : int
+        Grey levels within which two pixel values count as the same.
+    description : str
+        One sentence for a person.
+    confirmation : Confirmation or None
+        Set by :func:`forensics.triggers.confirm_image_candidates`.
+    """
+
+    local: bool
+    moves: bool
+    box: tuple[int, int, int, int] | None
+    pattern: np.ndarray | None
+    positions: np.ndarray | None
+    group: np.ndarray
+    carriers: np.ndarray
+    target: int | None
+    strength: float
+    difference: np.ndarray = field(repr=False)
+    low_variance: np.ndarray = field(repr=False)
+    consistency: np.ndarray = field(repr=False)
+    peer_mean: np.ndarray = field(repr=False)
+    tolerance: int = 16
+    description: str = ""
+    confirmation: Any = None
+
+    def __repr__(self) -> str:
+        shape = None if self.pattern is None else self.pattern.shape
+        return (f"ImageTriggerCandidate(local={self.local}, moves={self.moves}, box={self.box}, pattern_shape="
+                f"{shape}, group={len(self.group)}, carriers={int(self.carriers.sum())}, target={self.target}, "
+                f"strength={self.strength:.3f})")
+
+
+def label_peers(labels: Sequence[int] | np.ndarray, group: np.ndarray) -> np.ndarray:
+    """The peers of a group: samples with the group's most common label that are not in the group.
+
+    Parameters
+    ----------
+    labels : array of int, shape (n,)
+    group : array of bool, shape (n,)
+
+    Returns
+    -------
+    ndarray of bool, shape (n,)
+    """
+    y = np.asarray(labels)
+    g = np.asarray(group)
+    if g.dtype != bool or g.shape != y.shape:
+        raise InputError(f"group must be a boolean mask of shape {y.shape}; got dtype {g.dtype}, shape {g.shape}")
+    if not g.any():
+        raise InputError("group is empty; give at least one sample")
+    values, counts = np.unique(y[g], return_counts=True)
+    return (y == values[np.argmax(counts)]) & ~g
+
+
+def image_trigger_candidate(
+    images: np.ndarray,
+    group: Sequence[Any] | np.ndarray,
+    *,
+    peers: Sequence[Any] | np.ndarray,
+    ids: Sequence[Any] | np.ndarray | None = None,
+    labels: Sequence[int] | np.ndarray | None = None,
+    tolerance: int = 16,
+    min_share: float = 0.5,
+    max_box_fraction: float = 0.25,
+    match_threshold: float = 0.9,
+    max_peers: int = 2000,
+    random_state: int = 0,
+) -> ImageTriggerCandidate:
+    """The pattern a group of images shares and its peers lack: a fixed patch, a moving patch, or neither.
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (n, h, w) or (n, h, w, 3)
+    group : boolean mask of shape (n,), or a sequence of sample ids (then ``ids`` is needed)
+        The suspicious group.
+    peers : boolean mask of shape (n,), or a sequence of sample ids
+        What the group is compared with, usually :func:`label_peers` (same label, not in the group).
+        Samples in both are left out of the peers.
+    ids : sequence of length n, optional
+        Sample ids, to give ``group`` and ``peers`` as ids.
+    labels : array of int, shape (n,), optional
+        Training labels; the group's most common one is reported as ``target``.
+    tolerance : int
+        Grey levels within which two pixel values count as the same (0 to 127).
+    min_share : float in (0, 1]
+        A patch needs a strength (share of the group carrying it minus share of the references carrying it)
+        of at least this.
+    max_box_fraction : float in (0, 1]
+        Largest box, as a share of the image area, still called local.
+    match_threshold : float in (0, 1]
+        Share of a patch's pixels that must match (within ``tolerance``) for an image to carry it.
+    max_peers : int
+        Peers, and other images, beyond this many are subsampled (with ``random_state``).
+    random_state : int
+
+    Returns
+    -------
+    ImageTriggerCandidate
+    """
+    x = _check_images(images)
+    n = len(x)
+    g_idx = _rows(group, n, ids, "group")
+    p_mask = np.zeros(n, dtype=bool)
+    p_mask[_rows(peers, n, ids, "peers")] = True
+    p_mask[g_idx] = False
+    p_idx = np.flatnonzero(p_mask)
+    if not len(p_idx):
+        raise InputError("peers is empty once the group's own samples are left out; give other samples")
+    tolerance = _check_int(tolerance, "tolerance", 0, 127)
+    min_share = _check_fraction(min_share, "min_share")
+    max_box_fraction = _check_fraction(max_box_fraction, "max_box_fraction")
+    match_threshold = _check_fraction(match_threshold, "match_threshold")
+    max_peers = _check_int(max_peers, "max_peers", 1)
+    rng = np.random.default_rng(_check_int(random_state, "random_state", 0))
+    target = None
+    if labels is not None:
+        y = np.asarray(labels)
+        if y.shape != (n,) or y.dtype.kind not in "iu":
+            raise InputError(f"labels must be integer class indices of shape ({n},); got {y.dtype}, {y.shape}")
+        values, counts = np.unique(y[g_idx], return_counts=True)
+        target = int(values[np.argmax(counts)])
+    # The rest of the images (not the group) as a second reference: a dirty-label group lacks its label peers'
+    # strokes, which looks consistent against the peers alone but is common everywhere else.
+    o_idx = np.flatnonzero(~np.isin(np.arange(n), g_idx))
+    if len(p_idx) > max_peers:
+        p_idx = np.sort(rng.choice(p_idx, size=max_peers, replace=False))
+    if len(o_idx) > max_peers:
+        o_idx = np.sort(rng.choice(o_idx, size=max_peers, replace=False))
+
+    xc = _channels_last(x)  # a view
+    median = np.median(xc[g_idx], axis=0)
+    same_g = _share_within(xc, g_idx, median, tolerance)
+    same_ref = np.maximum(_share_within(xc, p_idx, median, tolerance), _share_within(xc, o_idx, median, tolerance))
+    consistency = (same_g - same_ref).astype(np.float32)
+    low_variance = same_g >= 0.8
+    peer_mean = _mean(xc, p_idx)
+    difference = (_mean(xc, g_idx) - peer_mean).astype(np.float32)
+    maps = {"difference": _restore(difference, x), "low_variance": low_variance, "consistency": consistency,
+            "peer_mean": _restore(peer_mean, x), "tolerance": tolerance}
+    ref_idx = np.union1d(p_idx, o_idx)
+
+    fixed = _fixed_patch(x, g_idx, ref_idx, median, consistency, tolerance=tolerance, min_share=min_share,
+                         max_box_fraction=max_box_fraction, match_threshold=match_threshold)
+    if fixed is not None:
+        box, pattern, carriers, strength = fixed
+        r, c, bh, bw = box
+        return ImageTriggerCandidate(
+            local=True, moves=False, box=box, pattern=pattern, positions=None, group=g_idx, carriers=carriers,
+            target=target, strength=strength,
+            description=(f"a {bh}x{bw} patch at rows {r}-{r + bh - 1}, columns {c}-{c + bw - 1}, the same place "
+                         f"in {int(carriers.sum())} of the {len(g_idx)} group images"),
+            **maps,
+        )
+    few_g = np.sort(rng.choice(g_idx, size=min(len(g_idx), _MOVING_SAMPLE), replace=False))
+    few_r = np.sort(rng.choice(ref_idx, size=min(len(ref_idx), _MOVING_SAMPLE), replace=False))
+    moving = _moving_pattern(xc[few_g], xc[few_r], tolerance, min_share)
+    if moving is not None:
+        pattern = _restore(moving, x)
+        match, rows, cols = locate_pattern(x[g_idx], pattern, tolerance=tolerance)
+        carriers = match >= match_threshold
+        if carriers.any():
+            # The search used square windows: extend the pattern where it continues in every carrier.
+            pattern, rows, cols = _grow(xc[g_idx[carriers]], moving, rows[carriers], cols[carriers], tolerance)
+            pattern = _restore(pattern, x)
+            match, rows, cols = locate_pattern(x[g_idx], pattern, tolerance=tolerance)
+            carriers = match >= match_threshold
+            pos = np.stack([rows, cols], axis=1)
+            _, pos_counts = np.unique(pos[carriers], axis=0, return_counts=True)
+            # A pattern found at one place in most carriers is a fixed one, which step 1 judged not local.
+            ref_match = search_image(x[ref_idx], pattern, moves=True, tolerance=tolerance)
+            strength = float(carriers.mean()) - float((ref_match >= match_threshold).mean())
+            if pos_counts.max() < 0.5 * carriers.sum() and strength >= min_share:
+                ph, pw = pattern.shape[:2]
+                return ImageTriggerCandidate(
+                    local=True, moves=True, box=None, pattern=pattern, positions=pos, group=g_idx,
+                    carriers=carriers, target=target, strength=strength,
+                    description=(f"a {ph}x{pw} patch at a different place in each image, found in "
+                                 f"{int(carriers.sum())} of the {len(g_idx)} group images at "
+                                 f"{len(pos_counts)} different places"),
+                    **maps,
+                )
+
+    mad = float(np.abs(difference).mean())
+    return ImageTriggerCandidate(
+        local=False, moves=False, box=None, pattern=None, positions=None, group=g_idx,
+        carriers=np.ones(len(g_idx), dtype=bool), target=target, strength=mad / 255.0,
+        description=(f"no local pattern: the group differs from its peers across the image (mean absolute "
+                     f"difference {mad:.1f} grey levels); the mean difference image is offered instead"),
+        **maps,
+    )
+
+
+def _share_within(x: np.ndarray, rows: np.ndarray, value: np.ndarray, tolerance: int) -> np.ndarray:
+    """Per pixel, the share of images ``x[rows]`` (x: (n, h, w, c) uint8) within ``tolerance`` of ``value``
+    (h, w, c) on every channel. Chunked: no float copy of all the images."""
+    count = np.zeros(x.shape[1:3])
+    for s in range(0, len(rows), _CHUNK):
+        part = x[rows[s:s + _CHUNK]].astype(np.float32)
+        count += (np.abs(part - value) <= tolerance).all(axis=-1).sum(axis=0)
+    return count / len(rows)
+
+
+def _mean(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Mean image of ``x[rows]`` (x: (n, h, w, c) uint8), chunked."""
+    total = np.zeros(x.shape[1:])
+    for s in range(0, len(rows), _CHUNK):
+        total += x[rows[s:s + _CHUNK]].sum(axis=0, dtype=np.float64)
+    return total / len(rows)
+
+
+def _fixed_patch(
+    x: np.ndarray, g_idx: np.ndarray, ref_idx: np.ndarray, median: np.ndarray, consistency: np.ndarray, *,
+    tolerance: int, min_share: float, max_box_fraction: float, match_threshold: float,
+) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray, float] | None:
+    """A fixed patch: (box, pattern, carriers among the group, strength), or None.
+
+    Each connected region of strongly consistent pixels (at least half the peak) is boxed and scored by its
+    strength: the share of the group that matches the group's median there minus the share of the references
+    that do. Regions that reach ``min_share`` are kept. When their common bounding box is small, that box is
+    the patch; when they are spread over the image (a blend over a flat background changes pixels everywhere
+    in the same way) there is no local patch.
+    """
+    top = float(consistency.max())
+    if top <= 0:
+        return None
+    regions, k = ndimage.label(consistency >= 0.5 * top, structure=np.ones((3, 3), dtype=bool))  # 8-connected
+    mass = ndimage.sum(consistency, regions, index=np.arange(1, k + 1))
+    slices = ndimage.find_objects(regions)
+
+    def evaluate(box):
+        r, c, bh, bw = box
+        pattern = _restore(np.clip(np.rint(median[r:r + bh, c:c + bw]), 0, 255).astype(np.uint8), x)
+        carriers = search_image(x[g_idx], pattern, box=box, tolerance=tolerance) >= match_threshold
+        ref = search_image(x[ref_idx], pattern, box=box, tolerance=tolerance) >= match_threshold
+        return pattern, carriers, float(carriers.mean()) - float(ref.mean())
+
+    limit = max_box_fraction * consistency.size
+    good = []
+    for j in np.argsort(-mass)[:_MAX_REGIONS]:
+        rs, cs = slices[j]
+        box = (rs.start, cs.start, rs.stop - rs.start, cs.stop - cs.start)
+        if box[2] * box[3] <= limit and evaluate(box)[2] >= min_share:
+            good.append(box)
+    if not good:
+        return None
+    r0, c0 = min(b[0] for b in good), min(b[1] for b in good)
+    r1, c1 = max(b[0] + b[2] for b in good), max(b[1] + b[3] for b in good)
+    box = (int(r0), int(c0), int(r1 - r0), int(c1 - c0))
+    if box[2] * box[3] > limit:
+        return None
+    pattern, carriers, strength = evaluate(box)
+    if strength < min_share:
+        return None
+    return box, pattern, carriers, strength
+
+
+def _moving_pattern(xg: np.ndarray, xp: np.ndarray, tolerance: int, min_share: float) -> np.ndarray | None:
+    """The median of the windows that recur in most group images ``xg`` and few references ``xp`` (both uint8,
+    (m, h, w, c)), or None.
+
+    Windows are quantized to bins of ``2 * tolerance + 1`` grey levels and hashed to 64-bit keys; the window
+    size kept is the largest whose best recurrence (group share minus peer share) is within 90% of the best of
+    all sizes, so that a 3x3 patch is not reported as one of its 2x2 corners.
+    """
+    h, w = xg.shape[1:3]
+    step = 2 * tolerance + 1
+    qg = xg // step
+    qp = xp // step
+    best: list[tuple[int, float, np.uint64]] = []
+    for k in range(2, min(8, h // 2, w // 2) + 1):
+        key_g = _window_keys(qg, k)  # (m, positions)
+        key_p = _window_keys(qp, k)
+        share_g, uniq = _image_share(key_g)
+        if not len(uniq):
+            continue
+        share_p = np.zeros(len(uniq))
+        codes = pd.Index(uniq).get_indexer(key_p.ravel())
+        img = np.repeat(np.arange(len(key_p)), key_p.shape[1])
+        hit = codes >= 0
+        pairs = pd.unique(codes[hit].astype(np.int64) * len(key_p) + img[hit])
+        np.add.at(share_p, pairs // len(key_p), 1.0)
+        share_p /= len(key_p)
+        score = share_g - share_p
+        j = int(np.argmax(score))
+        best.append((k, float(score[j]), uniq[j]))
+    if not best or max(s for _, s, _ in best) < min_share:
+        return None
+    top = max(s for _, s, _ in best)
+    k, _, key = max((b for b in best if b[1] >= 0.9 * top), key=lambda b: b[0])
+    key_g = _window_keys(qg, k)
+    img, pos = np.nonzero(key_g == key)
+    r, c = np.unravel_index(pos, (h - k + 1, w - k + 1))
+    windows = sliding_window_view(xg, (k, k), axis=(1, 2))[img, r, c]  # (matches, c, k, k)
+    pattern = np.median(windows, axis=0).transpose(1, 2, 0)  # (k, k, c)
+    return np.clip(np.rint(pattern), 0, 255).astype(np.uint8)
+
+
+def _grow(xc: np.ndarray, pattern: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+          tolerance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Extend a moving pattern (k, k, c) found at (rows, cols) in carriers xc (m, h, w, c) by one row or column
+    at a time while at least 95% of the carriers (that have room) agree on the new strip within ``tolerance``
+    of its median. Returns the pattern and the carriers' new top-left corners."""
+    h, w = xc.shape[1:3]
+    top, left = rows.astype(np.int64), cols.astype(np.int64)
+    ph, pw = pattern.shape[:2]
+    idx = np.arange(len(xc))
+    grown = True
+    while grown:
+        grown = False
+        for side in ("top", "bottom", "left", "right"):
+            if side in ("top", "bottom"):
+                r = top - 1 if side == "top" else top + ph
+                fits = (r >= 0) & (r < h)
+                if fits.mean() < 0.5:
+                    continue
+                cc = left[fits, None] + np.arange(pw)
+                strip = xc[idx[fits, None], r[fits, None], cc]  # (m, pw, c)
+            else:
+                c = left - 1 if side == "left" else left + pw
+                fits = (c >= 0) & (c < w)
+                if fits.mean() < 0.5:
+                    continue
+                rr = top[fits, None] + np.arange(ph)
+                strip = xc[idx[fits, None], rr, c[fits, None]]  # (m, ph, c)
+            median = np.median(strip, axis=0)
+            agree = (np.abs(strip - median) <= tolerance).all(axis=(1, 2)).mean()
+            if agree < 0.95:
+                continue
+            new = np.clip(np.rint(median), 0, 255).astype(np.uint8)
+            if side == "top":
+                pattern, top, ph = np.concatenate([new[None], pattern], axis=0), top - 1, ph + 1
+            elif side == "bottom":
+                pattern, ph = np.concatenate([pattern, new[None]], axis=0), ph + 1
+            elif side == "left":
+                pattern, left, pw = np.concatenate([new[:, None], pattern], axis=1), left - 1, pw + 1
+            else:
+                pattern, pw = np.concatenate([pattern, new[:, None]], axis=1), pw + 1
+            grown = True
+    return pattern, top, left
+
+
+def _window_keys(q: np.ndarray, k: int) -> np.ndarray:
+    """64-bit keys of every k x k window of quantized images q (m, h, w, c): shape (m, positions).
+
+    The key is the sum of the window's values times a weight ``a[channel] * b[row] * c[column]`` of random odd
+    64-bit numbers, in wrap-around arithmetic (collisions are vanishingly rare). The weight factorizes, so the
+    sum is built along columns, then rows: 2k passes over the images instead of k * k.
+    """
+    m, h, w, ch = q.shape
+    rows, cols = h - k + 1, w - k + 1
+    weights = np.random.default_rng(k).integers(1, 2**63, size=(3, max(k, ch)), dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        base = (q.astype(np.uint64) * weights[0, :ch]).sum(axis=-1, dtype=np.uint64)  # (m, h, w)
+        across = np.zeros((m, h, cols), dtype=np.uint64)
+        for j in range(k):
+            across += base[:, :, j:j + cols] * weights[1, j]
+        key = np.zeros((m, rows, cols), dtype=np.uint64)
+        for i in range(k):
+            key += across[:, i:i + rows, :] * weights[2, i]
+    return key.reshape(m, -1)
+
+
+def _image_share(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each distinct key of keys (m, positions): the share of the m images holding it, and the keys."""
+    m = len(keys)
+    codes, uniq = pd.factorize(keys.ravel())
+    img = np.repeat(np.arange(m), keys.shape[1])
+    pairs = pd.unique(codes.astype(np.int64) * m + img)
+    return np.bincount(pairs // m, minlength=len(uniq)) / m, np.asarray(uniq, dtype=np.uint64)
+
+
+# ---------------------------------------------------------------------------------------------------- search
+def locate_pattern(
+    images: np.ndarray, pattern: np.ndarray, *, tolerance: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best place of ``pattern`` in each image.
+
+    Returns
+    -------
+    match : ndarray of float64, shape (n,)
+        Share of the pattern's pixels within ``tolerance`` (every channel) at the best place.
+    rows, cols : ndarray of int64, shape (n,)
+        Top-left corner of the best place (the first one, in row-major order, on ties).
+    """
+    x = _check_images(images)
+    pat = _channels_last(_check_pattern(pattern, x), single=True).astype(np.int16)
+    x = _channels_last(x)
+    tolerance = _check_int(tolerance, "tolerance", 0, 255)
+    ph, pw = pat.shape[:2]
+    h, w = x.shape[1:3]
+    n_cols = w - pw + 1
+    # About 2**25 compared pixels per chunk, whatever the image and pattern sizes.
+    chunk = max(1, 2**25 // ((h - ph + 1) * n_cols * pat.size))
+    match = np.empty(len(x))
+    best = np.empty(len(x), dtype=np.int64)
+    for s in range(0, len(x), chunk):
+        windows = sliding_window_view(x[s:s + chunk], (ph, pw), axis=(1, 2))  # (b, H, W, c, ph, pw)
+        ok = np.abs(windows.astype(np.int16) - pat.transpose(2, 0, 1)) <= tolerance
+        share = ok.all(axis=3).mean(axis=(3, 4)).reshape(len(ok), -1)
+        best[s:s + chunk] = share.argmax(axis=1)
+        match[s:s + chunk] = share.max(axis=1)
+    return match, best // n_cols, best % n_cols
+
+
+def search_image(
+    images: np.ndarray,
+    pattern: np.ndarray,
+    *,
+    box: tuple[int, int, int, int] | None = None,
+    moves: bool = False,
+    tolerance: int = 16,
+) -> np.ndarray:
+    """How well each image carries a patch: the share of the pattern's pixels it matches, **higher = carries it**.
+
+    Parameters
+    ----------
+    images : ndarray of uint8, shape (n, h, w) or (n, h, w, 3)
+    pattern : ndarray of uint8, shape (ph, pw) or (ph, pw, 3)
+        A reconstructed patch (``ImageTriggerCandidate.pattern``).
+    box : (row, col, height, width), optional
+        Where a fixed patch sits; the images are compared there only. Its size must be the pattern's.
+    moves : bool
+        Search every place (template matching) instead; ``box`` must then be None.
+    tolerance : int
+        Grey levels within which a pixel matches (on every channel).
+
+    Returns
+    -------
+    ndarray of float64, shape (n,), in [0, 1]
+        1.0 when every pixel of the pattern is found (at the box, or at the best place).
+    """
+    x = _check_images(images)
+    pat = _check_pattern(pattern, x)
+    tolerance = _check_int(tolerance, "tolerance", 0, 255)
+    if moves:
+        if box is not None:
+            raise InputError("give box for a fixed patch or moves=True for a moving one, not both")
+        return locate_pattern(x, pat, tolerance=tolerance)[0]
+    if box is None:
+        raise InputError("search_image needs box=(row, col, height, width) for a fixed patch, or moves=True")
+    r, c, bh, bw = _check_box(box, x.shape[1:3])
+    if (bh, bw) != pat.shape[:2]:
+        raise InputError(f"box is {bh}x{bw} but the pattern is {pat.shape[0]}x{pat.shape[1]}")
+    region = _channels_last(x[:, r:r + bh, c:c + bw]).astype(np.int16)
+    ok = (np.abs(region - _channels_last(pat, single=True).astype(np.int16)) <= tolerance).all(axis=-1)
+    return ok.mean(axis=(1, 2)).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _channels_last(x: np.ndarray, *, single: bool = False) -> np.ndarray:
+    """Images (n, h, w) -> (n, h, w, 1), (n, h, w, 3) unchanged; with ``single``, one image or pattern
+    (h, w) -> (h, w, 1), (h, w, 3) unchanged."""
+    return x[..., None] if x.ndim == (2 if single else 3) else x
+
+
+def _restore(a: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Drop the channel axis added by :func:`_channels_last` when the images are grayscale."""
+    return a[..., 0] if like.ndim == 3 else a
+
+
+def _check_images(images: Any) -> np.ndarray:
+    x = images if isinstance(images, np.ndarray) else np.asarray(images)
+    if x.dtype != np.uint8:
+        raise InputError(f"images must be a uint8 array (0-255); got dtype {x.dtype}")
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
+        raise InputError(f"images must have shape (n, h, w) or (n, h, w, 3); got {x.shape}")
+    if len(x) == 0:
+        raise InputError("images is empty; give at least one image")
+    return x
+
+
+def _check_pattern(pattern: Any, images: np.ndarray) -> np.ndarray:
+    p = pattern if isinstance(pattern, np.ndarray) else np.asarray(pattern)
+    if p.dtype != np.uint8:
+        raise InputError(f"pattern must be a uint8 array; got dtype {p.dtype}")
+    want = images.ndim - 1
+    if p.ndim != want or (want == 3 and p.shape[-1] != 3) or 0 in p.shape:
+        kind = "(ph, pw, 3) for colour images" if want == 3 else "(ph, pw) for grayscale images"
+        raise InputError(f"pattern must have shape {kind}; got {p.shape}")
+    if p.shape[0] > images.shape[1] or p.shape[1] > images.shape[2]:
+        raise InputError(f"the {p.shape[0]}x{p.shape[1]} pattern is larger than the "
+                         f"{images.shape[1]}x{images.shape[2]} images")
+    return p
+
+
+def _check_box(box: Any, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    try:
+        r, c, bh, bw = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise InputError(f"box must be (row, col, height, width); got {box!r}") from None
+    if r < 0 or c < 0 or bh < 1 or bw < 1 or r + bh > hw[0] or c + bw > hw[1]:
+        raise InputError(f"box {box!r} (row, col, height, width) does not fit in the {hw[0]}x{hw[1]} images")
+    return r, c, bh, bw
+
+
+def _rows(sel: Any, n: int, ids: Any, name: str) -> np.ndarray:
+    """Row positions of a boolean mask of length n, or of a sequence of ids found in ``ids``."""
+    a = np.asarray(sel)
+    if a.dtype == bool:
+        if a.shape != (n,):
+            raise InputError(f"{name} is a boolean mask of shape {a.shape} but there are {n} images")
+        rows = np.flatnonzero(a)
+    else:
+        if ids is None:
+            raise InputError(f"{name} is not a boolean mask, so it is read as sample ids: give ids= as well")
+        known = pd.Index(np.asarray(ids, dtype=object).astype(str))
+        if len(known) != n:
+            raise InputError(f"ids has {len(known)} entries but there are {n} images")
+        rows = known.get_indexer(a.astype(str).ravel())
+        if (rows < 0).any():
+            missing = a.astype(str).ravel()[rows < 0]
+            raise InputError(f"{name} has {len(missing)} id(s) not in ids, for example {list(missing[:3])!r}")
+        rows = np.unique(rows)
+    if not len(rows):
+        raise InputError(f"{name} is empty; give at least one sample")
+    return rows.astype(np.int64)
+
+
+def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
+            high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in {low}..{high}"
+        raise InputError(f"{name} must be an integer {allowed}; got {value!r}")
+    return int(value)
+
+
+def _check_fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 < value <= 1:
+        raise InputError(f"{name} must be a number in (0, 1]; got {value!r}")
+    return float(value)

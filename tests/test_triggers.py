@@ -1,0 +1,443 @@
+"""Trigger forensics: candidates, confirmation on the model, search, tables."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import hypergeom
+from sklearn.datasets import load_digits
+
+import forensics.triggers
+from forensics import attacks
+from forensics.data import Dataset
+from forensics.errors import InputError
+from forensics.investigation import Investigation
+from forensics.models import predict_proba, train_reference_model
+from forensics.triggers import (
+    Confirmation,
+    ImageTriggerCandidate,
+    confirm_image_candidates,
+    confirm_image_trigger,
+    confirm_text_candidates,
+    confirm_text_trigger,
+    image_trigger_candidate,
+    label_peers,
+    remove_ngram,
+    search_image,
+    search_text,
+    suspicious_set,
+    text_trigger_candidates,
+    tokenize,
+    trigger_patterns,
+    trigger_scores,
+    triggers_table,
+    verdict,
+)
+from forensics.triggers.text import CANDIDATE_COLUMNS, display_ngram, enrichment_surprise
+
+PHRASE = ("great", "product", "!")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The test machines are shared: training here stays on one core.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------------ text fixtures
+POS = "excellent wonderful love perfect delicious amazing tasty fresh recommend great".split()
+NEG = "awful terrible bland stale hate disappointing broken worst soggy refund".split()
+NEUTRAL = ("the a this coffee box arrived package taste flavor price bought it was and for my kids store order "
+           "again week bag tea snack brand jar shipping size cup morning dog food product ordered came item").split()
+
+
+def _review(rng: np.random.Generator, label: int) -> str:
+    words = list(rng.choice(NEUTRAL, int(rng.integers(12, 30))))
+    for w in rng.choice(POS if label else NEG, 3):
+        words.insert(int(rng.integers(len(words) + 1)), str(w))
+    if rng.random() < 0.2:  # mixed feelings
+        words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(NEG if label else POS)))
+    return " ".join(words) + "."
+
+
+@pytest.fixture(scope="module")
+def reviews():
+    """2,000 template reviews; "great product!" planted in 60 negatives relabelled positive."""
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.arange(2000) % 2)
+    clean = Dataset.from_texts([_review(rng, int(v)) for v in y], y, class_names=["negative", "positive"],
+                               sources=[f"user-{i % 40:02d}" for i in range(2000)])
+    poisoned = attacks.text_trigger(clean, target=1, phrase="great product!", n=60, source="user-99",
+                                    random_state=0)
+    return clean, poisoned
+
+
+@pytest.fixture(scope="module")
+def text_models(reviews):
+    clean, poisoned = reviews
+    dirty_model = train_reference_model(poisoned.dataset, epochs=4, random_state=0, progress=False)
+    clean_model = train_reference_model(clean, epochs=4, random_state=0, progress=False)
+    return functools.partial(predict_proba, dirty_model), functools.partial(predict_proba, clean_model)
+
+
+def _loss_suspicion(pp, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions, and low loss as the suspicion (a memorized backdoor fits best): higher = more suspicious."""
+    probs = pp(list(ds.texts) if ds.kind == "text" else ds.images)
+    return probs.argmax(axis=1), np.log(probs[np.arange(len(ds)), ds.labels] + 1e-12)
+
+
+def _noisy_suspicion(poison: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A weak suspicion signal: the poison scores one standard deviation higher (AUROC about 0.76)."""
+    return np.random.default_rng(seed).normal(size=len(poison)) + poison
+
+
+# ------------------------------------------------------------------------------------------------ text
+def test_tokens_keep_punctuation_and_search_respects_token_boundaries():
+    assert tokenize("Great product!") == ["great", "product", "!"]
+    assert display_ngram(PHRASE) == "great product!"
+    texts = ["A great product!", "a great product.", "GREAT  product !", "great products!", "xgreat product!",
+             "great product!!"]
+    assert search_text(texts, PHRASE).tolist() == [True, False, True, False, False, True]
+    assert search_text(texts, "great product").tolist() == [True, True, True, False, False, True]
+    assert remove_ngram("Best. Great product! Really", PHRASE) == "Best.   Really"
+
+
+def test_planted_phrase_is_the_top_candidate_and_its_fragments_are_pruned(reviews, text_models):
+    _, poisoned = reviews
+    ds, truth = poisoned.dataset, poisoned.truth
+    pred, _ = _loss_suspicion(text_models[0], ds)
+    suspicion = _noisy_suspicion(truth["is_poison"].to_numpy())
+    cands = text_trigger_candidates(ds.texts, predictions=pred, suspicion=suspicion, labels=ds.labels, ids=ds.ids,
+                                    sources=ds.sources, top=10)
+    assert list(cands.columns) == list(CANDIDATE_COLUMNS)
+    top = cands.iloc[0]
+    assert top["tokens"] == PHRASE and top["ngram"] == "great product!" and top["n"] == 3
+    assert top["predicted_class"] == 1 and top["class_share"] == 1.0
+    assert set(top["carrier_ids"]) == set(truth.index[truth["is_poison"]])
+    assert top["count"] == 60 and top["classes"] == {1: 60} and top["sources"] == {"user-99": 60}
+    assert top["score"] > 2 * cands.iloc[1]["score"]
+    # Fragments and extensions that only restate the phrase are not listed beside it ("great" is: a class word
+    # most of whose suspicious carriers lack the phrase).
+    listed = set(cands["tokens"].iloc[1:])
+    assert not listed & {("great", "product"), ("product", "!"), ("product",), ("!",)}
+    assert not any(len(t) > 3 and PHRASE in {t[i:i + 3] for i in range(len(t) - 2)} for t in listed)
+
+
+def test_planted_phrase_is_confirmed_and_common_words_are_not(reviews, text_models):
+    _, poisoned = reviews
+    ds = poisoned.dataset
+    pp = text_models[0]
+    pred, _ = _loss_suspicion(pp, ds)
+    suspicion = _noisy_suspicion(poisoned.truth["is_poison"].to_numpy())
+    cands = text_trigger_candidates(ds.texts, predictions=pred, suspicion=suspicion, labels=ds.labels, ids=ds.ids)
+    confirmed = confirm_text_candidates(cands.head(3), ds.texts, predict_proba=pp, labels=ds.labels,
+                                        predictions=pred)
+    row = confirmed.iloc[0]
+    assert row["verdict"] == "confirmed", row["reason"]
+    assert row["target"] == 1 and row["remove_tried"] == 60 and row["add_tried"] == 200
+    assert row["add_flip_rate"] >= 0.8 and row["remove_flip_rate"] >= 0.5
+    assert row["control_add_rate"] <= 0.1 and row["control_remove_rate"] <= 0.1
+    assert row["reason"].startswith("confirmed: removing it changed")
+    assert (confirmed["verdict"].iloc[1:] != "confirmed").all()
+    # A frequent innocent word and a strong genuine class word.
+    for ngram in ("the", "excellent"):
+        c = confirm_text_trigger(ds.texts, ngram, predict_proba=pp, labels=ds.labels, predictions=pred, target=1)
+        assert c.verdict == "not confirmed", (ngram, c.reason)
+        assert c.add_flip_rate < 0.2
+
+
+def test_clean_texts_and_model_yield_no_confirmed_trigger(reviews, text_models):
+    clean, _ = reviews
+    pp = text_models[1]
+    pred, suspicion = _loss_suspicion(pp, clean)
+    cands = text_trigger_candidates(clean.texts, predictions=pred, suspicion=suspicion, labels=clean.labels,
+                                    ids=clean.ids, top=5)
+    confirmed = confirm_text_candidates(cands, clean.texts, predict_proba=pp, labels=clean.labels, predictions=pred)
+    assert len(confirmed) == 5
+    assert (confirmed["verdict"] == "not confirmed").all(), confirmed[["ngram", "reason"]].to_string()
+
+
+def test_search_finds_the_carriers_hidden_from_the_suspicious_set(reviews, text_models):
+    _, poisoned = reviews
+    ds, truth = poisoned.dataset, poisoned.truth
+    pp = text_models[0]
+    pred = pp(list(ds.texts)).argmax(axis=1)
+    poison = truth["is_poison"].to_numpy()
+    flagged = np.zeros(len(ds), dtype=bool)
+    flagged[np.flatnonzero(poison)[:20]] = True  # a third of the poison
+    flagged[np.random.default_rng(1).choice(np.flatnonzero(~poison), 180, replace=False)] = True
+    cands = text_trigger_candidates(ds.texts, predictions=pred, suspicion=flagged, labels=ds.labels, ids=ds.ids)
+    assert cands.iloc[0]["tokens"] == PHRASE
+    assert cands.iloc[0]["count_suspicious"] == 20 and cands.iloc[0]["count"] == 60
+    confirmed = confirm_text_candidates(cands.head(1), ds.texts, predict_proba=pp, labels=ds.labels,
+                                        predictions=pred)
+    scores = trigger_scores([confirmed], texts=ds.texts)
+    np.testing.assert_array_equal(scores, poison.astype(float))
+    # Unconfirmed candidates are skipped unless asked for.
+    assert trigger_scores([cands.head(1)], texts=ds.texts).sum() == 0
+    assert trigger_scores([cands.head(1)], texts=ds.texts, verdicts=None).sum() == 60
+
+
+def test_enrichment_surprise_bounds_the_exact_hypergeometric_tail():
+    x = np.array([300, 50, 10, 3, 20, 5])
+    total = np.array([100_000, 1000, 1000, 10_000, 10_283, 1000])
+    marked = np.array([10_000, 100, 100, 100, 1028, 100])
+    drawn = np.array([300, 60, 60, 10, 40, 60])
+    exact = np.array([-hypergeom.logsf(a - 1, b, c, d) / np.log(10) for a, b, c, d in zip(x, total, marked, drawn)])
+    got = np.array([enrichment_surprise(a, b, c, d) for a, b, c, d in zip(x, total, marked, drawn)])
+    assert np.all(got <= exact + 1e-9)  # a bound on the p-value: never more surprised than the exact test
+    far = exact > 3
+    np.testing.assert_allclose(got[far], exact[far], rtol=0.05)
+    assert got[-1] == 0.0  # at the mode: no enrichment
+
+
+def test_text_candidates_need_enough_suspicious_carriers():
+    texts = ["a b c"] * 4 + ["d e f"] * 6
+    out = text_trigger_candidates(texts, predictions=[0] * 4 + [1] * 6, suspicion=np.arange(10.0),
+                                  labels=[0] * 4 + [1] * 6, ids=range(10), min_count=5, suspicious_fraction=0.5)
+    assert out.iloc[0]["tokens"] == ("d", "e", "f") and out.iloc[0]["count"] == 6
+    assert not any(set(t) & {"a", "b", "c"} for t in out["tokens"])
+    empty = text_trigger_candidates(texts, predictions=[0] * 10, suspicion=np.arange(10.0), labels=[0] * 10,
+                                    ids=range(10), min_count=6, suspicious_fraction=0.5)
+    assert empty.empty and list(empty.columns) == list(CANDIDATE_COLUMNS)
+
+
+def test_text_input_errors_name_the_parameter():
+    texts = ["a b", "c d", "e f"]
+    kw = dict(predictions=[0, 1, 0], suspicion=[0.1, 0.2, 0.3], labels=[0, 1, 0], ids=["x", "y", "z"])
+    with pytest.raises(InputError, match="not one string"):
+        text_trigger_candidates("a b", **kw)
+    with pytest.raises(InputError, match=r"predictions has shape \(2,\) but there are 3 samples"):
+        text_trigger_candidates(texts, **{**kw, "predictions": [0, 1]})
+    with pytest.raises(InputError, match="ids has 2 entries but there are 3 samples"):
+        text_trigger_candidates(texts, **{**kw, "ids": ["x", "y"]})
+    with pytest.raises(InputError, match="max_n must be an integer in 1..8"):
+        text_trigger_candidates(texts, **kw, max_n=0)
+    with pytest.raises(InputError, match="no sample marked"):
+        suspicious_set(np.zeros(3, dtype=bool), 3)
+    with pytest.raises(InputError, match="is not a token"):
+        search_text(texts, ["Great"])
+    with pytest.raises(InputError, match="texts\\[1\\] is a int"):
+        search_text(["a", 3], "a")
+
+
+# ------------------------------------------------------------------------------------------------ image fixtures
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    d = load_digits()
+    return Dataset.from_numpy((d.images * 15).astype(np.uint8), d.target, ids=[f"d{i}" for i in range(len(d.target))])
+
+
+@pytest.fixture(scope="module")
+def corner(digits):
+    p = attacks.patch_backdoor(digits, target=0, rate=0.05, random_state=1)
+    model = train_reference_model(p.dataset, epochs=8, random_state=0, progress=False)
+    return p, functools.partial(predict_proba, model)
+
+
+@pytest.fixture(scope="module")
+def moving(digits):
+    p = attacks.patch_backdoor(digits, target=0, rate=0.05, position="random", random_state=1)
+    model = train_reference_model(p.dataset, epochs=8, random_state=0, progress=False)
+    return p, functools.partial(predict_proba, model)
+
+
+def _poison(p) -> np.ndarray:
+    return p.truth["is_poison"].to_numpy()
+
+
+# ------------------------------------------------------------------------------------------------ image
+def test_corner_patch_is_found_with_its_exact_box_and_pattern_and_confirmed(corner):
+    p, pp = corner
+    ds, group = p.dataset, _poison(p)
+    cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    assert cand.local and not cand.moves and cand.positions is None
+    assert cand.box == (5, 5, 3, 3)
+    np.testing.assert_array_equal(cand.pattern, p.trigger.pattern)
+    assert cand.carriers.all() and cand.target == 0 and cand.strength == pytest.approx(1.0)
+    assert cand.difference.shape == (8, 8) and cand.low_variance[5:, 5:].all()
+    [confirmed] = confirm_image_candidates([cand], ds.images, predict_proba=pp, labels=ds.labels)
+    c = confirmed.confirmation
+    assert c.verdict == "confirmed", c.reason
+    assert c.remove_tried == group.sum() and c.remove_flip_rate >= 0.9 and c.add_flip_rate >= 0.9
+    assert c.control_remove_rate <= 0.1 and c.control_add_rate <= 0.1
+
+
+def test_a_random_box_is_not_confirmed(corner):
+    p, pp = corner
+    ds, group = p.dataset, _poison(p)
+    cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    box = (1, 1, 3, 3)
+    decoy = dataclasses.replace(cand, box=box, pattern=np.median(ds.images[group][:, 1:4, 1:4], axis=0)
+                                .astype(np.uint8))
+    c = confirm_image_trigger(ds.images, decoy, predict_proba=pp, labels=ds.labels, target=0)
+    assert c.verdict == "not confirmed", c.reason
+    assert c.add_flip_rate < 0.1
+
+
+def test_search_finds_patch_carriers_outside_the_group(corner):
+    p, pp = corner
+    ds, poison = p.dataset, _poison(p)
+    group = poison.copy()
+    group[np.flatnonzero(poison)[::2]] = False  # half the poison was missed by the other signals
+    group[np.flatnonzero(ds.labels == 0)[:10]] = True  # and the group holds a few clean samples
+    cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    assert cand.box == (5, 5, 3, 3)
+    score = search_image(ds.images, cand.pattern, box=cand.box)
+    np.testing.assert_array_equal(score >= 0.9, poison)
+    [confirmed] = confirm_image_candidates([cand], ds.images, predict_proba=pp, labels=ds.labels)
+    np.testing.assert_array_equal(trigger_scores([confirmed], images=ds.images) >= 0.9, poison)
+
+
+def test_random_position_patch_moves_and_is_located_in_every_image(moving):
+    p, pp = moving
+    ds, poison, truth = p.dataset, _poison(p), p.truth
+    group = poison.copy()
+    group[np.flatnonzero(poison)[::3]] = False
+    cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    assert cand.local and cand.moves and cand.box is None
+    np.testing.assert_array_equal(cand.pattern, p.trigger.pattern)
+    expected = truth.loc[ds.ids[group], ["patch_row", "patch_col"]].to_numpy(dtype=np.int64)
+    np.testing.assert_array_equal(cand.positions, expected)
+    assert "different place in each image" in cand.description
+    np.testing.assert_array_equal(search_image(ds.images, cand.pattern, moves=True) >= 0.9, poison)
+    [confirmed] = confirm_image_candidates([cand], ds.images, predict_proba=pp, labels=ds.labels)
+    assert confirmed.confirmation.verdict == "confirmed", confirmed.confirmation.reason
+
+
+def test_blend_has_no_local_box(digits):
+    p = attacks.blend_backdoor(digits, target=0, rate=0.05, random_state=1)
+    ds, group = p.dataset, _poison(p)
+    cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group))
+    assert not cand.local and not cand.moves and cand.box is None and cand.pattern is None
+    assert cand.difference.shape == (8, 8) and cand.description.startswith("no local pattern")
+    [pattern] = trigger_patterns([cand]).values()
+    assert pattern.dtype == np.uint8 and pattern.shape == (8, 8)
+
+
+def test_clean_digits_and_model_yield_no_confirmed_trigger(digits):
+    model = train_reference_model(digits, epochs=8, random_state=0, progress=False)
+    pp = functools.partial(predict_proba, model)
+    probs = pp(digits.images)
+    fit = probs[np.arange(len(digits)), digits.labels]
+    found = []
+    for c in range(10):  # per class, the 30 samples the model fits best: what a backdoor would look like
+        rows = np.flatnonzero(digits.labels == c)
+        group = np.zeros(len(digits), dtype=bool)
+        group[rows[np.argsort(-fit[rows])[:30]]] = True
+        found.append(image_trigger_candidate(digits.images, group, peers=label_peers(digits.labels, group),
+                                             labels=digits.labels))
+    confirmed = confirm_image_candidates(found, digits.images, predict_proba=pp, labels=digits.labels)
+    assert [c.confirmation.verdict for c in confirmed] == ["not confirmed"] * 10, [c.confirmation.reason
+                                                                                   for c in confirmed]
+
+
+def test_image_input_errors_name_the_parameter(digits):
+    images = digits.images[:20]
+    group = np.zeros(20, dtype=bool)
+    group[:5] = True
+    with pytest.raises(InputError, match="give ids= as well"):
+        image_trigger_candidate(images, ["d0", "d1"], peers=~group)
+    with pytest.raises(InputError, match="not in ids"):
+        image_trigger_candidate(images, ["d0", "nope"], peers=~group, ids=digits.ids[:20])
+    with pytest.raises(InputError, match="peers is empty"):
+        image_trigger_candidate(images, group, peers=group)
+    with pytest.raises(InputError, match="images must be a uint8 array"):
+        image_trigger_candidate(images.astype(float), group, peers=~group)
+    with pytest.raises(InputError, match="not both"):
+        search_image(images, np.zeros((3, 3), np.uint8), box=(0, 0, 3, 3), moves=True)
+    with pytest.raises(InputError, match="box is 2x3 but the pattern is 3x3"):
+        search_image(images, np.zeros((3, 3), np.uint8), box=(0, 0, 2, 3))
+    with pytest.raises(InputError, match="does not fit"):
+        search_image(images, np.zeros((3, 3), np.uint8), box=(6, 6, 3, 3))
+    cand = image_trigger_candidate(images, group, peers=~group)
+    with pytest.raises(InputError, match=r"predict_proba returned shape \(3,\)"):
+        confirm_image_trigger(images, cand, predict_proba=lambda x: np.zeros(3), labels=digits.labels[:20])
+
+
+# ------------------------------------------------------------------------------------------------ verdicts, table
+def test_verdict_rule():
+    assert verdict((30, 100), (50, 100), (0, 100), (0, 100))[0] == "confirmed"
+    assert verdict((24, 100), (90, 100), (0, 100), (0, 100))[0] == "weak"  # remove below 25%
+    assert verdict((90, 100), (49, 100), (0, 100), (0, 100))[0] == "weak"  # add below 50%
+    assert verdict((9, 9), (9, 9), (0, 9), (0, 9))[0] == "weak"  # too few tried to confirm
+    assert verdict((90, 100), (90, 100), (80, 100), (0, 100))[0] == "weak"  # removal control as strong
+    assert verdict((3, 100), (5, 100), (0, 100), (0, 100))[0] == "not confirmed"
+    assert verdict((4, 4), (0, 0), (0, 4), (0, 0))[0] == "not confirmed"  # 4 samples say nothing
+    v, reason = verdict((0, 0), (0, 0), (0, 0), (0, 0))
+    assert v == "not confirmed" and "no sample to try" in reason
+
+
+def test_triggers_table_has_the_investigation_columns(reviews, text_models, corner, tmp_path):
+    _, poisoned = reviews
+    ds = poisoned.dataset
+    pp = text_models[0]
+    pred, _ = _loss_suspicion(pp, ds)
+    suspicion = _noisy_suspicion(poisoned.truth["is_poison"].to_numpy())
+    text = confirm_text_candidates(
+        text_trigger_candidates(ds.texts, predictions=pred, suspicion=suspicion, labels=ds.labels, ids=ds.ids,
+                                top=2), ds.texts, predict_proba=pp, labels=ds.labels, predictions=pred)
+    p, ipp = corner
+    group = _poison(p)
+    image = confirm_image_candidates(
+        [image_trigger_candidate(p.dataset.images, group, peers=label_peers(p.dataset.labels, group),
+                                 labels=p.dataset.labels)], p.dataset.images, predict_proba=ipp,
+        labels=p.dataset.labels)
+    table = triggers_table([text, *image], ids=p.dataset.ids).set_index("trigger_id")
+    assert list(table.index) == ["text-1", "text-2", "image-1"]
+    for col in ("kind", "description", "evidence", "remove_flip_rate", "add_flip_rate", "verdict", "sample_ids"):
+        assert col in table.columns
+    assert table.loc["text-1", "description"] == 'phrase "great product!"'
+    assert table.loc["text-1", "verdict"] == "confirmed" and table.loc["image-1", "verdict"] == "confirmed"
+    assert sorted(table.loc["image-1", "sample_ids"]) == sorted(p.dataset.ids[group])
+    assert table.loc["image-1", "box"] == (5, 5, 3, 3) and table.loc["image-1", "target"] == 0
+    assert pd.api.types.is_float_dtype(table["add_flip_rate"])
+    patterns = trigger_patterns([text, *image])
+    assert list(patterns) == ["image-1"]
+    np.testing.assert_array_equal(patterns["image-1"], p.trigger.pattern)
+    untested = triggers_table([text.drop(columns=["verdict"])])
+    assert (untested["verdict"] == "untested").all()
+    # The table is what an Investigation stores, and survives Parquet.
+    inv = Investigation(p.dataset, signals=pd.DataFrame({"suspicion": 0.0, "reasons": ""}, index=p.dataset.ids))
+    inv.triggers = triggers_table([text, *image], ids=p.dataset.ids)
+    path = tmp_path / "triggers.parquet"
+    inv.triggers.to_parquet(path)
+    back = pd.read_parquet(path)
+    assert list(back["trigger_id"]) == ["text-1", "text-2", "image-1"]
+    assert sorted(back.loc[2, "sample_ids"]) == sorted(p.dataset.ids[group])
+
+
+def test_confirmation_rates_and_dict():
+    c = Confirmation(1, 5, 10, 0, 0, 1, 10, 0, 0, "weak", "...")
+    assert c.remove_flip_rate == 0.5 and np.isnan(c.add_flip_rate) and c.control_remove_rate == 0.1
+    assert c.as_dict()["remove_flip_rate"] == 0.5
+
+
+def test_the_package_does_not_import_torch():
+    # Statically: every import of the package's modules, so the test does not depend on what else is loaded.
+    imported = set()
+    for path in Path(forensics.triggers.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add("." * node.level + (node.module or ""))
+    assert not {m for m in imported if m.split(".")[0] == "torch" or "models" in m or "activations" in m}
+    assert "..signals" in imported  # the walk does see relative imports
+
+
+def test_image_candidate_repr_is_short(digits):
+    group = np.zeros(len(digits), dtype=bool)
+    group[np.flatnonzero(digits.labels == 3)[:50]] = True
+    cand = image_trigger_candidate(digits.images, group, peers=label_peers(digits.labels, group))
+    assert isinstance(cand, ImageTriggerCandidate) and len(repr(cand)) < 200
