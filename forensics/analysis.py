@@ -253,3 +253,75 @@ def investigate(
                         map_builder=map_builder)
     inv.model = model
     return inv
+
+
+def find_triggers(
+    inv,
+    model: Any = None,
+    *,
+    group_share: float = 0.05,
+    min_group: int = 10,
+    top_text: int = 10,
+    random_state: int = 0,
+) -> pd.DataFrame:
+    """Discover trigger candidates in an investigation, confirm them on the model, and search for carriers.
+
+    Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
+    each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
+    least ``min_group``) share and the rest of the class lacks. Every candidate is confirmed on ``model``
+    (default ``inv.model``): removed from its carriers and added to clean samples of other classes, beside a
+    random control.
+
+    Sets ``inv.triggers`` (one row per candidate, with verdicts and carrier ids) and, when a candidate is
+    confirmed, adds a ``trigger_score`` signal (samples that carry a confirmed trigger) and recombines the
+    suspicion. Returns the triggers table.
+    """
+    from . import triggers as tr
+    from .models import predict_proba
+
+    model = inv.model if model is None else model
+    if model is None:
+        raise InputError("find_triggers needs the model: pass model=, or set inv.model")
+    ds = inv.dataset
+    predict = lambda payload: predict_proba(model, payload)  # noqa: E731
+    suspicion = inv.signals["suspicion"].to_numpy()
+    if "prediction" in inv.samples:
+        pred = inv.samples["prediction"].to_numpy()
+    else:
+        pred = predict(ds.images if ds.kind == "image" else list(ds.texts)).argmax(axis=1)
+    found: list[Any] = []
+    if ds.kind == "text":
+        texts = list(ds.texts)
+        cands = tr.text_trigger_candidates(texts, predictions=pred, suspicion=suspicion, labels=ds.labels,
+                                           ids=ds.ids, sources=ds.sources, top=top_text)
+        if len(cands):
+            found.append(tr.confirm_text_candidates(cands, texts, predict_proba=predict, labels=ds.labels,
+                                                    predictions=pred, random_state=random_state))
+        search_kw = {"texts": texts}
+    else:
+        groups = []
+        for c in range(len(ds.class_names)):
+            rows = np.flatnonzero(ds.labels == c)
+            k = max(min_group, int(round(group_share * len(rows))))
+            if len(rows) < 2 * k:
+                continue
+            top = rows[np.argsort(-suspicion[rows], kind="stable")[:k]]
+            group = np.zeros(len(ds), bool)
+            group[top] = True
+            groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
+                                                     ids=ds.ids, labels=ds.labels, random_state=random_state))
+        found.extend(tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
+                                                 predictions=pred, random_state=random_state))
+        search_kw = {"images": ds.images}
+    table = tr.triggers_table(found, ids=ds.ids)
+    inv.triggers = table
+    if (table["verdict"] == "confirmed").any():
+        scores = tr.trigger_scores(found, **search_kw)
+        signals = inv.signals.drop(columns=["suspicion", "reasons"] + (["trigger_score"] if "trigger_score"
+                                                                        in inv.signals else []))
+        signals["trigger_score"] = scores
+        combined = _combine.combine({c[: -len("_score")]: signals[c].to_numpy() for c in signals}, ds.labels)
+        signals["suspicion"] = combined.suspicion
+        signals["reasons"] = combined.reasons
+        inv.replace_signals(signals)
+    return table

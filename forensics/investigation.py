@@ -333,6 +333,17 @@ class Investigation:
     def triggers(self, table: pd.DataFrame) -> None:
         self._triggers = _check_triggers(table)
 
+    def replace_signals(self, table: pd.DataFrame) -> None:
+        """Replace the signals table (same samples; ``suspicion`` and ``reasons`` required), e.g. after a new
+        signal was added. A cluster table already built keeps the suspicion it was built with."""
+        self._signals = _check_signals(table, self._index)
+
+    def find_triggers(self, model: Any = None, **options: Any) -> pd.DataFrame:
+        """Discover, confirm and search trigger candidates: see :func:`forensics.analysis.find_triggers`."""
+        from .analysis import find_triggers
+
+        return find_triggers(self, model, **options)
+
     # ------------------------------------------------------------------------------------------ review
     @property
     def review(self) -> pd.DataFrame:

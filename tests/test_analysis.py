@@ -95,3 +95,20 @@ def test_investigate_checks_activation_alignment(poisoned_digits):
     ds, _ = poisoned_digits
     with pytest.raises(InputError, match="activations has 5 rows"):
         investigate(ds, activations=np.zeros((5, 3), np.float32))
+
+
+def test_find_triggers_finds_the_planted_corner_patch(poisoned_digits):
+    torch = pytest.importorskip("torch")
+    from forensics.models import train_reference_model
+
+    ds, truth = poisoned_digits
+    model = train_reference_model(ds, epochs=8, random_state=0, progress=False)
+    inv = investigate(ds, model, signals=("spectral", "robust_spectral", "activation_cluster", "low_loss"),
+                      progress=False)
+    table = inv.find_triggers()
+    assert len(table) == len(ds.class_names) and (table["kind"] == "image").all()
+    best = table.sort_values("add_flip_rate", ascending=False).iloc[0]
+    assert best["box"] == (6, 6, 2, 2)  # the 2x2 patch in the bottom-right corner of 8x8 digits
+    assert best["add_flip_rate"] >= 0.5 and best["verdict"] in ("confirmed", "weak")
+    # no other class yields anything beyond "not confirmed"
+    assert (table.drop(index=best.name)["verdict"] == "not confirmed").all()
