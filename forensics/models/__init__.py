@@ -1,1 +1,40 @@
-"""models."""
+"""Small reference models (an image CNN, a hashed n-gram text classifier), their training loop and safe weight IO.
+
+Only this package and :mod:`forensics.activations` import torch.
+"""
+
+from __future__ import annotations
+
+from .image import ImageCNN
+from .io import ARCHITECTURES, load_model, load_state_dict_file, save_model
+from .text import TextClassifier, hash_ngrams, ngram_bucket, tokenize
+from .train import (
+    REFERENCE_DEFAULTS,
+    accuracy,
+    attack_success_rate,
+    build_reference_model,
+    predict_proba,
+    train_ensemble,
+    train_model,
+    train_reference_model,
+)
+
+__all__ = [
+    "ARCHITECTURES",
+    "REFERENCE_DEFAULTS",
+    "ImageCNN",
+    "TextClassifier",
+    "accuracy",
+    "attack_success_rate",
+    "build_reference_model",
+    "hash_ngrams",
+    "load_model",
+    "load_state_dict_file",
+    "ngram_bucket",
+    "predict_proba",
+    "save_model",
+    "tokenize",
+    "train_ensemble",
+    "train_model",
+    "train_reference_model",
+]
