@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._io import atomic_write_bytes, atomic_write_with
 from .data import Dataset, check_ids
 from .errors import InputError
 from .signals._checks import check_labels
@@ -836,27 +836,11 @@ def _write_cache(entry: Path, key: str, act: Activations) -> None:
     for name, a in arrays.items():
         path = entry / f"{name}.npy"
         specs[name] = {"file": path.name, "shape": list(a.shape), "dtype": a.dtype.str,
-                       "blake2b": _atomic_write(path, lambda f, a=a: np.save(f, a, allow_pickle=False))}
+                       "blake2b": atomic_write_with(path, lambda tmp, a=a: np.save(tmp, a, allow_pickle=False))}
     manifest = {"format": _CACHE_FORMAT, "key": key, "layer": act.layer, "features": layer_files,
                 "arrays": specs, "meta": act.meta}
     text = json.dumps(manifest, indent=1, default=repr).encode()
-    _atomic_write(entry / "manifest.json", lambda f: f.write(text))
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> str:
-    """Write a file through ``write(f)`` to a temporary name, fsync, rename; return its blake2b checksum."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = _file_digest(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return digest
+    atomic_write_bytes(entry / "manifest.json", text)
 
 
 def _read_cache(entry: Path, key: str, dataset: Dataset) -> Activations | None:

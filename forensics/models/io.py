@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._io import atomic_write_text, atomic_write_with
 from ..errors import InputError, IntegrityError, UnsafeFileError
 from .image import ImageCNN
 from .text import TextClassifier
@@ -58,18 +58,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, *, card: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -126,11 +114,11 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, card: dict[str, Any
         raise InputError(f"card must be JSON-serializable (finite numbers, text, lists, dicts): {e}") from e
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": CARD_FORMAT,
+    atomic_write_with(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": CARD_FORMAT,
                                                                              "architecture": name}))
     full["weights_sha256"] = _sha256(weights_path)
     text = json.dumps(full, indent=2, default=_json_default, allow_nan=False)
-    _atomic_write(card_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    atomic_write_text(card_path, text + "\n")
     return json.loads(text)
 
 
