@@ -51,6 +51,19 @@ def text_hash(text: str) -> str:
     return _hash_bytes(text.encode("utf-8", "surrogatepass"))
 
 
+def _check_encodable(s: str, what: str) -> None:
+    """Refuse lone surrogates: they cannot be written as UTF-8 (Parquet, CSV, JSON all fail on them later)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{what} holds a lone surrogate (U+{ord(s[e.start]):04X} at character {e.start}), "
+                         "which is not valid Unicode text") from e
+
+
+#: Class indices above this (and above the number of samples) are taken for ids, not classes.
+MAX_CLASS_INDEX = 65_536
+
+
 def _unsafe_characters(s: str) -> list[str]:
     return [c for c in s if c in _BIDI_CONTROLS or unicodedata.category(c) == "Cc"]
 
@@ -60,11 +73,16 @@ def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
         raise InputError(f"ids has {len(ids)} entries but there are {n} samples")
     out = np.empty(n, dtype=object)
     for i, v in enumerate(ids):
+        if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
+            if not (np.isfinite(v) and float(v).is_integer()):
+                raise InputError(f"ids[{i}] is the float {v!r}; sample ids must be text or integers")
+            v = int(v)
         if isinstance(v, (bytes, bytearray)):
             raise InputError(f"ids[{i}] is bytes ({v[:40]!r}); sample ids must be text or integers")
-        if isinstance(v, float) and not float(v).is_integer():
-            raise InputError(f"ids[{i}] is the float {v!r}; sample ids must be text or integers")
-        s = str(int(v)) if isinstance(v, (np.integer, float, np.floating)) else str(v)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (str, int, np.integer)):
+            raise InputError(f"ids[{i}] is a {type(v).__name__} ({str(v)[:40]!r}); sample ids must be text or integers")
+        s = str(int(v)) if isinstance(v, (int, np.integer)) else str(v)
+        _check_encodable(s, f"ids[{i}]")
         if not s.strip():
             raise InputError(f"ids[{i}] is empty; every sample needs a non-empty id")
         bad = _unsafe_characters(s)
@@ -106,6 +124,11 @@ def _check_labels(
             k = int(out.max()) + 1 if n else 0
             if n and out.min() < 0:
                 raise InputError(f"labels must be >= 0; found {int(out.min())}")
+            if k > max(n, MAX_CLASS_INDEX):
+                raise InputError(
+                    f"labels has the class index {k - 1}, far more classes than samples ({n}); labels must be "
+                    "class indices 0..k-1 (renumber them) or class names"
+                )
             names = tuple(str(i) for i in range(k))
         bad = (out < 0) | (out >= len(names))
         if bad.any():
@@ -120,6 +143,9 @@ def _check_labels(
             raise InputError("labels are floats that are not whole numbers; give class indices or names")
         return _check_labels(raw.astype(np.int64), n, names)
     # Labels given as names.
+    for i, v in enumerate(raw):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            raise InputError(f"labels[{i}] is missing; every sample needs a label")
     as_str = np.array([str(v) for v in raw], dtype=object)
     if names is None:
         names = tuple(sorted(set(as_str)))
@@ -135,6 +161,8 @@ def _check_labels(
 def _check_sources(sources: Sequence[Any] | None, n: int) -> np.ndarray | None:
     if sources is None:
         return None
+    if isinstance(sources, (str, bytes)):
+        raise InputError("sources must be a sequence with one source per sample, not one string")
     if len(sources) != n:
         raise InputError(f"sources has {len(sources)} entries but there are {n} samples")
     out = np.empty(n, dtype=object)
@@ -142,6 +170,7 @@ def _check_sources(sources: Sequence[Any] | None, n: int) -> np.ndarray | None:
         if s is None or (isinstance(s, float) and np.isnan(s)):
             raise InputError(f"sources[{i}] is missing; give every sample a source, or give no sources at all")
         out[i] = str(s)
+        _check_encodable(out[i], f"sources[{i}]")
     return out
 
 
@@ -394,6 +423,11 @@ class Dataset:
                                 f"{f}: colour mode {im_mode!r}; pass mode='L' or mode='RGB' to convert images"
                             )
                         arr = np.asarray(im, dtype=np.uint8)
+                except Image.DecompressionBombError as e:
+                    raise InputError(
+                        f"{f}: declares more pixels than max_pixels={max_pixels} ({e}); refusing to decode it "
+                        "(possible decompression bomb)"
+                    ) from e
                 except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
                     if isinstance(e, InputError):
                         raise
@@ -620,6 +654,8 @@ def _record_labels(labels: list[Any], class_names: Sequence[Any] | None) -> np.n
 def _check_texts(texts: Sequence[Any]) -> np.ndarray:
     if isinstance(texts, str):
         raise InputError("texts must be a sequence of strings, not one string")
+    if not hasattr(texts, "__len__"):
+        texts = list(texts)
     out = np.empty(len(texts), dtype=object)
     for i, t in enumerate(texts):
         if isinstance(t, bytes):
@@ -629,6 +665,7 @@ def _check_texts(texts: Sequence[Any]) -> np.ndarray:
                 raise InputError(f"texts[{i}] is not valid UTF-8 ({e.reason} at byte {e.start})") from e
         if not isinstance(t, str):
             raise InputError(f"texts[{i}] is a {type(t).__name__}, not a string")
+        _check_encodable(t, f"texts[{i}]")
         out[i] = t
     return out
 
@@ -639,7 +676,12 @@ def _open_text(path: Path):
     return open(path, encoding="utf-8", newline="")
 
 
+#: Largest CSV field read (Python's default is 128 KiB, smaller than some real reviews).
+CSV_FIELD_LIMIT = 64 * 2**20
+
+
 def _read_csv_rows(path: Path):
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     try:
         with _open_text(path) as f:
             reader = csv.DictReader(f)
@@ -662,6 +704,8 @@ def _read_jsonl_rows(path: Path):
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InputError(f"{path}: line {line_no} is not valid JSON ({e.msg})") from e
+                except RecursionError as e:
+                    raise InputError(f"{path}: line {line_no} is nested too deeply to read") from e
                 if not isinstance(obj, dict):
                     raise InputError(f"{path}: line {line_no} is not a JSON object")
                 yield obj

@@ -203,6 +203,12 @@ def export_table(
             "meta": meta,
         }
         _io.atomic_write_text(meta_path(path), json.dumps(side, indent=1, ensure_ascii=True) + "\n")
+    except UnicodeEncodeError as e:
+        # A lone surrogate ("\ud800") is a valid Python str but no UTF-8 text: no format can store it.
+        raise InputError(
+            f"cannot write the export {path}: a text holds {e.object[e.start:e.end]!r}, which UTF-8 cannot encode "
+            "(a lone surrogate); clean that value first"
+        ) from None
     except PermissionError as e:
         raise InputError(f"cannot write the export {path}: {e.strerror}") from e
     except OSError as e:

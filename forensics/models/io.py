@@ -193,6 +193,12 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
+        if path.is_file() and _looks_like_pickle(path):
+            raise UnsafeFileError(
+                f"{path}: this is a pickle (or a torch archive of one), not a safetensors file; reading it could "
+                "execute code from it, so it was NOT loaded. Convert the weights to safetensors where you trust "
+                "them (safetensors.torch.save_file(state_dict, 'weights.safetensors'))"
+            ) from None
         raise InputError(f"{path}: not a readable safetensors file ({e})") from e
 
 

@@ -471,6 +471,12 @@ def near_duplicate_groups_features(
     raw, inverse = _unique_rows(np.ascontiguousarray(x).view(np.uint8))
     u = raw.view(np.float32)
     n, d = u.shape
+    top = float(np.abs(u).max()) if u.size else 0.0
+    if top > 1e6:
+        # Huge values (1e20 and up) overflow float32 sums of squares in the PCA and the distance check: scale
+        # vectors and radius alike by a power of two, which is exact and keeps every distance comparison.
+        factor = np.float32(2.0 ** -np.ceil(np.log2(top)))
+        u, r = u * factor, r * float(factor)
     ii, jj = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     if n >= 2:
         k = min(k, d, n)

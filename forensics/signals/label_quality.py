@@ -78,6 +78,13 @@ def out_of_fold_probs(
         raise InputError(f"cv_folds = {cv_folds} is larger than the number of samples ({len(features)})")
     if not isinstance(max_train, (int, np.integer)) or isinstance(max_train, bool) or max_train < 2:
         raise InputError(f"max_train must be an integer >= 2; got {max_train!r}")
+    if len(labels) and labels.max() >= max(len(labels), 1 << 16):
+        # The result has one column per class index up to the largest: an index far beyond the samples is not a
+        # class number but an id or a hash, and would ask for an (n, index + 1) array.
+        raise InputError(
+            f"labels has class index {int(labels.max())} for {len(labels)} samples; labels must be class numbers "
+            "0..n_classes-1 (renumber them with np.unique(labels, return_inverse=True)[1])"
+        )
     counts = np.bincount(labels)
     if np.sum(counts >= 2) < 2:
         raise InputError(

@@ -248,7 +248,8 @@ def source_table(
         table["shared_p"] = 10.0 ** log_p["shared"]
 
     names_run = [e for e in EVIDENCE if e in log_p]
-    stacked = np.column_stack([log_p[e] for e in names_run])
+    # A p-value below 1e-300 underflows to log10 = -inf; cap it so that every score stays finite.
+    stacked = np.maximum(np.column_stack([log_p[e] for e in names_run]), -300.0)
     strongest = stacked.argmin(axis=1)
     # Bonferroni over the tests run, in log10: -log10(min(1, m * p_min)).
     combined = np.minimum(stacked.min(axis=1) + np.log10(len(names_run)), 0.0)
