@@ -1,41 +1,422 @@
-"""The ``forensics`` command line."""
+"""The ``forensics`` command line: ``forensics scan`` for data pipelines, ``forensics demo`` on the bundled data.
+
+``forensics scan DATA`` runs the same analysis as a notebook (:func:`forensics.investigate`, then
+:func:`forensics.analysis.find_triggers` when there is a model) and writes to ``--out``:
+
+- ``report.html``: a self-contained report for a person (see :mod:`forensics.report`);
+- ``flagged.csv`` and ``flagged.parquet``: the samples with suspicion >= the threshold, most suspicious first,
+  keyed by the dataset's own sample ids, with the reasons (CSV cells neutralized against formula injection);
+- ``investigation/``: the saved investigation; continue in a notebook with
+  ``forensics.Investigation.load("<out>/investigation")``;
+- ``manifest.parquet`` (and its checksum sidecar ``manifest.parquet.json``): the dataset's manifest, the
+  ``--baseline`` of the next scan;
+- ``changes.csv`` (with ``--baseline``): every sample added, removed or changed since the baseline, with its
+  suspicion.
+
+Exit status: 0 the scan passed; 1 more than ``--fail-above`` (a share, default 0.02) of the samples have
+suspicion >= ``--threshold`` (default 2: about 1% of clean samples reach it by chance), or a trigger was
+confirmed on the model (unless ``--ignore-triggers``); 2 bad input (a missing
+or unreadable file, an invalid dataset or model, a bad option), with the reason in one line on stderr;
+3 an internal error (with its traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import logging
+import os
 import sys
+import time
+import traceback
+import zipfile
+from pathlib import Path
+from typing import Any
 
-from .errors import ForensicsError
+from .errors import ForensicsError, InputError
+
+log = logging.getLogger("forensics.cli")
+
+#: Exit statuses of ``forensics scan``.
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+#: Default largest share of samples allowed at or above the threshold before the scan fails.
+DEFAULT_FAIL_ABOVE = 0.02
+#: Where ``forensics demo`` writes unless told otherwise.
+DEMO_OUT = "forensics-demo"
+
+_TEXT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
+# ---------------------------------------------------------------------------------------------- inputs
+def load_dataset(path: str | os.PathLike, *, text_column: str = "text", label_column: str = "label",
+                 id_column: str = "sample_id", source_column: str | None = None, mode: str | None = None):
+    """A :class:`~forensics.data.Dataset` from a path as ``forensics scan`` reads it.
+
+    A folder is an image folder (``root/<class>/<image>``); ``.npz`` holds arrays ``images`` (uint8),
+    ``labels`` and optionally ``ids``, ``sources``, ``class_names`` (read without pickles); ``.csv`` and
+    ``.jsonl`` hold texts (the columns named). ``source_column=None`` uses a ``source`` column when there is one.
+    """
+    from .data import Dataset
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    if p.is_dir():
+        return Dataset.from_image_folder(p, mode=mode)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        return _load_npz(p)
+    if suffix in _TEXT_SUFFIXES:
+        kind = _TEXT_SUFFIXES[suffix]
+        if source_column is None:
+            source_column = "source" if "source" in _first_columns(p, kind) else None
+        reader = Dataset.from_csv if kind == "csv" else Dataset.from_jsonl
+        return reader(p, text_column=text_column, label_column=label_column, id_column=id_column,
+                      source_column=source_column)
+    raise InputError(f"{p}: unknown data format {suffix or '(no extension)'!r}; give an image folder, a .npz file "
+                     "(images, labels, ids, sources, class_names), or texts as .csv or .jsonl")
+
+
+def _load_npz(p: Path):
+    import numpy as np
+
+    from .data import Dataset
+
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            keys = set(z.files)
+            missing = [k for k in ("images", "labels") if k not in keys]
+            if missing:
+                raise InputError(f"{p}: no array {missing[0]!r}; a .npz dataset holds images, labels and optionally "
+                                 f"ids, sources, class_names (it has {sorted(keys)[:10]})")
+            arrays = {k: z[k] for k in ("images", "labels", "ids", "sources", "class_names") if k in keys}
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise InputError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    except ValueError as e:  # an object array needs pickle, which is refused
+        raise InputError(f"{p}: cannot be read without pickle ({e}); store ids, sources and class_names as "
+                         "fixed-width string arrays (np.array(list_of_str) gives dtype '<U...')") from e
+    return Dataset.from_numpy(arrays["images"], arrays["labels"], ids=_strings(arrays.get("ids")),
+                              class_names=_strings(arrays.get("class_names")),
+                              sources=_strings(arrays.get("sources")))
+
+
+def _strings(a: Any) -> list[str] | None:
+    return None if a is None else [str(v) for v in a.tolist()]
+
+
+def _first_columns(p: Path, kind: str) -> list[str]:
+    """The header of a CSV file, or the keys of the first object of a JSONL file."""
+    import csv
+    import json
+
+    try:
+        with open(p, encoding="utf-8", newline="") as f:
+            if kind == "csv":
+                return next(csv.reader(f), [])
+            for line in f:
+                if line.strip():
+                    obj = json.loads(line)
+                    return list(obj) if isinstance(obj, dict) else []
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+    except (csv.Error, json.JSONDecodeError) as e:
+        raise InputError(f"{p}: cannot read its first row ({e})") from e
+    return []
+
+
+def load_entry_model(spec: str):
+    """Call ``module:function`` (the user's own code: it runs with this process's rights) and return its model."""
+    module_name, sep, func_name = spec.partition(":")
+    if not sep or not module_name or not func_name:
+        raise InputError(f"--model-entry must be 'module:function' (e.g. mypkg.models:build); got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a module beside the data, as `python -m` would find it
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise InputError(f"--model-entry {spec}: cannot import {module_name!r} ({e})") from e
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise InputError(f"--model-entry {spec}: {module_name} has no function {func_name!r}")
+    model = fn()
+    if not callable(getattr(model, "named_modules", None)):
+        raise InputError(f"--model-entry {spec} returned a {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def _load_model(args: argparse.Namespace, bundled: Any = None):
+    """(model or None, description) from --model / --model-entry, else the bundled sample's model."""
+    if args.model and args.model_entry:
+        raise InputError("give --model or --model-entry, not both")
+    if args.model:
+        from .models import load_model
+
+        _require_model_files(args.model)
+        model, _ = load_model(args.model)
+        return model, f"model {args.model}"
+    if args.model_entry:
+        return load_entry_model(args.model_entry), f"model from {args.model_entry}"
+    if bundled is not None:
+        model, _ = bundled.model()
+        return model, f"bundled model {bundled.model_path}"
+    return None, "reference model trained on the data"
+
+
+def _require_model_files(path: str) -> None:
+    p = Path(path)
+    base = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    for suffix in (".safetensors", ".json"):
+        f = base.with_name(base.name + suffix)
+        if not f.is_file():
+            raise InputError(f"--model {path}: {f} is missing (a model is <name>.safetensors plus its card "
+                             "<name>.json, as forensics.models.save_model writes)")
+
+
+# ---------------------------------------------------------------------------------------------- scan
+def _scan(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import integrity
+    from .analysis import find_triggers, investigate
+    from .report import render_report, scan_verdict
+
+    t0 = time.perf_counter()
+    tty = sys.stderr.isatty()
+    if args.fail_above is not None and not 0.0 <= args.fail_above <= 1.0:
+        raise InputError(f"--fail-above must be a share between 0 and 1 (0.02 = 2%); got {args.fail_above}")
+    bundled = None
+    if args.sample:
+        if args.data:
+            raise InputError("give DATA or --sample, not both")
+        from . import sample_data
+
+        bundled = sample_data.load(args.sample)
+        dataset, data_name = bundled.train, f"bundled sample {args.sample} (train split)"
+    elif args.data:
+        dataset, data_name = _read(args, args.data), str(args.data)
+    else:
+        raise InputError("give DATA (an image folder, .npz, .csv or .jsonl) or --sample NAME")
+    baseline = integrity.load_manifest(args.baseline) if args.baseline else None
+    canaries = _as_classes(_read(args, args.canaries), dataset.class_names) if args.canaries else None
+    model, model_name = _load_model(args, bundled)
+    baseline_model = None
+    if args.baseline_model:
+        if canaries is None:
+            raise InputError("--baseline-model compares predictions on canaries: give --canaries too")
+        from .models import load_model
+
+        _require_model_files(args.baseline_model)
+        baseline_model, _ = load_model(args.baseline_model)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {out}: cannot create the folder ({e.strerror or e})") from e
+    log.info("scanning %s: %s, %s", data_name, dataset, model_name)
+
+    inv = investigate(dataset, model, layer=args.layer, random_state=args.seed, progress=tty)
+    notes = []
+    if callable(getattr(inv.model, "preprocess", None)):
+        log.info("searching for triggers and confirming them on the model")
+        find_triggers(inv, random_state=args.seed)
+    elif inv.model is not None:
+        notes.append("Trigger search skipped: the model has no preprocess(payload_batch) method, which "
+                     "confirmation needs to feed it edited samples.")
+    canary_rep = None
+    if canaries is not None:
+        canary_rep = _canaries(inv.model, canaries, baseline_model)
+    threshold = args.threshold
+    verdict = scan_verdict(inv, threshold=threshold, fail_above=args.fail_above,
+                           fail_on_trigger=not args.ignore_triggers)
+
+    manifest = integrity.make_manifest(dataset, previous=baseline)
+    integrity.save_manifest(manifest, out / "manifest.parquet")
+    diff = None
+    if baseline is not None:
+        diff = integrity.diff(baseline, manifest)
+        _write_changes(inv, diff, out / "changes.csv")
+    flagged = inv.signals["suspicion"].to_numpy(dtype=np.float64) >= threshold
+    if flagged.any():
+        inv.flag(flagged, note=f"scan: suspicion >= {threshold:g}", who="forensics scan")
+    inv.export(out / "flagged.csv")
+    inv.export(out / "flagged.parquet")
+    if not args.no_map:
+        log.info("building the map (UMAP) and clusters")
+    run_info = {"command": "forensics " + " ".join(args.argv), "data": data_name, "model": model_name,
+                "fail_above": args.fail_above, "threshold": threshold}
+    html = render_report(inv, diff=diff, canaries=canary_rep, title=f"Data poisoning scan: {data_name}",
+                         threshold=threshold, fail_above=args.fail_above,
+                         fail_on_trigger=not args.ignore_triggers, include_map=not args.no_map,
+                         run_info=run_info, notes=notes)
+    (out / "report.html").write_text(html, encoding="utf-8")
+    inv.save(out / "investigation", overwrite=True)
+    seconds = time.perf_counter() - t0
+    print(verdict.text)
+    print(f"Wrote {out / 'report.html'} ({len(html.encode()) / 1e6:.1f} MB), flagged.csv, flagged.parquet, "
+          f"manifest.parquet, investigation/ in {out} ({seconds:.0f} s)")
+    return EXIT_FAIL if verdict.failed else EXIT_PASS
+
+
+def _read(args: argparse.Namespace, path: str):
+    return load_dataset(path, text_column=args.text_column, label_column=args.label_column,
+                        id_column=args.id_column, source_column=args.source_column, mode=args.image_mode)
+
+
+def _as_classes(canaries: Any, class_names: tuple[str, ...]):
+    """The canaries with their labels renumbered into the scanned dataset's class list (matched by name)."""
+    from .data import Dataset
+
+    if canaries.class_names == class_names:
+        return canaries
+    names = [canaries.class_names[i] for i in canaries.labels]
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise InputError(f"--canaries has labels {unknown[:5]} that are not classes of the data "
+                         f"{list(class_names)[:20]}")
+    return Dataset(kind=canaries.kind, ids=canaries.ids, labels=names, class_names=class_names,
+                   sources=canaries.sources, images=canaries.images, texts=canaries.texts, hashes=canaries.hashes)
+
+
+def _canaries(model: Any, canaries: Any, baseline_model: Any):
+    from . import integrity
+    from .models import predict_proba
+
+    if model is None:
+        raise InputError("--canaries needs a model")
+    base = None if baseline_model is None else predict_proba(baseline_model, canaries)
+    return integrity.canary_report(lambda ds: predict_proba(model, ds), canaries, baseline_predictions=base)
+
+
+def _write_changes(inv: Any, diff: Any, path: Path) -> None:
+    from .export import export_table
+
+    table = diff.to_frame()
+    table["suspicion"] = inv.signals["suspicion"].reindex(table.index.astype(str)).to_numpy()
+    table = table.sort_values("suspicion", ascending=False, na_position="last", kind="stable")
+    table["time_added"] = table["time_added"].astype("str")
+    export_table(table, path, meta={"what": "changes since the baseline manifest", "summary": diff.summary()})
+
+
+# ---------------------------------------------------------------------------------------------- demo
 def _demo(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from . import sample_data
-
-    table = sample_data.describe()
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print("Bundled sample data (" + str(sample_data.data_dir()) + "):\n")
-        print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    for name in sample_data.NAMES:
-        data = sample_data.load(name)
-        print(f"\n{name}: {data.info['description']}")
-        print(f"  train: {data.train}")
-        print(f"  test:  {data.test}")
-        print(f"  from:  {data.info['origin']}")
+    args.sample = args.sample or "image_backdoor"
+    args.data = None
+    for name in ("model", "model_entry", "layer", "baseline", "canaries", "baseline_model", "image_mode"):
+        setattr(args, name, None)
+    args.text_column, args.label_column, args.id_column, args.source_column = "text", "label", "sample_id", None
+    args.threshold, args.seed, args.ignore_triggers = _threshold_default(), 0, False
+    status = _scan(args)
+    print(f"Demo finished: the scan would exit with status {status} "
+          f"({'poison found' if status == EXIT_FAIL else 'clean'}).")
+    print(f"Open {Path(args.out).resolve() / 'report.html'}")
+    print(f"Demo folder: {Path(args.out).resolve()}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _threshold_default() -> float:
+    from .signals.combine import DEFAULT_THRESHOLD
+
+    return DEFAULT_THRESHOLD
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forensics", description="Forensics for data poisoning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="summarize the bundled sample data and its reference models")
-    args = parser.parse_args(argv)
+    scan = sub.add_parser(
+        "scan", help="scan a dataset: HTML report, flagged list, saved investigation; non-zero exit when poisoned",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Scan a training set for poisoned samples, as a pipeline step.",
+        epilog=(
+            "exit status:\n"
+            "  0  passed: at most --fail-above of the samples have suspicion >= --threshold and no\n"
+            "     trigger was confirmed on the model\n"
+            "  1  failed: more than --fail-above of the samples have suspicion >= --threshold, or a\n"
+            "     trigger was confirmed on the model (unless --ignore-triggers)\n"
+            "  2  bad input (missing or unreadable file, invalid data or model, bad option); reason on stderr\n"
+            "  3  internal error\n\n"
+            "suspicion is -log10 of the estimated share of clean samples scoring as high: threshold 2 flags\n"
+            "about 1% of clean samples by chance, so a clean set has roughly 0.3-1% flagged.\n\n"
+            "--model-entry imports and calls your own code (module:function returning a torch nn.Module):\n"
+            "use it only with code you trust. --model reads safetensors weights and a JSON card, no code."),
+    )
+    scan.add_argument("data", nargs="?", metavar="DATA",
+                      help="image folder (root/<class>/<image>), .npz (images, labels[, ids, sources, class_names]), "
+                           "or texts as .csv / .jsonl")
+    _scan_options(scan)
+    scan.set_defaults(func=_scan)
+    demo = sub.add_parser("demo", help="scan the bundled image data (a patch backdoor and a label bot) and "
+                                       "write the report to a folder")
+    demo.add_argument("--out", default=DEMO_OUT, help=f"output folder (default {DEMO_OUT})")
+    demo.add_argument("--sample", choices=("image_backdoor", "text_trigger"), default="image_backdoor",
+                      help="bundled dataset to scan (default image_backdoor)")
+    demo.add_argument("--no-map", action="store_true", help="skip the 2-D map and clusters (faster)")
+    demo.add_argument("--fail-above", type=float, default=DEFAULT_FAIL_ABOVE, help=argparse.SUPPRESS)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def _scan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample", choices=("image_backdoor", "text_trigger"),
+                   help="scan a bundled dataset's training split (and its model) instead of DATA")
+    p.add_argument("--model", metavar="PATH", help="model saved by forensics.models.save_model: PATH.safetensors "
+                                                   "plus the card PATH.json (PATH may end in either)")
+    p.add_argument("--model-entry", metavar="MODULE:FUNCTION",
+                   help="your own code returning a torch nn.Module (runs that code; the module is imported from "
+                        "the current folder or PYTHONPATH). Without a model a reference model is trained")
+    p.add_argument("--layer", help="layer whose activations are analysed (default: the input of the last Linear)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default forensics-scan; created if missing)")
+    p.add_argument("--threshold", type=float, default=_threshold_default(),
+                   help="suspicion at which a sample is flagged (default %(default)s: about 1%% of clean samples)")
+    p.add_argument("--fail-above", type=float, default=DEFAULT_FAIL_ABOVE, metavar="SHARE",
+                   help="exit 1 when more than this share (0..1) of the samples have suspicion >= --threshold "
+                        "(default %(default)s, i.e. 2%%)")
+    p.add_argument("--ignore-triggers", action="store_true",
+                   help="do not fail on a trigger confirmed on the model (only the share flagged counts)")
+    p.add_argument("--baseline", metavar="MANIFEST",
+                   help="manifest.parquet of an earlier scan: report what was added, removed, relabelled or "
+                        "modified since, by source, and rank the changed samples")
+    p.add_argument("--canaries", metavar="DATA", help="trusted samples with known labels (same formats as DATA): "
+                                                      "report the model's accuracy on them")
+    p.add_argument("--baseline-model", metavar="PATH",
+                   help="an earlier model (safetensors + card): list the canaries whose prediction changed")
+    p.add_argument("--text-column", default="text", help="CSV/JSONL column of the texts (default text)")
+    p.add_argument("--label-column", default="label", help="CSV/JSONL column of the labels (default label)")
+    p.add_argument("--id-column", default="sample_id",
+                   help="CSV/JSONL column of the sample ids (default sample_id; rows are numbered without it)")
+    p.add_argument("--source-column", default=None,
+                   help="CSV/JSONL column of the sources (default: 'source' when present)")
+    p.add_argument("--image-mode", choices=("L", "RGB"), help="convert every image of a folder to this mode")
+    p.add_argument("--no-map", action="store_true", help="skip the 2-D map and clusters (UMAP takes ~1 min per 10^4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of every step (default 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return {"demo": _demo}[args.command](args)
-    except ForensicsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0), or a usage error (2: bad input), already explained on stderr
+        return int(e.code or 0)
+    args.argv = argv
+    if args.out is None:
+        args.out = "forensics-scan"
+    tty = sys.stderr.isatty()
+    logging.basicConfig(level=logging.INFO if tty else logging.WARNING, stream=sys.stderr,
+                        format="%(message)s")
+    try:
+        return args.func(args)
+    except (ForensicsError, OSError) as e:
+        reason = str(e) if isinstance(e, ForensicsError) else f"{e.strerror or e}: {e.filename or ''}".rstrip(": ")
+        print(f"error: {' '.join(reason.split())}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug, not the input: keep the traceback and never exit 1, which means "poisoned"
+        traceback.print_exc()
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -1,0 +1,552 @@
+"""A self-contained HTML report of an investigation, for a person reading the result of a headless scan.
+
+:func:`render_report` returns one HTML page that works offline: plotly's JavaScript is inlined once, images are
+PNG data URLs encoded here from the uint8 arrays, and there is no other external resource. Every string that
+comes from the data (ids, texts, labels, class names, sources, reasons, trigger descriptions, parameters) is
+escaped with :func:`forensics.html.escape_html` before it meets markup; plotly hover text is escaped with
+``quote=False`` (plotly shows ``&quot;`` literally).
+
+:func:`scan_verdict` is the pass/fail rule of ``forensics scan``: the share of samples whose suspicion reaches the
+threshold, against the largest share allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .html import escape_html, highlight, png_data_url
+from .signals.combine import DEFAULT_THRESHOLD
+
+__all__ = ["Verdict", "render_report", "scan_verdict"]
+
+#: Samples listed in the "most suspicious" and "changed samples" sections.
+DEFAULT_TOP = 40
+#: Rows of the cluster and source tables.
+MAX_TABLE_ROWS = 30
+#: Longer side of a sample thumbnail, in pixels (nearest-neighbour upscaled).
+THUMB_SIZE = 84
+#: Characters of a text shown in a table (a window around the trigger when there is one).
+TEXT_CHARS = 320
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of a scan.
+
+    Attributes
+    ----------
+    failed : bool
+        ``share_flagged > fail_above``, or a trigger was confirmed on the model (with ``fail_on_trigger``).
+        Never without ``fail_above``.
+    n_flagged : int
+        Samples with ``suspicion >= threshold``.
+    share_flagged : float
+        ``n_flagged / n``.
+    threshold : float
+    fail_above : float or None
+    confirmed_triggers : list of str
+        Descriptions of the trigger candidates confirmed on the model.
+    text : str
+        One sentence for a person (plain text, no markup).
+    """
+
+    failed: bool
+    n_flagged: int
+    share_flagged: float
+    threshold: float
+    fail_above: float | None
+    confirmed_triggers: list[str]
+    text: str
+
+
+def scan_verdict(inv: Any, *, threshold: float = DEFAULT_THRESHOLD, fail_above: float | None = None,
+                 fail_on_trigger: bool = True) -> Verdict:
+    """Whether a scan fails: more than ``fail_above`` (a share, 0..1) of the samples reach ``threshold``, or
+    (with ``fail_on_trigger``) a trigger candidate was confirmed on the model.
+
+    A confirmed trigger fails the scan whatever the share: a backdoor planted in many samples raises the bulk
+    the suspicion is calibrated on, while the model's own behaviour (the trigger flips predictions) does not
+    depend on how many carry it.
+
+    Parameters
+    ----------
+    inv : Investigation
+    threshold : float, default 2
+        Suspicion at which a sample counts as flagged. Suspicion is ``-log10`` of the estimated share of clean
+        samples scoring as high, so 2 flags about 1% of clean samples by chance.
+    fail_above : float in [0, 1], optional
+        Largest share of flagged samples allowed. Without it the scan never fails.
+    fail_on_trigger : bool, default True
+        Fail when ``inv.triggers`` holds a candidate whose verdict is "confirmed".
+
+    Returns
+    -------
+    Verdict
+    """
+    threshold = _check_threshold(threshold)
+    if fail_above is not None:
+        if isinstance(fail_above, bool) or not isinstance(fail_above, (int, float, np.integer, np.floating)) \
+                or not 0.0 <= float(fail_above) <= 1.0:
+            raise InputError(f"fail_above must be a share between 0 and 1 (0.02 = 2%); got {fail_above!r}")
+        fail_above = float(fail_above)
+    s = inv.signals["suspicion"].to_numpy(dtype=np.float64)
+    n_flagged = int(np.sum(s >= threshold))
+    share = n_flagged / len(s)
+    trig = inv.triggers
+    confirmed = [str(d) for d in trig.loc[trig["verdict"] == "confirmed", "description"]]
+    base = (f"{n_flagged:,} of {len(s):,} samples ({share:.2%}) reach suspicion >= {threshold:g} "
+            f"(about {_clean_rate(threshold)} of clean samples do by chance)")
+    found = (f"; {len(confirmed)} trigger(s) confirmed on the model: {', '.join(confirmed[:3])}" if confirmed
+             else "")
+    if fail_above is None:
+        return Verdict(False, n_flagged, share, threshold, None, confirmed, base + found + ".")
+    too_many = share > fail_above
+    failed = too_many or (fail_on_trigger and bool(confirmed))
+    limit = f"{'more than' if too_many else 'within'} the {fail_above:.2%} allowed"
+    text = f"{'FAIL' if failed else 'PASS'}: {base}, {limit}{found}."
+    return Verdict(failed, n_flagged, share, threshold, fail_above, confirmed, text)
+
+
+def render_report(
+    inv: Any,
+    *,
+    diff: Any = None,
+    canaries: Any = None,
+    title: str = "Data poisoning scan",
+    threshold: float = DEFAULT_THRESHOLD,
+    fail_above: float | None = None,
+    fail_on_trigger: bool = True,
+    include_map: bool = True,
+    top: int = DEFAULT_TOP,
+    run_info: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """A self-contained HTML page of an investigation's findings.
+
+    Parameters
+    ----------
+    inv : Investigation
+        With signals; its ``triggers`` are shown when :func:`~forensics.analysis.find_triggers` ran.
+    diff : ManifestDiff, optional
+        What changed since a baseline manifest (:func:`forensics.integrity.diff`, old = baseline, new = this
+        dataset): counts and sources of the changes, a ``changed`` column in the sample tables and a section that
+        ranks the changed samples by suspicion.
+    canaries : CanaryReport, optional
+        The model's accuracy on trusted samples (:func:`forensics.integrity.canary_report`).
+    title : str
+    threshold : float, default 2
+        Suspicion at which a sample counts as flagged (see :func:`scan_verdict`).
+    fail_above : float, optional
+        Largest share of flagged samples allowed; gives the page its PASS / FAIL verdict.
+    fail_on_trigger : bool, default True
+        A trigger confirmed on the model fails the verdict too (see :func:`scan_verdict`).
+    include_map : bool, default True
+        Show the 2-D map (computed here if the investigation has none yet: UMAP takes about a minute on 10^4
+        samples). Without it the cluster table is shown only when the map exists already.
+    top : int, default 40
+        Samples listed in the "most suspicious" and "changed samples" sections.
+    run_info : mapping, optional
+        Extra facts about the run (command line, input paths, seconds), shown beside ``inv.params``.
+    notes : sequence of str
+        Remarks shown under the summary (e.g. why trigger search was skipped).
+
+    Returns
+    -------
+    str
+        The HTML page. Every string from the data is escaped; plotly's JavaScript is inlined once (about 4.5 MB).
+    """
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+        raise InputError(f"top must be a positive integer; got {top!r}")
+    verdict = scan_verdict(inv, threshold=threshold, fail_above=fail_above, fail_on_trigger=fail_on_trigger)
+    ds = inv.dataset
+    signals = inv.signals
+    suspicion = signals["suspicion"].to_numpy(dtype=np.float64)
+    changed = _changed_kinds(diff, ds.ids) if diff is not None else None
+    pattern = _text_trigger_pattern(inv.triggers) if ds.kind == "text" else None
+
+    parts = [_head(title), f"<h1>{escape_html(title)}</h1>",
+             f"<p class=meta>Generated {escape_html(_now())} by poison-forensics "
+             f"{escape_html(inv.params.get('toolkit_version', ''))}.</p>"]
+    parts.append(_summary(inv, verdict, diff, notes))
+    if diff is not None:
+        parts.append(_diff_section(inv, diff, changed, pattern, top))
+    if canaries is not None:
+        parts.append(_canary_section(canaries))
+    map_html, clusters_html = "", ""
+    if include_map:
+        map_html = _map_section(inv, suspicion, threshold)
+    if include_map or inv.has_map:
+        clusters_html = _cluster_section(inv.clusters)
+    parts += [map_html, clusters_html]
+    order = np.argsort(-np.where(np.isnan(suspicion), -np.inf, suspicion), kind="stable")[:top]
+    parts.append(f"<h2 id=suspicious>Most suspicious samples</h2><p>The {len(order)} samples with the highest "
+                 "suspicion, with the signals behind it. All flagged samples are in <code>flagged.csv</code>.</p>")
+    parts.append(_samples_table(inv, order, changed, pattern))
+    parts.append(_trigger_section(inv))
+    parts.append(_source_section(inv, suspicion, threshold))
+    parts.append(_params_section(inv, run_info))
+    parts.append("</body></html>\n")
+    return "\n".join(p for p in parts if p)
+
+
+# ------------------------------------------------------------------------------------------------ sections
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
+padding:0 1em;color:#222}
+h1{margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#666;font-size:.9em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0} th,td{border:1px solid #ddd;padding:3px 6px;
+vertical-align:top;text-align:left} th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{font-size:1.15em;padding:.6em 1em;border-radius:4px}
+.fail{background:#fde2e1;border:1px solid #e0726b} .pass{background:#e3f4e1;border:1px solid #77b86f}
+.info{background:#eef2fb;border:1px solid #9bb0dc}
+td.text{max-width:520px;white-space:pre-wrap;word-break:break-word} mark{background:#ffd54a}
+img.thumb{image-rendering:pixelated;border:1px solid #ccc}
+.confirmed{color:#b3261e;font-weight:bold} .weak{color:#a05a00}
+"""
+
+
+def _head(title: str) -> str:
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{escape_html(title)}</title>"
+            f"<style>{_CSS}</style></head><body>")
+
+
+def _summary(inv: Any, verdict: Verdict, diff: Any, notes: Sequence[str]) -> str:
+    ds = inv.dataset
+    params = inv.params
+    css = "info" if verdict.fail_above is None else ("fail" if verdict.failed else "pass")
+    facts = [
+        ("samples", f"{len(ds):,} {ds.kind}s"),
+        ("classes", f"{len(ds.class_names)}: " + ", ".join(ds.class_names[:20])
+         + (" ..." if len(ds.class_names) > 20 else "")),
+        ("sources", "none given" if ds.sources is None else f"{len(set(ds.sources)):,}"),
+        ("flagged", f"{verdict.n_flagged:,} ({verdict.share_flagged:.2%}) with suspicion >= {verdict.threshold:g}"),
+        ("allowed", "no limit (--fail-above not given)" if verdict.fail_above is None
+         else f"at most {verdict.fail_above:.2%} flagged"),
+        ("model", "reference model trained on this dataset" if params.get("reference_model_trained")
+         else "the model given"),
+        ("layer", str(params.get("layer", ""))),
+        ("signals", ", ".join(params.get("signals", []))),
+    ]
+    skipped = params.get("skipped_signals") or {}
+    if skipped:
+        facts.append(("signals skipped", "; ".join(f"{k}: {v}" for k, v in skipped.items())))
+    trig = inv.triggers
+    if len(trig):
+        confirmed = trig[trig["verdict"] == "confirmed"]
+        facts.append(("triggers", f"{len(trig)} candidate(s), {len(confirmed)} confirmed on the model"
+                      + ("".join(f"; {d}" for d in confirmed["description"].head(3)) if len(confirmed) else "")))
+    if diff is not None:
+        facts.append(("changes since baseline", f"{len(diff.added):,} added, {len(diff.removed):,} removed, "
+                      f"{len(diff.relabelled):,} relabelled, {len(diff.modified):,} modified, "
+                      f"{len(diff.moved_source):,} moved source"))
+    rows = "".join(f"<tr><th>{escape_html(k)}</th><td>{escape_html(v)}</td></tr>" for k, v in facts)
+    out = [f"<h2 id=summary>Summary</h2><p class='verdict {css}'>{escape_html(verdict.text)}</p>",
+           f"<p>Suspicion is <code>-log10</code> of the estimated share of clean samples that score as high: "
+           f"suspicion &gt;= 2 flags about 1% of clean samples, 3 about 0.1%. A clean dataset still has about "
+           f"{escape_html(_clean_rate(verdict.threshold))} of its samples at or above the threshold "
+           f"{verdict.threshold:g}; a poisoned one has more, concentrated in a cluster, a class or a source.</p>",
+           f"<table>{rows}</table>"]
+    out += [f"<p class=meta>{escape_html(n)}</p>" for n in notes]
+    return "\n".join(out)
+
+
+def _diff_section(inv: Any, diff: Any, changed: pd.Series, pattern: re.Pattern[str] | None, top: int) -> str:
+    counts = pd.DataFrame({"samples": [len(diff.added), len(diff.removed), len(diff.relabelled),
+                                       len(diff.modified), len(diff.moved_source), diff.n_unchanged]},
+                          index=pd.Index(["added", "removed", "relabelled", "modified", "moved source",
+                                          "unchanged"], name="change"))
+    out = ["<h2 id=changes>Changes since the baseline</h2>",
+           f"<p>Baseline manifest: {diff.n_old:,} samples (made {escape_html(f'{diff.old_created:%Y-%m-%d %H:%M}')}"
+           f" UTC); this dataset: {diff.n_new:,} samples. The whole dataset gives the signals their context; the "
+           "changed samples are ranked below.</p>", _table(counts)]
+    if diff.classes_added or diff.classes_removed:
+        out.append(f"<p>Classes added: {escape_html(', '.join(diff.classes_added) or 'none')}; removed: "
+                   f"{escape_html(', '.join(diff.classes_removed) or 'none')}.</p>")
+    by_source = diff.by_source[diff.by_source["changed"] > 0]
+    if len(by_source):
+        out.append("<h3>Sources of the changes</h3>")
+        out.append(_table(by_source.head(MAX_TABLE_ROWS), percent=("share_changed",)))
+    present = changed[changed != ""]
+    if len(present):
+        s = inv.signals["suspicion"].reindex(present.index).to_numpy(dtype=np.float64)
+        pos = inv.dataset.positions(present.index[np.argsort(-np.nan_to_num(s, nan=-np.inf), kind="stable")][:top])
+        out.append(f"<h3 id=changed>Changed samples by suspicion</h3><p>{len(present):,} samples of this dataset are "
+                   f"new or changed; the {len(pos)} most suspicious:</p>")
+        out.append(_samples_table(inv, pos, changed, pattern))
+    if len(diff.removed):
+        out.append(f"<p>{len(diff.removed):,} samples of the baseline are gone (not analysed); the first:</p>")
+        out.append(_table(diff.removed.head(MAX_TABLE_ROWS)[["label_name", "source"]]))
+    return "\n".join(out)
+
+
+def _canary_section(rep: Any) -> str:
+    out = ["<h2 id=canaries>Canaries</h2>",
+           f"<p>Accuracy on {len(rep.table):,} trusted samples: <b>{rep.accuracy:.1%}</b>"
+           + ("" if rep.baseline_accuracy is None else
+              f" (baseline model {rep.baseline_accuracy:.1%}; {rep.n_changed:,} canaries changed prediction)")
+           + ".</p>", _table(rep.per_class, percent=("accuracy", "baseline_accuracy"))]
+    if rep.baseline_accuracy is not None and rep.n_changed:
+        out.append("<h3>Canaries that changed prediction</h3>")
+        out.append(_table(rep.changed.head(MAX_TABLE_ROWS)[["expected_name", "baseline_name", "now_name"]]))
+    else:
+        wrong = rep.table[~rep.table["correct"].astype(bool)]
+        if len(wrong):
+            out.append("<h3>Canaries predicted wrongly</h3>")
+            out.append(_table(wrong.head(MAX_TABLE_ROWS)[["expected_name", "now_name"]]))
+    return "\n".join(out)
+
+
+def _map_section(inv: Any, suspicion: np.ndarray, threshold: float) -> str:
+    import plotly.graph_objects as go
+
+    ds = inv.dataset
+    m = inv.map
+    names = np.asarray(ds.class_names, dtype=object)[ds.labels]
+    src = ds.sources if ds.sources is not None else np.full(len(ds), "", dtype=object)
+    hover = [f"{escape_html(i, quote=False)}<br>label {escape_html(c, quote=False)}"
+             + (f" · source {escape_html(s, quote=False)}" if s else "") + f"<br>suspicion {v:.2f}"
+             for i, c, s, v in zip(ds.ids, names, src, suspicion)]
+    # Most suspicious drawn last, on top; WebGL past a few thousand points.
+    order = np.argsort(np.nan_to_num(suspicion, nan=-np.inf), kind="stable")
+    scatter = go.Scattergl if len(ds) > 3000 else go.Scatter
+    color = np.clip(np.nan_to_num(suspicion[order], nan=0.0), 0, max(2 * threshold, 1.0))
+    fig = go.Figure(scatter(
+        x=np.round(m["x"].to_numpy()[order], 3), y=np.round(m["y"].to_numpy()[order], 3), mode="markers",
+        marker={"size": 4, "color": np.round(color, 2), "colorscale": "Viridis",
+                "colorbar": {"title": {"text": "suspicion"}}},
+        text=[hover[i] for i in order], hoverinfo="text"))
+    fig.update_layout(height=620, margin={"l": 10, "r": 10, "t": 10, "b": 10}, plot_bgcolor="white",
+                      xaxis={"visible": False}, yaxis={"visible": False})
+    div = fig.to_html(full_html=False, include_plotlyjs=True, config={"displaylogo": False})
+    return ("<h2 id=map>Map</h2><p>Each point is a sample, placed by UMAP on the model's activations; colour is "
+            "suspicion. Poison usually forms a tight group apart from its labelled class. Hover for the id.</p>"
+            + div)
+
+
+def _cluster_section(clusters: pd.DataFrame) -> str:
+    if not len(clusters):
+        return "<h2 id=clusters>Clusters</h2><p>No clusters were found.</p>"
+    sort = "mean_suspicion" if "mean_suspicion" in clusters else clusters.columns[0]
+    view = clusters.sort_values(sort, ascending=False, kind="stable").head(MAX_TABLE_ROWS)
+    return ("<h2 id=clusters>Clusters</h2><p>HDBSCAN clusters of the activations (on a low-dimensional UMAP), by "
+            f"decreasing mean suspicion; the first {len(view)} of {len(clusters)}.</p>"
+            + _table(view, percent=tuple(c for c in view.columns if "purity" in c or "share" in c)))
+
+
+def _samples_table(inv: Any, pos: np.ndarray, changed: pd.Series | None,
+                   pattern: re.Pattern[str] | None) -> str:
+    ds = inv.dataset
+    samples, signals = inv.samples, inv.signals
+    names = np.asarray(ds.class_names, dtype=object)
+    head = ["", "sample_id", "label", "source", "prediction", "suspicion", "reasons"]
+    if changed is not None:
+        head.append("changed")
+    rows = []
+    for i in pos:
+        sid = ds.ids[i]
+        if ds.kind == "image":
+            payload = f"<img class=thumb alt='' src='{png_data_url(ds.images[i], size=THUMB_SIZE)}'>"
+        else:
+            payload = highlight(str(ds.texts[i]), pattern, max_chars=TEXT_CHARS)
+        pred = ""
+        if "prediction_name" in samples:
+            pred = escape_html(samples["prediction_name"].iloc[i])
+            if "confidence" in samples:
+                pred += f" ({samples['confidence'].iloc[i]:.2f})"
+        cells = [f"<td class={'text' if ds.kind == 'text' else 'img'}>{payload}</td>",
+                 f"<td>{escape_html(sid)}</td>", f"<td>{escape_html(names[ds.labels[i]])}</td>",
+                 f"<td>{escape_html(ds.sources[i]) if ds.sources is not None else ''}</td>",
+                 f"<td>{pred}</td>", f"<td class=num>{_fmt(signals['suspicion'].iloc[i])}</td>",
+                 f"<td>{escape_html(signals['reasons'].iloc[i])}</td>"]
+        if changed is not None:
+            cells.append(f"<td>{escape_html(changed.iloc[i])}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return ("<table class=samples><tr>" + "".join(f"<th>{escape_html(h)}</th>" for h in head) + "</tr>"
+            + "".join(rows) + "</table>")
+
+
+def _trigger_section(inv: Any) -> str:
+    trig = inv.triggers
+    out = ["<h2 id=triggers>Trigger candidates</h2>"]
+    if not len(trig):
+        out.append("<p>No trigger candidates (the search needs a model; it found no pattern shared by the most "
+                   "suspicious samples).</p>")
+        return "\n".join(out)
+    out.append("<p>Each candidate is confirmed on the model: <i>remove</i> is how often removing it from its "
+               "carriers changes their prediction, <i>add</i> how often pasting it onto clean samples of other "
+               "classes flips them to the target class.</p>")
+    ds = inv.dataset
+    head = ["", "trigger", "description", "evidence", "carriers", "target", "remove", "add", "verdict"]
+    rows = []
+    for _, t in trig.iterrows():
+        thumb = _trigger_thumbnail(ds, t) if ds.kind == "image" else ""
+        verdict = str(t["verdict"])
+        target = t.get("target")
+        if target is not None and not (isinstance(target, float) and np.isnan(target)):
+            try:
+                target = ds.class_names[int(target)]
+            except (ValueError, IndexError, TypeError):
+                target = str(target)
+        else:
+            target = ""
+        rows.append("<tr>" + "".join([
+            f"<td>{thumb}</td>", f"<td>{escape_html(t.get('trigger_id', ''))}</td>",
+            f"<td>{escape_html(t['description'])}</td>", f"<td>{escape_html(t['evidence'])}</td>",
+            f"<td class=num>{len(t['sample_ids']):,}</td>", f"<td>{escape_html(target)}</td>",
+            f"<td class=num>{_pct(t['remove_flip_rate'])}</td>", f"<td class=num>{_pct(t['add_flip_rate'])}</td>",
+            f"<td class='{escape_html(verdict.replace(' ', '-'))}'>{escape_html(verdict)}</td>"]) + "</tr>")
+    out.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+    return "\n".join(out)
+
+
+def _trigger_thumbnail(ds: Any, t: pd.Series) -> str:
+    """The reconstructed patch (carriers' median inside the box) of a fixed image trigger, else one carrier."""
+    ids = list(t["sample_ids"])
+    if not ids:
+        return ""
+    pos = ds.positions(ids[:200])
+    box = t.get("box")
+    if box is not None and not (isinstance(box, float) and np.isnan(box)) and len(box) == 4:
+        r, c, h, w = (int(v) for v in box)
+        patch = np.median(ds.images[pos, r:r + h, c:c + w].astype(np.float32), axis=0)
+        img = np.clip(np.rint(patch), 0, 255).astype(np.uint8)
+        what = f"reconstructed patch at row {r}, column {c}"
+    else:
+        img = ds.images[pos[0]]
+        what = "a carrier"
+    return f"<img class=thumb title='{escape_html(what)}' alt='' src='{png_data_url(img, size=64)}'>"
+
+
+def _source_section(inv: Any, suspicion: np.ndarray, threshold: float) -> str:
+    ds = inv.dataset
+    if ds.sources is None:
+        return "<h2 id=sources>Sources</h2><p>The dataset names no sources.</p>"
+    flagged = suspicion >= threshold
+    frame = pd.DataFrame({"source": ds.sources.astype(str), "suspicion": suspicion, "flagged": flagged})
+    g = frame.groupby("source", sort=False)
+    table = pd.DataFrame({"n": g.size(), "flagged": g["flagged"].sum().astype(np.int64),
+                          "share_flagged": g["flagged"].mean(), "mean_suspicion": g["suspicion"].mean(),
+                          "max_suspicion": g["suspicion"].max()})
+    if len(table) >= 2:
+        from .signals.sources import source_table
+
+        pred = inv.samples["prediction"].to_numpy() if "prediction" in inv.samples else None
+        st = source_table(ds.sources, ds.labels, n_classes=len(ds.class_names), predictions=pred,
+                          scores=suspicion, flagged=flagged)
+        keep = [c for c in ("source_suspicion", "evidence", "dominant_label", "dominant_share") if c in st]
+        table = table.join(st[keep])
+        if "dominant_label" in table:
+            table["dominant_label"] = [ds.class_names[int(v)] if pd.notna(v) else "" for v in table["dominant_label"]]
+        table = table.sort_values(["source_suspicion", "share_flagged"], ascending=False, kind="stable")
+    else:
+        table = table.sort_values("share_flagged", ascending=False, kind="stable")
+    return ("<h2 id=sources>Sources</h2><p>Per source: samples, how many reach the threshold, and "
+            "<code>source_suspicion</code> (-log10 of the corrected p-value of its strongest evidence: 2 = a 1% "
+            f"chance). The first {min(len(table), MAX_TABLE_ROWS)} of {len(table)} sources.</p>"
+            + _table(table.head(MAX_TABLE_ROWS), percent=("share_flagged", "dominant_share")))
+
+
+def _params_section(inv: Any, run_info: Mapping[str, Any] | None) -> str:
+    items = dict(run_info or {})
+    items.update({"dataset content hash": inv.dataset.content_hash, "investigation id": inv.id})
+    items.update(inv.params)
+    rows = "".join(f"<tr><th>{escape_html(k)}</th><td>{escape_html(_plain(v))}</td></tr>" for k, v in items.items())
+    return f"<h2 id=params>Parameters and versions</h2><table>{rows}</table>"
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _changed_kinds(diff: Any, ids: np.ndarray) -> pd.Series:
+    """Per sample of the current dataset, in its order: "added", "relabelled", "modified", "moved source" or ""."""
+    out = pd.Series("", index=pd.Index(ids, name="sample_id", dtype=object), dtype=object)
+    for name, table in (("added", diff.added), ("moved source", diff.moved_source),
+                        ("relabelled", diff.relabelled), ("modified", diff.modified)):
+        present = out.index.intersection(pd.Index(table.index.astype(str), dtype=object))
+        out.loc[present] = name
+    return out
+
+
+def _text_trigger_pattern(trig: pd.DataFrame) -> re.Pattern[str] | None:
+    """A case-insensitive pattern of the confirmed (else weak) text triggers' phrases, or None."""
+    if not len(trig) or "tokens" not in trig:
+        return None
+    for wanted in ("confirmed", "weak"):
+        rows = trig[(trig["kind"] == "text") & (trig["verdict"] == wanted)]
+        phrases = []
+        for tokens in rows["tokens"]:
+            if tokens is None or (isinstance(tokens, float) and np.isnan(tokens)) or not len(tokens):
+                continue
+            words = [re.escape(str(t)) for t in tokens]
+            phrases.append(r"\W*".join(words))
+        if phrases:
+            return re.compile("|".join(f"(?:{p})" for p in phrases), re.IGNORECASE)
+    return None
+
+
+def _table(df: pd.DataFrame, *, percent: Sequence[str] = ()) -> str:
+    """An HTML table of ``df`` (index first) with every header and cell escaped."""
+    idx_name = df.index.name or ""
+    head = "".join(f"<th>{escape_html(c)}</th>" for c in [idx_name, *df.columns])
+    rows = []
+    for key, row in zip(df.index, df.itertuples(index=False, name=None)):
+        cells = [f"<th>{escape_html(_plain(key))}</th>"]
+        for col, v in zip(df.columns, row):
+            num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            text = _pct(v) if col in percent and num else _fmt(v)
+            cells.append(f"<td class=num>{text}</td>" if num else f"<td>{escape_html(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _fmt(v: Any) -> str:
+    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.3g}" if abs(v) < 1000 else f"{float(v):,.0f}"
+    return _plain(v)
+
+
+def _pct(v: Any) -> str:
+    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and np.isnan(v)):
+        return ""
+    return f"{100 * float(v):.1f}%"
+
+
+def _plain(v: Any) -> str:
+    """Plain text of a value (containers as JSON); escaped by the caller."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, default=str, ensure_ascii=False)
+    if isinstance(v, np.ndarray):
+        return json.dumps(v.tolist(), default=str, ensure_ascii=False)
+    return str(v)
+
+
+def _clean_rate(threshold: float) -> str:
+    return f"{min(1.0, 10.0 ** -threshold):.2%}".replace(".00%", "%")
+
+
+def _check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number (2 = about 1% of clean samples); got {threshold!r}")
+    return float(threshold)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,166 @@
+"""render_report and scan_verdict: a self-contained page whose every piece of data is escaped."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forensics import Dataset, Investigation
+from forensics.errors import InputError
+from forensics.integrity import canary_report, diff, make_manifest
+from forensics.report import render_report, scan_verdict
+
+HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>")
+
+
+class _Page(HTMLParser):
+    """Collects tags, ids and text so that tests read the page as a browser would parse it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(page: str) -> _Page:
+    p = _Page()
+    p.feed(page)
+    p.close()
+    return p
+
+
+def _hostile_text_dataset(n: int = 60) -> Dataset:
+    rng = np.random.default_rng(0)
+    texts = [f"sample text {i} " + " ".join(rng.choice(["good", "bad", "film"], 4)) for i in range(n)]
+    ids = [f"id-{i}" for i in range(n)]
+    sources = [f"src-{i % 3}" for i in range(n)]
+    texts[0] = HOSTILE[0] + " cf mn " + texts[0]
+    texts[1] = HOSTILE[1] + " " + texts[1]
+    ids[2], ids[3] = HOSTILE[0], HOSTILE[1]
+    sources[4], sources[5] = HOSTILE[0], HOSTILE[1]
+    labels = rng.integers(0, 2, n)
+    return Dataset.from_texts(texts, labels, ids=ids, sources=sources, class_names=list(HOSTILE))
+
+
+def _investigation(ds: Dataset) -> Investigation:
+    n = len(ds)
+    suspicion = np.linspace(0.0, 1.0, n)
+    suspicion[[0, 2, 4]] = [5.0, 4.0, 3.0]  # exactly 3 samples reach 2
+    signals = pd.DataFrame({"spectral_score": suspicion, "suspicion": suspicion,
+                            "reasons": [HOSTILE[1] if i == 0 else "" for i in range(n)]},
+                           index=pd.Index(ds.ids, name="sample_id"))
+
+    def builder(features, labels, *, ids, sources, suspicion, class_names):
+        table = pd.DataFrame({"size": [n], "mean_suspicion": [float(np.mean(suspicion))],
+                              "sources": [HOSTILE[0]]}, index=pd.Index([0], name="cluster"))
+        return SimpleNamespace(coords=np.c_[np.arange(n), np.arange(n)].astype(float),
+                               clusters=np.zeros(n, np.int64), table=table)
+
+    inv = Investigation(ds, signals=signals, features=np.ones((n, 2), np.float32),
+                        params={"layer": HOSTILE[0], "toolkit_version": "0.1.0"}, map_builder=builder)
+    inv.triggers = pd.DataFrame({
+        "trigger_id": ["text-1"], "kind": ["text"], "description": [f'phrase "cf mn" {HOSTILE[0]}'],
+        "evidence": [HOSTILE[1]], "remove_flip_rate": [0.9], "add_flip_rate": [0.8], "verdict": ["confirmed"],
+        "sample_ids": [[ds.ids[0]]], "tokens": [("cf", "mn")], "target": [1],
+    })
+    return inv
+
+
+def _assert_only_escaped(page: str) -> None:
+    for h in HOSTILE:
+        assert h not in page
+    assert "onerror=alert" not in page.replace("onerror=alert(1)&gt;", "")  # only inside an escaped text
+    parsed = _parse(page)
+    assert not [t for t, a in parsed.tags if t == "img" and "onerror" in a]
+    scripts = [a for t, a in parsed.tags if t == "script"]
+    assert all(not a.get("src") for a in scripts)  # nothing loaded from elsewhere: works offline
+
+
+def test_every_string_from_the_data_is_escaped_in_every_section():
+    ds = _hostile_text_dataset()
+    inv = _investigation(ds)
+    old = make_manifest(ds.subset(np.arange(len(ds)) >= 10))
+    changes = diff(old, make_manifest(ds))
+    canaries = canary_report(ds.labels[:20], ds.subset(np.arange(len(ds)) < 20))
+    page = render_report(inv, diff=changes, canaries=canaries, title=HOSTILE[0], fail_above=0.01,
+                         run_info={"data": HOSTILE[1]}, notes=[HOSTILE[0]])
+    _assert_only_escaped(page)
+    text = "".join(_parse(page).text)
+    for h in HOSTILE:  # shown to the reader as text
+        assert h in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # the trigger phrase is highlighted inside the escaped text
+    assert "<mark>cf mn</mark>" in page
+
+
+def test_sections_verdict_and_changed_samples():
+    ds = _hostile_text_dataset()
+    inv = _investigation(ds)
+    old = make_manifest(ds.subset(np.arange(len(ds)) >= 10))
+    page = render_report(inv, diff=diff(old, make_manifest(ds)), fail_above=0.01)
+    ids = {a.get("id") for _, a in _parse(page).tags}
+    assert {"summary", "changes", "changed", "map", "clusters", "suspicious", "triggers", "sources",
+            "params"} <= ids
+    assert "FAIL: 3 of 60 samples (5.00%) reach suspicion &gt;= 2" in page
+    assert "suspicion &gt;= 2 flags about 1% of clean samples" in page
+    assert "10 samples of this dataset are new or changed" in page
+    assert page.count("Plotly.newPlot") == 1
+    assert page.count("plotly.js v") <= 2  # the library is inlined once
+
+
+def test_no_map_leaves_out_the_map_and_does_not_build_it():
+    ds = _hostile_text_dataset()
+    inv = _investigation(ds)
+    page = render_report(inv, include_map=False)
+    assert not inv.has_map
+    assert "Plotly" not in page and "id=map" not in page
+    assert "PASS" not in page and "FAIL" not in page  # no limit given: no verdict
+
+
+def test_image_thumbnails_are_png_data_urls_and_a_patch_is_reconstructed():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 120, size=(40, 8, 8), dtype=np.uint8)
+    images[:5, 6:, 6:] = 255
+    ds = Dataset.from_numpy(images, rng.integers(0, 2, 40), class_names=list(HOSTILE))
+    signals = pd.DataFrame({"suspicion": np.r_[np.full(5, 4.0), np.zeros(35)], "reasons": ""},
+                           index=pd.Index(ds.ids, name="sample_id"))
+    inv = Investigation(ds, signals=signals)
+    inv.triggers = pd.DataFrame({
+        "trigger_id": ["image-1"], "kind": ["image"], "description": ["patch"], "evidence": ["e"],
+        "remove_flip_rate": [1.0], "add_flip_rate": [1.0], "verdict": ["confirmed"],
+        "sample_ids": [list(ds.ids[:5])], "box": [(6, 6, 2, 2)],
+    })
+    page = render_report(inv, include_map=False, top=5)
+    srcs = [a["src"] for t, a in _parse(page).tags if t == "img"]
+    assert len(srcs) == 6  # five samples and the trigger's patch
+    assert all(re.fullmatch(r"data:image/png;base64,[A-Za-z0-9+/=]+", s) for s in srcs)
+    assert "reconstructed patch at row 6, column 6" in page
+
+
+def test_scan_verdict_counts_exactly_and_checks_its_options():
+    inv = _investigation(_hostile_text_dataset())
+    v = scan_verdict(inv, threshold=2, fail_above=0.05, fail_on_trigger=False)
+    assert (v.n_flagged, v.share_flagged, v.failed) == (3, 0.05, False)  # at the limit passes
+    assert v.text.startswith("PASS: 3 of 60 samples (5.00%) reach suspicion >= 2")
+    assert scan_verdict(inv, threshold=2, fail_above=0.049, fail_on_trigger=False).failed
+    v = scan_verdict(inv, threshold=2, fail_above=0.05)  # the confirmed trigger fails it
+    assert v.failed and v.confirmed_triggers == [f'phrase "cf mn" {HOSTILE[0]}']
+    assert "1 trigger(s) confirmed on the model" in v.text
+    assert scan_verdict(inv, threshold=4.5).n_flagged == 1
+    with pytest.raises(InputError, match="fail_above must be a share between 0 and 1"):
+        scan_verdict(inv, fail_above=2)
+    with pytest.raises(InputError, match="threshold must be a finite number"):
+        scan_verdict(inv, threshold=float("nan"))
+    with pytest.raises(InputError, match="top must be a positive integer"):
+        render_report(inv, top=0, include_map=False)
