@@ -88,6 +88,13 @@ def compute_signals(
     n = len(x)
     y = check_labels(labels, n)
     n_classes = int(y.max()) + 1
+    if n_classes > max(n, 1 << 16):
+        # Signals keep per-class arrays (n x classes, sources x classes): an index far beyond the samples is an
+        # id or a hash, not a class number.
+        raise InputError(
+            f"labels has class index {n_classes - 1} for {n} samples; labels must be class numbers "
+            "0..n_classes-1 (renumber them with np.unique(labels, return_inverse=True)[1])"
+        )
     if probs is not None:
         probs = check_probs(probs, n)
         n_classes = max(n_classes, probs.shape[1])
@@ -144,6 +151,8 @@ def compute_signals(
                 np.asarray(source_ids, dtype=object), y, n_classes=n_classes, predictions=predictions,
                 groups=groups))
 
+    if not scores:
+        raise InputError(f"no signal could run: {'; '.join(f'{k} {v}' for k, v in skipped.items())}")
     t = time.perf_counter()
     combined = _combine.combine(scores, y)
     seconds["combine"] = round(time.perf_counter() - t, 3)
