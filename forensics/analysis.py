@@ -264,6 +264,19 @@ def investigate(
     return inv
 
 
+#: The signals a backdoor shows (confident, clustered, off the class's main direction): trigger discovery looks
+#: among the samples these rank highest, not among mislabelled ones.
+BACKDOOR_SIGNALS = ("low_loss", "activation_cluster", "spectral", "robust_spectral")
+
+
+def backdoor_suspicion(signals: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+    """The combined suspicion of the backdoor signals present in a signals table (else its ``suspicion``)."""
+    present = {name: signals[f"{name}_score"].to_numpy() for name in BACKDOOR_SIGNALS if f"{name}_score" in signals}
+    if not present:
+        return signals["suspicion"].to_numpy()
+    return _combine.combine(present, labels).suspicion
+
+
 def find_triggers(
     inv,
     model: Any = None,
@@ -277,7 +290,9 @@ def find_triggers(
 
     Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
-    least ``min_group``) share and the rest of the class lacks. Every candidate is confirmed on ``model``
+    least ``min_group``) share and the rest of the class lacks. "Suspicious" here is :func:`backdoor_suspicion`:
+    a trigger is looked for among samples that look backdoored, not among mislabelled ones. Every candidate is
+    confirmed on ``model``
     (default ``inv.model``): removed from its carriers and added to clean samples of other classes, beside a
     random control.
 
@@ -293,7 +308,7 @@ def find_triggers(
         raise InputError("find_triggers needs the model: pass model=, or set inv.model")
     ds = inv.dataset
     predict = lambda payload: predict_proba(model, payload)  # noqa: E731
-    suspicion = inv.signals["suspicion"].to_numpy()
+    suspicion = backdoor_suspicion(inv.signals, ds.labels)
     if "prediction" in inv.samples:
         pred = inv.samples["prediction"].to_numpy()
     else:

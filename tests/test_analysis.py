@@ -112,3 +112,20 @@ def test_find_triggers_finds_the_planted_corner_patch(poisoned_digits):
     assert best["add_flip_rate"] >= 0.5 and best["verdict"] in ("confirmed", "weak")
     # no other class yields a confirmed trigger
     assert (table.drop(index=best.name)["verdict"] != "confirmed").all()
+
+
+@pytest.mark.slow
+def test_bundled_phrase_is_the_top_confirmed_trigger_and_its_carriers_are_the_poison():
+    from forensics import sample_data
+
+    data = sample_data.load("text_trigger")
+    model, _ = data.model()
+    inv = investigate(data.train, model, progress=False)
+    table = inv.find_triggers()
+    top = table.iloc[0]
+    assert top["description"] == 'phrase "great product!"' and top["verdict"] == "confirmed"
+    assert (table.iloc[1:]["verdict"] != "confirmed").all()
+    truth = sample_data.load_truth("text_trigger")
+    assert set(top["sample_ids"]) == set(truth.index[truth["is_poison"]])
+    flagged = inv.signals["trigger_score"] > 0
+    assert set(inv.signals.index[flagged]) == set(truth.index[truth["is_poison"]])
