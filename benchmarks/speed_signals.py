@@ -1,0 +1,108 @@
+"""Speed and peak memory of every signal together (``compute_signals``) on activations of a realistic size.
+
+Default: 60,000 x 128 synthetic activations in 10 classes (a Gaussian cloud per class with a few directions of
+larger spread, and a tight planted cluster of 3% relabelled to class 0), softmax probabilities with some mistakes,
+and 100 sources, on 2 threads. Prints a Markdown table of seconds per signal, the total, and the peak resident
+memory of the process, with the command that produced it.
+
+    python benchmarks/speed_signals.py [--n 60000] [--dim 128] [--classes 10] [--threads 2] [--seed 0]
+    python benchmarks/speed_signals.py --npz activations.npz   # real arrays: features, labels, probs (optional)
+
+The signals run on features alone (no payloads): duplicates are then found on the features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from forensics.analysis import DEFAULT_SIGNALS, compute_signals
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synthetic(n: int, dim: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features (n, dim) float32, labels (n,), probabilities (n, n_classes) float32 and sources (n,) object."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    centres = rng.normal(scale=4.0, size=(n_classes, dim))
+    # Each class spreads more along a few directions of its own, like a penultimate layer's.
+    stretch = (rng.normal(size=(4, n_classes, dim)) / np.sqrt(dim)).astype(np.float32)
+    x = rng.standard_normal(size=(n, dim), dtype=np.float32)
+    for direction in stretch:  # one (n, d) term at a time keeps the generator's own memory small
+        x += rng.normal(scale=3.0, size=(n, 1)).astype(np.float32) * direction[labels]
+    x += centres[labels].astype(np.float32)
+    planted = rng.choice(np.flatnonzero(labels != 0), size=int(0.03 * n), replace=False)
+    labels[planted] = 0
+    x[planted] = (centres[0] + 5.0 + 0.5 * rng.normal(size=(len(planted), dim))).astype(np.float32)
+    logits = rng.normal(size=(n, n_classes))
+    logits[np.arange(n), labels] += 4.0
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+    sources = np.array([f"src-{i:03d}" for i in rng.integers(0, 100, n)], dtype=object)
+    return x, labels, probs, sources
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=60_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP threads (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--npz", help="real arrays instead: features (n, d), labels (n,), probs (n, k) optional")
+    args = parser.parse_args(argv)
+    command = "python benchmarks/speed_signals.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+
+    if args.npz:
+        arrays = np.load(args.npz)
+        x, labels = np.asarray(arrays["features"], dtype=np.float32), np.asarray(arrays["labels"], dtype=np.int64)
+        probs = np.asarray(arrays["probs"], dtype=np.float32) if "probs" in arrays else None
+        sources = None
+        what = f"{args.npz}: {x.shape[0]:,} x {x.shape[1]}, {labels.max() + 1} classes"
+    else:
+        x, labels, probs, sources = synthetic(args.n, args.dim, args.classes, args.seed)
+        what = f"synthetic: {args.n:,} x {args.dim}, {args.classes} classes, 100 sources"
+    rss_before = _peak_rss_mb()
+    t = time.perf_counter()
+    with threadpool_limits(args.threads):
+        table, info = compute_signals(x, labels, probs=probs, source_ids=sources, signals=DEFAULT_SIGNALS,
+                                      random_state=args.seed)
+    total = time.perf_counter() - t
+    peak = _peak_rss_mb()
+
+    lines = [
+        "# Signal speed",
+        "",
+        f"Command: `{command.strip()}`  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores visible, {args.threads} thread(s); "
+        f"Python {platform.python_version()}, numpy {np.__version__}  ",
+        f"Data: {what}",
+        "",
+        "| signal | seconds |",
+        "|---|---|",
+        *[f"| {name} | {sec:.2f} |" for name, sec in info["seconds"].items()],
+        f"| **all (compute_signals)** | **{total:.1f}** |",
+        "",
+        f"Peak resident memory: {peak:,.0f} MB (before the signals: {rss_before:,.0f} MB; inputs "
+        f"{(x.nbytes + (0 if probs is None else probs.nbytes)) / 2**20:,.0f} MB).",
+    ]
+    if info["skipped"]:
+        lines.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in info["skipped"].items()))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

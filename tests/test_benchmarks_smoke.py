@@ -1,0 +1,71 @@
+"""The quality benchmark's metric tables, on a tiny planted scenario (no model, no anchors run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", _PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _results(q, n_poison: int = 2, n: int = 10):
+    """Poison at rows 0..n_poison-1; the combined score ranks it first, ART SS ranks it last."""
+    rank = np.arange(n, 0, -1).astype(float)  # row 0 highest
+    return {
+        "combined": q.MethodResult(scores=rank, flags=rank > n - n_poison),
+        "art_ac_smaller": q.MethodResult(flags=np.arange(n) % 2 == 0, scores=(np.arange(n) % 2 == 0).astype(float)),
+        "art_ac_relative-size": q.MethodResult(error="ValueError: The truth value of an empty array is ambiguous"),
+        "art_ss": q.MethodResult(scores=-rank, flags=np.zeros(n, bool)),
+        "cleanlab_oof": q.MethodResult(scores=np.r_[np.inf, rank[1:]], flags=np.zeros(n, bool)),
+        "cleanlab_model": q.MethodResult(scores=np.zeros(n), flags=np.zeros(n, bool)),
+        "loss": q.MethodResult(scores=rank),
+        "spectral": q.MethodResult(scores=rank),
+    }
+
+
+def test_metric_table_on_a_planted_ranking(quality):
+    y = np.zeros(10, bool)
+    y[:2] = True
+    t = quality.metric_table(_results(quality), y).set_index("method")
+    assert t.loc["combined", "auroc"] == 1.0 and t.loc["combined", "recall_at_2x"] == 1.0
+    assert t.loc["combined", "precision_at_2x"] == 0.5  # 2 poison in a budget of 4
+    assert (t.loc["combined", "elimination"], t.loc["combined", "sacrifice"]) == (1.0, 0.0)
+    assert t.loc["art_ss", "auroc"] == 0.0 and t.loc["art_ss", "recall_at_2x"] == 0.0
+    # every even row flagged: poison row 0 of rows 0, 1; clean rows 2, 4, 6, 8 of 8
+    assert (t.loc["art_ac_smaller", "elimination"], t.loc["art_ac_smaller", "sacrifice"]) == (0.5, 0.5)
+    # +inf ranks above every finite score
+    assert t.loc["cleanlab_oof", "recall_at_2x"] == 1.0
+    # a crash is a result: its row stays, with the error and no metrics
+    crash = t.loc["art_ac_relative-size"]
+    assert crash["error"].startswith("ValueError") and np.isnan(crash["auroc"])
+    best = quality.best_anchor(t.reset_index())
+    assert best["method"] == "cleanlab_oof"
+
+
+def test_markdown_tables_name_crashes_and_the_clean_control(quality):
+    y = np.zeros(10, bool)
+    y[:2] = True
+    poisoned = quality.metric_table(_results(quality), y)
+    clean = quality.metric_table(_results(quality), np.zeros(10, bool))
+    tables = {"patch_5": poisoned, "clean": clean}
+    summary = quality.summary_markdown(tables)
+    assert "| patch_5 | 2 | 1.00 (1.000) | 1.00 / 0.000 | 1.00 (1.000) cleanlab (OOF) |" in summary
+    assert "| clean | 0 | flags 20.0% | 20.00% of the data |" in summary
+    flags = quality.flags_markdown(tables)
+    assert "crash: ValueError" in flags and "| clean | 20.00% | 50.00% |" in flags
+    assert "| patch_5 | 1.00 (1.000) |" in quality.signals_markdown(tables, ["spectral"])
+    targets = quality.targets_markdown(tables)
+    assert "| patch_5 | >= 0.95 | 1.000 ok |" in targets and "20.00% SHORT" in targets

@@ -1,0 +1,89 @@
+"""combine: tail probabilities, summed evidence, the honest threshold, context signals and reasons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forensics.errors import InputError
+from forensics.signals.combine import DEFAULT_THRESHOLD, MAX_GAIN, combine, evidence_tail, tail_probability
+
+
+def _null(n=20_000, k=6, seed=0):
+    """k clean signals of different kinds: normal, heavy (lognormal), gated (mostly 0) and discrete."""
+    rng = np.random.default_rng(seed)
+    return {
+        "normal": rng.normal(size=n),
+        "heavy": rng.lognormal(sigma=1.5, size=n),
+        "loss_like": -np.log(rng.beta(8, 1, size=n)),
+        "gated": np.where(rng.random(n) < 0.02, rng.exponential(size=n), 0.0),
+        "discrete": rng.binomial(10, 0.1, size=n) / 10,
+        "correlated": rng.normal(size=n),
+    }, np.zeros(n, dtype=np.int64)
+
+
+def test_tail_probability_is_empirical_in_the_bulk_and_extrapolates_beyond():
+    v = np.arange(1, 1001, dtype=float)  # uniform ranks
+    p = tail_probability(v)
+    assert p[0] == 1.0 and p[499] == pytest.approx(0.501)  # share of values at or above
+    assert p[-1] < p[-2] < p[874]  # beyond the 87.5th percentile it keeps falling
+    assert p[-1] >= (1 / 1000) / MAX_GAIN
+
+
+def test_tail_probability_nan_is_no_evidence_and_inf_ranks_first_without_claiming_1e300():
+    v = np.r_[np.random.default_rng(0).normal(size=999), np.inf]
+    v[0] = np.nan
+    p = tail_probability(v)
+    assert p[0] == 1.0
+    assert p[-1] == p.min() and p[-1] == pytest.approx((1 / 999) / MAX_GAIN)  # 999 scored samples
+
+
+def test_a_heavy_tail_is_not_taken_for_evidence():
+    # Pareto tail index 1: an exponential fitted to the bulk would call the top 1% astronomically rare.
+    v = np.random.default_rng(1).pareto(1.0, size=50_000)
+    p = tail_probability(v)
+    assert 0.002 < np.mean(p < 0.01) < 0.02
+
+
+def test_clean_signals_raise_about_one_percent_at_the_default_threshold():
+    scores, labels = _null()
+    scores["correlated"] = scores["normal"] + 0.3 * scores["correlated"]  # two signals that move together
+    c = combine(scores, labels)
+    assert np.mean(c.suspicion >= DEFAULT_THRESHOLD) <= 0.015
+    assert np.mean(c.suspicion >= 1.0) == pytest.approx(0.1, abs=0.03)
+
+
+def test_a_planted_group_seen_by_two_signals_tops_the_ranking_and_is_flagged():
+    scores, labels = _null(n=10_000)
+    planted = np.arange(300)  # 3% of the data
+    scores["normal"][planted] += 5.0
+    scores["heavy"][planted] *= 30
+    c = combine(scores, labels)
+    top = np.argsort(-c.suspicion, kind="stable")[:600]
+    assert np.isin(planted, top).mean() >= 0.95
+    assert np.mean(c.suspicion[planted] >= DEFAULT_THRESHOLD) >= 0.5
+    assert np.mean(np.delete(c.suspicion, planted) >= DEFAULT_THRESHOLD) <= 0.015
+    assert c.reasons[0].startswith(("heavy", "normal"))  # unknown signals are named by their key
+
+
+def test_context_signals_stay_out_and_standardize_is_checked():
+    scores, labels = _null(n=2000)
+    scores["knn_outlier"] = np.r_[np.full(10, 1e6), np.zeros(1990)]
+    c = combine(scores, labels)
+    assert "knn_outlier" not in c.tail_p.columns and "far from its class" not in c.reasons[0]
+    assert "knn_outlier" in combine(scores, labels, context=()).tail_p.columns
+    with pytest.raises(InputError, match=r"standardize names \['nope'\]"):
+        combine(scores, labels, standardize=["nope"])
+    with pytest.raises(InputError, match="every signal given"):
+        combine({"knn_outlier": scores["knn_outlier"]}, labels)
+    with pytest.raises(InputError, match="has infinite values"):
+        combine({"a": np.r_[-np.inf, np.zeros(9)]}, np.zeros(10, dtype=np.int64))
+
+
+def test_evidence_tail_sets_a_poisoned_fifth_aside():
+    rng = np.random.default_rng(2)
+    clean = rng.gamma(5.0, size=8000)
+    sums = np.r_[clean, 40 + rng.normal(size=1500)]  # 16% of the data far out
+    p = evidence_tail(sums)
+    assert np.mean(p[8000:] < 0.01) == 1.0
+    assert np.mean(p[:8000] < 0.01) <= 0.015
