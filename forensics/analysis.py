@@ -290,9 +290,9 @@ def find_triggers(
 
     Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
-    least ``min_group``) share and the rest of the class lacks. "Suspicious" here is :func:`backdoor_suspicion`:
-    a trigger is looked for among samples that look backdoored, not among mislabelled ones. Every candidate is
-    confirmed on ``model``
+    least ``min_group``) share and the rest of the class lacks. "Suspicious" is :func:`backdoor_suspicion`, so
+    that label noise cannot hide samples that look backdoored; texts are searched with the overall suspicion too,
+    and the candidates of both searches pooled. Every candidate is confirmed on ``model``
     (default ``inv.model``): removed from its carriers and added to clean samples of other classes, beside a
     random control.
 
@@ -316,8 +316,13 @@ def find_triggers(
     found: list[Any] = []
     if ds.kind == "text":
         texts = list(ds.texts)
-        cands = tr.text_trigger_candidates(texts, predictions=pred, suspicion=suspicion, labels=ds.labels,
-                                           ids=ds.ids, sources=ds.sources, top=top_text)
+        cands = pd.concat([
+            tr.text_trigger_candidates(texts, predictions=pred, suspicion=s, labels=ds.labels, ids=ds.ids,
+                                       sources=ds.sources, top=top_text)
+            for s in (suspicion, inv.signals["suspicion"].to_numpy())
+        ])
+        cands = (cands.sort_values("score", ascending=False, kind="stable").drop_duplicates("ngram")
+                 .head(top_text).reset_index(drop=True))
         if len(cands):
             found.append(tr.confirm_text_candidates(cands, texts, predict_proba=predict, labels=ds.labels,
                                                     predictions=pred, random_state=random_state))
