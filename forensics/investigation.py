@@ -798,6 +798,12 @@ class Investigation:
                     f"{e}"
                 ) from e
 
+    def dashboard(self, **kwargs: Any) -> Any:
+        """The interactive dashboard over this investigation (see :func:`forensics.panels.dashboard`)."""
+        from .panels import dashboard
+
+        return dashboard(self, **kwargs)
+
     def __repr__(self) -> str:
         c = self.counts()
         where = f", saved in {self._folder}" if self._folder is not None else ", not saved"

@@ -1,0 +1,388 @@
+"""The dashboard in a real browser: JupyterLab runs a notebook, headless Chromium clicks and lassoes the map.
+
+One JupyterLab server on 127.0.0.1 (random port and token, configuration in a temporary folder) serves a notebook
+written here: a digits investigation with 40 planted images on an island of the map (fixed map, no UMAP), and a
+text investigation whose texts, ids, class names, sources and reasons carry markup that would run if it were not
+escaped. The test runs all cells, clicks a WebGL marker, lassoes the island, checks the preview, hovers a point,
+and checks that no payload ran. Every request that is not to 127.0.0.1 is aborted.
+
+Screenshots go to tests/artifacts/; docs/dashboard.png is written when it is missing or with
+FORENSICS_UPDATE_SCREENSHOT=1.
+
+Needs the ``playwright`` package and a Chromium at /usr/bin/chromium (Debian: ``apt-get install chromium``;
+never ``playwright install``). Without them the test is skipped, unless FORENSICS_REQUIRE_BROWSER=1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("FORENSICS_CHROMIUM", "/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts"
+SCREENSHOT_DOC = REPO / "docs" / "dashboard.png"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage"]
+TIMEOUT_MS = 60_000
+
+
+def _require_browser() -> None:
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package (pip install playwright; never `playwright install`)")
+    if not Path(CHROMIUM).exists():
+        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
+    if missing:
+        message = "needs " + " and ".join(missing)
+        if os.environ.get("FORENSICS_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+IMAGE_CELL = r'''
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+
+from forensics import Dataset, Investigation
+from forensics.embedding import cluster_table
+
+digits = load_digits()
+images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)
+labels = digits.target.copy()
+n = len(labels)
+rng = np.random.default_rng(0)
+planted = np.sort(rng.choice(np.flatnonzero(labels != 0), 40, replace=False))
+images[planted, 6:8, 6:8] = 255          # a white patch in the corner
+labels[planted] = 0                      # relabelled to the target class
+is_planted = np.isin(np.arange(n), planted)
+ids = np.array([f"digit-{i:04d}" for i in range(n)])
+sources = np.where(is_planted, "mallory", np.array(["alice", "bob", "carol"])[np.arange(n) % 3])
+features = images.reshape(n, -1).astype(np.float32)
+coords = PCA(2, random_state=0).fit_transform(features)
+coords[planted] = coords.max(axis=0) + 12 + rng.normal(0, 0.6, (40, 2))   # a small island
+clusters = labels.astype(np.int64)
+clusters[planted] = 10
+suspicion = 0.5 * rng.random(n)
+suspicion[planted] = 0.9 + 0.1 * rng.random(40)
+reasons = np.where(is_planted, "patch in the corner; kNN label disagreement", "")
+
+
+def fixed_map(features, labels, *, ids, sources, suspicion, class_names):
+    table = cluster_table(clusters, labels, ids=ids, sources=sources, suspicion=suspicion, space=coords,
+                          class_names=class_names)
+    return SimpleNamespace(coords=coords, clusters=clusters, table=table)
+
+
+ds = Dataset.from_numpy(images, labels, ids=ids, sources=sources, class_names=[f"digit {c}" for c in range(10)])
+signals = pd.DataFrame({"suspicion": suspicion, "reasons": reasons}, index=pd.Index(ids))
+inv = Investigation(ds, signals=signals, features=features, map_builder=fixed_map)
+with open("planted.json", "w") as f:
+    json.dump(ids[planted].tolist(), f)
+dash = inv.dashboard()
+dash
+'''
+
+TEXT_CELL = r'''
+texts = ['review one <img src=x onerror="window.__xss=1"> cf end', '<script>window.__xss=2</script> two',
+         "<img src=x onerror=alert(1)> three cf", "four", "<b>five</b>", "six"]
+text_ids = ['t-<img src=x onerror="window.__xss=3">', "t-<script>window.__xss=4</script>", "t2", "t3", "t4", "t5"]
+names = ['neg<img src=x onerror="window.__xss=5">', "pos<script>window.__xss=6</script>"]
+text_sources = ['<img src=x onerror="window.__xss=7">', "ok", "ok", "ok", "ok", "ok"]
+text_ds = Dataset.from_texts(texts, [0, 1, 0, 1, 0, 1], ids=text_ids, class_names=names, sources=text_sources)
+text_signals = pd.DataFrame({"suspicion": [0.9, 0.8, 0.7, 0.2, 0.1, 0.05],
+                             "reasons": ['<img src=x onerror="window.__xss=8">', "", "", "", "", ""]},
+                            index=pd.Index(text_ids))
+text_coords = np.array([[0.0, 0.0], [1.0, 2.0], [2.0, 1.0], [3.0, 3.0], [4.0, 2.0], [5.0, 4.0]])
+
+
+def text_map(features, labels, *, ids, sources, suspicion, class_names):
+    c = np.array([0, 0, 0, 1, 1, 1])
+    return SimpleNamespace(coords=text_coords, clusters=c, table=cluster_table(
+        c, labels, ids=ids, sources=sources, suspicion=suspicion, class_names=class_names))
+
+
+text_inv = Investigation(text_ds, signals=text_signals, features=np.zeros((6, 2), dtype=np.float32),
+                         map_builder=text_map)
+text_inv.triggers = pd.DataFrame({"kind": ["text"], "description": ['phrase "cf"'], "evidence": ["2 texts"],
+                                  "remove_flip_rate": [0.9], "add_flip_rate": [0.8], "verdict": ["confirmed"],
+                                  "sample_ids": [[text_ids[0], "t2"]], "tokens": [("cf",)]})
+text_dash = text_inv.dashboard()
+text_dash
+'''
+
+
+def _notebook(folder: Path, cells: list[str]) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(REPO)!r})")]
+    nb.cells += [nbformat.v4.new_code_cell(c.strip()) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / "dashboard.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path, cells: list[str]):
+    """A JupyterLab server on 127.0.0.1 over ``root/notebooks`` holding dashboard.ipynb with ``cells``; its
+    configuration, runtime and settings in ``root``. Yields (base url, token, notebook folder)."""
+    work = root / "notebooks"
+    work.mkdir()
+    _notebook(work, cells)
+    settings = root / "settings"
+    for plugin, values in (("docmanager-extension/plugin", {"autosave": False}),
+                           ("apputils-extension/notification", {"fetchNews": "false"})):
+        target = settings / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(values))
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / "config"), JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(root / "workspaces"),
+               IPYTHONDIR=str(root / "ipython"), PYTHONPATH=str(REPO))
+    port, token = _free_port(), secrets.token_hex(16)
+    with open(root / "lab.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+             f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+             "--allow-root", "--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    raise RuntimeError(f"JupyterLab did not start:\n{(root / 'lab.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield base, token, work
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def browser_page(profile: Path, requests: list[str] | None = None, dialogs: list[str] | None = None):
+    """A headless Chromium page that reaches 127.0.0.1 only; requests and dialogs are recorded."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
+                                                   args=LAUNCH_ARGS, viewport={"width": 1400, "height": 1300})
+        try:
+            ctx.route("**/*", lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1")
+                      else route.abort())
+            page = ctx.new_page()
+            if dialogs is not None:
+                page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            if requests is not None:
+                page.on("request", lambda request: requests.append(request.url))
+            yield page
+        finally:
+            ctx.close()
+
+
+def run_all_cells(page, base: str, token: str) -> float:
+    """Open dashboard.ipynb in JupyterLab, wait for its kernel, run every cell; returns the page's clock
+    (performance.now(), ms) when the cells were started."""
+    page.goto(f"{base}/lab/tree/dashboard.ipynb?token={token}")
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
+        " return !!k && k.connectionStatus === 'connected'; }", timeout=90_000)
+    return page.evaluate("() => { const t = performance.now();"
+                         " window.jupyterapp.commands.execute('notebook:run-all-cells'); return t; }")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab over the test notebook: (base url, token, notebook folder)."""
+    _require_browser()
+    with jupyterlab(tmp_path_factory.mktemp("lab"), [IMAGE_CELL, TEXT_CELL]) as server:
+        yield server
+
+
+# JavaScript run in the page: where (in page pixels) point i of the map in dashboard d is drawn.
+POINT_JS = """([d, rows]) => {
+  const gd = document.querySelectorAll('.forensics-dashboard')[d].querySelector('.forensics-map .js-plotly-plot');
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+  return rows.map(i => [box.left + xa.l2p(gd.data[0].x[i]), box.top + ya.l2p(gd.data[0].y[i])]);
+}"""
+PLOT_BOX_JS = """(d) => {
+  const gd = document.querySelectorAll('.forensics-dashboard')[d].querySelector('.forensics-map .js-plotly-plot');
+  const r = gd.querySelector('.nsewdrag').getBoundingClientRect();
+  return [r.left, r.top, r.width, r.height];
+}"""
+IDS_JS = """(d) => {
+  const gd = document.querySelectorAll('.forensics-dashboard')[d].querySelector('.forensics-map .js-plotly-plot');
+  return gd.data[0].x.length;
+}"""
+
+
+def _lasso(page, board, points, margin=14):
+    """Drag a lasso (a rectangle with a margin, kept inside the plot area) around the given page coordinates."""
+    left, top, width, height = page.evaluate(PLOT_BOX_JS, board)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = max(min(xs) - margin, left + 2), min(max(xs) + margin, left + width - 2)
+    y0, y1 = max(min(ys) - margin, top + 2), min(max(ys) + margin, top + height - 2)
+    page.wait_for_timeout(400)
+    # Start at the bottom: the mode bar appears over the top of the plot.
+    page.mouse.move(x0, y1)
+    page.mouse.down()
+    for x, y in ((x1, y1), (x1, y0), (x0, y0), (x0, y1 - 1)):
+        page.mouse.move(x, y, steps=5)
+    page.mouse.up()
+
+
+def test_dashboard_in_jupyterlab(lab):
+    from playwright.sync_api import expect
+
+    base, token, work = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "failure.png").unlink(missing_ok=True)
+    expect.set_options(timeout=TIMEOUT_MS)
+    dialogs, requests = [], []
+    with browser_page(work.parent / "chromium-profile", requests, dialogs) as page:
+        try:
+            run_all_cells(page, base, token)
+            page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+            dashboards = page.locator(".forensics-dashboard")
+            expect(dashboards).to_have_count(2, timeout=120_000)
+            page.wait_for_function(f"(d) => ({IDS_JS})(d) === 1797", arg=0, timeout=TIMEOUT_MS)
+            planted = json.loads((work / "planted.json").read_text())
+            rows = [int(s.split("-")[1]) for s in planted]
+
+            # 1. Click one planted marker (WebGL): the preview shows that sample alone.
+            first = dashboards.nth(0)
+            first.scroll_into_view_if_needed()
+            preview = first.locator(".forensics-preview")
+            (x, y), = page.evaluate(POINT_JS, [0, [rows[0]]])
+            page.mouse.move(x, y)
+            page.wait_for_timeout(400)
+            page.mouse.click(x, y)
+            expect(preview.locator("[data-sample-id]")).to_have_count(1)
+            expect(preview.locator(f'[data-sample-id="{planted[0]}"]')).to_be_visible()
+            expect(preview).to_contain_text("1 selected")
+
+            # 2. Lasso the island: the preview shows its 40 samples, a page of 24 thumbnails, all planted.
+            _lasso(page, 0, page.evaluate(POINT_JS, [0, rows]))
+            expect(preview).to_contain_text("40 selected")
+            cards = preview.locator("[data-sample-id]")
+            expect(cards).to_have_count(24)
+            shown = cards.evaluate_all("els => els.map(e => e.getAttribute('data-sample-id'))")
+            assert set(shown) <= set(planted)
+            expect(preview.locator("img[src^='data:image/png;base64,']")).to_have_count(24)
+            expect(preview).to_contain_text("page 1 of 2")
+            expect(first.locator(".forensics-status")).to_contain_text("40 samples selected on the map")
+            _screenshot(page, first, ARTIFACTS / "dashboard.png")
+
+            # 3. Choose another cluster in the Clusters tab: the preview follows, and stays.
+            clusters = first.locator(".forensics-clusters select[size]")  # the list, not the sort menu
+            option = clusters.locator("option").nth(1)
+            label = option.text_content()
+            size = int(re.search(r"(\d+)\s+samples", label).group(1))
+            clusters.select_option(index=1)
+            expect(preview).to_contain_text(f"{size} selected")
+            page.wait_for_timeout(1500)
+            expect(preview).to_contain_text(f"{size} selected")
+            # The map shows the cluster (opaque points), not the lasso drawn before (removed).
+            assert page.evaluate("""() => {
+              const gd = document.querySelector('.forensics-dashboard .forensics-map .js-plotly-plot');
+              const opacity = Array.from(gd.data[0].marker.opacity);
+              return [(gd.layout.selections || []).length, opacity.filter(o => o === 1).length]; }""") == [0, size]
+
+            # 4. Markup in the data shows as text in the preview and in the hover, and runs nothing.
+            second = dashboards.nth(1)
+            second.scroll_into_view_if_needed()
+            page.wait_for_function(f"(d) => ({IDS_JS})(d) === 6", arg=1, timeout=TIMEOUT_MS)
+            text_points = page.evaluate(POINT_JS, [1, list(range(6))])
+            # The hover label (before the lasso: a drawn selection takes the hover over).
+            page.mouse.move(text_points[0][0] + 30, text_points[0][1] - 30)
+            page.mouse.move(*text_points[0], steps=5)
+            hover = second.locator(".hoverlayer")
+            expect(hover).to_contain_text('t-<img src=x onerror="window.__xss=3">')
+            expect(hover).to_contain_text('<img src=x onerror="window.__xss=7">')
+            _lasso(page, 1, text_points, margin=20)
+            text_preview = second.locator(".forensics-preview")
+            expect(text_preview).to_contain_text("6 selected")
+            expect(text_preview.locator("[data-sample-id]")).to_have_count(6)
+            expect(text_preview).to_contain_text('review one <img src=x onerror="window.__xss=1"> cf end')
+            expect(text_preview).to_contain_text("<script>window.__xss=2</script> two")
+            expect(text_preview).to_contain_text('t-<img src=x onerror="window.__xss=3">')
+            expect(text_preview).to_contain_text('neg<img src=x onerror="window.__xss=5">')
+            expect(text_preview).to_contain_text("<b>five</b>")
+            expect(text_preview.locator("mark").first).to_have_text("cf")
+            _screenshot(page, second, ARTIFACTS / "dashboard-escaping.png")
+            for board in (first, second):
+                assert board.locator("img[src='x'], script, b:text('five')").count() == 0
+            assert page.evaluate("() => window.__xss") is None
+            assert dialogs == []
+            assert not [u for u in requests if u.split("?")[0].endswith("/x")]
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            raise
+    # The documentation screenshot (the lassoed island, kept small): written when missing or asked for.
+    if os.environ.get("FORENSICS_UPDATE_SCREENSHOT") == "1" or not SCREENSHOT_DOC.exists():
+        _save_doc_screenshot(ARTIFACTS / "dashboard.png")
+
+
+def _screenshot(page, board, path: Path) -> None:
+    """The part of the page the dashboard covers (the notebook scrolls inside the page, so an element screenshot
+    would not show it whole)."""
+    board.scroll_into_view_if_needed()
+    box = board.bounding_box()
+    viewport = page.viewport_size
+    top = max(box["y"], 0)
+    page.screenshot(path=str(path), clip={"x": max(box["x"], 0), "y": top, "width": min(box["width"], viewport["width"]),
+                                          "height": min(box["height"], viewport["height"] - top)})
+
+
+def _save_doc_screenshot(source: Path) -> None:
+    from PIL import Image
+
+    image = Image.open(source).convert("RGB")
+    if image.width > 1400:
+        image = image.resize((1400, round(image.height * 1400 / image.width)), Image.LANCZOS)
+    SCREENSHOT_DOC.parent.mkdir(exist_ok=True)
+    tmp = SCREENSHOT_DOC.with_suffix(".tmp.png")
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(tmp, optimize=True)
+    assert tmp.stat().st_size < 300_000, tmp.stat().st_size
+    shutil.move(tmp, SCREENSHOT_DOC)

@@ -1,0 +1,519 @@
+"""Panels without a browser: selection, preview, colours, review, export, errors and escaping.
+
+The plotly wiring tests feed the message plotly's browser code sends (``_js2py_pointsCallback``) and watch the
+messages it sends back (``_py2js_*``): private API of plotly 6 and 7, hence the version check.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from types import SimpleNamespace
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+import plotly
+import pytest
+from PIL import Image
+
+from forensics.data import Dataset
+from forensics.errors import InputError
+from forensics.html import escape_html, highlight, png_bytes
+from forensics.investigation import Investigation
+from forensics.panels import COLOR_MODES, Dashboard, MapPanel, PanelState, PreviewPanel, dashboard
+from forensics.panels.clusters import sort_clusters
+from forensics.panels.map import categorical_coloring, hover_texts
+from forensics.panels.preview import text_pattern
+from forensics.panels.sources import source_summary
+
+PLOTLY_MAJOR = int(plotly.__version__.split(".")[0])
+plotly_messages = pytest.mark.skipif(PLOTLY_MAJOR not in (6, 7),
+                                     reason="feeds plotly's private widget messages; checked on plotly 6 and 7")
+
+XSS_IMG = "<img src=x onerror=alert(1)>"
+XSS_SCRIPT = "<script>alert(2)</script>"
+
+
+class FixedMap:
+    """A map builder returning fixed coordinates and clusters (no UMAP)."""
+
+    def __init__(self, coords: np.ndarray, clusters: np.ndarray, table: pd.DataFrame | None = None):
+        self.coords, self.clusters, self.table = coords, clusters, table
+
+    def __call__(self, features, labels, *, ids, sources, suspicion, class_names):
+        table = self.table
+        if table is None:
+            from forensics.embedding import cluster_table
+
+            table = cluster_table(self.clusters, labels, ids=ids, sources=sources, suspicion=suspicion,
+                                  space=self.coords, class_names=class_names)
+        return SimpleNamespace(coords=self.coords, clusters=self.clusters, table=table)
+
+
+def image_investigation(n: int = 60) -> Investigation:
+    """n 8x8 images in 3 classes; samples 0..9 carry a white corner patch, sit in cluster 3 at (10, 10), come
+    from source "mallory" and have the highest suspicion (0.99 - 0.01 * i)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 100, (n, 8, 8), dtype=np.uint8)
+    images[:10, :2, :2] = 255
+    labels = np.arange(n) % 3
+    labels[:10] = 2
+    sources = np.where(np.arange(n) < 10, "mallory", np.where(np.arange(n) % 2, "alice", "bob"))
+    ids = [f"img-{i:03d}" for i in range(n)]
+    ds = Dataset.from_numpy(images, labels, ids=ids, class_names=["zero", "one", "two"], sources=sources)
+    suspicion = np.linspace(0.5, 0.0, n)
+    suspicion[:10] = 0.99 - 0.01 * np.arange(10)
+    signals = pd.DataFrame({"loss_score": suspicion, "suspicion": suspicion,
+                            "reasons": ["patch; knn"] * 10 + ["high loss"] * 5 + [""] * (n - 15)},
+                           index=pd.Index(ids))
+    samples = ds.to_frame()
+    samples["prediction"] = labels
+    samples["prediction_name"] = samples["label_name"]
+    samples["loss"] = np.r_[np.full(10, 1e-4), np.linspace(0.01, 3.0, n - 10)]
+    coords = np.c_[labels * 3.0 + rng.normal(0, 0.3, n), rng.normal(0, 0.3, n)]
+    coords[:10] = 10 + rng.normal(0, 0.1, (10, 2))
+    clusters = labels.astype(np.int64).copy()
+    clusters[:10] = 3
+    clusters[10] = -1
+    return Investigation(ds, signals=signals, samples=samples, features=rng.random((n, 4)).astype(np.float32),
+                         map_builder=FixedMap(coords, clusters))
+
+
+def text_investigation() -> Investigation:
+    """Texts, ids, class names, sources and reasons carrying markup."""
+    texts = [f"A nice review {XSS_IMG} cf trigger here", f"{XSS_SCRIPT} bad & sad", "plain text cf",
+             "fine words", "more words", "<b>bold?</b> words"]
+    ids = [f"id-{XSS_SCRIPT}", f"id-{XSS_IMG}", "t2", "t3", "t4", 'q"uote']
+    labels = [0, 1, 0, 1, 0, 1]
+    ds = Dataset.from_texts(texts, labels, ids=ids, class_names=[f"neg{XSS_IMG}", f"pos{XSS_SCRIPT}"],
+                            sources=[f"src{XSS_SCRIPT}", f"src{XSS_IMG}", "ok", "ok", "ok", "ok"])
+    signals = pd.DataFrame({"suspicion": [0.9, 0.8, 0.3, 0.2, 0.1, 0.05],
+                            "reasons": [f"why {XSS_IMG}; more", XSS_SCRIPT, "", "", "", ""]}, index=pd.Index(ids))
+    coords = np.array([[0, 0], [1, 1], [2, 2], [3, 3], [4, 4], [5, 5]], dtype=float)
+    clusters = np.array([0, 0, 1, 1, 1, -1])
+    table = pd.DataFrame({"size": [1, 2, 3], "dominant_name": [XSS_SCRIPT, "a", "b"],
+                          "top_sources": [XSS_IMG, "x", "y"]}, index=pd.Index([-1, 0, 1], name="cluster"))
+    inv = Investigation(ds, signals=signals, features=np.zeros((6, 2), dtype=np.float32),
+                        map_builder=FixedMap(coords, clusters, table))
+    inv.triggers = pd.DataFrame({
+        "trigger_id": ["text-1"], "kind": ["text"], "description": ['phrase "cf"'],
+        "evidence": [f"2 texts {XSS_IMG}"], "remove_flip_rate": [0.9], "add_flip_rate": [0.8],
+        "verdict": ["confirmed"], "sample_ids": [[ids[0], "t2"]], "tokens": [("cf",)],
+    })
+    return inv
+
+
+def html_values(widget: widgets.Widget) -> list[str]:
+    """The value of every HTML widget under ``widget``."""
+    out = []
+    if isinstance(widget, widgets.HTML):
+        out.append(widget.value)
+    for child in getattr(widget, "children", ()):
+        out += html_values(child)
+    return out
+
+
+def assert_no_live_markup(html: str) -> None:
+    assert "<script" not in html.lower()
+    assert "<img src=x" not in html.lower()
+    assert "<b>bold" not in html
+
+
+# -------------------------------------------------------------------------------------------- escaping helpers
+def test_escape_and_highlight_escape_data_and_mark_matches():
+    assert escape_html('<a href="x">&') == "&lt;a href=&quot;x&quot;&gt;&amp;"
+    assert escape_html("<b>'", quote=False) == "&lt;b&gt;'"
+    pattern = text_pattern(["cf"])
+    out = highlight(f"x {XSS_IMG} cf <b>CF</b> cfx", pattern)
+    assert out == "x &lt;img src=x onerror=alert(1)&gt; <mark>cf</mark> &lt;b&gt;<mark>CF</mark>&lt;/b&gt; cfx"
+    # A window around the first match, cut on both sides.
+    long = "a" * 500 + " cf " + "b" * 500
+    snippet = highlight(long, pattern, max_chars=90)
+    assert snippet.startswith("…") and snippet.endswith("…") and "<mark>cf</mark>" in snippet
+
+
+def test_png_bytes_upscales_nearest_neighbour():
+    image = np.array([[0, 255], [128, 7]], dtype=np.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(png_bytes(image, size=8))))
+    assert decoded.shape == (8, 8)
+    np.testing.assert_array_equal(decoded[:4, :4], 0)
+    np.testing.assert_array_equal(decoded[4:, 4:], 7)
+    with pytest.raises(InputError, match="uint8"):
+        png_bytes(image.astype(np.float32))
+
+
+# -------------------------------------------------------------------------------------------- state
+def test_state_selection_paging_and_observers():
+    state = PanelState(["a", "b", "c", "d", "e"], page_size=2)
+    seen = []
+    state.observe(lambda ch: seen.append((ch.name, ch.origin)), ("selection", "page"))
+    state.select(["d", "b", "d", "a"], origin="test")
+    assert list(state.selection) == ["a", "b", "d"]
+    assert state.n_pages == 2 and state.page == 0
+    state.set_page(1)
+    assert seen == [("selection", "test"), ("page", "api")]
+    state.select(["e"])
+    assert state.page == 0 and state.n_pages == 1
+    with pytest.raises(InputError, match="'zz' is not in this investigation"):
+        state.select(["zz"])
+    with pytest.raises(InputError, match="page must be an integer in 0..0"):
+        state.set_page(3)
+    with pytest.raises(InputError, match="unknown field"):
+        state.observe(print, "colour")
+
+
+def test_observer_errors_are_shown_in_the_status_line():
+    state = PanelState(["a", "b"])
+
+    def broken(change):
+        raise RuntimeError("boom")
+
+    state.observe(broken, "selection")
+    later = []
+    state.observe(lambda ch: later.append(ch.name), "selection")
+    state.select(["a"])
+    assert state.status_is_error and state.status == "Error in broken: RuntimeError: boom"
+    assert later == ["selection"]  # the other observers still ran
+
+
+# -------------------------------------------------------------------------------------------- preview
+def test_selection_updates_preview_pages_and_summary():
+    inv = image_investigation()
+    dash = dashboard(inv, page_size=4)
+    preview = dash.preview
+    assert preview.shown_ids == [] and "Nothing selected" in preview.summary.value
+    chosen = [f"img-{i:03d}" for i in (12, 3, 0, 7, 5, 40)]
+    dash.select(chosen)
+    # Most suspicious first: 0 (0.99), 3, 5, 7, then 12 and 40 (linearly decreasing).
+    assert preview.shown_ids == ["img-000", "img-003", "img-005", "img-007"]
+    assert "page 1 of 2" in preview.page_label.value
+    assert "<b>6</b> selected" in preview.summary.value
+    assert "labels: two 67%, one 17%, zero 17%" in preview.summary.value and "mallory 67%" in preview.summary.value
+    html = preview.html
+    assert html.count('class="fx-card"') == 4 and 'data-sample-id="img-003"' in html
+    assert html.count("data:image/png;base64,") == 4
+    assert "suspicion 0.99 · unreviewed" in html and "patch" in html
+    preview.next_button.click()
+    assert preview.shown_ids == ["img-012", "img-040"] and "page 2 of 2" in preview.page_label.value
+    assert preview.next_button.disabled and not preview.prev_button.disabled
+    preview.size_menu.value = 12
+    assert dash.state.page == 0 and len(preview.shown_ids) == 6
+    dash.state.clear_selection()
+    assert preview.shown_ids == [] and preview.html == ""
+
+
+def test_preview_thumbnails_are_the_images():
+    inv = image_investigation()
+    preview = PreviewPanel(inv, thumb_size=32)
+    preview.state.select(["img-001"])
+    src = re.search(r'src="data:image/png;base64,([^"]+)"', preview.html).group(1)
+    import base64
+
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(src))))
+    np.testing.assert_array_equal(decoded[::4, ::4], inv.dataset.images[1])
+
+
+# -------------------------------------------------------------------------------------------- map
+def test_map_colour_change_sends_marker_only():
+    inv = image_investigation()
+    panel = MapPanel(inv)
+    fig, trace = panel.figure, panel.figure.data[0]
+    x_before, y_before = fig._data[0]["x"], fig._data[0]["y"]
+    x_values = np.array(trace.x, copy=True)
+    sent = []
+    fig.observe(lambda ch: ch["new"] and sent.append(ch["new"]), names=["_py2js_restyle", "_py2js_update",
+                                                                        "_py2js_addTraces"])
+    assert panel.modes == ("cluster", "label", "prediction", "suspicion", "source", "review")
+    before = np.array(trace.marker.color, copy=True)
+    panel.color_menu.value = "label"
+    after = np.asarray(trace.marker.color)
+    np.testing.assert_array_equal(after, inv.dataset.labels)  # class codes in the class order
+    assert not np.array_equal(before, after)
+    assert fig._data[0]["x"] is x_before and fig._data[0]["y"] is y_before
+    np.testing.assert_array_equal(np.asarray(trace.x), x_values)
+    assert len(sent) == 1
+    keys = set(sent[0].get("style_data", sent[0].get("restyle_data", {})))
+    assert keys and all(k.startswith("marker") for k in keys), keys
+    panel.set_color("suspicion")
+    np.testing.assert_allclose(np.asarray(trace.marker.color), inv.signals["suspicion"])
+    assert trace.marker.showscale is True
+    assert "img-" not in str(sent)  # hover texts and ids were never sent again
+    with pytest.raises(InputError, match="'truth' is not available"):
+        panel.set_color("truth")
+
+
+@plotly_messages
+def test_plotly_lasso_message_selects_those_samples():
+    inv = image_investigation()
+    dash = dashboard(inv)
+    fig = dash.map.figure
+    fig._js2py_pointsCallback = {
+        "event_type": "plotly_selected",
+        "points": {"trace_indexes": [0, 0, 0], "point_indexes": [4, 0, 9], "xs": [0, 0, 0], "ys": [0, 0, 0]},
+        "selector": None, "device_state": None,
+    }
+    assert list(dash.selection) == ["img-000", "img-004", "img-009"]
+    assert dash.preview.shown_ids == ["img-000", "img-004", "img-009"]
+    assert dash.map.highlighted.tolist() == [0, 4, 9]
+    assert dash.status.value.endswith("3 samples selected on the map</span>")
+    # A click replaces the selection, a shift-click adds to it, a double-click clears it.
+    click = {"event_type": "plotly_click", "selector": None,
+             "points": {"trace_indexes": [0], "point_indexes": [20], "xs": [0], "ys": [0]},
+             "device_state": {"shift": False, "ctrl": False, "alt": False, "meta": False, "button": 0, "buttons": 1}}
+    fig._js2py_pointsCallback = click
+    assert list(dash.selection) == ["img-020"]
+    click["device_state"]["shift"] = True
+    click["points"]["point_indexes"] = [21]
+    fig._js2py_pointsCallback = click
+    assert list(dash.selection) == ["img-020", "img-021"] and dash.map.highlighted.tolist() == [20, 21]
+    fig._js2py_pointsCallback = {"event_type": "plotly_deselect", "selector": None, "device_state": None,
+                                 "points": {"trace_indexes": [], "point_indexes": [], "xs": [], "ys": []}}
+    assert len(dash.selection) == 0 and len(dash.map.highlighted) == 0 and fig.data[0].marker.opacity == 0.8
+
+
+@plotly_messages
+def test_lasso_shape_message_selects_the_points_inside():
+    # The shape plotly leaves in layout.selections, as its browser code sends it (a lasso around the island).
+    inv = image_investigation()
+    dash = dashboard(inv)
+    fig = dash.map.figure
+    fig._js2py_relayout = {"source_view_id": "v1", "relayout_data": {"selections": [{
+        "xref": "x", "yref": "y", "opacity": "_undefined_", "line": {"color": "_undefined_", "width": 1, "dash": "dot"},
+        "type": "path", "path": "M9,9L11.5,9L11.5,11.5L9,11.5L9,9.1Z"}]}}
+    assert list(dash.selection) == [f"img-{i:03d}" for i in range(10)]
+    assert dash.map.highlighted.tolist() == list(range(10))
+    # A box, and a point exactly on no shape.
+    x, y = np.array([0.0, 1.0, 2.0, 0.5]), np.array([0.0, 1.0, 2.0, 1.8])
+    from forensics.panels.map import points_in_selections
+
+    assert points_in_selections(x, y, [{"type": "rect", "x0": 1.5, "x1": 0.9, "y0": 0.5, "y1": 2.5}]).tolist() == [1]
+    triangle = {"type": "path", "path": "M-1,-1L2.5,-1L-1,2.5Z"}  # below x + y = 1.5
+    assert points_in_selections(x, y, [triangle]).tolist() == [0]
+    assert points_in_selections(x, y, [triangle, {"type": "rect", "x0": 0, "x1": 1, "y0": 1.5, "y1": 2}]).tolist() \
+        == [0, 3]
+    with pytest.raises(InputError, match="cannot read the selection path"):
+        points_in_selections(x, y, [{"type": "path", "path": "M0,0C1,1,2,2"}])
+
+
+@plotly_messages
+def test_error_in_a_plotly_callback_reaches_the_status_line():
+    dash = dashboard(image_investigation())
+    dash.map.figure._js2py_pointsCallback = {
+        "event_type": "plotly_selected", "selector": None, "device_state": None,
+        "points": {"trace_indexes": [0], "point_indexes": [999], "xs": [0], "ys": [0]},
+    }
+    assert dash.state.status_is_error
+    assert "position 999 is outside 0..59" in dash.status.value and "#b00020" in dash.status.value
+
+
+def test_selection_sends_opacity_only_and_removes_the_lasso():
+    inv = image_investigation()
+    dash = dashboard(inv)
+    fig = dash.map.figure
+    sent = []  # messages to the browser that it did not send first (the echo of its own relayout is left out)
+    fig.observe(lambda ch: ch["new"] and ch["new"].get("source_view_id") is None and sent.append(ch["new"]),
+                names=["_py2js_restyle", "_py2js_update", "_py2js_relayout", "_py2js_addTraces"])
+    fig._js2py_relayout = {"source_view_id": "v1", "relayout_data": {"selections": [
+        {"xref": "x", "yref": "y", "type": "rect", "x0": 9, "x1": 11.5, "y0": 9, "y1": 11.5}]}}
+    assert len(dash.selection) == 10 and dash.map.highlighted.tolist() == list(range(10))
+    assert len(sent) == 1 and set(sent[0]["restyle_data"]) == {"marker.opacity"}  # the lasso stays drawn
+    dash.select(["img-005", "img-002"])  # from elsewhere: the lasso is removed in the browser
+    assert len(sent) == 2 and set(sent[1]["style_data"]) == {"marker.opacity"}
+    assert sent[1]["layout_data"] == {"selections": []}
+    assert dash.map.highlighted.tolist() == [2, 5]
+    assert np.asarray(fig.data[0].marker.opacity).dtype == np.float32
+    dash.state.clear_selection()
+    assert fig.data[0].marker.opacity == 0.8 and len(sent) == 3
+
+
+def test_truth_colour_mode():
+    inv = image_investigation()
+    truth = pd.Series(np.arange(60) < 10, index=inv.dataset.ids[::-1][::-1]).iloc[::-1]  # any order of ids
+    dash = dashboard(inv, truth=truth)
+    assert dash.map.modes[-1] == "truth"
+    dash.map.set_color("truth")
+    codes = np.asarray(dash.map.figure.data[0].marker.color)
+    np.testing.assert_array_equal(codes, (np.arange(60) < 10).astype(float))
+    assert "poison" in dash.map.legend.value and "(10)" in dash.map.legend.value
+    with pytest.raises(InputError, match="pass one of them, e.g. truth\\['is_poison'\\]"):
+        dashboard(inv, truth=pd.DataFrame({"is_poison": truth}))
+    with pytest.raises(InputError, match="truth has no value for 1 sample"):
+        dashboard(inv, truth=truth.iloc[1:])
+
+
+def test_categorical_coloring_keeps_the_biggest_and_greys_the_rest():
+    values = np.array(["a"] * 5 + ["b"] * 3 + ["c", "d"])
+    c = categorical_coloring(values, title="t", max_categories=2)
+    assert [name for name, _, _ in c.legend] == ["a", "b", "other"]
+    np.testing.assert_array_equal(c.values, [0] * 5 + [1] * 3 + [2, 2])
+    assert c.colorscale[-1] == [1.0, "#c7c7c7"] and (c.cmin, c.cmax) == (-0.5, 2.5)
+
+
+# -------------------------------------------------------------------------------------------- other panels
+def test_cluster_choice_selects_members_and_lists_suspicious_first():
+    inv = image_investigation()
+    dash = dashboard(inv)
+    panel = dash.clusters
+    assert panel.order[0] == 3 and panel.order[-1] == -1
+    panel.list.value = 3
+    assert list(dash.selection) == [f"img-{i:03d}" for i in range(10)]
+    assert dash.map.highlighted.tolist() == list(range(10))
+    assert "size" in panel.details.value and dash.preview.shown_ids[0] == "img-000"
+    # Another panel's selection clears the choice, so the same cluster can be chosen again.
+    dash.select(["img-030"])
+    assert panel.list.value is None
+    panel.list.value = 3
+    assert len(dash.selection) == 10
+    panel.sort_menu.value = "size"
+    assert panel.order[0] == 2 and panel.order[-1] == -1  # 17 samples, then 16, 16, 10
+    summary = panel.summary
+    assert sort_clusters(summary, "smallness").index[0] == 3
+
+
+def test_source_choice_and_summary():
+    inv = image_investigation()
+    dash = dashboard(inv)
+    panel = dash.sources
+    assert panel.list.options[0][1] == "mallory"
+    panel.list.value = "mallory"
+    assert list(dash.selection) == [f"img-{i:03d}" for i in range(10)]
+    assert "this source" in panel.details.value
+    table = source_summary(np.array(["a", "a", "b", "b"]), np.array([0, 0, 0, 1]), np.array([0.9, 0.7, 0.1, 0.2]),
+                           np.array([True, False, False, False]), n_classes=2)
+    assert list(table.index) == ["a", "b"]
+    assert table.loc["a", "share_flagged"] == 0.5 and table.loc["a", "label_distance"] == pytest.approx(0.5)
+    # Flagging changes the share flagged shown in the list.
+    dash.review.decide("flag")
+    assert "flagged 100%" in panel.list.options[0][0]
+
+
+def test_trigger_choice_selects_carriers_and_shows_the_phrase():
+    inv = text_investigation()
+    dash = dashboard(inv)
+    dash.triggers.list.value = 0
+    assert list(dash.selection) == [inv.dataset.ids[0], "t2"]
+    assert "<mark>cf</mark>" in dash.triggers.details.value
+    assert "<mark>cf</mark>" in dash.preview.html  # the phrase is highlighted in the texts
+
+
+def test_image_trigger_pattern_is_the_carriers_median_in_the_box():
+    inv = image_investigation()
+    inv.triggers = pd.DataFrame({
+        "trigger_id": ["image-1"], "kind": ["image"], "description": ["fixed patch"], "evidence": ["10 of 10"],
+        "remove_flip_rate": [np.nan], "add_flip_rate": [np.nan], "verdict": ["untested"],
+        "sample_ids": [[f"img-{i:03d}" for i in range(10)]], "box": [(0, 0, 2, 2)],
+    })
+    dash = dashboard(inv)
+    dash.triggers.choose(0)
+    assert len(dash.selection) == 10
+    assert "reconstructed pattern at rows 0..1, columns 0..1" in dash.triggers.details.value
+    assert "data:image/png;base64," in dash.triggers.details.value
+
+
+def test_loss_panel_selects_extremes_and_ranges():
+    inv = image_investigation()
+    dash = dashboard(inv)
+    losses = dash.losses
+    losses.class_menu.value = 2
+    assert losses.info.value == "27 samples with a loss"
+    losses.low_button.click()  # 1% of 27 rounds to one sample: the lowest loss of class two
+    assert list(dash.selection) == ["img-000"]
+    losses.select_extreme(10 / 27, highest=False)
+    assert list(dash.selection) == [f"img-{i:03d}" for i in range(10)]
+    losses.select_range(-5, -3)
+    assert len(dash.selection) == 10 and "loss 1e-05 – 0.001" in losses.info.value
+    assert len(losses.figure.layout.shapes) == 1
+
+
+# -------------------------------------------------------------------------------------------- review
+def test_review_buttons_counts_undo_and_export(tmp_path):
+    inv = image_investigation()
+    dash = dashboard(inv, export_path=str(tmp_path / "out.csv"))
+    review = dash.review
+    review.buttons["flag"].click()  # nothing selected: an error in the status line
+    assert dash.state.status_is_error and "nothing is selected" in dash.status.value
+    dash.clusters.choose(3)
+    review.note.value = "corner patch"
+    review.buttons["flag"].click()
+    assert "suspected <b>10</b>" in review.counter.value
+    assert set(inv.review.index[inv.review["status"] == "suspected"]) == {f"img-{i:03d}" for i in range(10)}
+    assert (inv.review.loc["img-000", "note"]) == "corner patch"
+    assert "suspected" in dash.preview.html and dash.status.value.endswith("(corner patch)</span>")
+    dash.select(["img-000"])
+    review.buttons["confirm"].click()
+    assert inv.counts()["confirmed"] == 1 and "confirmed <b>1</b>" in review.counter.value
+    review.undo_button.click()
+    assert inv.counts()["confirmed"] == 0 and inv.counts()["suspected"] == 10
+    review.export_button.click()
+    written = pd.read_csv(tmp_path / "out.csv")
+    assert sorted(written["sample_id"]) == [f"img-{i:03d}" for i in range(10)]
+    assert "Exported 10 samples (flagged)" in review.message.value and str(tmp_path) in review.message.value
+    review.path.value = str(tmp_path / "all.parquet")
+    review.include.value = "all"
+    review.export_button.click()
+    assert len(pd.read_parquet(tmp_path / "all.parquet")) == 60
+    dash.map.set_color("review")
+    assert "suspected" in dash.map.legend.value and "(10)" in dash.map.legend.value
+
+
+# -------------------------------------------------------------------------------------------- escaping
+def test_markup_in_data_is_escaped_everywhere():
+    inv = text_investigation()
+    dash = inv.dashboard()
+    assert isinstance(dash, Dashboard) and isinstance(dash, widgets.VBox)
+    dash.select(inv.dataset.ids)
+    html = dash.preview.html
+    assert_no_live_markup(html)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "&lt;script&gt;alert(2)&lt;/script&gt;" in html
+    assert 'data-sample-id="id-&lt;script&gt;alert(2)&lt;/script&gt;"' in html
+    assert 'data-sample-id="q&quot;uote"' in html
+    assert "neg&lt;img src=x onerror=alert(1)&gt;" in html and "src&lt;script&gt;" in html
+    assert "&lt;b&gt;bold?&lt;/b&gt;" in html
+    hover = list(dash.map.figure.data[0].hovertext)
+    assert all("<script" not in h and "<img" not in h for h in hover)
+    assert "<b>id-&lt;script&gt;alert(2)&lt;/script&gt;</b>" in hover[0] and "why &lt;img" in hover[0]
+    assert 'q"uote' in hover[5]  # plotly shows &quot; literally: quotes are left as they are
+    for mode in dash.map.modes:
+        dash.map.set_color(mode)
+        assert_no_live_markup(dash.map.legend.value)
+    dash.clusters.choose(-1)
+    dash.sources.choose(f"src{XSS_SCRIPT}")
+    dash.triggers.choose(0)
+    with pytest.raises(InputError):
+        dash.sources.choose("<script>nope</script>")
+    dash.state.run(dash.sources.choose, "<script>nope</script>")
+    assert "&lt;script&gt;nope" in dash.status.value
+    for value in html_values(dash):
+        assert_no_live_markup(value)
+
+
+def test_hover_texts_escape_each_piece():
+    out = hover_texts(np.array(["<a>"], dtype=object), np.array(["<i>x</i>"], dtype=object),
+                      np.array(["s&1"], dtype=object), np.array([""], dtype=object), np.array([-1]))
+    assert out[0] == "<b>&lt;a&gt;</b><br>label: &lt;i&gt;x&lt;/i&gt;<br>source: s&amp;1<br>cluster: noise"
+
+
+def test_dashboard_needs_an_investigation_and_lists_modes():
+    with pytest.raises(InputError, match="inv must be a forensics.Investigation"):
+        dashboard(object())
+    assert COLOR_MODES[:3] == ("cluster", "label", "prediction")
+
+
+def test_triggers_found_after_the_dashboard_show_up_on_refresh():
+    inv = text_investigation()
+    table = inv.triggers
+    inv.triggers = table.iloc[:0]
+    dash = dashboard(inv)
+    assert "No trigger candidates yet" in dash.triggers.widget.children[0].value
+    dash.select(["t2"])
+    assert "<mark>" not in dash.preview.html
+    inv.triggers = table
+    dash.refresh()
+    assert dash.triggers.list.options[0][0].startswith("text-1: phrase \"cf\" · confirmed")
+    assert "<mark>cf</mark>" in dash.preview.html
+    fixed = PreviewPanel(inv, highlight=["plain"])
+    fixed.state.select(["t2"])
+    assert "<mark>plain</mark> text cf" in fixed.html
+    fixed.state.bump_revision()
+    assert "<mark>plain</mark> text cf" in fixed.html
