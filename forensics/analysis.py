@@ -264,8 +264,8 @@ def investigate(
     return inv
 
 
-#: The signals a backdoor shows (confident, clustered, off the class's main direction): trigger discovery looks
-#: among the samples these rank highest, not among mislabelled ones.
+#: The signals a backdoor shows (confident, clustered, off the class's main direction): text trigger discovery
+#: also looks among the samples these rank highest, where label noise in the overall suspicion cannot hide them.
 BACKDOOR_SIGNALS = ("low_loss", "activation_cluster", "spectral", "robust_spectral")
 
 
@@ -290,9 +290,9 @@ def find_triggers(
 
     Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
-    least ``min_group``) share and the rest of the class lacks. "Suspicious" is :func:`backdoor_suspicion`, so
-    that label noise cannot hide samples that look backdoored; texts are searched with the overall suspicion too,
-    and the candidates of both searches pooled. Every candidate is confirmed on ``model``
+    least ``min_group``) share and the rest of the class lacks. Texts are searched twice, among the most
+    suspicious samples overall and among those that look backdoored (:func:`backdoor_suspicion`, so that label
+    noise cannot hide them), and the candidates pooled. Every candidate is confirmed on ``model``
     (default ``inv.model``): removed from its carriers and added to clean samples of other classes, beside a
     random control.
 
@@ -308,7 +308,7 @@ def find_triggers(
         raise InputError("find_triggers needs the model: pass model=, or set inv.model")
     ds = inv.dataset
     predict = lambda payload: predict_proba(model, payload)  # noqa: E731
-    suspicion = backdoor_suspicion(inv.signals, ds.labels)
+    suspicion = inv.signals["suspicion"].to_numpy()
     if "prediction" in inv.samples:
         pred = inv.samples["prediction"].to_numpy()
     else:
@@ -319,7 +319,7 @@ def find_triggers(
         cands = pd.concat([
             tr.text_trigger_candidates(texts, predictions=pred, suspicion=s, labels=ds.labels, ids=ds.ids,
                                        sources=ds.sources, top=top_text)
-            for s in (suspicion, inv.signals["suspicion"].to_numpy())
+            for s in (backdoor_suspicion(inv.signals, ds.labels), suspicion)
         ])
         cands = (cands.sort_values("score", ascending=False, kind="stable").drop_duplicates("ngram")
                  .head(top_text).reset_index(drop=True))
