@@ -11,7 +11,6 @@ import logging
 import warnings
 
 import numpy as np
-from cleanlab.rank import get_label_quality_scores
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
@@ -183,6 +182,9 @@ def label_issue_scores(
     else:
         probs = out_of_fold_probs(features, labels, cv_folds=cv_folds, max_train=max_train, random_state=random_state)
         y = check_labels_against(labels, len(probs), "features")
+    # cleanlab takes about 1.5 s to import: only when this signal runs.
+    from cleanlab.rank import get_label_quality_scores
+
     quality = get_label_quality_scores(y, np.asarray(probs, dtype=np.float64), method=method)
     return 1.0 - np.asarray(quality, dtype=np.float64)
 
