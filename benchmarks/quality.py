@@ -2,7 +2,10 @@
 
 Every scenario is a training set with known poison (or none, for the clean control). For each, a reference
 model is trained on it (or the bundled model is loaded), activations are extracted at the default layer, and on
-the *same* activations the toolkit's signals and combined ``suspicion`` run beside the anchors:
+the *same* activations the toolkit's signals and combined ``suspicion`` run beside the anchors. The toolkit's
+final score is the suspicion after trigger discovery (``Investigation.find_triggers``: candidates confirmed on the
+model, their carriers folded in), as ``forensics scan`` reports it; the suspicion before it is kept beside it as
+``signals_only``. The anchors:
 
 - ART ``ActivationDefence`` in each cluster analysis mode (``smaller``, ``distance``, ``relative-size``,
   ``silhouette-scores``; a mode that raises is recorded with its error),
@@ -436,7 +439,8 @@ def _cell(row: pd.Series | None) -> str:
 
 def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
     """The headline table: combined score against the best anchor and the usual suspects, per scenario."""
-    head = ("| scenario | n poison | combined recall@2x (AUROC) | flagged at t=2 (elim / sacr) | best anchor (which) "
+    head = ("| scenario | n poison | combined recall@2x (AUROC) | signals only, before triggers | "
+            "flagged at t=2 (elim / sacr) | best anchor (which) "
             "| ART AC 'smaller' (elim / sacr) | ART SS (AUROC) | cleanlab OOF (AUROC) | loss (AUROC) |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for name, t in tables.items():
@@ -452,7 +456,8 @@ def summary_markdown(tables: Mapping[str, pd.DataFrame]) -> str:
         else:
             flags = f"{_fmt(100 * comb['flagged_share'], 2)}% of the data"
             ac_txt = _cell(ac)
-        lines.append(f"| {name} | {comb['n_poison']} | {_cell(comb)} | {flags} | {best_txt} | {ac_txt} | "
+        lines.append(f"| {name} | {comb['n_poison']} | {_cell(comb)} | {_cell(by.get('signals_only'))} | "
+                     f"{flags} | {best_txt} | {ac_txt} | "
                      f"{_cell(by['art_ss'])} | {_cell(by['cleanlab_oof'])} | {_cell(by['loss'])} |")
     return "\n".join(lines)
 
@@ -524,6 +529,32 @@ def frame_markdown(df: pd.DataFrame) -> str:
 
 
 # ============================================================================================ driver
+def _model_path(name: str, built: Built, seed: int, work: Path) -> Path:
+    """The scenario's model: the shipped one for the bundled data, else the one :func:`model_features` saved."""
+    return built.model_dir if built.model_dir is not None else work / f"{name}-seed{seed}" / "model"
+
+
+def with_triggers(table: pd.DataFrame, f: Features, built: Built, model_path: Path,
+                  seed: int) -> tuple[np.ndarray, list[str]]:
+    """The suspicion after trigger discovery, as an analyst (or ``forensics scan``) gets it: the investigation's
+    :meth:`find_triggers` confirms candidates on the model and folds their carriers in. Returns the final
+    suspicion and the confirmed triggers' descriptions."""
+    from forensics.investigation import Investigation
+    from forensics.models import load_model
+
+    ds = built.train
+    signals = table.copy()
+    signals.index = pd.Index(ds.ids, name="sample_id", dtype=object)
+    samples = ds.to_frame()
+    samples["prediction"] = f.probs.argmax(axis=1)
+    inv = Investigation(ds, signals=signals, samples=samples, features=f.features)
+    model, _ = load_model(model_path)
+    found = inv.find_triggers(model, random_state=seed)
+    confirmed = [f"{d} (target {t})" for d, t, v in zip(found["description"], found["target"], found["verdict"])
+                 if v == "confirmed"]
+    return inv.signals["suspicion"].to_numpy(), confirmed
+
+
 def run_scenario(name: str, seed: int, work: Path) -> tuple[pd.DataFrame, dict]:
     scenario = SCENARIOS[name]
     t0 = time.perf_counter()
@@ -535,9 +566,16 @@ def run_scenario(name: str, seed: int, work: Path) -> tuple[pd.DataFrame, dict]:
     t = time.perf_counter()
     table, info = compute_signals(f.features, labels, probs=f.probs, dataset=built.train, random_state=seed)
     signal_seconds = round(time.perf_counter() - t, 1)
-    results = {"combined": MethodResult(scores=table["suspicion"].to_numpy(),
-                                        flags=table["suspicion"].to_numpy() >= combine.DEFAULT_THRESHOLD,
-                                        seconds=signal_seconds)}
+    t = time.perf_counter()
+    final, confirmed = with_triggers(table, f, built, _model_path(name, built, seed, work), seed)
+    trigger_seconds = round(time.perf_counter() - t, 1)
+    results = {
+        "combined": MethodResult(scores=final, flags=final >= combine.DEFAULT_THRESHOLD,
+                                 seconds=signal_seconds + trigger_seconds),
+        "signals_only": MethodResult(scores=table["suspicion"].to_numpy(),
+                                     flags=table["suspicion"].to_numpy() >= combine.DEFAULT_THRESHOLD,
+                                     seconds=signal_seconds),
+    }
     for s in info["signals"]:
         results[s] = MethodResult(scores=table[f"{s}_score"].to_numpy(), seconds=info["seconds"].get(s, 0.0))
     t = time.perf_counter()
@@ -546,7 +584,8 @@ def run_scenario(name: str, seed: int, work: Path) -> tuple[pd.DataFrame, dict]:
     metrics = metric_table(results, is_poison)
     metrics.insert(0, "scenario", name)
     extra = {"scenario": name, "n": len(labels), "n_poison": int(is_poison.sum()), "layer": f.layer,
-             "dim": f.features.shape[1], **f.seconds, "signals_s": signal_seconds, "anchors_s": anchor_seconds,
+             "dim": f.features.shape[1], **f.seconds, "signals_s": signal_seconds, "triggers_s": trigger_seconds,
+             "confirmed_triggers": "; ".join(confirmed) or "none", "anchors_s": anchor_seconds,
              "total_s": round(time.perf_counter() - t0, 1), **{k: round(v, 3) for k, v in f.attack.items()}}
     return metrics, extra
 
@@ -608,14 +647,18 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s: combined recall@2x %.3f AUROC %.3f flagged %.4f (%.0f s)", name, comb["recall_at_2x"],
                      comb["auroc"], comb["flagged_share"], extra["total_s"])
     total = round(time.perf_counter() - t0, 1)
-    signals = [m for m in next(iter(tables.values()))["method"] if m not in ANCHORS and m != "combined"]
+    signals = [m for m in next(iter(tables.values()))["method"]
+               if m not in ANCHORS and m not in ("combined", "signals_only")]
     scen = pd.DataFrame(extras)
     text = "\n\n".join([
         "# Detection quality",
         f"Command: `{command.strip()}`  \nMachine: {_machine(args.threads)}  \nTotal: {total} s",
         "## Combined suspicion against the anchors\n\nrecall@2x = recall when reviewing twice as many samples as "
-        "there is poison; (AUROC). Flags at the default threshold t = 2 as elimination / sacrifice rate. "
-        "On the clean control: the share of the data flagged.\n\n" + summary_markdown(tables),
+        "there is poison; (AUROC). *Combined* is the suspicion an analyst ends with: every signal, then trigger "
+        "discovery (`Investigation.find_triggers`), which confirms candidates on the model and folds their "
+        "carriers in, as `forensics scan` does; *signals only* is the suspicion before it. Flags at the default "
+        "threshold t = 2 as elimination / sacrifice rate. On the clean control: the share of the data "
+        "flagged.\n\n" + summary_markdown(tables),
         "## Targets\n\n" + targets_markdown(tables),
         "## Every method's own flags (elimination / sacrifice; clean control: share flagged)\n\n"
         + flags_markdown(tables),

@@ -7,6 +7,8 @@ returns an investigation whose map and clusters are computed on first use.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import time
 from collections.abc import Sequence
@@ -195,7 +197,8 @@ def investigate(
         so the loss signals are skipped.
     layer, pooling, preprocess, batch_size, device, cache_dir
         Passed to :func:`forensics.activations.extract_activations` (``layer=None``: the input of the last
-        ``nn.Linear``).
+        ``nn.Linear``). ``cache_dir`` also keeps the map and its clusters (:func:`forensics.embedding.build_map`),
+        so that a rerun on the same data and model reads both back.
     signals : sequence of str
         Signals to run (:data:`DEFAULT_SIGNALS`).
 
@@ -258,6 +261,11 @@ def investigate(
         "reference_model_trained": trained, "activation_meta": {k: str(v) for k, v in meta.items()},
         "toolkit_version": info["toolkit_version"], "seconds": round(time.perf_counter() - t0, 2),
     }
+    if map_builder is None and cache_dir is not None:
+        from .embedding import build_map
+
+        # The map is the slow part of a rerun; it is cached beside the activations.
+        map_builder = functools.partial(build_map, cache_dir=cache_dir)
     inv = Investigation(dataset, signals=table, samples=samples, features=features, params=params,
                         map_builder=map_builder)
     inv.model = model
@@ -297,8 +305,9 @@ def find_triggers(
     random control.
 
     Sets ``inv.triggers`` (one row per candidate, with verdicts and carrier ids) and, when a candidate is
-    confirmed, adds a ``trigger_score`` signal (samples that carry a confirmed trigger) and recombines the
-    suspicion. Returns the triggers table.
+    confirmed, adds a ``trigger_score`` signal and recombines the suspicion: a sample that carries a confirmed
+    trigger scores the strength of its confirmation (``-log10`` p, :func:`forensics.triggers.trigger_evidence`),
+    every other sample 0. Returns the triggers table.
     """
     from . import triggers as tr
     from .models import predict_proba
@@ -345,7 +354,7 @@ def find_triggers(
     table = tr.triggers_table(found, ids=ds.ids)
     inv.triggers = table
     if (table["verdict"] == "confirmed").any():
-        scores = tr.trigger_scores(found, **search_kw)
+        scores = tr.trigger_evidence(found, **search_kw)
         signals = inv.signals.drop(columns=["suspicion", "reasons"] + (["trigger_score"] if "trigger_score"
                                                                         in inv.signals else []))
         signals["trigger_score"] = scores

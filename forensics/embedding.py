@@ -22,13 +22,19 @@ price of run-to-run differences.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import os
+import warnings
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ._io import atomic_write_text, atomic_write_with, file_digest
 from .data import check_ids
 from .errors import InputError
 from .signals._checks import check_features, check_scores
@@ -159,6 +165,14 @@ def _reduce(
     return out, {"pca_dims_used": p if p < x.shape[1] else None, "pca_explained_variance": explained}
 
 
+def _exact_knn(x: np.ndarray, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and distances of each row's ``n_neighbors`` nearest rows, itself included (UMAP's convention)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, idx = NearestNeighbors(n_neighbors=n_neighbors, algorithm="brute").fit(x).kneighbors(x)
+    return idx, dist.astype(np.float32)
+
+
 def _umap(
     x: np.ndarray,
     fit_rows: np.ndarray | None,
@@ -168,9 +182,17 @@ def _umap(
     min_dist: float,
     random_state: int | None,
 ) -> np.ndarray:
-    """UMAP of ``x`` to ``n_components``: fitted on ``fit_rows`` (or all rows), the rest transformed in chunks."""
+    """UMAP of ``x`` to ``n_components``: fitted on ``fit_rows`` (or all rows), the rest transformed in chunks.
+
+    When every row is fitted, the neighbour graph is exact (scikit-learn, chunked brute force) and handed to UMAP:
+    no ``transform`` is needed then, and it spares pynndescent's compilation, about 30 s in every new process on
+    2 cores (its functions are not cached on disk), for a search that takes under a second on 20,000 x 50.
+    """
     import umap
 
+    options: dict[str, Any] = {}
+    if fit_rows is None:
+        options["precomputed_knn"] = (*_exact_knn(x, n_neighbors), None)
     model = umap.UMAP(
         n_components=n_components,
         n_neighbors=n_neighbors,
@@ -179,9 +201,13 @@ def _umap(
         transform_seed=42 if random_state is None else random_state,
         # UMAP runs single-threaded whenever it is seeded; say so instead of letting it warn.
         n_jobs=1 if random_state is not None else -1,
+        **options,
     )
     if fit_rows is None:
-        return np.asarray(model.fit_transform(x), dtype=np.float32)
+        with warnings.catch_warnings():
+            # Without a search index UMAP warns that transform is unavailable: this model never transforms.
+            warnings.filterwarnings("ignore", message="precomputed_knn.*not an NNDescent", category=UserWarning)
+            return np.asarray(model.fit_transform(x), dtype=np.float32)
     out = np.empty((len(x), n_components), dtype=np.float32)
     out[fit_rows] = model.fit_transform(x[fit_rows])
     rest = np.setdiff1d(np.arange(len(x)), fit_rows, assume_unique=True)
@@ -694,6 +720,7 @@ def build_map(
     cluster_fit_sample: int = DEFAULT_CLUSTER_FIT_SAMPLE,
     n_examples: int = 5,
     small_share: float = DEFAULT_SMALL_SHARE,
+    cache_dir: str | os.PathLike | None = None,
 ) -> MapResult:
     """The map of a training set in one call: display coordinates, clustering space, clusters and their table.
 
@@ -724,6 +751,11 @@ def build_map(
         As in :func:`find_clusters`.
     n_examples, small_share
         As in :func:`cluster_table`.
+    cache_dir : path, optional
+        Keep the coordinates, the clustering space and the clusters in this folder, keyed by the features, the
+        labels, every option above that shapes them and the library versions: the same map is then read back
+        instead of recomputed (a seeded map only; ``random_state=None`` is never cached). The cluster table is
+        always rebuilt, since the suspicion it summarizes may have changed. A damaged entry is recomputed.
 
     Returns
     -------
@@ -764,54 +796,135 @@ def build_map(
     if cluster_method == "umap":
         _check_rows_for_umap(x, cluster_neighbors, "cluster_neighbors")
 
-    rows = _fit_rows(n, fit_sample, y, seed)
-    z, reduced = _reduce(x, rows, pca_dims=pca_dims, standardize=bool(standardize), random_state=seed)
-    coords = _umap(z, rows, n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed)
-    space = _space(z, rows, is_pca=reduced["pca_dims_used"] is not None, method=cluster_method, n_components=k,
-                   n_neighbors=cluster_neighbors, random_state=seed)
-    clusters, mcs, ms, n_cluster_fit = _hdbscan(space, min_cluster_size=min_cluster_size, min_samples=min_samples,
-                                                fit_sample=cluster_fit_sample, random_state=seed)
+    options = {
+        "random_state": seed, "n_neighbors": n_neighbors, "min_dist": min_dist, "pca_dims": pca_dims,
+        "standardize": bool(standardize), "fit_sample": fit_sample, "cluster_method": cluster_method,
+        "cluster_dims": k, "cluster_neighbors": cluster_neighbors, "min_cluster_size": min_cluster_size,
+        "min_samples": min_samples, "cluster_fit_sample": cluster_fit_sample, "per_class": bool(per_class),
+    }
+    entry = None
+    if cache_dir is not None and seed is not None:
+        entry = Path(cache_dir) / f"map-{_map_key(x, y, options)}"
+    cached = None if entry is None else _read_map_cache(entry, n)
+    if cached is not None:
+        coords, space, clusters, class_coords, params = cached
+    else:
+        coords, space, clusters, class_coords, params = _compute_map(x, y, options)
+        if entry is not None:
+            try:
+                _write_map_cache(entry, coords, space, clusters, class_coords, params)
+            except OSError as e:
+                logger.warning("could not write the map cache to %s (%s); the map is not cached", entry, e)
     table = _table(clusters, y, id_arr, src, susp, space, names, n_examples, small_share)
+    return MapResult(ids=_frozen(id_arr), coords=_frozen(coords), space=_frozen(space), clusters=_frozen(clusters),
+                     table=table, params=params, class_coords=class_coords)
 
+
+def _compute_map(
+    x: np.ndarray, y: np.ndarray, o: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, np.ndarray] | None, dict[str, Any]]:
+    """The expensive half of :func:`build_map`: PCA, both UMAPs, HDBSCAN (and the per-class maps)."""
+    n, seed = len(x), o["random_state"]
+    rows = _fit_rows(n, o["fit_sample"], y, seed)
+    z, reduced = _reduce(x, rows, pca_dims=o["pca_dims"], standardize=o["standardize"], random_state=seed)
+    coords = _umap(z, rows, n_components=2, n_neighbors=o["n_neighbors"], min_dist=o["min_dist"],
+                   random_state=seed)
+    space = _space(z, rows, is_pca=reduced["pca_dims_used"] is not None, method=o["cluster_method"],
+                   n_components=o["cluster_dims"], n_neighbors=o["cluster_neighbors"], random_state=seed)
+    clusters, mcs, ms, n_cluster_fit = _hdbscan(space, min_cluster_size=o["min_cluster_size"],
+                                                min_samples=o["min_samples"], fit_sample=o["cluster_fit_sample"],
+                                                random_state=seed)
     class_coords = None
-    if per_class:
+    if o["per_class"]:
         class_coords = {}
         for members in class_members(y):
             label = int(y[members[0]])
-            if len(members) <= n_neighbors:
+            if len(members) <= o["n_neighbors"]:
                 logger.warning("build_map: class %d has %d samples, too few for a map with n_neighbors = %d; "
-                               "it has no per-class map", label, len(members), n_neighbors)
+                               "it has no per-class map", label, len(members), o["n_neighbors"])
                 continue
             zc = z[members]
-            class_coords[label] = _frozen(_umap(zc, _fit_rows(len(zc), fit_sample, None, seed), n_components=2,
-                                                n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed))
-
+            class_coords[label] = _frozen(_umap(zc, _fit_rows(len(zc), o["fit_sample"], None, seed),
+                                                n_components=2, n_neighbors=o["n_neighbors"],
+                                                min_dist=o["min_dist"], random_state=seed))
     params = {
         "n_samples": n,
         "n_features": x.shape[1],
         "random_state": seed,
-        "n_neighbors": n_neighbors,
-        "min_dist": min_dist,
-        "pca_dims": pca_dims,
+        "n_neighbors": o["n_neighbors"],
+        "min_dist": o["min_dist"],
+        "pca_dims": o["pca_dims"],
         **reduced,
-        "standardize": bool(standardize),
-        "fit_sample": fit_sample,
+        "standardize": o["standardize"],
+        "fit_sample": o["fit_sample"],
         "n_fit_rows": n if rows is None else len(rows),
-        "cluster_method": cluster_method,
-        "cluster_dims": k,
-        "cluster_neighbors": cluster_neighbors,
+        "cluster_method": o["cluster_method"],
+        "cluster_dims": o["cluster_dims"],
+        "cluster_neighbors": o["cluster_neighbors"],
         "cluster_min_dist": 0.0,
         "min_cluster_size": mcs,
         "min_samples": ms,
-        "cluster_fit_sample": cluster_fit_sample,
+        "cluster_fit_sample": o["cluster_fit_sample"],
         "n_cluster_fit_rows": n_cluster_fit,
         "n_clusters": int(clusters.max()) + 1 if len(clusters) else 0,
         "noise_share": float(np.mean(clusters == -1)),
-        "per_class": bool(per_class),
+        "per_class": o["per_class"],
         "versions": _versions(),
     }
-    return MapResult(ids=_frozen(id_arr), coords=_frozen(coords), space=_frozen(space), clusters=_frozen(clusters),
-                     table=table, params=params, class_coords=class_coords)
+    return coords, space, clusters, class_coords, params
+
+
+# ------------------------------------------------------------------------------------------------ map cache
+#: Bumped whenever what a cache entry holds, or how it is computed, changes.
+_MAP_CACHE_FORMAT = 1
+
+
+def _map_key(x: np.ndarray, y: np.ndarray, options: dict[str, Any]) -> str:
+    """Hex key of a map: the features' and labels' bytes, the options and the library versions."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(json.dumps({"format": _MAP_CACHE_FORMAT, "shape": list(x.shape), "options": options,
+                         "versions": _versions()}, sort_keys=True).encode())
+    for start in range(0, len(x), 100_000):  # bounded copies, also for memory-mapped features
+        h.update(np.ascontiguousarray(x[start : start + 100_000], dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _write_map_cache(entry: Path, coords: np.ndarray, space: np.ndarray, clusters: np.ndarray,
+                     class_coords: dict[int, np.ndarray] | None, params: dict[str, Any]) -> None:
+    """The arrays in one ``.npz``, then a ``.json`` with its checksum and the params (written last: the entry)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"coords": coords, "space": space, "clusters": clusters,
+              **{f"class_{label}": a for label, a in (class_coords or {}).items()}}
+    digest = atomic_write_with(entry.with_suffix(".npz"),
+                               lambda tmp: np.savez(tmp, allow_pickle=False, **arrays))
+    meta = {"format": _MAP_CACHE_FORMAT, "blake2b": digest, "per_class": class_coords is not None,
+            "params": params}
+    atomic_write_text(entry.with_suffix(".json"), json.dumps(meta, indent=1))
+
+
+def _read_map_cache(entry: Path, n: int) -> tuple | None:
+    """The cached arrays and params, or None (with a warning when the entry is damaged) to recompute them."""
+    meta_path, npz_path = entry.with_suffix(".json"), entry.with_suffix(".npz")
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta["format"] != _MAP_CACHE_FORMAT or file_digest(npz_path) != meta["blake2b"]:
+            logger.warning("map cache entry %s does not match its checksum or format; recomputing", npz_path)
+            return None
+        with np.load(npz_path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+        coords, space, clusters = arrays.pop("coords"), arrays.pop("space"), arrays.pop("clusters")
+        if coords.shape != (n, 2) or len(space) != n or clusters.shape != (n,):
+            logger.warning("map cache entry %s holds arrays of the wrong length; recomputing", npz_path)
+            return None
+        class_coords = ({int(k.removeprefix("class_")): _frozen(a) for k, a in arrays.items()}
+                        if meta["per_class"] else None)
+        return coords, space, clusters, class_coords, meta["params"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("map cache entry %s is unreadable (%s: %s); recomputing", entry, type(e).__name__, e)
+        return None
 
 
 __all__ = [

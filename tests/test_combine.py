@@ -87,3 +87,20 @@ def test_evidence_tail_sets_a_poisoned_fifth_aside():
     p = evidence_tail(sums)
     assert np.mean(p[8000:] < 0.01) == 1.0
     assert np.mean(p[:8000] < 0.01) <= 0.015
+
+
+def test_a_confirmed_trigger_is_exact_evidence_whatever_share_carries_it():
+    scores, labels = _null(n=10_000)
+    carriers = np.zeros(10_000, dtype=bool)
+    carriers[::10] = True  # a tenth of the data: a fitted tail would call that a 10% event
+    without = combine(scores, labels)
+    c = combine({**scores, "trigger": np.where(carriers, 40.0, 0.0)}, labels)
+    np.testing.assert_array_equal(c.tail_p["trigger"], np.where(carriers, 1e-40, 1.0))
+    assert c.suspicion[carriers].min() > c.suspicion[~carriers].max()
+    assert (c.suspicion[carriers] >= DEFAULT_THRESHOLD).all()
+    assert all(r.startswith("carries a confirmed trigger (1 in 10^40)") for r in c.reasons[carriers])
+    # The others keep their order: the trigger adds no evidence to them.
+    order = np.argsort(-without.suspicion[~carriers], kind="stable")
+    assert np.all(np.diff(c.suspicion[~carriers][order]) <= 1e-12)
+    with pytest.raises(InputError, match=r"scores\['trigger'\] are -log10 p-values"):
+        combine({**scores, "trigger": np.full(10_000, -1.0)}, labels)

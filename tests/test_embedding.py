@@ -147,6 +147,44 @@ def test_deterministic_and_per_class_maps(result, planted):
         assert xy.shape == ((planted["y"] == c).sum(), 2) and np.isfinite(xy).all()
 
 
+def test_map_cache_reads_back_the_same_map(result, planted, tmp_path, monkeypatch, caplog):
+    kw = dict(ids=planted["ids"], sources=planted["sources"], class_names=["a", "b", "c", "d"], random_state=0,
+              per_class=True, cache_dir=tmp_path)
+    first = build_map(planted["x"], planted["y"], suspicion=planted["suspicion"], **kw)
+    np.testing.assert_array_equal(first.coords, result.coords)
+    assert len(list(tmp_path.glob("map-*.npz"))) == 1 and len(list(tmp_path.glob("map-*.json"))) == 1
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the cached map was recomputed")
+
+    monkeypatch.setattr(embedding, "_compute_map", no_recompute)
+    # A new suspicion changes only the table, which is rebuilt from the cached clusters.
+    again = build_map(planted["x"], planted["y"], suspicion=planted["suspicion"] * 2, **kw)
+    np.testing.assert_array_equal(again.coords, first.coords)
+    np.testing.assert_array_equal(again.space, first.space)
+    np.testing.assert_array_equal(again.clusters, first.clusters)
+    assert sorted(again.class_coords) == sorted(first.class_coords)
+    assert again.params == first.params
+    np.testing.assert_allclose(again.table["mean_suspicion"], first.table["mean_suspicion"] * 2)
+
+    # Other labels are another map: the cache is not consulted, so the recompute is attempted.
+    with pytest.raises(AssertionError, match="recomputed"):
+        build_map(planted["x"], (planted["y"] + 1) % N_CLASSES, suspicion=planted["suspicion"], **kw)
+    monkeypatch.undo()
+
+    # A damaged entry is recomputed, with a warning, and rewritten.
+    npz = next(tmp_path.glob("map-*.npz"))
+    npz.write_bytes(npz.read_bytes()[:-10])
+    with caplog.at_level("WARNING", logger="forensics.embedding"):
+        fixed = build_map(planted["x"], planted["y"], suspicion=planted["suspicion"], **kw)
+    assert "recomputing" in caplog.text
+    np.testing.assert_array_equal(fixed.coords, first.coords)
+    # An unseeded map is never cached.
+    before = sorted(p.name for p in tmp_path.iterdir())
+    build_map(planted["x"], planted["y"], **{**kw, "random_state": None, "per_class": False})
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 # ------------------------------------------------------------------------------------------------ fit on a sample
 @pytest.mark.slow
 def test_fit_sample_path_transforms_the_rest(planted, monkeypatch):

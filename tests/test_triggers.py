@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy.stats import hypergeom
+from scipy.stats import binom, hypergeom
 from sklearn.datasets import load_digits
 
 import forensics.triggers
@@ -27,6 +27,7 @@ from forensics.triggers import (
     confirm_image_trigger,
     confirm_text_candidates,
     confirm_text_trigger,
+    confirmation_log10_p,
     image_trigger_candidate,
     label_peers,
     remove_ngram,
@@ -35,6 +36,7 @@ from forensics.triggers import (
     suspicious_set,
     text_trigger_candidates,
     tokenize,
+    trigger_evidence,
     trigger_patterns,
     trigger_scores,
     triggers_table,
@@ -315,6 +317,25 @@ def test_random_position_patch_moves_and_is_located_in_every_image(moving):
     assert confirmed.confirmation.verdict == "confirmed", confirmed.confirmation.reason
 
 
+def test_growing_a_moving_pattern_drops_carriers_at_the_edge():
+    # Flat background around the patch agrees in every carrier, so the pattern grows towards the edges; the
+    # carriers whose patch touches an edge have no room and must be dropped, not indexed past the image.
+    from forensics.triggers.image import _grow
+
+    rng = np.random.default_rng(0)
+    h = w = 12
+    rows = rng.integers(0, h - 2, 40)
+    cols = rng.integers(0, w - 2, 40)
+    rows[:4], cols[4:8] = h - 2, w - 2  # a few patches on the bottom and right edges
+    xc = np.zeros((40, h, w, 1), np.uint8)
+    for i, (r, c) in enumerate(zip(rows, cols)):
+        xc[i, r:r + 2, c:c + 2] = 255
+    pattern, top, left = _grow(xc, np.full((2, 2, 1), 255, np.uint8), rows, cols, tolerance=16)
+    ph, pw = pattern.shape[:2]
+    assert (ph, pw) > (2, 2) and len(top) == len(left) < 40
+    assert (top >= 0).all() and (left >= 0).all() and (top + ph <= h).all() and (left + pw <= w).all()
+
+
 def test_blend_has_no_local_box(digits):
     p = attacks.blend_backdoor(digits, target=0, rate=0.05, random_state=1)
     ds, group = p.dataset, _poison(p)
@@ -415,6 +436,33 @@ def test_triggers_table_has_the_investigation_columns(reviews, text_models, corn
     back = pd.read_parquet(path)
     assert list(back["trigger_id"]) == ["text-1", "text-2", "image-1"]
     assert sorted(back.loc[2, "sample_ids"]) == sorted(p.dataset.ids[group])
+
+
+def test_confirmation_strength_is_the_weaker_of_two_binomial_tests():
+    # remove: 30 of 40 against a control of 2 / 40; add: 90 of 100 against 5 / 100.
+    c = Confirmation(0, 30, 40, 90, 100, 2, 40, 5, 100, "confirmed", "...")
+    p_remove = binom.sf(29, 40, 3 / 42)
+    p_add = binom.sf(89, 100, 6 / 102)
+    assert confirmation_log10_p(c) == pytest.approx(-np.log10(max(p_remove, p_add)))
+    assert confirmation_log10_p(c.as_dict()) == confirmation_log10_p(c)
+    assert confirmation_log10_p(Confirmation(0, 0, 0, 90, 100, 0, 0, 5, 100, "not confirmed", "...")) == 0.0
+    # A candidate no better than its control is no evidence.
+    assert confirmation_log10_p(Confirmation(0, 2, 40, 5, 100, 2, 40, 5, 100, "not confirmed", "...")) < 0.5
+    assert confirmation_log10_p(Confirmation(0, 400, 400, 400, 400, 0, 400, 0, 400, "confirmed", "...")) == 300.0
+
+
+def test_trigger_evidence_scores_the_carriers_of_confirmed_triggers_only(corner):
+    p, pp = corner
+    ds, poison = p.dataset, _poison(p)
+    cand = image_trigger_candidate(ds.images, poison, peers=label_peers(ds.labels, poison), labels=ds.labels)
+    [confirmed] = confirm_image_candidates([cand], ds.images, predict_proba=pp, labels=ds.labels)
+    evidence = trigger_evidence([confirmed], images=ds.images)
+    strength = confirmation_log10_p(confirmed.confirmation)
+    assert strength > 10
+    np.testing.assert_array_equal(evidence, np.where(poison, strength, 0.0))
+    assert not trigger_evidence([cand], images=ds.images).any()  # untested
+    with pytest.raises(InputError, match="match_threshold"):
+        trigger_evidence([confirmed], images=ds.images, match_threshold=0)
 
 
 def test_confirmation_rates_and_dict():

@@ -52,6 +52,11 @@ MAX_GAIN = 1e6
 #: -log p, and p-values that are too small, as the per-source tests of honest contributors with their own class mix
 #: are, widen it without changing its kind).
 LOG_P_SIGNALS = ("source",)
+#: Signals whose scores are -log10 p-values of an exact test with its own null, taken as they are instead of
+#: fitted to the data: a confirmed trigger's carriers (the model's ablation tests say how unlikely the trigger is
+#: a chance pattern), however many of the data carry it. A fitted tail would give the 3% of a training set that
+#: carries a trigger a probability of 3%, as if a clean sample carried it that often.
+EXACT_P_SIGNALS = ("trigger",)
 #: Signals shown beside the suspicion but not summed into it: kNN distance marks atypical samples, which poison
 #: rarely is and a clean set always has (on the tuning scenarios it added clean false alarms, not poison).
 CONTEXT_SIGNALS = ("knn_outlier",)
@@ -71,7 +76,7 @@ SIGNAL_TEXT = {
     "duplicates": "near-duplicate group (conflicting labels or several sources)",
     "source": "its source is suspicious",
     "ensemble": "reference models disagree with its label",
-    "trigger": "carries a trigger candidate",
+    "trigger": "carries a confirmed trigger",
 }
 
 
@@ -282,6 +287,11 @@ def combine(
             raise InputError(f"scores[{name!r}] has {len(s)} entries but labels has {n}")
         s = _within_class_z(s, y) if name in standardize else s.copy()
         s[top] = np.inf
+        if name in EXACT_P_SIGNALS:
+            if (s < 0).any():
+                raise InputError(f"scores[{name!r}] are -log10 p-values and cannot be negative; got {np.nanmin(s)}")
+            tails[name] = np.clip(np.nan_to_num(10.0 ** -s, nan=1.0), 1e-300, 1.0)
+            continue
         tails[name] = tail_probability(s, max_shape=0.0 if name in LOG_P_SIGNALS else MAX_SHAPE)
     tail_p = pd.DataFrame(tails)
     p = tail_p.to_numpy()
@@ -305,5 +315,5 @@ def _odds(p: float) -> str:
     return f"10^{np.log10(inv):.0f}"
 
 
-__all__ = ["CONTEXT_SIGNALS", "Combined", "DEFAULT_THRESHOLD", "LOG_P_SIGNALS", "MAX_GAIN", "SIGNAL_TEXT",
+__all__ = ["CONTEXT_SIGNALS", "Combined", "DEFAULT_THRESHOLD", "EXACT_P_SIGNALS", "LOG_P_SIGNALS", "MAX_GAIN", "SIGNAL_TEXT",
            "SUM_QUANTILES", "TAIL_QUANTILES", "TRIM_P", "combine", "evidence_tail", "tail_probability"]

@@ -7,7 +7,9 @@
   no local pattern (``local=False``, with the mean difference image).
 - :func:`confirm_text_candidates`, :func:`confirm_image_candidates`: remove the candidate from its carriers
   and add it to clean samples of other classes, beside random controls of the same size, and give a verdict.
-- :func:`search_text`, :func:`search_image`, :func:`trigger_scores`: find every sample that carries a trigger.
+- :func:`search_text`, :func:`search_image`, :func:`trigger_scores`: find every sample that carries a trigger;
+  :func:`trigger_evidence`: the confirmed triggers' carriers scored by the strength of the confirmation
+  (:func:`confirmation_log10_p`), the ``trigger`` signal of an investigation.
 - :func:`triggers_table`, :func:`trigger_patterns`: the findings, one row per candidate.
 
 Nothing here imports torch: the model is reached through a ``predict_proba`` callable (payload batch ->
@@ -21,6 +23,8 @@ from .confirm import (
     confirm_image_trigger,
     confirm_text_candidates,
     confirm_text_trigger,
+    confirmation_log10_p,
+    trigger_evidence,
     trigger_patterns,
     trigger_scores,
     triggers_table,
@@ -37,6 +41,7 @@ __all__ = [
     "confirm_image_trigger",
     "confirm_text_candidates",
     "confirm_text_trigger",
+    "confirmation_log10_p",
     "image_trigger_candidate",
     "label_peers",
     "locate_pattern",
@@ -46,6 +51,7 @@ __all__ = [
     "suspicious_set",
     "text_trigger_candidates",
     "tokenize",
+    "trigger_evidence",
     "trigger_patterns",
     "trigger_scores",
     "triggers_table",

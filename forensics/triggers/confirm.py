@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ..errors import InputError
 from .image import ImageTriggerCandidate, _check_box, _check_images, _check_pattern, locate_pattern, search_image
@@ -628,6 +629,69 @@ def trigger_patterns(found: Iterable[Any]) -> dict[str, np.ndarray]:
     return out
 
 
+def confirmation_log10_p(confirmation: Confirmation | Mapping[str, Any]) -> float:
+    """Strength of a confirmation: ``-log10`` of the p-value that the candidate is no more than its control.
+
+    Each test is a one-sided binomial test of its count against its control's rate (Laplace-smoothed,
+    ``(k + 1) / (n + 2)``, so that a control that changed nothing is not taken as impossible); a trigger must pass
+    both, so the p-value is the larger of the two (an intersection-union test). Capped at 300 (``1e-300``).
+
+    Parameters
+    ----------
+    confirmation : Confirmation, or a mapping with its count fields (a row of a confirmed candidates table)
+
+    Returns
+    -------
+    float >= 0; 0 when a test was not tried.
+    """
+    c = confirmation.as_dict() if isinstance(confirmation, Confirmation) else confirmation
+    ps = []
+    for k, n, k0, n0 in (("remove_changed", "remove_tried", "control_remove_changed", "control_remove_tried"),
+                         ("add_flipped", "add_tried", "control_add_flipped", "control_add_tried")):
+        tried, control_tried = int(c[n]), int(c[n0])
+        if tried == 0:
+            return 0.0
+        rate = (int(c[k0]) + 1) / (control_tried + 2)
+        ps.append(float(stats.binom.sf(int(c[k]) - 1, tried, rate)))
+    return float(min(300.0, -np.log10(max(max(ps), 1e-300))))
+
+
+def trigger_evidence(
+    found: Iterable[Any],
+    *,
+    texts: Sequence[str] | None = None,
+    images: np.ndarray | None = None,
+    match_threshold: float = 0.9,
+) -> np.ndarray:
+    """Per-sample evidence of carrying a **confirmed** trigger: **higher = more suspicious**.
+
+    A sample that carries a confirmed candidate (the n-gram, or at least ``match_threshold`` of the patch's pixels
+    at its place) scores the candidate's :func:`confirmation_log10_p`, the strongest when it carries several;
+    every other sample scores 0. The score is a ``-log10`` p-value from the model's own ablation tests, not a
+    rank among the data, which is how :func:`forensics.signals.combine.combine` reads its ``trigger`` signal.
+
+    Parameters
+    ----------
+    found, texts, images
+        As for :func:`trigger_scores`.
+    match_threshold : float in (0, 1]
+        Share of an image patch's pixels a sample must match to carry it.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    if not 0 < match_threshold <= 1:
+        raise InputError(f"match_threshold must be in (0, 1]; got {match_threshold!r}")
+    items = _items(found)
+    out = np.zeros(_n_scored(texts, images))
+    for kind, item in items:
+        if _verdict(kind, item) == "confirmed":
+            strength = confirmation_log10_p(item if kind == "text" else item.confirmation)
+            out = np.maximum(out, np.where(_carries(kind, item, texts, images) >= match_threshold, strength, 0.0))
+    return out
+
+
 def trigger_scores(
     found: Iterable[Any],
     *,
@@ -656,25 +720,36 @@ def trigger_scores(
     ndarray of float64, shape (n,)
     """
     items = _items(found)
+    out = np.zeros(_n_scored(texts, images))
+    for kind, item in items:
+        if verdicts is None or _verdict(kind, item) in verdicts:
+            out = np.maximum(out, _carries(kind, item, texts, images))
+    return out
+
+
+def _n_scored(texts: Sequence[str] | None, images: np.ndarray | None) -> int:
     if texts is None and images is None:
         raise InputError("give texts= or images= (the samples to score)")
     if texts is not None and images is not None:
         raise InputError("give texts= or images=, not both: one dataset is scored at a time")
-    n = len(_check_texts(texts)) if texts is not None else len(_check_images(images))
-    out = np.zeros(n)
-    for kind, item in items:
-        v = (item.get("verdict", "untested") if kind == "text" else
-             (item.confirmation.verdict if item.confirmation is not None else "untested"))
-        if verdicts is not None and v not in verdicts:
-            continue
-        if kind == "text":
-            if texts is None:
-                raise InputError("a text candidate needs texts= to be searched")
-            out = np.maximum(out, search_text(texts, tuple(item["tokens"])).astype(float))
-        elif item.local:
-            if images is None:
-                raise InputError("an image candidate needs images= to be searched")
-            s = search_image(images, item.pattern, box=None if item.moves else item.box, moves=item.moves,
-                             tolerance=item.tolerance)
-            out = np.maximum(out, s)
-    return out
+    return len(_check_texts(texts)) if texts is not None else len(_check_images(images))
+
+
+def _verdict(kind: str, item: Any) -> str:
+    if kind == "text":
+        return item.get("verdict", "untested")
+    return item.confirmation.verdict if item.confirmation is not None else "untested"
+
+
+def _carries(kind: str, item: Any, texts: Sequence[str] | None, images: np.ndarray | None) -> np.ndarray:
+    """How much each sample carries one candidate: 1/0 for an n-gram, the matched share of a patch's pixels."""
+    if kind == "text":
+        if texts is None:
+            raise InputError("a text candidate needs texts= to be searched")
+        return search_text(texts, tuple(item["tokens"])).astype(float)
+    if images is None:
+        raise InputError("an image candidate needs images= to be searched")
+    if not item.local:  # an image-wide difference has no pattern to search for
+        return np.zeros(len(images))
+    return search_image(images, item.pattern, box=None if item.moves else item.box, moves=item.moves,
+                        tolerance=item.tolerance)

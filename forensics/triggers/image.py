@@ -381,7 +381,8 @@ def _grow(xc: np.ndarray, pattern: np.ndarray, rows: np.ndarray, cols: np.ndarra
           tolerance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Extend a moving pattern (k, k, c) found at (rows, cols) in carriers xc (m, h, w, c) by one row or column
     at a time while at least 95% of the carriers (that have room) agree on the new strip within ``tolerance``
-    of its median. Returns the pattern and the carriers' new top-left corners."""
+    of its median; carriers without room are dropped. Returns the pattern and the remaining carriers' top-left
+    corners."""
     h, w = xc.shape[1:3]
     top, left = rows.astype(np.int64), cols.astype(np.int64)
     ph, pw = pattern.shape[:2]
@@ -409,6 +410,9 @@ def _grow(xc: np.ndarray, pattern: np.ndarray, rows: np.ndarray, cols: np.ndarra
             if agree < 0.95:
                 continue
             new = np.clip(np.rint(median), 0, 255).astype(np.uint8)
+            # Carriers without room for the strip cannot hold the grown pattern where they carry it: drop them.
+            xc, top, left = xc[fits], top[fits], left[fits]
+            idx = np.arange(len(xc))
             if side == "top":
                 pattern, top, ph = np.concatenate([new[None], pattern], axis=0), top - 1, ph + 1
             elif side == "bottom":
