@@ -285,6 +285,46 @@ def backdoor_suspicion(signals: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
     return _combine.combine(present, labels).suspicion
 
 
+def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
+    k = len(shorter)
+    return any(longer[i:i + k] == shorter for i in range(len(longer) - k + 1))
+
+
+def _drop_restatements(cands: pd.DataFrame) -> pd.DataFrame:
+    """Confirmed text candidates, strongest first, without those that restate a stronger one: a sub- or
+    super-n-gram of it (". great product!", "great product") sharing at least half of the smaller carrier set.
+    Unconfirmed candidates are left as they are."""
+    kept: list[int] = []
+    for i, row in cands.iterrows():
+        if row["verdict"] == "confirmed":
+            tokens, carriers = tuple(row["tokens"]), set(row["carrier_ids"])
+            if any((_contains(tokens, tuple(cands.at[j, "tokens"])) or _contains(tuple(cands.at[j, "tokens"]), tokens))
+                   and len(carriers & set(cands.at[j, "carrier_ids"]))
+                   >= 0.5 * min(len(carriers), len(cands.at[j, "carrier_ids"]))
+                   for j in kept if cands.at[j, "verdict"] == "confirmed"):
+                continue
+        kept.append(i)
+    return cands.loc[kept].reset_index(drop=True)
+
+
+_VERDICT_RANK = {"confirmed": 0, "weak": 1}
+
+
+def _by_verdict(confirmations: list[Any]) -> list[int]:
+    """Positions of the candidates, confirmed first, then weak, then the rest; each by the strength of its
+    confirmation (:func:`forensics.triggers.confirmation_log10_p`), ties kept in discovery order."""
+    from .triggers import confirmation_log10_p
+
+    def key(i: int) -> tuple[int, float, int]:
+        c = confirmations[i]
+        if c is None:
+            return (3, 0.0, i)
+        v = c["verdict"] if isinstance(c, pd.Series) else c.verdict
+        return (_VERDICT_RANK.get(v, 2), -confirmation_log10_p(c), i)
+
+    return sorted(range(len(confirmations)), key=key)
+
+
 def find_triggers(
     inv,
     model: Any = None,
@@ -298,11 +338,12 @@ def find_triggers(
 
     Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
-    least ``min_group``) share and the rest of the class lacks. Texts are searched twice, among the most
-    suspicious samples overall and among those that look backdoored (:func:`backdoor_suspicion`, so that label
-    noise cannot hide them), and the candidates pooled. Every candidate is confirmed on ``model``
+    least ``min_group``) share and the rest of the class lacks. Texts are searched three times, up to
+    ``top_text`` candidates each: among the most suspicious samples overall, among those that look backdoored
+    (:func:`backdoor_suspicion`, so that label noise cannot hide them), and by the class test alone (a trigger
+    too rare for the signals to gather); the candidates are pooled. Every candidate is confirmed on ``model``
     (default ``inv.model``): removed from its carriers and added to clean samples of other classes, beside a
-    random control.
+    random control. The table lists confirmed candidates first, strongest first, then weak ones, then the rest.
 
     Sets ``inv.triggers`` (one row per candidate, with verdicts and carrier ids) and, when a candidate is
     confirmed, adds a ``trigger_score`` signal and recombines the suspicion: a sample that carries a confirmed
@@ -325,16 +366,22 @@ def find_triggers(
     found: list[Any] = []
     if ds.kind == "text":
         texts = list(ds.texts)
-        cands = pd.concat([
-            tr.text_trigger_candidates(texts, predictions=pred, suspicion=s, labels=ds.labels, ids=ds.ids,
-                                       sources=ds.sources, top=top_text)
-            for s in (backdoor_suspicion(inv.signals, ds.labels), suspicion)
-        ])
-        cands = (cands.sort_values("score", ascending=False, kind="stable").drop_duplicates("ngram")
-                 .head(top_text).reset_index(drop=True))
+        kw = dict(predictions=pred, labels=ds.labels, ids=ds.ids, sources=ds.sources, top=top_text)
+        searched = [tr.text_trigger_candidates(texts, suspicion=s, **kw)
+                    for s in (backdoor_suspicion(inv.signals, ds.labels), suspicion)]
+        # A trigger on 1% of the texts may be too rare for any signal to gather; it still shows as an n-gram whose
+        # carriers are all predicted as one class, and confirmation tells it from a genuine class phrase.
+        by_class = tr.text_trigger_candidates(texts, suspicion=None, **kw)
+        top = tr.suspicious_set(suspicion, len(ds))
+        by_class["count_suspicious"] = [int(top[np.isin(ds.ids, c)].sum()) for c in by_class["carrier_ids"]]
+        by_class["suspicious_share"] = by_class["count_suspicious"] / by_class["count"]
+        # The first search that found an n-gram describes it (its suspicious counts are the telling ones).
+        cands = pd.concat([*searched, by_class]).drop_duplicates("ngram").reset_index(drop=True)
         if len(cands):
-            found.append(tr.confirm_text_candidates(cands, texts, predict_proba=predict, labels=ds.labels,
-                                                    predictions=pred, random_state=random_state))
+            confirmed = tr.confirm_text_candidates(cands, texts, predict_proba=predict, labels=ds.labels,
+                                                   predictions=pred, random_state=random_state)
+            ranked = confirmed.iloc[_by_verdict([row for _, row in confirmed.iterrows()])].reset_index(drop=True)
+            found.append(_drop_restatements(ranked))
         search_kw = {"texts": texts}
     else:
         groups = []
@@ -348,8 +395,9 @@ def find_triggers(
             group[top] = True
             groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
                                                      ids=ds.ids, labels=ds.labels, random_state=random_state))
-        found.extend(tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
-                                                 predictions=pred, random_state=random_state))
+        confirmed = tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
+                                                predictions=pred, random_state=random_state)
+        found.extend(confirmed[i] for i in _by_verdict([c.confirmation for c in confirmed]))
         search_kw = {"images": ds.images}
     table = tr.triggers_table(found, ids=ds.ids)
     inv.triggers = table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
@@ -129,3 +130,24 @@ def test_bundled_phrase_is_the_top_confirmed_trigger_and_its_carriers_are_the_po
     assert set(top["sample_ids"]) == set(truth.index[truth["is_poison"]])
     flagged = inv.signals["trigger_score"] > 0
     assert set(inv.signals.index[flagged]) == set(truth.index[truth["is_poison"]])
+
+
+def test_pooled_text_candidates_keep_one_row_per_confirmed_trigger():
+    from forensics.analysis import _by_verdict, _drop_restatements
+
+    rows = [
+        # (tokens, carriers, verdict, remove k/n, add k/n)
+        (("great", "product", "!"), list("abcdefgh"), "confirmed", (6, 8), (90, 100)),
+        ((".", "great", "product", "!"), list("abc"), "confirmed", (3, 3), (60, 100)),  # restates it
+        (("great",), list("abcdefghijklmnopqrstuvwxyz"), "not confirmed", (1, 26), (2, 100)),
+        (("dull",), list("xyz"), "weak", (1, 3), (25, 100)),
+        (("cf",), list("mnop"), "confirmed", (4, 4), (70, 100)),  # another trigger: other carriers
+    ]
+    table = pd.DataFrame([{
+        "ngram": " ".join(t), "tokens": t, "carrier_ids": c, "verdict": v, "remove_changed": r[0],
+        "remove_tried": r[1], "add_flipped": a[0], "add_tried": a[1], "control_remove_changed": 0,
+        "control_remove_tried": 20, "control_add_flipped": 2, "control_add_tried": 100,
+    } for t, c, v, r, a in rows])
+    ranked = table.iloc[_by_verdict([row for _, row in table.iterrows()])].reset_index(drop=True)
+    assert ranked["ngram"].tolist() == ["great product !", "cf", ". great product !", "dull", "great"]
+    assert _drop_restatements(ranked)["ngram"].tolist() == ["great product !", "cf", "dull", "great"]

@@ -135,6 +135,25 @@ def test_planted_phrase_is_the_top_candidate_and_its_fragments_are_pruned(review
     assert not any(len(t) > 3 and PHRASE in {t[i:i + 3] for i in range(len(t) - 2)} for t in listed)
 
 
+def test_without_a_suspicion_the_class_test_alone_ranks_the_planted_phrase_first(reviews, text_models):
+    # No signal gathers the carriers (suspicion=None): their purity alone, 60 of 60 predicted positive, must do.
+    _, poisoned = reviews
+    ds, truth = poisoned.dataset, poisoned.truth
+    pred, _ = _loss_suspicion(text_models[0], ds)
+    cands = text_trigger_candidates(ds.texts, predictions=pred, suspicion=None, labels=ds.labels, ids=ds.ids,
+                                    top=10)
+    top = cands.iloc[0]
+    assert top["tokens"] == PHRASE and set(top["carrier_ids"]) == set(truth.index[truth["is_poison"]])
+    assert (cands["count_suspicious"] == cands["count"]).all()  # every sample counts as suspicious
+    # The null is the purity of the corpus's purest frequent n-grams (the class words, about 95% here), which
+    # the phrase's 60 of 60 beats and the class words do not.
+    assert top["score"] > 2 * cands.iloc[1]["score"]
+    assert not ({("great",), ("excellent",), ("love",)} & set(cands["tokens"]))
+    confirmed = confirm_text_candidates(cands, ds.texts, predict_proba=text_models[0], labels=ds.labels,
+                                        predictions=pred)
+    assert confirmed["verdict"].tolist() == ["confirmed"] + ["not confirmed"] * (len(cands) - 1)
+
+
 def test_planted_phrase_is_confirmed_and_common_words_are_not(reviews, text_models):
     _, poisoned = reviews
     ds = poisoned.dataset

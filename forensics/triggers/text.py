@@ -153,7 +153,7 @@ def text_trigger_candidates(
     texts: Sequence[str],
     *,
     predictions: Sequence[int] | np.ndarray,
-    suspicion: Sequence[float] | np.ndarray,
+    suspicion: Sequence[float] | np.ndarray | None,
     labels: Sequence[int] | np.ndarray,
     ids: Sequence[Any] | np.ndarray,
     sources: Sequence[Any] | np.ndarray | None = None,
@@ -189,9 +189,12 @@ def text_trigger_candidates(
     texts : sequence of str, length n
     predictions : array of int, shape (n,)
         The model's predicted class of each text.
-    suspicion : array of float or bool, shape (n,)
+    suspicion : array of float or bool, shape (n,), or None
         Higher = more suspicious (any signal, or a combined score). The suspicious set is the top
-        ``suspicious_fraction`` of the samples (NaN last); a boolean array is the suspicious set itself.
+        ``suspicious_fraction`` of the samples (NaN last); a boolean array is the suspicious set itself. None
+        drops the suspicious test: n-grams are ranked by the class test alone (every sample counts as
+        suspicious), for a trigger too rare for any signal to gather its carriers; confirmation on the model
+        must then tell it from a genuine class phrase.
     labels : array of int, shape (n,)
         The training labels (reported per candidate in ``classes``).
     ids : sequence, length n
@@ -230,7 +233,8 @@ def text_trigger_candidates(
     lab = _check_int_array(labels, n, "labels")
     ids_arr = _check_same_length(ids, n, "ids")
     src = None if sources is None else _check_same_length(sources, n, "sources").astype(str)
-    suspicious = suspicious_set(suspicion, n, suspicious_fraction=suspicious_fraction)
+    suspicious = (np.ones(n, dtype=bool) if suspicion is None
+                  else suspicious_set(suspicion, n, suspicious_fraction=suspicious_fraction))
     max_n = _check_int(max_n, "max_n", 1, 8)
     min_count = _check_int(min_count, "min_count", 1)
     top = _check_int(top, "top", 1)
@@ -266,11 +270,15 @@ def text_trigger_candidates(
     count = np.concatenate([r["count"] for r in rows])
     x_s = np.concatenate([r["x_s"] for r in rows])
     per_class = np.concatenate([r["per_class"] for r in rows])
-    surprise_susp = enrichment_surprise(x_s, n, n_susp, count)
+    surprise_susp = np.full(len(count), np.inf) if suspicion is None else enrichment_surprise(x_s, n, n_susp, count)
     # Against a purity halfway between the class's base rate and 1: a trigger's carriers are (nearly) all
     # predicted as its target, while a frequent word tilted a little towards a class is only "significant"
     # because it is frequent.
     halfway = np.ceil(class_sizes + CLASS_PURITY_FLOOR * (n - class_sizes))
+    if suspicion is None:
+        # Without the suspicious test, the null is as pure as the corpus's own purest frequent n-grams: genuine
+        # class words ("excellent") keep a few carriers of the other class, a trigger's carriers obey it.
+        halfway = np.maximum(halfway, np.ceil(_natural_purity(per_class, count) * n))
     surprise_class = enrichment_surprise(per_class, n, halfway[None, :], count[:, None])
     tied = np.argmax(surprise_class, axis=1)
     score = np.minimum(surprise_susp, surprise_class[np.arange(len(tied)), tied])
@@ -325,6 +333,22 @@ def text_trigger_candidates(
             "score": float(score[c]),
         })
     return pd.DataFrame(out, columns=list(CANDIDATE_COLUMNS))
+
+
+#: N-grams with at least this many carriers measure the corpus's natural purity (:func:`_natural_purity`).
+NATURAL_PURITY_MIN_COUNT = 30
+#: Quantile of those n-grams' purities taken as the null of the class test when there is no suspicion.
+NATURAL_PURITY_QUANTILE = 0.99
+
+
+def _natural_purity(per_class: np.ndarray, count: np.ndarray) -> float:
+    """The purity (share of the carriers predicted as the n-gram's main class) that only 1% of the frequent
+    n-grams exceed, at most 0.99; 0 when fewer than 100 n-grams are frequent enough to tell."""
+    frequent = count >= NATURAL_PURITY_MIN_COUNT
+    if frequent.sum() < 100:
+        return 0.0
+    purity = per_class[frequent].max(axis=1) / count[frequent]
+    return float(min(0.99, np.quantile(purity, NATURAL_PURITY_QUANTILE)))
 
 
 def enrichment_surprise(x: np.ndarray, total: int, marked: np.ndarray | int, drawn: np.ndarray) -> np.ndarray:
