@@ -1,16 +1,23 @@
-"""The dashboard in a real browser: JupyterLab runs a notebook, headless Chromium clicks and lassoes the map.
+"""The dashboard in a real browser: JupyterLab runs notebooks, headless Chromium clicks and lassoes the map.
 
-One JupyterLab server on 127.0.0.1 (random port and token, configuration in a temporary folder) serves a notebook
-written here: a digits investigation with 40 planted images on an island of the map (fixed map, no UMAP), and a
-text investigation whose texts, ids, class names, sources and reasons carry markup that would run if it were not
-escaped. The test runs all cells, clicks a WebGL marker, lassoes the island, checks the preview, hovers a point,
-and checks that no payload ran. Every request that is not to 127.0.0.1 is aborted.
+One JupyterLab server on 127.0.0.1 (random port and token, configuration in a temporary folder) serves two
+notebooks, each opened in a workspace of its own:
 
-Screenshots go to tests/artifacts/; docs/dashboard.png is written when it is missing or with
+- ``dashboard.ipynb``, written here: a digits investigation with 40 planted images on an island of the map (fixed
+  map, no UMAP), and a text investigation whose texts, ids, class names, sources and reasons carry markup that
+  would run if it were not escaped. The test clicks a WebGL marker, lassoes the island, checks the preview, hovers
+  a point, and checks that no payload ran.
+- ``notebooks/01_quickstart.ipynb`` as shipped (bundled Fashion-MNIST with a patch backdoor from contrib-17): all
+  its cells run (the investigation and the UMAP of 12,000 points: minutes on a busy CPU), then the test finds the
+  cluster the notebook flagged, clicks one of its points, lassoes it and chooses it in the cluster list, and checks
+  that the preview shows contrib-17's images labelled T-shirt/top, planted ones according to the ground truth.
+
+Every request that is not to 127.0.0.1 is aborted. Screenshots go to tests/artifacts/; docs/dashboard.png (the
+quickstart dashboard with the backdoor cluster chosen) is written when it is missing or with
 FORENSICS_UPDATE_SCREENSHOT=1.
 
 Needs the ``playwright`` package and a Chromium at /usr/bin/chromium (Debian: ``apt-get install chromium``;
-never ``playwright install``). Without them the test is skipped, unless FORENSICS_REQUIRE_BROWSER=1.
+never ``playwright install``). Without them the tests are skipped, unless FORENSICS_REQUIRE_BROWSER=1.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -36,10 +44,13 @@ CHROMIUM = os.environ.get("FORENSICS_CHROMIUM", "/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
 SCREENSHOT_DOC = REPO / "docs" / "dashboard.png"
+QUICKSTART = REPO / "notebooks" / "01_quickstart.ipynb"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--disable-dev-shm-usage"]
 TIMEOUT_MS = 60_000
+#: The quickstart's cells (activations, signals, UMAP of 12,000 points, review, export) on a busy 2-core machine.
+QUICKSTART_TIMEOUT_MS = 540_000
 
 
 def _require_browser() -> None:
@@ -153,12 +164,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path, cells: list[str]):
-    """A JupyterLab server on 127.0.0.1 over ``root/notebooks`` holding dashboard.ipynb with ``cells``; its
-    configuration, runtime and settings in ``root``. Yields (base url, token, notebook folder)."""
+def jupyterlab(root: Path, cells: list[str], notebooks: tuple[Path, ...] = ()):
+    """A JupyterLab server on 127.0.0.1 over ``root/notebooks`` holding dashboard.ipynb with ``cells`` and copies
+    of ``notebooks``; its configuration, runtime and settings in ``root``. Yields (base url, token, notebook
+    folder)."""
     work = root / "notebooks"
     work.mkdir()
     _notebook(work, cells)
+    for notebook in notebooks:
+        shutil.copy(notebook, work / notebook.name)
     settings = root / "settings"
     for plugin, values in (("docmanager-extension/plugin", {"autosave": False}),
                            ("apputils-extension/notification", {"fetchNews": "false"})):
@@ -199,13 +213,14 @@ def jupyterlab(root: Path, cells: list[str]):
 
 
 @contextlib.contextmanager
-def browser_page(profile: Path, requests: list[str] | None = None, dialogs: list[str] | None = None):
+def browser_page(profile: Path, requests: list[str] | None = None, dialogs: list[str] | None = None, *,
+                 width: int = 1400, height: int = 1300):
     """A headless Chromium page that reaches 127.0.0.1 only; requests and dialogs are recorded."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         ctx = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True,
-                                                   args=LAUNCH_ARGS, viewport={"width": 1400, "height": 1300})
+                                                   args=LAUNCH_ARGS, viewport={"width": width, "height": height})
         try:
             ctx.route("**/*", lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1")
                       else route.abort())
@@ -219,10 +234,11 @@ def browser_page(profile: Path, requests: list[str] | None = None, dialogs: list
             ctx.close()
 
 
-def run_all_cells(page, base: str, token: str) -> float:
-    """Open dashboard.ipynb in JupyterLab, wait for its kernel, run every cell; returns the page's clock
-    (performance.now(), ms) when the cells were started."""
-    page.goto(f"{base}/lab/tree/dashboard.ipynb?token={token}")
+def run_all_cells(page, base: str, token: str, notebook: str = "dashboard.ipynb") -> float:
+    """Open ``notebook`` in JupyterLab (in a workspace of its own: the server is shared, the open documents are
+    not), wait for its kernel, run every cell; returns the page's clock (performance.now(), ms) when the cells
+    were started."""
+    page.goto(f"{base}/lab/workspaces/{Path(notebook).stem}/tree/{notebook}?token={token}")
     page.wait_for_function(
         "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
         " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
@@ -233,9 +249,9 @@ def run_all_cells(page, base: str, token: str) -> float:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """JupyterLab over the test notebook: (base url, token, notebook folder)."""
+    """JupyterLab over the test notebook and the quickstart: (base url, token, notebook folder)."""
     _require_browser()
-    with jupyterlab(tmp_path_factory.mktemp("lab"), [IMAGE_CELL, TEXT_CELL]) as server:
+    with jupyterlab(tmp_path_factory.mktemp("lab"), [IMAGE_CELL, TEXT_CELL], (QUICKSTART,)) as server:
         yield server
 
 
@@ -263,8 +279,13 @@ def _lasso(page, board, points, margin=14):
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = max(min(xs) - margin, left + 2), min(max(xs) + margin, left + width - 2)
     y0, y1 = max(min(ys) - margin, top + 2), min(max(ys) + margin, top + height - 2)
+    _lasso_rectangle(page, x0, y0, x1, y1)
+
+
+def _lasso_rectangle(page, x0, y0, x1, y1) -> None:
+    """Drag a lasso along the rectangle, starting at its bottom left (the mode bar appears over the top of the
+    plot)."""
     page.wait_for_timeout(400)
-    # Start at the bottom: the mode bar appears over the top of the plot.
     page.mouse.move(x0, y1)
     page.mouse.down()
     for x, y in ((x1, y1), (x1, y0), (x0, y0), (x0, y1 - 1)):
@@ -277,10 +298,10 @@ def test_dashboard_in_jupyterlab(lab):
 
     base, token, work = lab
     ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / "failure.png").unlink(missing_ok=True)
+    (ARTIFACTS / "failure-digits.png").unlink(missing_ok=True)
     expect.set_options(timeout=TIMEOUT_MS)
     dialogs, requests = [], []
-    with browser_page(work.parent / "chromium-profile", requests, dialogs) as page:
+    with browser_page(work.parent / "chromium-profile-digits", requests, dialogs) as page:
         try:
             run_all_cells(page, base, token)
             page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
@@ -312,7 +333,7 @@ def test_dashboard_in_jupyterlab(lab):
             expect(preview.locator("img[src^='data:image/png;base64,']")).to_have_count(24)
             expect(preview).to_contain_text("page 1 of 2")
             expect(first.locator(".forensics-status")).to_contain_text("40 samples selected on the map")
-            _screenshot(page, first, ARTIFACTS / "dashboard.png")
+            _screenshot(page, first, ARTIFACTS / "dashboard-digits.png")
 
             # 3. Choose another cluster in the Clusters tab: the preview follows, and stays.
             clusters = first.locator(".forensics-clusters select[size]")  # the list, not the sort menu
@@ -357,22 +378,212 @@ def test_dashboard_in_jupyterlab(lab):
             assert dialogs == []
             assert not [u for u in requests if u.split("?")[0].endswith("/x")]
         except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            page.screenshot(path=str(ARTIFACTS / "failure-digits.png"))
             raise
-    # The documentation screenshot (the lassoed island, kept small): written when missing or asked for.
+
+
+# JavaScript run in the page: the notebook's state once every code cell has run ("done"), or its first error.
+NOTEBOOK_DONE_JS = """() => {
+  const w = window.jupyterapp.shell.currentWidget;
+  const cells = w.context.model.toJSON().cells.filter(c => c.cell_type === 'code');
+  const error = cells.flatMap(c => c.outputs).find(o => o.output_type === 'error');
+  if (error) return 'error: ' + error.ename + ': ' + error.evalue;
+  const kernel = w.sessionContext.session && w.sessionContext.session.kernel;
+  return cells.every(c => c.execution_count !== null) && kernel && kernel.status === 'idle' ? 'done' : false;
+}"""
+STREAMS_JS = """() => window.jupyterapp.shell.currentWidget.context.model.toJSON().cells
+  .filter(c => c.cell_type === 'code').flatMap(c => c.outputs)
+  .filter(o => o.output_type === 'stream').map(o => [].concat(o.text).join('')).join('')"""
+# Point i of the map of dashboard d: its hover text (id, label, source, cluster, reason; escaped).
+HOVERTEXT_JS = """(d) => Array.from(document.querySelectorAll('.forensics-dashboard')[d]
+  .querySelector('.forensics-map .js-plotly-plot').data[0].hovertext)"""
+OPACITY_JS = """(d) => { const gd = document.querySelectorAll('.forensics-dashboard')[d]
+  .querySelector('.forensics-map .js-plotly-plot');
+  const o = gd.data[0].marker.opacity; return [(gd.layout.selections || []).length,
+  typeof o === 'number' ? [] : Array.from(o).flatMap((v, i) => v === 1 ? [i] : [])]; }"""
+
+
+def _hover_field(text: str, name: str) -> str:
+    """One field ("label", "source", "cluster") of a map hover text."""
+    return re.search(rf"<br>{name}: ([^<]*)", text).group(1)
+
+
+def _card_texts(preview) -> list[tuple[str, str, str]]:
+    """(sample id, caption text, thumbnail src) of each card the preview shows."""
+    return preview.locator("[data-sample-id]").evaluate_all(
+        "els => els.map(e => [e.getAttribute('data-sample-id'), e.innerText, e.querySelector('img').src])")
+
+
+def _quiet_rectangle(pixels, rows, box, *, clear: float = 2.0):
+    """A rectangle (x0, y0, x1, y1) in page pixels around points ``rows``, inside the plot area ``box`` (left,
+    top, width, height), with no point of the map within ``clear`` pixels of its edges (so which points a lasso
+    along it selects does not depend on rounding); None when no margin up to 30 px gives one."""
+    xy = np.asarray(pixels)
+    left, top, width, height = box
+    inner = xy[rows]
+    for margin in range(4, 31):
+        x0, x1 = max(inner[:, 0].min() - margin, left + 3), min(inner[:, 0].max() + margin, left + width - 3)
+        y0, y1 = max(inner[:, 1].min() - margin, top + 3), min(inner[:, 1].max() + margin, top + height - 3)
+        near_x = (np.abs(xy[:, 0] - x0) < clear) | (np.abs(xy[:, 0] - x1) < clear)
+        near_y = (np.abs(xy[:, 1] - y0) < clear) | (np.abs(xy[:, 1] - y1) < clear)
+        within_x = (xy[:, 0] > x0 - clear) & (xy[:, 0] < x1 + clear)
+        within_y = (xy[:, 1] > y0 - clear) & (xy[:, 1] < y1 + clear)
+        if not ((near_x & within_y) | (near_y & within_x)).any():
+            return x0, y0, x1, y1
+    return None
+
+
+def test_quickstart_in_jupyterlab(lab):
+    """notebooks/01_quickstart.ipynb as shipped: every cell runs in JupyterLab, then the backdoor cluster it flags
+    is found in the browser by a click, a lasso and the cluster list, and the preview shows contrib-17's planted
+    T-shirt/top images."""
+    from playwright.sync_api import expect
+
+    from forensics import sample_data
+    from forensics.html import png_data_url
+
+    base, token, work = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "failure-quickstart.png").unlink(missing_ok=True)
+    expect.set_options(timeout=TIMEOUT_MS)
+    train = sample_data.load("image_backdoor").train
+    row_of = {sid: i for i, sid in enumerate(train.ids)}
+    truth = sample_data.load_truth("image_backdoor")
+    dialogs = []
+    with browser_page(work.parent / "chromium-profile-quickstart", dialogs=dialogs, width=1500, height=1400) as page:
+        try:
+            started = time.monotonic()
+            run_all_cells(page, base, token, QUICKSTART.name)
+            page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+            done = page.wait_for_function(NOTEBOOK_DONE_JS, timeout=QUICKSTART_TIMEOUT_MS, polling=1000)
+            assert done.json_value() == "done", done.json_value()
+            print(f"quickstart cells ran in {time.monotonic() - started:.0f} s")
+            # The cluster the notebook chose and flagged, as it printed it.
+            chosen = re.search(r"cluster (\d+): (\d+) samples selected", page.evaluate(STREAMS_JS))
+            assert chosen, page.evaluate(STREAMS_JS)[-2000:]
+            cluster, size = int(chosen.group(1)), int(chosen.group(2))
+            assert 20 <= size <= 200, size
+
+            board = page.locator(".forensics-dashboard")
+            expect(board).to_have_count(1)
+            board.evaluate("e => e.scrollIntoView({block: 'start'})")
+            page.wait_for_function(f"(d) => ({IDS_JS})(d) === {len(train)}", arg=0, timeout=TIMEOUT_MS)
+            hover = page.evaluate(HOVERTEXT_JS, 0)
+            ids = [re.match(r"<b>([^<]*)</b>", h).group(1) for h in hover]
+            assert ids == train.ids.tolist()
+            members = [i for i, h in enumerate(hover) if _hover_field(h, "cluster") == str(cluster)]
+            member_ids = {ids[i] for i in members}
+            assert len(members) == size
+            # The cluster is planted: contrib-17's patched images relabelled T-shirt/top (ground truth).
+            assert truth.loc[list(member_ids), "is_poison"].all()
+            assert set(truth.loc[list(member_ids), "source"]) == {"contrib-17"}
+            assert {_hover_field(hover[i], "label") for i in members} == {"T-shirt/top"}
+
+            preview = board.locator(".forensics-preview")
+            status = board.locator(".forensics-status")
+            cards = preview.locator("[data-sample-id]")
+            summary = "selected · labels: T-shirt/top 100% · sources: contrib-17 100%"
+
+            # 0. What the notebook's code did shows in the browser: the cluster chosen, then flagged.
+            expect(preview).to_contain_text(f"{size} {summary}")
+            expect(board.locator(".forensics-review")).to_contain_text(f"suspected {size}")
+            page.wait_for_function(f"(m) => JSON.stringify(({OPACITY_JS})(0)) === JSON.stringify([0, m])",
+                                   arg=members, timeout=TIMEOUT_MS)
+
+            # 1. Click the member farthest from any other point of the map (WebGL picking takes the nearest
+            # point): the preview shows that one sample.
+            pixels = np.asarray(page.evaluate(POINT_JS, [0, list(range(len(ids)))]))
+            others = np.setdiff1d(np.arange(len(ids)), members)
+            gap = [np.hypot(*(pixels[others] - pixels[i]).T).min() for i in members]
+            target = members[int(np.argmax(gap))]
+            assert max(gap) >= 2, f"every point of cluster {cluster} lies within 2 px of another cluster's"
+            (x, y), = page.evaluate(POINT_JS, [0, [target]])
+            page.mouse.move(x + 25, y + 25)
+            page.mouse.move(x, y, steps=4)
+            page.wait_for_timeout(400)
+            page.mouse.click(x, y)
+            expect(preview).to_contain_text(f"1 {summary}")
+            expect(cards).to_have_count(1)
+            (clicked, caption, _), = _card_texts(preview)
+            assert clicked in member_ids
+            assert "label: T-shirt/top" in caption and "source: contrib-17" in caption and "suspected" in caption
+            expect(status).to_contain_text("1 sample selected on the map")
+
+            # 2. Lasso the island: the preview shows exactly the points inside the lasso, all planted by contrib-17.
+            pixels = np.asarray(page.evaluate(POINT_JS, [0, list(range(len(ids)))]))
+            box = page.evaluate(PLOT_BOX_JS, 0)
+            rect = _quiet_rectangle(pixels, members, box)
+            assert rect is not None, "no lasso around the cluster keeps clear of the other points"
+            x0, y0, x1, y1 = rect
+            inside = np.flatnonzero((pixels[:, 0] > x0) & (pixels[:, 0] < x1)
+                                    & (pixels[:, 1] > y0) & (pixels[:, 1] < y1))
+            assert set(members) <= set(inside.tolist())
+            _lasso_rectangle(page, *rect)
+            expect(status).to_contain_text(f"{len(inside)} samples selected on the map")
+            expect(preview).to_contain_text(f"{len(inside)} selected · labels: T-shirt/top")
+            expect(cards).to_have_count(min(len(inside), 24))
+            lassoed = {sid for sid, _, _ in _card_texts(preview)}
+            assert lassoed <= {ids[i] for i in inside}
+            assert truth.loc[list(lassoed), "is_poison"].all()
+            assert set(truth.loc[list(lassoed), "source"]) == {"contrib-17"}
+
+            # 3. Choose the cluster in the Clusters tab: the preview shows its members, a page of 12 at a time,
+            # each image the dataset's own, labelled T-shirt/top, from contrib-17, flagged by the notebook.
+            clusters = board.locator(".forensics-clusters select[size]")
+            # (the list shows its spaces as no-break spaces)
+            labels = [t.replace("\xa0", " ").strip() for t in clusters.locator("option").all_text_contents()]
+            index = next((k for k, text in enumerate(labels) if text.startswith(f"#{cluster}: ")), None)
+            assert index is not None, labels[:5]
+            assert labels[index].startswith(f"#{cluster}: {size} samples · label T-shirt/top (100%) · small")
+            assert "contrib-17 100%" in labels[index]
+            clusters.select_option(index=index)
+            expect(preview).to_contain_text(f"{size} {summary}")
+            expect(status).to_contain_text(f"cluster {cluster}: {size} samples selected")
+            preview.locator("select").select_option("12")
+            expect(preview).to_contain_text(f"page 1 of {-(-size // 12)}")
+            expect(cards).to_have_count(12)
+            shown = _card_texts(preview)
+            assert {sid for sid, _, _ in shown} <= member_ids
+            for sid, caption, src in shown:
+                assert "label: T-shirt/top" in caption and "source: contrib-17" in caption, caption
+                assert "suspected" in caption, caption
+                assert src == png_data_url(train.images[row_of[sid]], size=96), sid
+            # The map shows the cluster (opaque points) and no lasso.
+            page.wait_for_function(f"(m) => JSON.stringify(({OPACITY_JS})(0)) === JSON.stringify([0, m])",
+                                   arg=members, timeout=TIMEOUT_MS)
+
+            # 4. Hover the clicked point: its label names the cluster and contrib-17.
+            board.evaluate("e => e.scrollIntoView({block: 'start'})")
+            (x, y), = page.evaluate(POINT_JS, [0, [target]])
+            page.mouse.move(x + 25, y + 25)
+            page.mouse.move(x, y, steps=4)
+            tooltip = board.locator(".forensics-map .hoverlayer")
+            expect(tooltip).to_contain_text(f"cluster: {cluster}")
+            expect(tooltip).to_contain_text("source: contrib-17")
+            # Down to the cluster list (the chosen cluster's details, a long table, are left out).
+            _screenshot(page, board, ARTIFACTS / "dashboard-quickstart.png", until=clusters)
+            assert dialogs == []
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "failure-quickstart.png"))
+            raise
+    # The documentation screenshot: written when missing or asked for.
     if os.environ.get("FORENSICS_UPDATE_SCREENSHOT") == "1" or not SCREENSHOT_DOC.exists():
-        _save_doc_screenshot(ARTIFACTS / "dashboard.png")
+        _save_doc_screenshot(ARTIFACTS / "dashboard-quickstart.png")
 
 
-def _screenshot(page, board, path: Path) -> None:
+def _screenshot(page, board, path: Path, *, until=None) -> None:
     """The part of the page the dashboard covers (the notebook scrolls inside the page, so an element screenshot
-    would not show it whole)."""
+    would not show it whole), down to the bottom of the element ``until`` when given."""
     board.scroll_into_view_if_needed()
     box = board.bounding_box()
     viewport = page.viewport_size
     top = max(box["y"], 0)
+    bottom = box["y"] + box["height"]
+    if until is not None:
+        end = until.bounding_box()
+        bottom = end["y"] + end["height"] + 8
     page.screenshot(path=str(path), clip={"x": max(box["x"], 0), "y": top, "width": min(box["width"], viewport["width"]),
-                                          "height": min(box["height"], viewport["height"] - top)})
+                                          "height": min(bottom, viewport["height"]) - top})
 
 
 def _save_doc_screenshot(source: Path) -> None:
