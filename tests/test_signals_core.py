@@ -356,3 +356,15 @@ def test_loss_errors():
         low_loss_within_class(np.array([0.1, 0.5]), np.array([0]))
     with pytest.raises(InputError, match="probs_or_loss must be probabilities of shape"):
         high_loss(np.zeros((2, 2, 2)), np.array([0, 1]))
+
+
+def test_robust_spectral_is_the_robust_distance_divided_by_its_class_spread(backdoor):
+    # The score is sqrt(tau) / s: a clean class's median sample scores about its median / MAD ratio, not its
+    # square, so a heavy tail of the whitened distances does not become an extreme one.
+    features, labels, planted = backdoor
+    scores = robust_spectral(features, labels)
+    for c in np.unique(labels):
+        v = scores[(labels == c) & ~np.isin(np.arange(len(labels)), planted)]
+        mad = 1.4826 * np.median(np.abs(v - np.median(v)))
+        assert mad == pytest.approx(1.0, rel=0.25)  # the class's spread is the unit
+    assert scores[planted].min() > 3 * np.median(scores)
