@@ -586,7 +586,7 @@ def extract_activations(
         :func:`default_image_preprocess`; texts need one. Give it a ``cache_key`` attribute (str) when its
         behaviour depends on state (a vocabulary, a normalization) that the cache key cannot see.
     cache_dir : path, optional
-        Folder of cached results, keyed by a hash of the model (class, structure, ``config`` and weights), the
+        Folder of cached results (``~`` is expanded), keyed by a hash of the model (class, structure, ``config`` and weights), the
         dataset's ``content_hash``, the layers, the pooling and the preprocess. A hit returns memory-mapped arrays
         without running the model; a cache file that does not match its checksum is reported in a warning and
         recomputed. A change in ``forward`` code that shows neither in the weights, the config nor the module
@@ -624,7 +624,7 @@ def extract_activations(
         "preprocess": _callable_key(prep),
     }
     key = _hash_json({"format": _CACHE_FORMAT, **meta})
-    entry = None if cache_dir is None else Path(cache_dir) / key
+    entry = None if cache_dir is None else Path(cache_dir).expanduser() / key
     if entry is not None:
         hit = _read_cache(entry, key, dataset)
         if hit is not None:

@@ -752,10 +752,11 @@ def build_map(
     n_examples, small_share
         As in :func:`cluster_table`.
     cache_dir : path, optional
-        Keep the coordinates, the clustering space and the clusters in this folder, keyed by the features, the
-        labels, every option above that shapes them and the library versions: the same map is then read back
-        instead of recomputed (a seeded map only; ``random_state=None`` is never cached). The cluster table is
-        always rebuilt, since the suspicion it summarizes may have changed. A damaged entry is recomputed.
+        Keep the coordinates, the clustering space and the clusters in this folder (``~`` is expanded), keyed
+        by the features, the labels, every option above that shapes them and the library versions: the same map
+        is then read back instead of recomputed (a seeded map only; ``random_state=None`` is never cached). The
+        cluster table is always rebuilt, since the suspicion it summarizes may have changed. A damaged entry is
+        recomputed.
 
     Returns
     -------
@@ -804,7 +805,7 @@ def build_map(
     }
     entry = None
     if cache_dir is not None and seed is not None:
-        entry = Path(cache_dir) / f"map-{_map_key(x, y, options)}"
+        entry = Path(cache_dir).expanduser() / f"map-{_map_key(x, y, options)}"
     cached = None if entry is None else _read_map_cache(entry, n)
     if cached is not None:
         coords, space, clusters, class_coords, params = cached

@@ -508,3 +508,16 @@ def test_image_candidate_repr_is_short(digits):
     group[np.flatnonzero(digits.labels == 3)[:50]] = True
     cand = image_trigger_candidate(digits.images, group, peers=label_peers(digits.labels, group))
     assert isinstance(cand, ImageTriggerCandidate) and len(repr(cand)) < 200
+
+
+def test_a_second_mark_of_the_group_elsewhere_does_not_widen_the_patch(digits):
+    # The poisoned group also shares a flat strip away from the patch (as poison drawn from other classes shares
+    # their background): the patch's box must stay the patch, or the search would match the strip alone.
+    big = Dataset.from_numpy(np.kron(digits.images, np.ones((3, 3), np.uint8)), digits.labels, ids=digits.ids)
+    p = attacks.patch_backdoor(big, target=0, rate=0.05, random_state=1)  # 3x3 at rows and columns 21-23
+    ds, group = p.dataset, _poison(p)
+    images = ds.images.copy()
+    images[group, 14, 10:18] = 255  # the strip: a row of white pixels above and left of the patch
+    cand = image_trigger_candidate(images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    assert cand.box == (21, 21, 3, 3)
+    np.testing.assert_array_equal(search_image(images, cand.pattern, box=cand.box) >= 0.9, group)

@@ -36,7 +36,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#8c6d31", "#de9ed6", "#6baed6", "#fd8d3c", "#74c476", "#9e9ac8")
 GREY = "#c7c7c7"
 #: Opacity of every point when nothing is selected, and of selected and other points during a selection.
-BASE_OPACITY, SELECTED_OPACITY, UNSELECTED_OPACITY = 0.8, 1.0, 0.25
+BASE_OPACITY, SELECTED_OPACITY, UNSELECTED_OPACITY = 0.8, 1.0, 0.1
 REVIEW_COLORS = {"unreviewed": "#d0d0d0", "suspected": "#ff7f0e", "confirmed": "#d62728", "cleared": "#2ca02c"}
 TRUTH_COLORS = {"clean": "#d0d0d0", "poison": "#d62728"}
 SUSPICION_SCALE = [[0.0, "#d9d9d9"], [0.5, "#fdae61"], [0.8, "#e34a33"], [1.0, "#7f0000"]]

@@ -298,9 +298,9 @@ def _fixed_patch(
 
     Each connected region of strongly consistent pixels (at least half the peak) is boxed and scored by its
     strength: the share of the group that matches the group's median there minus the share of the references
-    that do. Regions that reach ``min_share`` are kept. When their common bounding box is small, that box is
-    the patch; when they are spread over the image (a blend over a flat background changes pixels everywhere
-    in the same way) there is no local patch.
+    that do. Regions that reach ``min_share`` are kept. When they are spread over the image (their common
+    bounding box is large: a blend over a flat background changes pixels everywhere in the same way) there is no
+    local patch; otherwise the patch is the strongest region with the regions that touch it.
     """
     top = float(consistency.max())
     if top <= 0:
@@ -325,15 +325,30 @@ def _fixed_patch(
             good.append(box)
     if not good:
         return None
-    r0, c0 = min(b[0] for b in good), min(b[1] for b in good)
-    r1, c1 = max(b[0] + b[2] for b in good), max(b[1] + b[3] for b in good)
-    box = (int(r0), int(c0), int(r1 - r0), int(c1 - c0))
-    if box[2] * box[3] > limit:
+    if _union(good)[2] * _union(good)[3] > limit:
         return None
+    # The patch is the strongest region with the regions that touch it. A region elsewhere is another mark of
+    # the group (its classes' own background, say): boxed together, the background would dilute the pattern
+    # and the search would match images that carry only the background.
+    best = max(good, key=lambda b: evaluate(b)[2])
+    box = _union([b for b in good if _touch(b, best)])
     pattern, carriers, strength = evaluate(box)
     if strength < min_share:
         return None
     return box, pattern, carriers, strength
+
+
+def _union(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """The bounding box (row, col, height, width) of boxes."""
+    r0, c0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    r1, c1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return int(r0), int(c0), int(r1 - r0), int(c1 - c0)
+
+
+def _touch(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two boxes overlap, touch, or have one pixel between them."""
+    return (a[0] <= b[0] + b[2] + 1 and b[0] <= a[0] + a[2] + 1) and (a[1] <= b[1] + b[3] + 1
+                                                                       and b[1] <= a[1] + a[3] + 1)
 
 
 def _moving_pattern(xg: np.ndarray, xp: np.ndarray, tolerance: int, min_share: float) -> np.ndarray | None:
