@@ -3,9 +3,9 @@
     python benchmarks/speed_investigate.py investigate     # forensics.investigate on the bundled image data
     python benchmarks/speed_investigate.py map --n 100000  # map + clusters on n x 128 activations
 
-``investigate`` runs in a fresh process twice: cold (an empty numba cache, so umap's and pynndescent's code is
-compiled as on the first run after install, and no activation cache) and warm (both caches filled). ``map`` tiles the bundled image data's activations with
-jitter up to ``n`` rows. Each prints one Markdown row with seconds and peak resident memory.
+``investigate`` runs in a fresh process twice: cold (an empty numba cache, so umap's code is compiled as on the
+first run after install, and no activation or map cache) and warm (all three caches filled). ``map`` tiles the
+bundled image data's activations with jitter up to ``n`` rows. Each prints one Markdown row with seconds and peak resident memory.
 """
 
 from __future__ import annotations

@@ -586,8 +586,8 @@ def extract_activations(
         :func:`default_image_preprocess`; texts need one. Give it a ``cache_key`` attribute (str) when its
         behaviour depends on state (a vocabulary, a normalization) that the cache key cannot see.
     cache_dir : path, optional
-        Folder of cached results (``~`` is expanded), keyed by a hash of the model (class, structure, ``config`` and weights), the
-        dataset's ``content_hash``, the layers, the pooling and the preprocess. A hit returns memory-mapped arrays
+        Folder of cached results (``~`` is expanded), keyed by a hash of the model (class, structure, ``config``
+        and weights), the dataset's ``content_hash``, the layers, the pooling and the preprocess. A hit returns memory-mapped arrays
         without running the model; a cache file that does not match its checksum is reported in a warning and
         recomputed. A change in ``forward`` code that shows neither in the weights, the config nor the module
         structure is not seen: use another folder then.

@@ -8,7 +8,6 @@ returns an investigation whose map and clusters are computed on first use.
 from __future__ import annotations
 
 import functools
-
 import logging
 import time
 from collections.abc import Sequence
@@ -294,16 +293,16 @@ def _drop_restatements(cands: pd.DataFrame) -> pd.DataFrame:
     """Confirmed text candidates, strongest first, without those that restate a stronger one: a sub- or
     super-n-gram of it (". great product!", "great product") sharing at least half of the smaller carrier set.
     Unconfirmed candidates are left as they are."""
+    def restates(a: pd.Series, b: pd.Series) -> bool:
+        ta, tb = tuple(a["tokens"]), tuple(b["tokens"])
+        ca, cb = set(a["carrier_ids"]), set(b["carrier_ids"])
+        return (_contains(ta, tb) or _contains(tb, ta)) and len(ca & cb) >= 0.5 * min(len(ca), len(cb))
+
     kept: list[int] = []
     for i, row in cands.iterrows():
-        if row["verdict"] == "confirmed":
-            tokens, carriers = tuple(row["tokens"]), set(row["carrier_ids"])
-            if any((_contains(tokens, tuple(cands.at[j, "tokens"])) or _contains(tuple(cands.at[j, "tokens"]), tokens))
-                   and len(carriers & set(cands.at[j, "carrier_ids"]))
-                   >= 0.5 * min(len(carriers), len(cands.at[j, "carrier_ids"]))
-                   for j in kept if cands.at[j, "verdict"] == "confirmed"):
-                continue
-        kept.append(i)
+        if row["verdict"] != "confirmed" or not any(
+                cands.at[j, "verdict"] == "confirmed" and restates(row, cands.loc[j]) for j in kept):
+            kept.append(i)
     return cands.loc[kept].reset_index(drop=True)
 
 

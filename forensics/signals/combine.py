@@ -315,5 +315,5 @@ def _odds(p: float) -> str:
     return f"10^{np.log10(inv):.0f}"
 
 
-__all__ = ["CONTEXT_SIGNALS", "Combined", "DEFAULT_THRESHOLD", "EXACT_P_SIGNALS", "LOG_P_SIGNALS", "MAX_GAIN", "SIGNAL_TEXT",
-           "SUM_QUANTILES", "TAIL_QUANTILES", "TRIM_P", "combine", "evidence_tail", "tail_probability"]
+__all__ = ["CONTEXT_SIGNALS", "Combined", "DEFAULT_THRESHOLD", "EXACT_P_SIGNALS", "LOG_P_SIGNALS", "MAX_GAIN",
+           "SIGNAL_TEXT", "SUM_QUANTILES", "TAIL_QUANTILES", "TRIM_P", "combine", "evidence_tail", "tail_probability"]
