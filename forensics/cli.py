@@ -216,7 +216,8 @@ def _scan(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out}: cannot create the folder ({e.strerror or e})") from e
     log.info("scanning %s: %s, %s", data_name, dataset, model_name)
 
-    inv = investigate(dataset, model, layer=args.layer, random_state=args.seed, progress=tty)
+    inv = investigate(dataset, model, layer=args.layer, random_state=args.seed, progress=tty,
+                      cache_dir=args.cache_dir)
     notes = []
     if callable(getattr(inv.model, "preprocess", None)):
         log.info("searching for triggers and confirming them on the model")
@@ -389,7 +390,10 @@ def _scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-column", default=None,
                    help="CSV/JSONL column of the sources (default: 'source' when present)")
     p.add_argument("--image-mode", choices=("L", "RGB"), help="convert every image of a folder to this mode")
-    p.add_argument("--no-map", action="store_true", help="skip the 2-D map and clusters (UMAP takes ~1 min per 10^4)")
+    p.add_argument("--no-map", action="store_true",
+                   help="skip the 2-D map and clusters (about half a minute per 10,000 samples)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="keep the activations and the map here: a rescan of the same data and model reads them back")
     p.add_argument("--seed", type=int, default=0, help="random seed of every step (default 0)")
 
 

@@ -123,6 +123,29 @@ def test_clean_scan_passes_and_writes_every_file(clean_result):
     assert not (out / "changes.csv").exists()
 
 
+def test_a_rescan_with_a_cache_reads_the_activations_and_the_map_back(scans, tmp_path, monkeypatch):
+    import forensics.embedding as embedding
+
+    _, argv = scans["clean"]
+    argv = [a for a in argv if a != "--no-map"]
+    argv[argv.index("--out") + 1] = str(tmp_path / "first")
+    cache = tmp_path / "cache"
+    first, _ = _scan(argv + ["--cache-dir", str(cache)])
+    assert len(list(cache.glob("map-*.npz"))) == 1 and len(list(cache.glob("*/manifest.json"))) == 1
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the cached map was recomputed")
+
+    monkeypatch.setattr(embedding, "_compute_map", no_recompute)
+    argv[argv.index("--out") + 1] = str(tmp_path / "second")
+    second, stdout = _scan(argv + ["--cache-dir", str(cache)])
+    assert first == second == 0 and stdout.startswith("PASS: ")
+    a = pd.read_csv(tmp_path / "first" / "flagged.csv").drop(columns=["when"])  # when each scan flagged
+    b = pd.read_csv(tmp_path / "second" / "flagged.csv").drop(columns=["when"])
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_poisoned_scan_fails_on_the_confirmed_trigger(poison_result):
     out, status, stdout = poison_result
     assert status == 1
