@@ -304,7 +304,8 @@ def _write_changes(inv: Any, diff: Any, path: Path) -> None:
 def _demo(args: argparse.Namespace) -> int:
     args.sample = args.sample or "image_backdoor"
     args.data = None
-    for name in ("model", "model_entry", "layer", "baseline", "canaries", "baseline_model", "image_mode"):
+    for name in ("model", "model_entry", "layer", "baseline", "canaries", "baseline_model", "image_mode",
+                 "cache_dir"):
         setattr(args, name, None)
     args.text_column, args.label_column, args.id_column, args.source_column = "text", "label", "sample_id", None
     args.threshold, args.seed, args.ignore_triggers = _threshold_default(), 0, False
