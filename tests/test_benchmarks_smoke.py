@@ -26,6 +26,7 @@ def _results(q, n_poison: int = 2, n: int = 10):
     rank = np.arange(n, 0, -1).astype(float)  # row 0 highest
     return {
         "combined": q.MethodResult(scores=rank, flags=rank > n - n_poison),
+        "signals_only": q.MethodResult(scores=-rank, flags=np.zeros(n, bool)),  # before triggers: ranked last
         "art_ac_smaller": q.MethodResult(flags=np.arange(n) % 2 == 0, scores=(np.arange(n) % 2 == 0).astype(float)),
         "art_ac_relative-size": q.MethodResult(error="ValueError: The truth value of an empty array is ambiguous"),
         "art_ss": q.MethodResult(scores=-rank, flags=np.zeros(n, bool)),
@@ -62,8 +63,8 @@ def test_markdown_tables_name_crashes_and_the_clean_control(quality):
     clean = quality.metric_table(_results(quality), np.zeros(10, bool))
     tables = {"patch_5": poisoned, "clean": clean}
     summary = quality.summary_markdown(tables)
-    assert "| patch_5 | 2 | 1.00 (1.000) | 1.00 / 0.000 | 1.00 (1.000) cleanlab (OOF) |" in summary
-    assert "| clean | 0 | flags 20.0% | 20.00% of the data |" in summary
+    assert "| patch_5 | 2 | 1.00 (1.000) | 0.00 (0.000) | 1.00 / 0.000 | 1.00 (1.000) cleanlab (OOF) |" in summary
+    assert "| clean | 0 | flags 20.0% | flags 0.0% | 20.00% of the data |" in summary
     flags = quality.flags_markdown(tables)
     assert "crash: ValueError" in flags and "| clean | 20.00% | 50.00% |" in flags
     assert "| patch_5 | 1.00 (1.000) |" in quality.signals_markdown(tables, ["spectral"])
