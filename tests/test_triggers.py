@@ -521,3 +521,20 @@ def test_a_second_mark_of_the_group_elsewhere_does_not_widen_the_patch(digits):
     cand = image_trigger_candidate(images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
     assert cand.box == (21, 21, 3, 3)
     np.testing.assert_array_equal(search_image(images, cand.pattern, box=cand.box) >= 0.9, group)
+
+
+def test_far_apart_marks_keep_the_patch_only_when_the_whole_group_carries_it_alone(digits):
+    big = Dataset.from_numpy(np.kron(digits.images, np.ones((3, 3), np.uint8)), digits.labels, ids=digits.ids)
+    p = attacks.patch_backdoor(big, target=0, rate=0.05, random_state=1)  # 3x3 at rows and columns 21-23
+    ds, group = p.dataset, _poison(p)
+    rows = np.flatnonzero(group)
+    # Far from the patch (their common box exceeds a quarter of the image) and carried by 60% of the group:
+    # another mark of the group, not the trigger.
+    images = ds.images.copy()
+    images[rows[: int(0.6 * len(rows))], 0, 0:6] = 255
+    cand = image_trigger_candidate(images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    assert cand.local and cand.box == (21, 21, 3, 3)
+    # Carried by the whole group too: two places every group image matches, as a blend leaves; no local box.
+    images[rows, 0, 0:6] = 255
+    cand = image_trigger_candidate(images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    assert not cand.local and cand.box is None

@@ -298,9 +298,10 @@ def _fixed_patch(
 
     Each connected region of strongly consistent pixels (at least half the peak) is boxed and scored by its
     strength: the share of the group that matches the group's median there minus the share of the references
-    that do. Regions that reach ``min_share`` are kept. When they are spread over the image (their common
-    bounding box is large: a blend over a flat background changes pixels everywhere in the same way) there is no
-    local patch; otherwise the patch is the strongest region with the regions that touch it.
+    that do. Regions that reach ``min_share`` are kept; the patch is the strongest with the regions that touch
+    it. When the kept regions are spread over the image (their common bounding box is large), the patch must be
+    matched by nearly the whole group (``_WHOLE_GROUP``) and be the only such place: a blend over a flat
+    background changes pixels everywhere in the same way, and then there is no local patch.
     """
     top = float(consistency.max())
     if top <= 0:
@@ -317,25 +318,35 @@ def _fixed_patch(
         return pattern, carriers, float(carriers.mean()) - float(ref.mean())
 
     limit = max_box_fraction * consistency.size
-    good = []
+    scored = {}
     for j in np.argsort(-mass)[:_MAX_REGIONS]:
         rs, cs = slices[j]
         box = (rs.start, cs.start, rs.stop - rs.start, cs.stop - cs.start)
-        if box[2] * box[3] <= limit and evaluate(box)[2] >= min_share:
-            good.append(box)
-    if not good:
+        if box[2] * box[3] <= limit:
+            _, carriers, strength = evaluate(box)
+            if strength >= min_share:
+                scored[box] = (strength, float(carriers.mean()))
+    if not scored:
         return None
-    if _union(good)[2] * _union(good)[3] > limit:
-        return None
+    good = list(scored)
     # The patch is the strongest region with the regions that touch it. A region elsewhere is another mark of
     # the group (its classes' own background, say): boxed together, the background would dilute the pattern
     # and the search would match images that carry only the background.
-    best = max(good, key=lambda b: evaluate(b)[2])
+    best = max(good, key=lambda b: scored[b][0])
+    spread = _union(good)[2] * _union(good)[3] > limit
+    if spread and any(scored[b][1] >= _WHOLE_GROUP for b in good if not _touch(b, best)):
+        # A blend leaves its fixed pattern wherever the images are flat, in several places that every group
+        # image matches; a patch is the one place that (nearly) every group image matches.
+        return None
     box = _union([b for b in good if _touch(b, best)])
     pattern, carriers, strength = evaluate(box)
-    if strength < min_share:
+    if strength < min_share or (spread and carriers.mean() < _WHOLE_GROUP):
         return None
     return box, pattern, carriers, strength
+
+
+#: Share of a group that must match a region for it to count as carried by the whole group.
+_WHOLE_GROUP = 0.95
 
 
 def _union(boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
