@@ -284,28 +284,6 @@ def backdoor_suspicion(signals: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
     return _combine.combine(present, labels).suspicion
 
 
-def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
-    k = len(shorter)
-    return any(longer[i:i + k] == shorter for i in range(len(longer) - k + 1))
-
-
-def _drop_restatements(cands: pd.DataFrame) -> pd.DataFrame:
-    """Confirmed text candidates, strongest first, without those that restate a stronger one: a sub- or
-    super-n-gram of it (". great product!", "great product") sharing at least half of the smaller carrier set.
-    Unconfirmed candidates are left as they are."""
-    def restates(a: pd.Series, b: pd.Series) -> bool:
-        ta, tb = tuple(a["tokens"]), tuple(b["tokens"])
-        ca, cb = set(a["carrier_ids"]), set(b["carrier_ids"])
-        return (_contains(ta, tb) or _contains(tb, ta)) and len(ca & cb) >= 0.5 * min(len(ca), len(cb))
-
-    kept: list[int] = []
-    for i, row in cands.iterrows():
-        if row["verdict"] != "confirmed" or not any(
-                cands.at[j, "verdict"] == "confirmed" and restates(row, cands.loc[j]) for j in kept):
-            kept.append(i)
-    return cands.loc[kept].reset_index(drop=True)
-
-
 _VERDICT_RANK = {"confirmed": 0, "weak": 1}
 
 
@@ -380,7 +358,7 @@ def find_triggers(
             confirmed = tr.confirm_text_candidates(cands, texts, predict_proba=predict, labels=ds.labels,
                                                    predictions=pred, random_state=random_state)
             ranked = confirmed.iloc[_by_verdict([row for _, row in confirmed.iterrows()])].reset_index(drop=True)
-            found.append(_drop_restatements(ranked))
+            found.append(tr.text.drop_restatements(ranked))
         search_kw = {"texts": texts}
     else:
         groups = []

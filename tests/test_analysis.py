@@ -133,7 +133,8 @@ def test_bundled_phrase_is_the_top_confirmed_trigger_and_its_carriers_are_the_po
 
 
 def test_pooled_text_candidates_keep_one_row_per_confirmed_trigger():
-    from forensics.analysis import _by_verdict, _drop_restatements
+    from forensics.analysis import _by_verdict
+    from forensics.triggers.text import drop_restatements
 
     rows = [
         # (tokens, carriers, verdict, remove k/n, add k/n)
@@ -150,4 +151,4 @@ def test_pooled_text_candidates_keep_one_row_per_confirmed_trigger():
     } for t, c, v, r, a in rows])
     ranked = table.iloc[_by_verdict([row for _, row in table.iterrows()])].reset_index(drop=True)
     assert ranked["ngram"].tolist() == ["great product !", "cf", ". great product !", "dull", "great"]
-    assert _drop_restatements(ranked)["ngram"].tolist() == ["great product !", "cf", "dull", "great"]
+    assert drop_restatements(ranked)["ngram"].tolist() == ["great product !", "cf", "dull", "great"]

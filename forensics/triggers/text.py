@@ -423,6 +423,26 @@ def _contains(longer: tuple[str, ...], shorter: tuple[str, ...]) -> bool:
     return any(longer[i:i + k] == shorter for i in range(len(longer) - k + 1))
 
 
+def drop_restatements(cands: pd.DataFrame) -> pd.DataFrame:
+    """Confirmed candidates (a table from :func:`forensics.triggers.confirm_text_candidates`, strongest first)
+    without those that restate a stronger one: a sub- or super-n-gram of it (". great product!",
+    "great product") sharing at least half of the smaller carrier set. Pooling the candidates of several
+    searches (each pruned on its own by :func:`text_trigger_candidates`) leaves such pairs; unconfirmed
+    candidates are left as they are."""
+
+    def restates(a: pd.Series, b: pd.Series) -> bool:
+        ta, tb = tuple(a["tokens"]), tuple(b["tokens"])
+        ca, cb = set(a["carrier_ids"]), set(b["carrier_ids"])
+        return (_contains(ta, tb) or _contains(tb, ta)) and len(ca & cb) >= 0.5 * min(len(ca), len(cb))
+
+    kept: list[int] = []
+    for i, row in cands.iterrows():
+        if row["verdict"] != "confirmed" or not any(
+                cands.at[j, "verdict"] == "confirmed" and restates(row, cands.loc[j]) for j in kept):
+            kept.append(i)
+    return cands.loc[kept].reset_index(drop=True)
+
+
 def _empty_table() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in CANDIDATE_COLUMNS})
 
