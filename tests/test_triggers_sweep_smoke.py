@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,17 +10,6 @@ import pytest
 
 from forensics.data import Dataset
 from forensics.errors import InputError
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "triggers_sweep.py"
-
-
-@pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("bench_triggers_sweep", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_triggers_sweep"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
