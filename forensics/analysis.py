@@ -20,7 +20,7 @@ from . import __version__
 from .data import Dataset
 from .errors import InputError
 from .signals import combine as _combine
-from .signals import duplicates, label_quality, loss, neighbors, sources, spectral
+from .signals import duplicates, label_quality, loss, marks, neighbors, sources, spectral
 from .signals import clustering as _clustering
 from .signals._checks import check_features, check_labels, check_probs
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 #: The signals :func:`compute_signals` runs by default, in the order of the signals table.
 DEFAULT_SIGNALS = (
     "high_loss", "low_loss", "label_quality", "activation_cluster", "spectral", "robust_spectral",
-    "knn_disagreement", "knn_outlier", "duplicates", "source",
+    "knn_disagreement", "knn_outlier", "duplicates", "shared_mark", "source",
 )
 
 
@@ -111,6 +111,7 @@ def compute_signals(
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
     groups = None
+    info_marks = None
     predictions = None if probs is None else probs.argmax(axis=1)
     per_sample_loss = None if probs is None else loss.high_loss(probs, y)
 
@@ -144,6 +145,15 @@ def compute_signals(
             groups = _groups(dataset, x, random_state)
             scores[name] = duplicates.duplicate_scores(groups, y, source_ids)
             seconds[name] = round(time.perf_counter() - t, 3)
+        elif name == "shared_mark":
+            if dataset is None or dataset.kind != "image":
+                skipped[name] = "needs the images (a dataset of kind image)"
+                continue
+            t = time.perf_counter()
+            found = marks.shared_marks(dataset.images)
+            scores[name] = marks.shared_mark_scores(found, n)
+            seconds[name] = round(time.perf_counter() - t, 3)
+            info_marks = found
         elif name == "source":
             if source_ids is None or len(set(source_ids)) < 2:
                 skipped[name] = "needs at least two sources"
@@ -164,6 +174,8 @@ def compute_signals(
             "threshold": _combine.DEFAULT_THRESHOLD, "random_state": random_state, "toolkit_version": __version__}
     if groups is not None:
         info["duplicate_groups"] = groups
+    if info_marks is not None:
+        info["shared_marks"] = info_marks
     return table, info
 
 
@@ -251,6 +263,7 @@ def investigate(
         samples["prediction_name"] = np.asarray(dataset.class_names, dtype=object)[pred]
         samples["confidence"] = probs.max(axis=1)
         samples["loss"] = table["high_loss_score"].to_numpy() if "high_loss_score" in table else np.nan
+    info.pop("shared_marks", None)  # find_triggers describes them; the per-sample evidence is in the table
     groups = info.pop("duplicate_groups", None)
     if groups is not None:
         samples["duplicate_group"] = groups
@@ -302,6 +315,15 @@ def _by_verdict(confirmations: list[Any]) -> list[int]:
     return sorted(range(len(confirmations)), key=key)
 
 
+def _restates(candidate: Any, group: np.ndarray) -> bool:
+    """Whether a local image candidate's carriers make up at least half of a group, or the group half of them."""
+    if not candidate.local:
+        return False
+    carried = candidate.group[candidate.carriers]
+    shared = int(group[carried].sum())
+    return shared >= 0.5 * min(len(carried), int(group.sum()))
+
+
 def find_triggers(
     inv,
     model: Any = None,
@@ -315,7 +337,8 @@ def find_triggers(
 
     Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
-    least ``min_group``) share and the rest of the class lacks. Texts are searched three times, up to
+    least ``min_group``) share and the rest of the class lacks; and every shared mark
+    (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. Texts are searched three times, up to
     ``top_text`` candidates each: among the most suspicious samples overall, among those that look backdoored
     (:func:`backdoor_suspicion`, so that label noise cannot hide them), and by the class test alone (a trigger
     too rare for the signals to gather); the candidates are pooled. Every candidate is confirmed on ``model``
@@ -372,6 +395,14 @@ def find_triggers(
             group[top] = True
             groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
                                                      ids=ds.ids, labels=ds.labels, random_state=random_state))
+        # A patch pasted pixel for pixel into many images is a candidate even when the model barely learned it
+        # (a clean-label patch): its carriers need not stand out to any other signal.
+        for carriers in marks.shared_marks(ds.images)["carriers"]:
+            group = np.zeros(len(ds), bool)
+            group[carriers] = True
+            if not any(_restates(c, group) for c in groups):
+                groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
+                                                         ids=ds.ids, labels=ds.labels, random_state=random_state))
         confirmed = tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
                                                 predictions=pred, random_state=random_state)
         found.extend(confirmed[i] for i in _by_verdict([c.confirmation for c in confirmed]))

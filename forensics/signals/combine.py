@@ -54,9 +54,10 @@ MAX_GAIN = 1e6
 LOG_P_SIGNALS = ("source",)
 #: Signals whose scores are -log10 p-values of an exact test with its own null, taken as they are instead of
 #: fitted to the data: a confirmed trigger's carriers (the model's ablation tests say how unlikely the trigger is
-#: a chance pattern), however many of the data carry it. A fitted tail would give the 3% of a training set that
-#: carries a trigger a probability of 3%, as if a clean sample carried it that often.
-EXACT_P_SIGNALS = ("trigger",)
+#: a chance pattern), however many of the data carry it, and the carriers of a shared mark (its null comes from how
+#: often natural windows recur, :mod:`forensics.signals.marks`). A fitted tail would give the 3% of a training set
+#: that carries a trigger a probability of 3%, as if a clean sample carried it that often.
+EXACT_P_SIGNALS = ("trigger", "shared_mark")
 #: Signals shown beside the suspicion but not summed into it: kNN distance marks atypical samples, which poison
 #: rarely is and a clean set always has (on the tuning scenarios it added clean false alarms, not poison).
 CONTEXT_SIGNALS = ("knn_outlier",)
@@ -74,6 +75,7 @@ SIGNAL_TEXT = {
     "knn_disagreement": "neighbours carry other labels",
     "knn_outlier": "far from its class",
     "duplicates": "near-duplicate group (conflicting labels or several sources)",
+    "shared_mark": "carries a patch found, pixel for pixel, at the same place in many images",
     "source": "its source is suspicious",
     "ensemble": "reference models disagree with its label",
     "trigger": "carries a confirmed trigger",

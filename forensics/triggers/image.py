@@ -34,6 +34,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
 from ..errors import InputError
+from ..signals.marks import window_keys
 
 # Strongly consistent regions examined as fixed patches, strongest first.
 _MAX_REGIONS = 20
@@ -376,8 +377,8 @@ def _moving_pattern(xg: np.ndarray, xp: np.ndarray, tolerance: int, min_share: f
     qp = xp // step
     best: list[tuple[int, float, np.uint64]] = []
     for k in range(2, min(8, h // 2, w // 2) + 1):
-        key_g = _window_keys(qg, k)  # (m, positions)
-        key_p = _window_keys(qp, k)
+        key_g = window_keys(qg, k)  # (m, positions)
+        key_p = window_keys(qp, k)
         share_g, uniq = _image_share(key_g)
         if not len(uniq):
             continue
@@ -395,7 +396,7 @@ def _moving_pattern(xg: np.ndarray, xp: np.ndarray, tolerance: int, min_share: f
         return None
     top = max(s for _, s, _ in best)
     k, _, key = max((b for b in best if b[1] >= 0.9 * top), key=lambda b: b[0])
-    key_g = _window_keys(qg, k)
+    key_g = window_keys(qg, k)
     img, pos = np.nonzero(key_g == key)
     r, c = np.unravel_index(pos, (h - k + 1, w - k + 1))
     windows = sliding_window_view(xg, (k, k), axis=(1, 2))[img, r, c]  # (matches, c, k, k)
@@ -449,27 +450,6 @@ def _grow(xc: np.ndarray, pattern: np.ndarray, rows: np.ndarray, cols: np.ndarra
                 pattern, pw = np.concatenate([pattern, new[:, None]], axis=1), pw + 1
             grown = True
     return pattern, top, left
-
-
-def _window_keys(q: np.ndarray, k: int) -> np.ndarray:
-    """64-bit keys of every k x k window of quantized images q (m, h, w, c): shape (m, positions).
-
-    The key is the sum of the window's values times a weight ``a[channel] * b[row] * c[column]`` of random odd
-    64-bit numbers, in wrap-around arithmetic (collisions are vanishingly rare). The weight factorizes, so the
-    sum is built along columns, then rows: 2k passes over the images instead of k * k.
-    """
-    m, h, w, ch = q.shape
-    rows, cols = h - k + 1, w - k + 1
-    weights = np.random.default_rng(k).integers(1, 2**63, size=(3, max(k, ch)), dtype=np.uint64) | np.uint64(1)
-    with np.errstate(over="ignore"):
-        base = (q.astype(np.uint64) * weights[0, :ch]).sum(axis=-1, dtype=np.uint64)  # (m, h, w)
-        across = np.zeros((m, h, cols), dtype=np.uint64)
-        for j in range(k):
-            across += base[:, :, j:j + cols] * weights[1, j]
-        key = np.zeros((m, rows, cols), dtype=np.uint64)
-        for i in range(k):
-            key += across[:, i:i + rows, :] * weights[2, i]
-    return key.reshape(m, -1)
 
 
 def _image_share(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

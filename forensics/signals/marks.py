@@ -1,0 +1,236 @@
+"""Shared marks: a small patch, identical to the pixel, at the same place in many otherwise different images.
+
+A pasted trigger (BadNets) is copied pixel for pixel, while natural images almost never share an exact ``k x k``
+window with contrast at the same place: on 10,000 clean Fashion-MNIST images no 3x3 window with a contrast of 64
+grey levels recurs in more than 6 images, while a planted 3x3 patch recurs in every carrier. The evidence needs no
+model, so it also finds a clean-label patch (labels kept) that the model barely learned, which no activation or
+loss signal sees.
+
+How unlikely is a count by chance? The counts of the windows that recur at all (2 or more images) fall off
+geometrically in natural data: among the windows seen in 2 to ``min_count - 1`` images, each extra image is about
+``r`` times rarer. ``r`` is fitted to those counts (a truncated geometric, with one pseudo-window of each count 2
+and 3 so that a dataset with no natural repeats gets a cautious prior), so the data sets its own null: images with
+many natural repeats (flat areas, few grey levels) get a slow fall-off and need far larger groups. A window seen in
+``m`` images gets ``chance`` = the expected number of natural windows seen in ``m`` or more images
+(``N / (1 - r**L) * r**(m - 2)``), which already counts every window tested; ``log10_p = -log10(min(1, chance))``.
+
+Only windows whose contrast (largest minus smallest value, over every channel) reaches ``min_contrast`` count:
+flat windows (a black corner, a white sky) recur everywhere. So a patch of one colour pasted over a varying
+background is out of reach: no window with contrast is the same in all its carriers. Exact duplicate images count once. A group of
+windows whose carriers overlap merges into one mark; a mark that spans more than a quarter of the image is a set of
+near copies, not a mark (the duplicate signal reports those), and is dropped. A patch that moves from image to
+image is out of reach here (window contents recur naturally at some place or other); the trigger search finds
+those among suspicious groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage, optimize, special
+
+from ..errors import InputError
+
+#: Window side (pixels) compared between images.
+WINDOW = 3
+#: A window counts only when its values span at least this many grey levels.
+MIN_CONTRAST = 64
+#: A mark needs at least this many images; the null is fitted to the counts below it.
+MIN_COUNT = 10
+#: A window becomes (part of) a mark when chance would give fewer than this many as frequent.
+MAX_CHANCE = 0.01
+#: A mark whose box covers more than this share of the image is a set of near copies.
+MAX_AREA = 0.25
+#: Windows examined as marks, most frequent first (a bound for images with many repeats).
+_MAX_KEYS = 2000
+#: Images hashed per chunk.
+_CHUNK = 2048
+
+MARK_COLUMNS = ("row", "col", "height", "width", "n_carriers", "chance", "log10_p", "carriers")
+
+
+def window_keys(q: np.ndarray, k: int) -> np.ndarray:
+    """64-bit keys of every k x k window of images q (m, h, w, c): shape (m, positions), row-major positions.
+
+    The key is the sum of the window's values times a weight ``a[channel] * b[row] * c[column]`` of random odd
+    64-bit numbers, in wrap-around arithmetic (collisions are vanishingly rare). The weight factorizes, so the
+    sum is built along columns, then rows: 2k passes over the images instead of k * k.
+    """
+    m, h, w, ch = q.shape
+    rows, cols = h - k + 1, w - k + 1
+    weights = np.random.default_rng(k).integers(1, 2**63, size=(3, max(k, ch)), dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        base = (q.astype(np.uint64) * weights[0, :ch]).sum(axis=-1, dtype=np.uint64)  # (m, h, w)
+        across = np.zeros((m, h, cols), dtype=np.uint64)
+        for j in range(k):
+            across += base[:, :, j:j + cols] * weights[1, j]
+        key = np.zeros((m, rows, cols), dtype=np.uint64)
+        for i in range(k):
+            key += across[:, i:i + rows, :] * weights[2, i]
+    return key.reshape(m, -1)
+
+
+def _contrast(q: np.ndarray, k: int) -> np.ndarray:
+    """Largest minus smallest value of every k x k window over every channel, shape (m, positions)."""
+    hi = ndimage.maximum_filter(q.max(axis=-1), size=(1, k, k), mode="nearest")
+    lo = ndimage.minimum_filter(q.min(axis=-1), size=(1, k, k), mode="nearest")
+    # The filters centre their window; a window's top-left corner is its centre minus k // 2.
+    h, w = q.shape[1] - k + 1, q.shape[2] - k + 1
+    c = k // 2
+    return (hi[:, c:c + h, c:c + w].astype(np.int16) - lo[:, c:c + h, c:c + w]).reshape(len(q), -1)
+
+
+def _check_images(images: Any) -> np.ndarray:
+    x = images if isinstance(images, np.ndarray) else np.asarray(images)
+    if x.dtype != np.uint8:
+        raise InputError(f"images must be a uint8 array (0-255); got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise InputError(f"images must have shape (n, h, w) or (n, h, w, 3); got {x.shape}")
+    if len(x) == 0:
+        raise InputError("images is empty; give at least one image")
+    return x
+
+
+def _check_int(value: Any, name: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}; got {value!r}")
+    return int(value)
+
+
+def fall_off(counts: np.ndarray, min_count: int) -> tuple[float, float]:
+    """The power-law null of window counts: ``(alpha, base)``, where ``base * zeta(alpha, m)`` (Hurwitz zeta: the
+    sum of ``j ** -alpha`` over ``j >= m``) is the expected number of natural windows counted ``m`` or more.
+
+    ``counts`` are the windows' counts; those from 2 to ``min_count - 1`` are fitted (a discrete power law
+    truncated to that range, plus one pseudo-window of count 2 and one of count 3, a cautious prior for data with
+    no natural repeats).
+    """
+    c = np.asarray(counts, dtype=np.int64)
+    c = np.concatenate([c[(c >= 2) & (c < min_count)], [2, 3]])
+    support = np.arange(2, min_count, dtype=np.float64)
+    total_log = float(np.log(c).sum())
+
+    def nll(alpha: float) -> float:
+        return alpha * total_log + len(c) * np.log(np.sum(support ** -alpha))
+
+    alpha = float(optimize.minimize_scalar(nll, bounds=(1.01, 60.0), method="bounded").x)
+    return alpha, len(c) / float(np.sum(support ** -alpha))
+
+
+def shared_marks(
+    images: np.ndarray,
+    *,
+    window: int = WINDOW,
+    min_contrast: int = MIN_CONTRAST,
+    min_count: int = MIN_COUNT,
+    max_chance: float = MAX_CHANCE,
+) -> pd.DataFrame:
+    """Patches identical to the pixel at the same place in many images, beyond what chance gives.
+
+    Parameters
+    ----------
+    images : uint8 array, shape (n, h, w) or (n, h, w, 3)
+    window : int
+        Side of the compared windows; a patch smaller than it is still caught with its border when that border
+        is itself the same in every carrier (a corner), and a larger one by any window inside it with contrast.
+    min_contrast : int
+        Smallest span of values (grey levels) for a window to count.
+    min_count : int
+        Fewest images that make a mark.
+    max_chance : float
+        A window joins a mark when chance would give fewer than this many windows as frequent.
+
+    Returns
+    -------
+    DataFrame
+        One row per mark, strongest first: ``row``, ``col``, ``height``, ``width`` (the box of its windows),
+        ``n_carriers``, ``chance`` (expected number of natural windows as frequent as its most frequent one),
+        ``log10_p`` (``-log10 min(1, chance)``) and ``carriers`` (row positions, int64).
+    """
+    x = _check_images(images)
+    k = _check_int(window, "window", 2)
+    if k > min(x.shape[1:3]):
+        raise InputError(f"window {k} is larger than the {x.shape[1]}x{x.shape[2]} images")
+    min_contrast = _check_int(min_contrast, "min_contrast", 1)
+    min_count = _check_int(min_count, "min_count", 4)
+    if isinstance(max_chance, bool) or not isinstance(max_chance, (int, float)) or not max_chance > 0:
+        raise InputError(f"max_chance must be a positive number; got {max_chance!r}")
+    n, h, w = x.shape[:3]
+    flat = np.ascontiguousarray(x).reshape(n, -1)
+    _, first, copy_of = np.unique(flat.view(np.dtype((np.void, flat.shape[1]))).ravel(), return_index=True,
+                                  return_inverse=True)
+    u = x[first]
+    cols = w - k + 1
+    frees, images_of, places_of = [], [], []
+    for s in range(0, len(u), _CHUNK):
+        q = u[s:s + _CHUNK]
+        ok = _contrast(q, k) >= min_contrast
+        img, pos = np.nonzero(ok)
+        frees.append(window_keys(q, k)[ok])
+        images_of.append(img + s)
+        places_of.append(pos)
+    free, image_of, place_of = np.concatenate(frees), np.concatenate(images_of), np.concatenate(places_of)
+    content, _ = pd.factorize(free)
+    # A window is its content at its place; each image has one window per place, so counts are image counts.
+    codes, _ = pd.factorize(content.astype(np.int64) * ((h - k + 1) * cols) + place_of)
+    count = np.bincount(codes)
+    anywhere = np.bincount(pd.unique(content.astype(np.int64) * len(u) + image_of) // len(u))
+    where = np.empty(len(count), dtype=np.int64)
+    where[codes] = np.arange(len(codes))
+    # Natural contents turn up at other places too (an edge, a stripe); a pasted patch stays at its place.
+    net = 2 * count - anywhere[content[where]]
+    strong = np.flatnonzero(net >= min_count)
+    # A mark's partial windows (a patch corner over varying background) recur below min_count in its own carriers
+    # only; they are the mark, not natural repeats, and stay out of the null.
+    hit = np.isin(codes, strong)
+    own = np.bincount(codes, weights=np.isin(image_of, image_of[hit]), minlength=len(count)) == count
+    alpha, base = fall_off(net[~own], min_count)
+    chance = base * special.zeta(alpha, net[strong].astype(np.float64))
+    keep = chance < max_chance
+    order = np.argsort(-net[strong[keep]], kind="stable")[:_MAX_KEYS]
+    strong, chance = strong[keep][order], chance[keep][order]
+    hit = np.flatnonzero(np.isin(codes, strong))
+    rows_of = pd.Series(hit).groupby(codes[hit]).indices
+    marks: list[dict[str, Any]] = []
+    for code, ch in zip(strong, chance):
+        at = hit[rows_of[code]]
+        carriers = set(image_of[at].tolist())
+        pos = int(place_of[at[0]])
+        box = (pos // cols, pos % cols, pos // cols + k, pos % cols + k)
+        for m in marks:
+            if len(carriers & m["set"]) >= 0.5 * min(len(carriers), len(m["set"])):
+                m["set"] |= carriers
+                m["box"] = (min(m["box"][0], box[0]), min(m["box"][1], box[1]), max(m["box"][2], box[2]),
+                            max(m["box"][3], box[3]))
+                m["chance"] = min(m["chance"], float(ch))
+                break
+        else:
+            marks.append({"set": carriers, "box": box, "chance": float(ch)})
+    rows = []
+    for m in marks:
+        r0, c0, r1, c1 = m["box"]
+        if (r1 - r0) * (c1 - c0) > MAX_AREA * h * w:
+            continue
+        carriers = np.flatnonzero(np.isin(copy_of, np.fromiter(m["set"], dtype=np.int64)))
+        rows.append({"row": r0, "col": c0, "height": r1 - r0, "width": c1 - c0, "n_carriers": len(carriers),
+                     "chance": m["chance"], "log10_p": -np.log10(min(1.0, max(m["chance"], 1e-300))),
+                     "carriers": carriers})
+    table = pd.DataFrame(rows, columns=list(MARK_COLUMNS))
+    return table.sort_values("log10_p", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def shared_mark_scores(marks: pd.DataFrame, n: int) -> np.ndarray:
+    """Each sample's strongest mark, as ``-log10`` of its chance (0 for a sample that carries none)."""
+    scores = np.zeros(_check_int(n, "n", 0))
+    for carriers, value in zip(marks["carriers"], marks["log10_p"]):
+        if len(carriers) and np.max(carriers) >= n:
+            raise InputError(f"a mark's carriers reach row {int(np.max(carriers))} but there are {n} samples")
+        scores[carriers] = np.maximum(scores[carriers], value)
+    return scores
+
+
+__all__ = ["MARK_COLUMNS", "fall_off", "shared_mark_scores", "shared_marks", "window_keys"]
