@@ -549,7 +549,7 @@ def with_triggers(table: pd.DataFrame, f: Features, built: Built, model_path: Pa
     samples["prediction"] = f.probs.argmax(axis=1)
     inv = Investigation(ds, signals=signals, samples=samples, features=f.features)
     model, _ = load_model(model_path)
-    found = inv.find_triggers(model, random_state=seed)
+    found = inv.find_triggers(model, holdout=built.test, random_state=seed)
     confirmed = [f"{d} (target {t})" for d, t, v in zip(found["description"], found["target"], found["verdict"])
                  if v == "confirmed"]
     return inv.signals["suspicion"].to_numpy(), confirmed

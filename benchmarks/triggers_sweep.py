@@ -11,7 +11,9 @@ contributors; Rotten Tomatoes snippets from 30 reviewers), with a new subset, at
 - ``clean_images`` / ``clean_texts``: no poison; any confirmed candidate is a false alarm.
 
 Per seed: a reference model is trained (``train_reference_model(train, random_state=seed)``), then the toolkit's
-own pipeline runs with its defaults: ``inv = forensics.investigate(train, model)`` and ``inv.find_triggers()``.
+own pipeline runs with its defaults: ``inv = forensics.investigate(train, model)`` and
+``inv.find_triggers(holdout=test)``, the held-out test split (2,000 images, or the reviews of a fifth of the movies)
+taking the add test, as an analyst's validation split would.
 
 **Ranking** (which candidate is "top"): the triggers table in the toolkit's own order: confirmed candidates first,
 strongest confirmation first, then weak ones, then the rest.
@@ -277,7 +279,7 @@ def run_seed(name: str, seed: int, *, work: Path = WORK, n: int | None = None) -
         inv = forensics.investigate(case.train, model, progress=False)
         investigate_s = time.perf_counter() - t
         t = time.perf_counter()
-        table = inv.find_triggers()
+        table = inv.find_triggers(holdout=case.test)
         find_s = time.perf_counter() - t
     except Exception as e:  # a crash is a result: record it and go on with the next seed
         log.exception("%s seed %d crashed", name, seed)
@@ -364,7 +366,7 @@ def bundled_timing(repeat: int) -> pd.DataFrame:
             inv = forensics.investigate(d.train, model, progress=False)
             inv_seconds.append(time.perf_counter() - t)
             t = time.perf_counter()
-            table = inv.find_triggers()
+            table = inv.find_triggers(holdout=d.test)
             seconds.append(time.perf_counter() - t)
         top = ranked(table)
         rows.append({"data": name, "n": len(d.train), "investigate_s (median)": round(float(np.median(inv_seconds)), 1),

@@ -331,6 +331,7 @@ def find_triggers(
     group_share: float = 0.05,
     min_group: int = 10,
     top_text: int = 10,
+    holdout: Dataset | None = None,
     random_state: int = 0,
 ) -> pd.DataFrame:
     """Discover trigger candidates in an investigation, confirm them on the model, and search for carriers.
@@ -344,6 +345,9 @@ def find_triggers(
     too rare for the signals to gather); the candidates are pooled. Every candidate is confirmed on ``model``
     (default ``inv.model``): removed from its carriers and added to clean samples of other classes, beside a
     random control. The table lists confirmed candidates first, strongest first, then weak ones, then the rest.
+    ``holdout`` (a :class:`~forensics.Dataset` of held-out samples with the same classes, such as a validation
+    split) is where the add test pastes candidates: the model has not memorized those samples' labels, so the
+    rate says how well the trigger works on new inputs.
 
     Sets ``inv.triggers`` (one row per candidate, with verdicts and carrier ids) and, when a candidate is
     confirmed, adds a ``trigger_score`` signal and recombines the suspicion: a sample that carries a confirmed
@@ -364,6 +368,16 @@ def find_triggers(
     else:
         pred = predict(ds.images if ds.kind == "image" else list(ds.texts)).argmax(axis=1)
     found: list[Any] = []
+    held = None
+    if holdout is not None:
+        if not isinstance(holdout, Dataset) or holdout.kind != ds.kind:
+            raise InputError(f"holdout must be a forensics.Dataset of {ds.kind}s (held-out samples); "
+                             f"got {type(holdout).__name__}")
+        if list(holdout.class_names) != list(ds.class_names):
+            raise InputError(f"holdout has classes {list(holdout.class_names)} but the investigation has "
+                             f"{list(ds.class_names)}")
+        held = tr.holdout_set((holdout.images if ds.kind == "image" else list(holdout.texts), holdout.labels),
+                              predict, kind=ds.kind, like=ds.images if ds.kind == "image" else None)
     if ds.kind == "text":
         texts = list(ds.texts)
         kw = dict(predictions=pred, labels=ds.labels, ids=ds.ids, sources=ds.sources, top=top_text)
@@ -379,7 +393,7 @@ def find_triggers(
         cands = pd.concat([*searched, by_class]).drop_duplicates("ngram").reset_index(drop=True)
         if len(cands):
             confirmed = tr.confirm_text_candidates(cands, texts, predict_proba=predict, labels=ds.labels,
-                                                   predictions=pred, random_state=random_state)
+                                                   predictions=pred, holdout=held, random_state=random_state)
             ranked = confirmed.iloc[_by_verdict([row for _, row in confirmed.iterrows()])].reset_index(drop=True)
             found.append(tr.text.drop_restatements(ranked))
         search_kw = {"texts": texts}
@@ -404,7 +418,7 @@ def find_triggers(
                 groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
                                                          ids=ds.ids, labels=ds.labels, random_state=random_state))
         confirmed = tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
-                                                predictions=pred, random_state=random_state)
+                                                predictions=pred, holdout=held, random_state=random_state)
         found.extend(confirmed[i] for i in _by_verdict([c.confirmation for c in confirmed]))
         search_kw = {"images": ds.images}
     table = tr.triggers_table(found, ids=ds.ids)

@@ -177,6 +177,54 @@ def test_planted_phrase_is_confirmed_and_common_words_are_not(reviews, text_mode
         assert c.add_flip_rate < 0.2
 
 
+def test_the_add_test_runs_on_held_out_texts_when_given(reviews, text_models):
+    _, poisoned = reviews
+    ds, pp = poisoned.dataset, text_models[0]
+    rng = np.random.default_rng(5)
+    held_y = np.arange(300) % 2
+    held = [_review(rng, int(v)) + " heldout" for v in held_y]  # a token that marks every held-out text
+    seen: list[list[str]] = []
+
+    def spy(batch):
+        seen.append(list(batch))
+        return pp(batch)
+
+    c = confirm_text_trigger(ds.texts, "great product !", predict_proba=spy, labels=ds.labels, target=1,
+                             holdout=(held, held_y))
+    assert c.verdict == "confirmed", c.reason
+    eligible = int(((spy(held).argmax(axis=1) == held_y) & (held_y == 0)).sum())
+    assert c.add_tried == min(200, eligible) > 10
+    added = [b for b in seen if b and all("great product!" in t for t in b) and len(b) == c.add_tried]
+    assert added and all(t.endswith("heldout") or " heldout" in t for t in added[0])
+    with pytest.raises(InputError, match="holdout must be a pair"):
+        confirm_text_trigger(ds.texts, "great", predict_proba=pp, labels=ds.labels, target=1, holdout=held)
+    with pytest.raises(InputError, match=r"labels must be integer class indices of shape \(300,\)"):
+        confirm_text_trigger(ds.texts, "great", predict_proba=pp, labels=ds.labels, target=1,
+                             holdout=(held, held_y[:5]))
+
+
+def test_find_triggers_takes_a_held_out_dataset_of_the_same_classes(reviews, text_models, corner):
+    from forensics.analysis import compute_signals, find_triggers
+
+    clean, poisoned = reviews
+    ds = poisoned.dataset
+    table, _ = compute_signals(np.random.default_rng(0).normal(size=(len(ds), 4)).astype(np.float32), ds.labels,
+                               dataset=ds, signals=("spectral",))
+    table.index = pd.Index(ds.ids, name="sample_id", dtype=object)
+    inv = Investigation(ds, signals=table, samples=ds.to_frame(), features=np.zeros((len(ds), 2), np.float32))
+    model = text_models[0].args[0]
+    with pytest.raises(InputError, match="holdout must be a forensics.Dataset of texts"):
+        find_triggers(inv, model, holdout=corner[0].dataset)
+    other = Dataset.from_texts(["a b", "c d"], [0, 1], class_names=["bad", "good"])
+    with pytest.raises(InputError, match=r"holdout has classes \['bad', 'good'\]"):
+        find_triggers(inv, model, holdout=other)
+    found = find_triggers(inv, model, holdout=clean)
+    top = found.iloc[0]
+    assert top["verdict"] == "confirmed" and top["tokens"] == PHRASE
+    # Held-out texts of the other class, none carrying the phrase, took the add test.
+    assert top["add_tried"] == 200
+
+
 def test_clean_texts_and_model_yield_no_confirmed_trigger(reviews, text_models):
     clean, _ = reviews
     pp = text_models[1]
@@ -292,6 +340,29 @@ def test_corner_patch_is_found_with_its_exact_box_and_pattern_and_confirmed(corn
     assert c.verdict == "confirmed", c.reason
     assert c.remove_tried == group.sum() and c.remove_flip_rate >= 0.9 and c.add_flip_rate >= 0.9
     assert c.control_remove_rate <= 0.1 and c.control_add_rate <= 0.1
+
+
+def test_the_add_test_runs_on_held_out_images_when_given(corner, digits):
+    p, pp = corner
+    ds, group = p.dataset, _poison(p)
+    cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    held = digits.images[:400].copy()
+    held[:, 0, 0] = 255  # a pixel that marks every held-out image (training digits have 0 there)
+    seen: list[np.ndarray] = []
+
+    def spy(batch):
+        seen.append(np.asarray(batch))
+        return pp(batch)
+
+    [confirmed] = confirm_image_candidates([cand], ds.images, predict_proba=spy, labels=ds.labels,
+                                           holdout=(held, digits.labels[:400]))
+    c = confirmed.confirmation
+    assert c.verdict == "confirmed", c.reason
+    added = [b for b in seen if len(b) == c.add_tried and (b[:, 5:8, 5:8] == cand.pattern).all()]
+    assert added and (added[0][:, 0, 0] == 255).all()
+    with pytest.raises(InputError, match=r"held-out images have shape \(4, 4\)"):
+        confirm_image_candidates([cand], ds.images, predict_proba=pp, labels=ds.labels,
+                                 holdout=(held[:, :4, :4], digits.labels[:400]))
 
 
 def test_a_random_box_is_not_confirmed(corner):

@@ -21,6 +21,11 @@ Verdict rule (:func:`verdict`), with ``min_tried = 10``:
   0.1 above its control's rate;
 - ``"not confirmed"``: anything else, including too few samples to try.
 
+With ``holdout`` (held-out samples and their labels, such as a validation split), the add test and its control
+run on held-out samples instead of training samples: a model keeps the labels of training samples it memorized
+even with a trigger pasted in, so on training samples the add rate understates how well the trigger works on new
+inputs, most for a trigger the model learned only in part.
+
 The remove bar is lower because the carriers are training samples: a model that memorized them may keep their
 (wrong) label once the trigger is gone, while the add test runs on samples whose new form it never saw. On the
 bundled Rotten Tomatoes data a clean model gives class words ("powerful", "dull", "terrific") remove and add
@@ -215,6 +220,32 @@ def _check_int(value: Any, name: str, low: int) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """Held-out samples for the add test, with the model's predictions of them (computed once)."""
+
+    payload: Any  # uint8 images (m, h, w[, 3]) or a list of texts
+    labels: np.ndarray
+    predictions: np.ndarray
+
+
+def holdout_set(holdout: Any, predict_proba: PredictProba, *, kind: str, like: np.ndarray | None = None
+                ) -> Holdout | None:
+    """``(payload, labels)`` (or a :class:`Holdout`, or None) checked, with the model's predictions; held-out
+    images must have the shape of the images ``like``."""
+    if holdout is None or isinstance(holdout, Holdout):
+        return holdout
+    try:
+        payload, labels = holdout
+    except (TypeError, ValueError):
+        raise InputError("holdout must be a pair (held-out images or texts, their labels)") from None
+    payload = _check_images(payload) if kind == "image" else _check_texts(payload)
+    if like is not None and payload.shape[1:] != like.shape[1:]:
+        raise InputError(f"the held-out images have shape {payload.shape[1:]} but the images are {like.shape[1:]}")
+    y = _check_labels(labels, len(payload))
+    return Holdout(payload, y, _predict(predict_proba, payload))
+
+
 # ---------------------------------------------------------------------------------------------------- text
 def _insert(text: str, phrase: str, rng: np.random.Generator) -> str:
     """``phrase`` before a random word, or at the end."""
@@ -247,6 +278,7 @@ def confirm_text_trigger(
     predictions: Sequence[int] | np.ndarray | None = None,
     max_samples: int = 200,
     min_tried: int = MIN_TRIED,
+    holdout: Any = None,
     random_state: int = 0,
 ) -> Confirmation:
     """Remove and add tests of one n-gram (see the module docstring), with their controls.
@@ -268,6 +300,8 @@ def confirm_text_trigger(
         At most this many samples per test (drawn with ``random_state``).
     min_tried : int
         Fewest samples per test for a "confirmed" verdict.
+    holdout : (texts, labels), optional
+        Held-out texts for the add test (see the module docstring); default: the training texts.
 
     Returns
     -------
@@ -296,15 +330,21 @@ def confirm_text_trigger(
 
     # add: insert the phrase into correctly classified clean samples of other classes; control: a random
     # n-gram of the same length cut from a text that does not carry the candidate.
-    pool = _sample(np.flatnonzero((y != target) & (pred == y) & ~carriers), max_samples, rng)
-    added = [_insert(texts[i], phrase, rng) for i in pool]
+    held = holdout_set(holdout, predict_proba, kind="text")
+    if held is None:
+        into, into_y, into_pred, into_carriers = texts, y, pred, carriers
+    else:
+        into, into_y, into_pred = held.payload, held.labels, held.predictions
+        into_carriers = search_text(into, tokens)
+    pool = _sample(np.flatnonzero((into_y != target) & (into_pred == into_y) & ~into_carriers), max_samples, rng)
+    added = [_insert(into[i], phrase, rng) for i in pool]
     add_flipped = int((_predict(predict_proba, added) == target).sum())
     donors = np.flatnonzero(~carriers)
     control_added = []
     for i in pool:
         span = _random_span(texts[int(rng.choice(donors))], len(tokens), rng) if len(donors) else None
         if span is not None:
-            control_added.append(_insert(texts[i], span, rng))
+            control_added.append(_insert(into[i], span, rng))
     control_add_flipped = int((_predict(predict_proba, control_added) == target).sum())
 
     v, reason = verdict((remove_changed, len(tried)), (add_flipped, len(pool)),
@@ -332,6 +372,7 @@ def confirm_text_candidates(
     predictions: Sequence[int] | np.ndarray | None = None,
     max_samples: int = 200,
     min_tried: int = MIN_TRIED,
+    holdout: Any = None,
     random_state: int = 0,
 ) -> pd.DataFrame:
     """:func:`confirm_text_trigger` for every row of a :func:`text_trigger_candidates` table.
@@ -344,11 +385,12 @@ def confirm_text_candidates(
                          "'predicted_class' columns)")
     texts = _check_texts(texts)
     pred = _check_predictions(predictions, predict_proba, texts, len(texts))
+    held = holdout_set(holdout, predict_proba, kind="text")
     rows = []
     for k, (tokens, target) in enumerate(zip(candidates["tokens"], candidates["predicted_class"])):
         conf = confirm_text_trigger(texts, tuple(tokens), predict_proba=predict_proba, labels=labels,
                                     target=int(target), predictions=pred, max_samples=max_samples,
-                                    min_tried=min_tried, random_state=random_state + k)
+                                    min_tried=min_tried, holdout=held, random_state=random_state + k)
         rows.append(conf.as_dict())
     extra = pd.DataFrame(rows, columns=list(CONFIRMATION_COLUMNS), index=candidates.index)
     out = candidates.drop(columns=[c for c in CONFIRMATION_COLUMNS if c in candidates.columns])
@@ -367,6 +409,7 @@ def confirm_image_trigger(
     match_threshold: float = 0.9,
     max_samples: int = 200,
     min_tried: int = MIN_TRIED,
+    holdout: Any = None,
     random_state: int = 0,
 ) -> Confirmation:
     """Remove and add tests of one image candidate (see the module docstring), with their controls.
@@ -392,6 +435,8 @@ def confirm_image_trigger(
         The model's predictions of ``images``, if already known.
     match_threshold : float
         Share of the pattern's pixels that must match for an image to carry it.
+    holdout : (images, labels), optional
+        Held-out images for the add test (see the module docstring); default: the training images.
     """
     x = _check_images(images)
     if not isinstance(candidate, ImageTriggerCandidate):
@@ -423,8 +468,20 @@ def confirm_image_trigger(
         carriers[candidate.group] = True
     target = _target(target if target is not None else candidate.target, carriers, pred)
 
+    held = holdout_set(holdout, predict_proba, kind="image", like=x)
+    if held is None:
+        into, into_y, into_pred, into_carriers = x, y, pred, carriers
+    else:
+        into, into_y, into_pred = held.payload, held.labels, held.predictions
+        if into.shape[1:] != x.shape[1:]:
+            raise InputError(f"the held-out images have shape {into.shape[1:]} but the images are {x.shape[1:]}")
+        into_carriers = np.zeros(len(into), dtype=bool)
+        if candidate.local:
+            found = (locate_pattern(into, pattern, tolerance=candidate.tolerance)[0] if candidate.moves else
+                     search_image(into, pattern, box=candidate.box, tolerance=candidate.tolerance))
+            into_carriers = found >= match_threshold
     tried = _sample(np.flatnonzero(carriers & (pred == target)), max_samples, rng)
-    pool = _sample(np.flatnonzero((y != target) & (pred == y) & ~carriers), max_samples, rng)
+    pool = _sample(np.flatnonzero((into_y != target) & (into_pred == into_y) & ~into_carriers), max_samples, rng)
     donors = np.flatnonzero(~carriers)
 
     if candidate.local:
@@ -440,8 +497,8 @@ def confirm_image_trigger(
                 control_removed[j, cr:cr + ph, cc:cc + pw] = fill[cr:cr + ph, cc:cc + pw]
                 kept.append(j)
         control_removed = control_removed[kept]
-        added = x[pool].copy()
-        control_added = x[pool].copy()
+        added = into[pool].copy()
+        control_added = into[pool].copy()
         for j in range(len(pool)):
             if candidate.moves:
                 r, c = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
@@ -465,7 +522,7 @@ def confirm_image_trigger(
             return np.clip(np.rint(batch.astype(np.float32) + d), 0, 255).astype(np.uint8)
 
         removed, control_removed = shift(x[tried], -diff), shift(x[tried], -shuffled)
-        added, control_added = shift(x[pool], diff), shift(x[pool], shuffled)
+        added, control_added = shift(into[pool], diff), shift(into[pool], shuffled)
 
     remove_changed = int((_predict(predict_proba, removed) != target).sum())
     control_remove_changed = int((_predict(predict_proba, control_removed) != target).sum())
@@ -500,15 +557,17 @@ def confirm_image_candidates(
     predictions: Sequence[int] | np.ndarray | None = None,
     max_samples: int = 200,
     min_tried: int = MIN_TRIED,
+    holdout: Any = None,
     random_state: int = 0,
 ) -> list[ImageTriggerCandidate]:
     """:func:`confirm_image_trigger` for each candidate; returns copies with ``confirmation`` set."""
     x = _check_images(images)
     cands = list(candidates)
     pred = _check_predictions(predictions, predict_proba, x, len(x))
+    held = holdout_set(holdout, predict_proba, kind="image", like=x)
     return [dataclasses.replace(c, confirmation=confirm_image_trigger(
         x, c, predict_proba=predict_proba, labels=labels, predictions=pred, max_samples=max_samples,
-        min_tried=min_tried, random_state=random_state + k)) for k, c in enumerate(cands)]
+        min_tried=min_tried, holdout=held, random_state=random_state + k)) for k, c in enumerate(cands)]
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
