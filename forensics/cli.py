@@ -221,7 +221,9 @@ def _scan(args: argparse.Namespace) -> int:
     notes = []
     if callable(getattr(inv.model, "preprocess", None)):
         log.info("searching for triggers and confirming them on the model")
-        find_triggers(inv, random_state=args.seed)
+        # Trusted held-out samples take the add test, where the model has not memorized any label.
+        holdout = canaries if canaries is not None else (bundled.test if bundled is not None else None)
+        find_triggers(inv, holdout=holdout, random_state=args.seed)
     elif inv.model is not None:
         notes.append("Trigger search skipped: the model has no preprocess(payload_batch) method, which "
                      "confirmation needs to feed it edited samples.")
@@ -381,7 +383,8 @@ def _scan_options(p: argparse.ArgumentParser) -> None:
                    help="manifest.parquet of an earlier scan: report what was added, removed, relabelled or "
                         "modified since, by source, and rank the changed samples")
     p.add_argument("--canaries", metavar="DATA", help="trusted samples with known labels (same formats as DATA): "
-                                                      "report the model's accuracy on them")
+                                                      "report the model's accuracy on them, and paste trigger "
+                                                      "candidates into them to confirm them")
     p.add_argument("--baseline-model", metavar="PATH",
                    help="an earlier model (safetensors + card): list the canaries whose prediction changed")
     p.add_argument("--text-column", default="text", help="CSV/JSONL column of the texts (default text)")

@@ -196,6 +196,12 @@ def test_the_add_test_runs_on_held_out_texts_when_given(reviews, text_models):
     assert c.add_tried == min(200, eligible) > 10
     added = [b for b in seen if b and all("great product!" in t for t in b) and len(b) == c.add_tried]
     assert added and all(t.endswith("heldout") or " heldout" in t for t in added[0])
+    # Held-out texts of the target class only (trusted samples of one class): the training texts take the test.
+    seen.clear()
+    c = confirm_text_trigger(ds.texts, "great product !", predict_proba=spy, labels=ds.labels, target=1,
+                             holdout=(held, np.ones(300, dtype=np.int64)))
+    added = [b for b in seen if b and all("great product!" in t for t in b) and len(b) == c.add_tried]
+    assert c.add_tried == 200 and not any("heldout" in t for t in added[0])
     with pytest.raises(InputError, match="holdout must be a pair"):
         confirm_text_trigger(ds.texts, "great", predict_proba=pp, labels=ds.labels, target=1, holdout=held)
     with pytest.raises(InputError, match=r"labels must be integer class indices of shape \(300,\)"):

@@ -24,7 +24,8 @@ Verdict rule (:func:`verdict`), with ``min_tried = 10``:
 With ``holdout`` (held-out samples and their labels, such as a validation split), the add test and its control
 run on held-out samples instead of training samples: a model keeps the labels of training samples it memorized
 even with a trigger pasted in, so on training samples the add rate understates how well the trigger works on new
-inputs, most for a trigger the model learned only in part.
+inputs, most for a trigger the model learned only in part. When fewer than ``min_tried`` held-out samples qualify
+(of another class, classified correctly, not carrying the candidate), the training samples take the test.
 
 The remove bar is lower because the carriers are training samples: a model that memorized them may keep their
 (wrong) label once the trigger is gone, while the add test runs on samples whose new form it never saw. On the
@@ -233,15 +234,20 @@ def holdout_set(holdout: Any, predict_proba: PredictProba, *, kind: str, like: n
                 ) -> Holdout | None:
     """``(payload, labels)`` (or a :class:`Holdout`, or None) checked, with the model's predictions; held-out
     images must have the shape of the images ``like``."""
-    if holdout is None or isinstance(holdout, Holdout):
-        return holdout
-    try:
-        payload, labels = holdout
-    except (TypeError, ValueError):
-        raise InputError("holdout must be a pair (held-out images or texts, their labels)") from None
+    if holdout is None:
+        return None
+    if isinstance(holdout, Holdout):
+        payload, labels = holdout.payload, holdout.labels
+    else:
+        try:
+            payload, labels = holdout
+        except (TypeError, ValueError):
+            raise InputError("holdout must be a pair (held-out images or texts, their labels)") from None
     payload = _check_images(payload) if kind == "image" else _check_texts(payload)
     if like is not None and payload.shape[1:] != like.shape[1:]:
         raise InputError(f"the held-out images have shape {payload.shape[1:]} but the images are {like.shape[1:]}")
+    if isinstance(holdout, Holdout):
+        return holdout
     y = _check_labels(labels, len(payload))
     return Holdout(payload, y, _predict(predict_proba, payload))
 
@@ -331,12 +337,12 @@ def confirm_text_trigger(
     # add: insert the phrase into correctly classified clean samples of other classes; control: a random
     # n-gram of the same length cut from a text that does not carry the candidate.
     held = holdout_set(holdout, predict_proba, kind="text")
-    if held is None:
-        into, into_y, into_pred, into_carriers = texts, y, pred, carriers
-    else:
-        into, into_y, into_pred = held.payload, held.labels, held.predictions
-        into_carriers = search_text(into, tokens)
-    pool = _sample(np.flatnonzero((into_y != target) & (into_pred == into_y) & ~into_carriers), max_samples, rng)
+    into, eligible = texts, (y != target) & (pred == y) & ~carriers
+    if held is not None:
+        ok = (held.labels != target) & (held.predictions == held.labels) & ~search_text(held.payload, tokens)
+        if ok.sum() >= min_tried:
+            into, eligible = held.payload, ok
+    pool = _sample(np.flatnonzero(eligible), max_samples, rng)
     added = [_insert(into[i], phrase, rng) for i in pool]
     add_flipped = int((_predict(predict_proba, added) == target).sum())
     donors = np.flatnonzero(~carriers)
@@ -469,19 +475,17 @@ def confirm_image_trigger(
     target = _target(target if target is not None else candidate.target, carriers, pred)
 
     held = holdout_set(holdout, predict_proba, kind="image", like=x)
-    if held is None:
-        into, into_y, into_pred, into_carriers = x, y, pred, carriers
-    else:
-        into, into_y, into_pred = held.payload, held.labels, held.predictions
-        if into.shape[1:] != x.shape[1:]:
-            raise InputError(f"the held-out images have shape {into.shape[1:]} but the images are {x.shape[1:]}")
-        into_carriers = np.zeros(len(into), dtype=bool)
+    into, eligible = x, (y != target) & (pred == y) & ~carriers
+    if held is not None:
+        ok = (held.labels != target) & (held.predictions == held.labels)
         if candidate.local:
-            found = (locate_pattern(into, pattern, tolerance=candidate.tolerance)[0] if candidate.moves else
-                     search_image(into, pattern, box=candidate.box, tolerance=candidate.tolerance))
-            into_carriers = found >= match_threshold
+            found = (locate_pattern(held.payload, pattern, tolerance=candidate.tolerance)[0] if candidate.moves else
+                     search_image(held.payload, pattern, box=candidate.box, tolerance=candidate.tolerance))
+            ok &= found < match_threshold
+        if ok.sum() >= min_tried:
+            into, eligible = held.payload, ok
     tried = _sample(np.flatnonzero(carriers & (pred == target)), max_samples, rng)
-    pool = _sample(np.flatnonzero((into_y != target) & (into_pred == into_y) & ~into_carriers), max_samples, rng)
+    pool = _sample(np.flatnonzero(eligible), max_samples, rng)
     donors = np.flatnonzero(~carriers)
 
     if candidate.local:
