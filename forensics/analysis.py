@@ -7,6 +7,7 @@ returns an investigation whose map and clusters are computed on first use.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -411,12 +412,15 @@ def find_triggers(
                                                      ids=ds.ids, labels=ds.labels, random_state=random_state))
         # A patch pasted pixel for pixel into many images is a candidate even when the model barely learned it
         # (a clean-label patch): its carriers need not stand out to any other signal.
-        for carriers in marks.shared_marks(ds.images)["carriers"]:
+        for mark in marks.shared_marks(ds.images).itertuples():
             group = np.zeros(len(ds), bool)
-            group[carriers] = True
+            group[mark.carriers] = True
             if not any(_restates(c, group) for c in groups):
-                groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
-                                                         ids=ds.ids, labels=ds.labels, random_state=random_state))
+                cand = tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
+                                                  ids=ds.ids, labels=ds.labels, random_state=random_state)
+                groups.append(dataclasses.replace(cand, description=(
+                    f"{cand.description}; a shared mark: the same to the pixel in {mark.n_carriers} images, "
+                    f"which chance would give {mark.chance:.0e} times")))
         confirmed = tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
                                                 predictions=pred, holdout=held, random_state=random_state)
         found.extend(confirmed[i] for i in _by_verdict([c.confirmation for c in confirmed]))

@@ -171,3 +171,22 @@ def test_input_errors_name_the_parameter():
     bad = pd.DataFrame({"carriers": [np.array([7])], "log10_p": [3.0]})
     with pytest.raises(InputError, match="row 7 but there are 5"):
         shared_mark_scores(bad, 5)
+
+
+def test_find_triggers_describes_a_mark_the_other_signals_missed(fashion):
+    torch = pytest.importorskip("torch")
+    from forensics.analysis import investigate
+    from forensics.models import train_reference_model
+
+    p = attacks.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
+    ds = p.dataset
+    torch.set_num_threads(1)
+    model = train_reference_model(ds, epochs=1, random_state=0, progress=False)
+    # Without the shared_mark signal nothing gathers the patched T-shirts; the trigger search still lists them.
+    inv = investigate(ds, model, signals=("spectral", "knn_disagreement"), progress=False)
+    table = inv.find_triggers()
+    rows = table[table["description"].str.contains("a shared mark: the same to the pixel in", regex=False)]
+    [row] = rows.itertuples()
+    assert row.box == (25, 25, 3, 3) and row.local and not row.moves
+    assert set(row.sample_ids) == set(np.asarray(ds.ids)[_rows(p)])
+    assert f"in {len(_rows(p))} images, which chance would give" in row.description
