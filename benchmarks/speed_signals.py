@@ -7,8 +7,10 @@ memory of the process, with the command that produced it.
 
     python benchmarks/speed_signals.py [--n 60000] [--dim 128] [--classes 10] [--threads 2] [--seed 0]
     python benchmarks/speed_signals.py --npz activations.npz   # real arrays: features, labels, probs (optional)
+    python benchmarks/speed_signals.py --marks                 # shared marks on Fashion-MNIST's 60,000 images
 
-The signals run on features alone (no payloads): duplicates are then found on the features.
+The signals run on features alone (no payloads): duplicates are then found on the features, and shared marks,
+the one signal that reads pixels, are skipped; ``--marks`` times them alone on real images.
 """
 
 from __future__ import annotations
@@ -62,8 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--npz", help="real arrays instead: features (n, d), labels (n,), probs (n, k) optional")
+    parser.add_argument("--marks", action="store_true",
+                        help="time shared_marks alone on the 60,000 Fashion-MNIST training images")
     args = parser.parse_args(argv)
     command = "python benchmarks/speed_signals.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.marks:
+        return _marks(command, args.threads)
 
     if args.npz:
         arrays = np.load(args.npz)
@@ -101,6 +107,24 @@ def main(argv: list[str] | None = None) -> int:
     if info["skipped"]:
         lines.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in info["skipped"].items()))
     print("\n".join(lines))
+    return 0
+
+
+def _marks(command: str, threads: int) -> int:
+    from forensics.sample_data import _sources
+    from forensics.signals.marks import shared_marks
+
+    images = _sources.read_fashion_mnist()["train_images"]
+    rss_before = _peak_rss_mb()
+    t = time.perf_counter()
+    with threadpool_limits(threads):
+        marks = shared_marks(images)
+    seconds = time.perf_counter() - t
+    print("\n".join([
+        "# Shared marks speed", "", f"Command: `{command.strip()}`  ",
+        f"Data: Fashion-MNIST training images, {images.shape[0]:,} x {images.shape[1]}x{images.shape[2]}", "",
+        f"shared_marks: {seconds:.1f} s, {len(marks)} mark(s); peak resident memory {_peak_rss_mb():,.0f} MB "
+        f"(before: {rss_before:,.0f} MB)."]))
     return 0
 
 

@@ -50,6 +50,16 @@ def test_a_clean_label_patch_is_the_one_mark_with_exactly_its_carriers(fashion):
     assert (scores > 0).sum() == len(planted) and (scores[planted] == mark.log10_p).all()
 
 
+def test_counting_a_block_of_places_at_a_time_changes_nothing(fashion, monkeypatch):
+    from forensics.signals import marks as module
+
+    p = attacks.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
+    whole = shared_marks(p.dataset.images)
+    monkeypatch.setattr(module, "_BLOCK", 3 * 26 * len(p.dataset))  # three rows of places per block: 9 blocks
+    assert len(module._row_blocks(len(p.dataset), 26, 26)) == 9
+    pd.testing.assert_frame_equal(shared_marks(p.dataset.images), whole)
+
+
 def test_clean_images_have_no_mark(fashion):
     assert shared_marks(fashion.images).empty
     digits = (load_digits().images * 15).astype(np.uint8)  # 17 grey levels: many natural repeats

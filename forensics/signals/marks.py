@@ -47,6 +47,10 @@ MAX_AREA = 0.25
 _MAX_KEYS = 2000
 #: Images hashed per chunk.
 _CHUNK = 2048
+#: Windows counted at once: places are taken a block of rows at a time, so memory stays bounded.
+_BLOCK = 1 << 23
+#: Odd 64-bit multiplier that moves a window's key by its place.
+_PLACE = np.uint64(0x9E3779B97F4A7C15)
 
 MARK_COLUMNS = ("row", "col", "height", "width", "n_carriers", "chance", "log10_p", "carriers")
 
@@ -80,6 +84,27 @@ def _contrast(q: np.ndarray, k: int) -> np.ndarray:
     h, w = q.shape[1] - k + 1, q.shape[2] - k + 1
     c = k // 2
     return (hi[:, c:c + h, c:c + w].astype(np.int16) - lo[:, c:c + h, c:c + w]).reshape(len(q), -1)
+
+
+def _row_blocks(n: int, rows: int, cols: int) -> list[range]:
+    """Window rows in blocks of about ``_BLOCK`` windows over ``n`` images (at least one row per block)."""
+    step = max(1, _BLOCK // max(1, n * cols))
+    return [range(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
+def _windows(u: np.ndarray, k: int, min_contrast: int, rows: range) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Content keys, images and places (row-major over all windows) of the windows with contrast whose top row
+    is in ``rows``."""
+    cols = u.shape[2] - k + 1
+    frees, images, places = [], [], []
+    for s in range(0, len(u), _CHUNK):
+        q = u[s:s + _CHUNK, rows.start:rows.stop + k - 1]
+        ok = _contrast(q, k) >= min_contrast
+        img, pos = np.nonzero(ok)
+        frees.append(window_keys(q, k)[ok])
+        images.append(img + s)
+        places.append(pos + rows.start * cols)
+    return np.concatenate(frees), np.concatenate(images), np.concatenate(places)
 
 
 def _check_images(images: Any) -> np.ndarray:
@@ -165,41 +190,56 @@ def shared_marks(
                                   return_inverse=True)
     u = x[first]
     cols = w - k + 1
-    frees, images_of, places_of = [], [], []
-    for s in range(0, len(u), _CHUNK):
-        q = u[s:s + _CHUNK]
-        ok = _contrast(q, k) >= min_contrast
-        img, pos = np.nonzero(ok)
-        frees.append(window_keys(q, k)[ok])
-        images_of.append(img + s)
-        places_of.append(pos)
-    free, image_of, place_of = np.concatenate(frees), np.concatenate(images_of), np.concatenate(places_of)
-    content, _ = pd.factorize(free)
-    # A window is its content at its place; each image has one window per place, so counts are image counts.
-    codes, _ = pd.factorize(content.astype(np.int64) * ((h - k + 1) * cols) + place_of)
-    count = np.bincount(codes)
-    anywhere = np.bincount(pd.unique(content.astype(np.int64) * len(u) + image_of) // len(u))
-    where = np.empty(len(count), dtype=np.int64)
-    where[codes] = np.arange(len(codes))
-    # Natural contents turn up at other places too (an edge, a stripe); a pasted patch stays at its place.
-    net = 2 * count - anywhere[content[where]]
+    blocks = _row_blocks(len(u), h - k + 1, cols)
+    # Pass 1, a block of places at a time (a window is its content at its place, so places count apart): the
+    # windows seen in two or more images at one place; each image has one window per place.
+    rep_free, rep_place, rep_count, rep_of, rep_img = [], [], [], [], []
+    n_rep = 0
+    for rows in blocks:
+        free, img, place = _windows(u, k, min_contrast, rows)
+        with np.errstate(over="ignore"):
+            codes, _ = pd.factorize(free + place.astype(np.uint64) * _PLACE)
+        count = np.bincount(codes, minlength=1)
+        twice = np.flatnonzero(count >= 2)
+        at = np.flatnonzero(count[codes] >= 2)
+        number = np.full(len(count), -1, dtype=np.int64)
+        number[twice] = np.arange(n_rep, n_rep + len(twice))
+        one = np.zeros(len(count), dtype=np.int64)
+        one[codes[at]] = at
+        rep_free.append(free[one[twice]])
+        rep_place.append(place[one[twice]])
+        rep_count.append(count[twice])
+        rep_of.append(number[codes[at]])
+        rep_img.append(img[at])
+        n_rep += len(twice)
+    rep_free, rep_place, rep_count, rep_of, rep_img = (
+        np.concatenate(a) for a in (rep_free, rep_place, rep_count, rep_of, rep_img))
+    # Pass 2: natural contents turn up at other places too (an edge, a stripe); a pasted patch stays at its place.
+    contents = pd.Index(pd.unique(rep_free))
+    pairs = []
+    for rows in blocks:
+        free, img, _ = _windows(u, k, min_contrast, rows)
+        which = contents.get_indexer(free)
+        seen = which >= 0
+        pairs.append(pd.unique(which[seen].astype(np.int64) * len(u) + img[seen]))
+    anywhere = np.bincount(pd.unique(np.concatenate(pairs)) // len(u), minlength=len(contents))
+    net = 2 * rep_count - anywhere[contents.get_indexer(rep_free)]
     strong = np.flatnonzero(net >= min_count)
     # A mark's partial windows (a patch corner over varying background) recur below min_count in its own carriers
     # only; they are the mark, not natural repeats, and stay out of the null.
-    hit = np.isin(codes, strong)
-    own = np.bincount(codes, weights=np.isin(image_of, image_of[hit]), minlength=len(count)) == count
+    hit = np.isin(rep_of, strong)
+    own = np.bincount(rep_of, weights=np.isin(rep_img, rep_img[hit]), minlength=n_rep) == rep_count
     alpha, base = fall_off(net[~own], min_count)
     chance = base * special.zeta(alpha, net[strong].astype(np.float64))
     keep = chance < max_chance
     order = np.argsort(-net[strong[keep]], kind="stable")[:_MAX_KEYS]
     strong, chance = strong[keep][order], chance[keep][order]
-    hit = np.flatnonzero(np.isin(codes, strong))
-    rows_of = pd.Series(hit).groupby(codes[hit]).indices
+    hit = np.flatnonzero(np.isin(rep_of, strong))
+    rows_of = pd.Series(hit).groupby(rep_of[hit]).indices
     marks: list[dict[str, Any]] = []
     for code, ch in zip(strong, chance):
-        at = hit[rows_of[code]]
-        carriers = set(image_of[at].tolist())
-        pos = int(place_of[at[0]])
+        carriers = set(rep_img[hit[rows_of[code]]].tolist())
+        pos = int(rep_place[code])
         box = (pos // cols, pos % cols, pos // cols + k, pos % cols + k)
         for m in marks:
             if len(carriers & m["set"]) >= 0.5 * min(len(carriers), len(m["set"])):
