@@ -150,6 +150,9 @@ def compute_signals(
             if dataset is None or dataset.kind != "image":
                 skipped[name] = "needs the images (a dataset of kind image)"
                 continue
+            if min(dataset.images.shape[1:3]) < marks.WINDOW:
+                skipped[name] = f"images smaller than its {marks.WINDOW}x{marks.WINDOW} window"
+                continue
             t = time.perf_counter()
             found = marks.shared_marks(dataset.images)
             scores[name] = marks.shared_mark_scores(found, n)

@@ -162,6 +162,10 @@ def test_shared_mark_is_a_signal_with_exact_evidence(fashion):
     _, info = compute_signals(np.eye(4, dtype=np.float32), texts.labels, dataset=texts,
                               signals=("spectral", "shared_mark"))
     assert "shared_mark" in info["skipped"] and "images" in info["skipped"]["shared_mark"]
+    tiny = Dataset.from_numpy(np.arange(16, dtype=np.uint8).reshape(4, 2, 2) * 9, [0, 1, 0, 1])
+    _, info = compute_signals(np.eye(4, dtype=np.float32), tiny.labels, dataset=tiny,
+                              signals=("spectral", "shared_mark"))
+    assert info["skipped"]["shared_mark"] == "images smaller than its 3x3 window"
 
 
 def test_input_errors_name_the_parameter():
