@@ -351,8 +351,9 @@ def failures_markdown(rows: pd.DataFrame) -> str:
 
 # ============================================================================================ bundled timing
 def bundled_timing(repeat: int) -> pd.DataFrame:
-    """Seconds of ``find_triggers`` alone (held-out test split as ``holdout``) on the bundled data with its shipped model (a fresh investigation per
-    repeat, since find_triggers folds its findings into the investigation's suspicion)."""
+    """Seconds of ``find_triggers`` alone (the test split as ``holdout``) on the bundled data with its shipped
+    model (a fresh investigation per repeat, since find_triggers folds its findings into the investigation's
+    suspicion)."""
     import forensics
     from forensics import sample_data
 
@@ -421,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.bundled_timing:
             timing = bundled_timing(args.repeat)
             text = "\n\n".join(["# Trigger discovery + confirmation time on the bundled data", header,
-                                "Seconds of `inv.find_triggers(holdout=d.test)` alone, after `forensics.investigate(d.train, "
-                                "model)` with the shipped model; target < 20 s.\n\n" + Q.frame_markdown(timing)])
+                                "Seconds of `inv.find_triggers(holdout=d.test)` alone, after "
+                                "`forensics.investigate(d.train, model)` with the shipped model; target < 20 s.\n\n"
+                                + Q.frame_markdown(timing)])
             print(text)
             Q.WORK.mkdir(parents=True, exist_ok=True)
             (Q.WORK / "triggers_timing.md").write_text(text + "\n")

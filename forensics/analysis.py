@@ -343,8 +343,8 @@ def find_triggers(
     Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
     least ``min_group``) share and the rest of the class lacks; and every shared mark
-    (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. Texts are searched three times, up to
-    ``top_text`` candidates each: among the most suspicious samples overall, among those that look backdoored
+    (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. Texts are searched three
+    times, up to ``top_text`` candidates each: among the most suspicious samples overall, among those that look backdoored
     (:func:`backdoor_suspicion`, so that label noise cannot hide them), and by the class test alone (a trigger
     too rare for the signals to gather); the candidates are pooled. Every candidate is confirmed on ``model``
     (default ``inv.model``): removed from its carriers and added to clean samples of other classes, beside a
@@ -415,7 +415,9 @@ def find_triggers(
                                                      ids=ds.ids, labels=ds.labels, random_state=random_state))
         # A patch pasted pixel for pixel into many images is a candidate even when the model barely learned it
         # (a clean-label patch): its carriers need not stand out to any other signal.
-        for mark in marks.shared_marks(ds.images).itertuples():
+        found_marks = (marks.shared_marks(ds.images) if min(ds.images.shape[1:3]) >= marks.WINDOW
+                       else pd.DataFrame(columns=list(marks.MARK_COLUMNS)))
+        for mark in found_marks.itertuples():
             group = np.zeros(len(ds), bool)
             group[mark.carriers] = True
             if not any(_restates(c, group) for c in groups):

@@ -1,26 +1,28 @@
 """Shared marks: a small patch, identical to the pixel, at the same place in many otherwise different images.
 
-A pasted trigger (BadNets) is copied pixel for pixel, while natural images almost never share an exact ``k x k``
-window with contrast at the same place: on 10,000 clean Fashion-MNIST images no 3x3 window with a contrast of 64
-grey levels recurs in more than 6 images, while a planted 3x3 patch recurs in every carrier. The evidence needs no
-model, so it also finds a clean-label patch (labels kept) that the model barely learned, which no activation or
-loss signal sees.
+A pasted trigger (BadNets) is copied pixel for pixel. The evidence needs no model, so it also finds a clean-label
+patch (labels kept) that the model barely learned, which no activation or loss signal sees.
 
-How unlikely is a count by chance? The counts of the windows that recur at all (2 or more images) fall off
-geometrically in natural data: among the windows seen in 2 to ``min_count - 1`` images, each extra image is about
-``r`` times rarer. ``r`` is fitted to those counts (a truncated geometric, with one pseudo-window of each count 2
-and 3 so that a dataset with no natural repeats gets a cautious prior), so the data sets its own null: images with
-many natural repeats (flat areas, few grey levels) get a slow fall-off and need far larger groups. A window seen in
-``m`` images gets ``chance`` = the expected number of natural windows seen in ``m`` or more images
-(``N / (1 - r**L) * r**(m - 2)``), which already counts every window tested; ``log10_p = -log10(min(1, chance))``.
+Natural images do share exact windows at one place (the edge of a trouser leg, a digit's stroke), but such a
+content also turns up at other places, since objects shift; a pasted patch stays at its place. So each ``k x k``
+window with contrast counts as its content at its place, and its **net count** is the number of images holding it
+there minus the number holding that content only elsewhere (``2 * here - anywhere``). On the 60,000 clean
+Fashion-MNIST training images no net count reaches 10, while a planted 3x3 patch reaches the number of carriers.
+
+How unlikely is a net count by chance? The net counts from 2 to ``min_count - 1`` are fitted by a discrete power
+law (heavier-tailed than a geometric fall-off, which the 60,000 images showed to be too bold), leaving out a
+mark's own partial windows and adding one pseudo-window of each count 2 and 3, so that data with no natural
+repeats gets a cautious prior. A window with net count ``m`` gets ``chance`` = the expected number of natural
+windows with a net count of ``m`` or more, ``base * zeta(alpha, m)``, which already counts every window tested;
+``log10_p = -log10(min(1, chance))``.
 
 Only windows whose contrast (largest minus smallest value, over every channel) reaches ``min_contrast`` count:
 flat windows (a black corner, a white sky) recur everywhere. So a patch of one colour pasted over a varying
-background is out of reach: no window with contrast is the same in all its carriers. Exact duplicate images count once. A group of
-windows whose carriers overlap merges into one mark; a mark that spans more than a quarter of the image is a set of
-near copies, not a mark (the duplicate signal reports those), and is dropped. A patch that moves from image to
-image is out of reach here (window contents recur naturally at some place or other); the trigger search finds
-those among suspicious groups.
+background is out of reach: no window with contrast is the same in all its carriers. Exact duplicate images count
+once. Windows whose carriers overlap merge into one mark; a mark that spans more than a quarter of the image is a
+set of near copies, not a mark (the duplicate signal reports those), and is dropped. A patch that moves from image
+to image is out of reach too (window contents recur naturally at some place or other); the trigger search finds
+those among suspicious groups. Places are counted a block of rows at a time, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from ..errors import InputError
 WINDOW = 3
 #: A window counts only when its values span at least this many grey levels.
 MIN_CONTRAST = 64
-#: A mark needs at least this many images; the null is fitted to the counts below it.
+#: A mark needs a net count of at least this many images; the null is fitted to the net counts below it.
 MIN_COUNT = 10
-#: A window becomes (part of) a mark when chance would give fewer than this many as frequent.
+#: A window becomes (part of) a mark when chance would give fewer than this many natural windows as strong.
 MAX_CHANCE = 0.01
 #: A mark whose box covers more than this share of the image is a set of near copies.
 MAX_AREA = 0.25
@@ -165,15 +167,17 @@ def shared_marks(
     min_contrast : int
         Smallest span of values (grey levels) for a window to count.
     min_count : int
-        Fewest images that make a mark.
+        Smallest net count (images holding the window at its place minus images holding its content only
+        elsewhere) that makes a mark; the null is fitted to the net counts below it.
     max_chance : float
-        A window joins a mark when chance would give fewer than this many windows as frequent.
+        A window joins a mark when chance would give fewer than this many natural windows with its net count.
 
     Returns
     -------
     DataFrame
         One row per mark, strongest first: ``row``, ``col``, ``height``, ``width`` (the box of its windows),
-        ``n_carriers``, ``chance`` (expected number of natural windows as frequent as its most frequent one),
+        ``n_carriers``, ``chance`` (expected number of natural windows with a net count as high as its strongest
+        window's),
         ``log10_p`` (``-log10 min(1, chance)``) and ``carriers`` (row positions, int64).
     """
     x = _check_images(images)
