@@ -220,7 +220,8 @@ def investigate(
     Returns
     -------
     Investigation
-        Tables indexed by ``sample_id``: ``samples`` (label, source, prediction, loss), ``signals`` (one
+        Tables indexed by ``sample_id``: ``samples`` (label, source, prediction, loss, duplicate group, and for
+        images the strongest shared mark, -1 for none), ``signals`` (one
         ``<signal>_score`` column per signal, ``suspicion``, ``reasons``); ``map`` and ``clusters`` are computed
         on first use. The model, when there is one, is kept as ``inv.model`` (not saved with the investigation).
     """
@@ -267,7 +268,9 @@ def investigate(
         samples["prediction_name"] = np.asarray(dataset.class_names, dtype=object)[pred]
         samples["confidence"] = probs.max(axis=1)
         samples["loss"] = table["high_loss_score"].to_numpy() if "high_loss_score" in table else np.nan
-    info.pop("shared_marks", None)  # find_triggers describes them; the per-sample evidence is in the table
+    found_marks = info.pop("shared_marks", None)
+    if found_marks is not None:
+        samples["shared_mark"] = marks.mark_of(found_marks, len(dataset))
     groups = info.pop("duplicate_groups", None)
     if groups is not None:
         samples["duplicate_group"] = groups
@@ -326,6 +329,21 @@ def _restates(candidate: Any, group: np.ndarray) -> bool:
     carried = candidate.group[candidate.carriers]
     shared = int(group[carried].sum())
     return shared >= 0.5 * min(len(carried), int(group.sum()))
+
+
+def _mark_groups(inv) -> list[tuple[np.ndarray, float]]:
+    """The shared marks of an investigation's images as (carrier mask, chance): read back from what
+    :func:`investigate` kept (``samples["shared_mark"]`` and the signal's scores), else found anew."""
+    ds = inv.dataset
+    if "shared_mark" in inv.samples and "shared_mark_score" in inv.signals:
+        mark = inv.samples["shared_mark"].to_numpy()
+        score = inv.signals["shared_mark_score"].to_numpy()
+        return [(mark == m, float(10.0 ** -score[mark == m].max())) for m in np.unique(mark[mark >= 0])]
+    if min(ds.images.shape[1:3]) < marks.WINDOW:
+        return []
+    found = marks.shared_marks(ds.images)
+    mark = marks.mark_of(found, len(ds))
+    return [(mark == m, float(c)) for m, c in enumerate(found["chance"])]
 
 
 def find_triggers(
@@ -415,17 +433,13 @@ def find_triggers(
                                                      ids=ds.ids, labels=ds.labels, random_state=random_state))
         # A patch pasted pixel for pixel into many images is a candidate even when the model barely learned it
         # (a clean-label patch): its carriers need not stand out to any other signal.
-        found_marks = (marks.shared_marks(ds.images) if min(ds.images.shape[1:3]) >= marks.WINDOW
-                       else pd.DataFrame(columns=list(marks.MARK_COLUMNS)))
-        for mark in found_marks.itertuples():
-            group = np.zeros(len(ds), bool)
-            group[mark.carriers] = True
+        for group, chance in _mark_groups(inv):
             if not any(_restates(c, group) for c in groups):
                 cand = tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
                                                   ids=ds.ids, labels=ds.labels, random_state=random_state)
                 groups.append(dataclasses.replace(cand, description=(
-                    f"{cand.description}; a shared mark: the same to the pixel in {mark.n_carriers} images, "
-                    f"which chance would give {mark.chance:.0e} times")))
+                    f"{cand.description}; a shared mark: the same to the pixel in {int(group.sum())} images, "
+                    f"which chance would give {chance:.0e} times")))
         confirmed = tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
                                                 predictions=pred, holdout=held, random_state=random_state)
         found.extend(confirmed[i] for i in _by_verdict([c.confirmation for c in confirmed]))

@@ -198,9 +198,32 @@ def test_find_triggers_describes_a_mark_the_other_signals_missed(fashion):
     model = train_reference_model(ds, epochs=1, random_state=0, progress=False)
     # Without the shared_mark signal nothing gathers the patched T-shirts; the trigger search still lists them.
     inv = investigate(ds, model, signals=("spectral", "knn_disagreement"), progress=False)
+    assert "shared_mark" not in inv.samples  # the signal did not run: find_triggers scans for marks itself
     table = inv.find_triggers()
     rows = table[table["description"].str.contains("a shared mark: the same to the pixel in", regex=False)]
     [row] = rows.itertuples()
     assert row.box == (25, 25, 3, 3) and row.local and not row.moves
     assert set(row.sample_ids) == set(np.asarray(ds.ids)[_rows(p)])
     assert f"in {len(_rows(p))} images, which chance would give" in row.description
+
+
+def test_investigate_keeps_each_samples_mark_for_find_triggers(fashion, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from forensics import analysis
+    from forensics.analysis import investigate
+    from forensics.models import train_reference_model
+
+    p = attacks.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
+    ds = p.dataset
+    torch.set_num_threads(1)
+    model = train_reference_model(ds, epochs=1, random_state=0, progress=False)
+    inv = investigate(ds, model, signals=("spectral", "shared_mark"), progress=False)
+    mark = inv.samples["shared_mark"].to_numpy()
+    np.testing.assert_array_equal(np.flatnonzero(mark >= 0), _rows(p))
+    assert (mark[mark >= 0] == 0).all()
+    # find_triggers reads the marks back instead of scanning the images again.
+    monkeypatch.setattr(analysis.marks, "shared_marks", lambda *a, **k: pytest.fail("scanned the images again"))
+    [(group, chance)] = analysis._mark_groups(inv)
+    np.testing.assert_array_equal(np.flatnonzero(group), _rows(p))
+    assert chance == pytest.approx(10.0 ** -inv.signals["shared_mark_score"].max())
+    inv.find_triggers()

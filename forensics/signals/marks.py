@@ -277,4 +277,12 @@ def shared_mark_scores(marks: pd.DataFrame, n: int) -> np.ndarray:
     return scores
 
 
-__all__ = ["MARK_COLUMNS", "fall_off", "shared_mark_scores", "shared_marks", "window_keys"]
+def mark_of(marks: pd.DataFrame, n: int) -> np.ndarray:
+    """Each sample's strongest mark (its row in ``marks``, which lists the strongest first), or -1."""
+    out = np.full(_check_int(n, "n", 0), -1, dtype=np.int64)
+    for i, carriers in reversed(list(enumerate(marks["carriers"]))):
+        out[carriers] = i
+    return out
+
+
+__all__ = ["MARK_COLUMNS", "fall_off", "mark_of", "shared_mark_scores", "shared_marks", "window_keys"]
