@@ -109,6 +109,65 @@ def _windows(u: np.ndarray, k: int, min_contrast: int, rows: range) -> tuple[np.
     return np.concatenate(frees), np.concatenate(images), np.concatenate(places)
 
 
+def _repeated_windows(u: np.ndarray, k: int, min_contrast: int, blocks: list[range]) -> dict[str, np.ndarray]:
+    """The windows seen in two or more images at one place (a window is its content at its place, and each image
+    has one window per place, so counts are image counts), a block of places at a time.
+
+    Returns per such window ``free`` (content key), ``place`` and ``count``, and per occurrence ``of`` (which
+    window) and ``image``.
+    """
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("free", "place", "count", "of", "image")}
+    n_rep = 0
+    for rows in blocks:
+        free, img, place = _windows(u, k, min_contrast, rows)
+        with np.errstate(over="ignore"):
+            codes, _ = pd.factorize(free + place.astype(np.uint64) * _PLACE)
+        count = np.bincount(codes, minlength=1)
+        twice = np.flatnonzero(count >= 2)
+        at = np.flatnonzero(count[codes] >= 2)
+        number = np.full(len(count), -1, dtype=np.int64)
+        number[twice] = np.arange(n_rep, n_rep + len(twice))
+        one = np.zeros(len(count), dtype=np.int64)
+        one[codes[at]] = at
+        for key, value in (("free", free[one[twice]]), ("place", place[one[twice]]), ("count", count[twice]),
+                           ("of", number[codes[at]]), ("image", img[at])):
+            parts[key].append(value)
+        n_rep += len(twice)
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def _images_anywhere(u: np.ndarray, k: int, min_contrast: int, blocks: list[range], free: np.ndarray
+                     ) -> np.ndarray:
+    """For each content key of ``free``, the number of images holding it at any place."""
+    contents = pd.Index(pd.unique(free))
+    pairs = []
+    for rows in blocks:
+        keys, img, _ = _windows(u, k, min_contrast, rows)
+        which = contents.get_indexer(keys)
+        seen = which >= 0
+        pairs.append(pd.unique(which[seen].astype(np.int64) * len(u) + img[seen]))
+    anywhere = np.bincount(pd.unique(np.concatenate(pairs)) // len(u), minlength=len(contents))
+    return anywhere[contents.get_indexer(free)]
+
+
+def _merge(windows: list[tuple[set[int], tuple[int, int], float]], k: int) -> list[dict[str, Any]]:
+    """Windows (carriers, top-left place, chance), strongest first, merged into marks where their carriers overlap
+    by half of the smaller set: the union of carriers, the box around the windows, the smallest chance."""
+    marks: list[dict[str, Any]] = []
+    for carriers, (r, c), chance in windows:
+        box = (r, c, r + k, c + k)
+        for m in marks:
+            if len(carriers & m["set"]) >= 0.5 * min(len(carriers), len(m["set"])):
+                m["set"] |= carriers
+                m["box"] = (min(m["box"][0], r), min(m["box"][1], c), max(m["box"][2], box[2]),
+                            max(m["box"][3], box[3]))
+                m["chance"] = min(m["chance"], chance)
+                break
+        else:
+            marks.append({"set": carriers, "box": box, "chance": chance})
+    return marks
+
+
 def _check_images(images: Any) -> np.ndarray:
     x = images if isinstance(images, np.ndarray) else np.asarray(images)
     if x.dtype != np.uint8:
@@ -195,65 +254,22 @@ def shared_marks(
     u = x[first]
     cols = w - k + 1
     blocks = _row_blocks(len(u), h - k + 1, cols)
-    # Pass 1, a block of places at a time (a window is its content at its place, so places count apart): the
-    # windows seen in two or more images at one place; each image has one window per place.
-    rep_free, rep_place, rep_count, rep_of, rep_img = [], [], [], [], []
-    n_rep = 0
-    for rows in blocks:
-        free, img, place = _windows(u, k, min_contrast, rows)
-        with np.errstate(over="ignore"):
-            codes, _ = pd.factorize(free + place.astype(np.uint64) * _PLACE)
-        count = np.bincount(codes, minlength=1)
-        twice = np.flatnonzero(count >= 2)
-        at = np.flatnonzero(count[codes] >= 2)
-        number = np.full(len(count), -1, dtype=np.int64)
-        number[twice] = np.arange(n_rep, n_rep + len(twice))
-        one = np.zeros(len(count), dtype=np.int64)
-        one[codes[at]] = at
-        rep_free.append(free[one[twice]])
-        rep_place.append(place[one[twice]])
-        rep_count.append(count[twice])
-        rep_of.append(number[codes[at]])
-        rep_img.append(img[at])
-        n_rep += len(twice)
-    rep_free, rep_place, rep_count, rep_of, rep_img = (
-        np.concatenate(a) for a in (rep_free, rep_place, rep_count, rep_of, rep_img))
-    # Pass 2: natural contents turn up at other places too (an edge, a stripe); a pasted patch stays at its place.
-    contents = pd.Index(pd.unique(rep_free))
-    pairs = []
-    for rows in blocks:
-        free, img, _ = _windows(u, k, min_contrast, rows)
-        which = contents.get_indexer(free)
-        seen = which >= 0
-        pairs.append(pd.unique(which[seen].astype(np.int64) * len(u) + img[seen]))
-    anywhere = np.bincount(pd.unique(np.concatenate(pairs)) // len(u), minlength=len(contents))
-    net = 2 * rep_count - anywhere[contents.get_indexer(rep_free)]
+    rep = _repeated_windows(u, k, min_contrast, blocks)
+    net = 2 * rep["count"] - _images_anywhere(u, k, min_contrast, blocks, rep["free"])
     strong = np.flatnonzero(net >= min_count)
     # A mark's partial windows (a patch corner over varying background) recur below min_count in its own carriers
     # only; they are the mark, not natural repeats, and stay out of the null.
-    hit = np.isin(rep_of, strong)
-    own = np.bincount(rep_of, weights=np.isin(rep_img, rep_img[hit]), minlength=n_rep) == rep_count
+    of, img = rep["of"], rep["image"]
+    own = np.bincount(of, weights=np.isin(img, img[np.isin(of, strong)]), minlength=len(net)) == rep["count"]
     alpha, base = fall_off(net[~own], min_count)
     chance = base * special.zeta(alpha, net[strong].astype(np.float64))
     keep = chance < max_chance
     order = np.argsort(-net[strong[keep]], kind="stable")[:_MAX_KEYS]
     strong, chance = strong[keep][order], chance[keep][order]
-    hit = np.flatnonzero(np.isin(rep_of, strong))
-    rows_of = pd.Series(hit).groupby(rep_of[hit]).indices
-    marks: list[dict[str, Any]] = []
-    for code, ch in zip(strong, chance):
-        carriers = set(rep_img[hit[rows_of[code]]].tolist())
-        pos = int(rep_place[code])
-        box = (pos // cols, pos % cols, pos // cols + k, pos % cols + k)
-        for m in marks:
-            if len(carriers & m["set"]) >= 0.5 * min(len(carriers), len(m["set"])):
-                m["set"] |= carriers
-                m["box"] = (min(m["box"][0], box[0]), min(m["box"][1], box[1]), max(m["box"][2], box[2]),
-                            max(m["box"][3], box[3]))
-                m["chance"] = min(m["chance"], float(ch))
-                break
-        else:
-            marks.append({"set": carriers, "box": box, "chance": float(ch)})
+    hit = np.flatnonzero(np.isin(of, strong))
+    rows_of = pd.Series(hit).groupby(of[hit]).indices
+    marks = _merge([(set(img[hit[rows_of[code]]].tolist()), divmod(int(rep["place"][code]), cols), float(ch))
+                    for code, ch in zip(strong, chance)], k)
     rows = []
     for m in marks:
         r0, c0, r1, c1 = m["box"]
