@@ -288,6 +288,7 @@ def investigate(
     inv = Investigation(dataset, signals=table, samples=samples, features=features, params=params,
                         map_builder=map_builder)
     inv.model = model
+    inv.preprocess = preprocess
     return inv
 
 
@@ -354,6 +355,7 @@ def find_triggers(
     min_group: int = 10,
     top_text: int = 10,
     holdout: Dataset | None = None,
+    preprocess: Any = None,
     random_state: int = 0,
 ) -> pd.DataFrame:
     """Discover trigger candidates in an investigation, confirm them on the model, and search for carriers.
@@ -369,7 +371,9 @@ def find_triggers(
     random control. The table lists confirmed candidates first, strongest first, then weak ones, then the rest.
     ``holdout`` (a :class:`~forensics.Dataset` of held-out samples with the same classes, such as a validation
     split) is where the add test pastes candidates: the model has not memorized those samples' labels, so the
-    rate says how well the trigger works on new inputs.
+    rate says how well the trigger works on new inputs. ``preprocess`` turns a payload batch into the model's
+    input (default: the one :func:`investigate` was given, else ``model.preprocess``, else for images
+    :func:`~forensics.activations.default_image_preprocess`).
 
     Sets ``inv.triggers`` (one row per candidate, with verdicts and carrier ids) and, when a candidate is
     confirmed, adds a ``trigger_score`` signal and recombines the suspicion: a sample that carries a confirmed
@@ -383,7 +387,8 @@ def find_triggers(
     if model is None:
         raise InputError("find_triggers needs the model: pass model=, or set inv.model")
     ds = inv.dataset
-    predict = lambda payload: predict_proba(model, payload)  # noqa: E731
+    preprocess = getattr(inv, "preprocess", None) if preprocess is None else preprocess
+    predict = functools.partial(predict_proba, model, preprocess=preprocess)
     suspicion = inv.signals["suspicion"].to_numpy()
     if "prediction" in inv.samples:
         pred = inv.samples["prediction"].to_numpy()

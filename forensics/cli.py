@@ -218,15 +218,11 @@ def _scan(args: argparse.Namespace) -> int:
 
     inv = investigate(dataset, model, layer=args.layer, random_state=args.seed, progress=tty,
                       cache_dir=args.cache_dir)
-    notes = []
-    if callable(getattr(inv.model, "preprocess", None)):
+    if inv.model is not None:
         log.info("searching for triggers and confirming them on the model")
         # Trusted held-out samples take the add test, where the model has not memorized any label.
         holdout = canaries if canaries is not None else (bundled.test if bundled is not None else None)
         find_triggers(inv, holdout=holdout, random_state=args.seed)
-    elif inv.model is not None:
-        notes.append("Trigger search skipped: the model has no preprocess(payload_batch) method, which "
-                     "confirmation needs to feed it edited samples.")
     canary_rep = None
     if canaries is not None:
         canary_rep = _canaries(inv.model, canaries, baseline_model)
@@ -252,7 +248,7 @@ def _scan(args: argparse.Namespace) -> int:
     html = render_report(inv, diff=diff, canaries=canary_rep, title=f"Data poisoning scan: {data_name}",
                          threshold=threshold, fail_above=args.fail_above,
                          fail_on_trigger=not args.ignore_triggers, include_map=not args.no_map,
-                         run_info=run_info, notes=notes)
+                         run_info=run_info)
     (out / "report.html").write_text(html, encoding="utf-8")
     inv.save(out / "investigation", overwrite=True)
     seconds = time.perf_counter() - t0

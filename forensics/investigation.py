@@ -239,6 +239,8 @@ class Investigation:
         self._folder: Path | None = None
         #: The model under investigation, for trigger confirmation; never saved (reattach it after a load).
         self.model: Any = None
+        #: The payload-to-input function the model was given, if not its own (never saved either).
+        self.preprocess: Any = None
 
     # ------------------------------------------------------------------------------------------ tables
     @property

@@ -115,6 +115,37 @@ def test_find_triggers_finds_the_planted_corner_patch(poisoned_digits):
     assert (table.drop(index=best.name)["verdict"] != "confirmed").all()
 
 
+def test_find_triggers_feeds_the_model_as_investigate_did(poisoned_digits):
+    torch = pytest.importorskip("torch")
+    from forensics.models import train_reference_model
+
+    ds, _ = poisoned_digits
+    model = train_reference_model(ds, epochs=8, random_state=0, progress=False)
+
+    class Bare(torch.nn.Module):  # the same network, without a preprocess method of its own
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    calls = []
+
+    def prep(batch):
+        calls.append(len(batch))
+        return model.preprocess(batch)
+
+    signals = ("spectral", "robust_spectral", "activation_cluster", "low_loss")
+    inv = investigate(ds, Bare(model), preprocess=prep, signals=signals, progress=False)
+    assert inv.preprocess is prep
+    calls.clear()
+    table = inv.find_triggers()
+    assert sum(calls) > len(ds)  # every confirmation went through it
+    best = table.sort_values("add_flip_rate", ascending=False).iloc[0]
+    assert best["box"] == (6, 6, 2, 2) and best["verdict"] in ("confirmed", "weak")
+
+
 @pytest.mark.slow
 def test_bundled_phrase_is_the_top_confirmed_trigger_and_its_carriers_are_the_poison():
     from forensics import sample_data

@@ -225,6 +225,24 @@ def test_reference_image_model_learns_digits(digits):
     np.testing.assert_array_equal(predict_proba(model, held_out.images, batch_size=7), probs)
 
 
+def test_predict_proba_takes_any_module_and_preprocess(digits):
+    from forensics.activations import default_image_preprocess
+
+    torch.manual_seed(0)
+    bare = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # no preprocess method
+    images = digits.images[:50]
+    with torch.no_grad():
+        expected = torch.softmax(bare(default_image_preprocess(images)), dim=1).numpy()
+    np.testing.assert_allclose(predict_proba(bare, images), expected, rtol=1e-6)
+    doubled = predict_proba(bare, images, preprocess=lambda b: default_image_preprocess(b) * 2)
+    with torch.no_grad():
+        np.testing.assert_allclose(doubled, torch.softmax(bare(default_image_preprocess(images) * 2), dim=1),
+                                   rtol=1e-6)
+    with pytest.raises(InputError, match="a text dataset needs a preprocess"):
+        predict_proba(bare, ["a text"])
+    assert bare.training  # the mode is restored
+
+
 @pytest.mark.slow
 def test_text_backdoor_is_learned_and_clean_model_is_not_fooled(text_backdoor):
     clean, dirty, test, triggered = text_backdoor

@@ -206,23 +206,33 @@ def predict_proba(
     model: nn.Module,
     data: Dataset | np.ndarray | Sequence[str],
     *,
+    preprocess: Any = None,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """Class probabilities (softmax of the logits) of every sample, in evaluation mode.
+    """Class probabilities (softmax of the logits) of every sample, in evaluation mode, without gradients.
 
     Parameters
     ----------
-    model : nn.Module with a ``preprocess(payload_batch)`` method
+    model : nn.Module
+        Any module whose call on a preprocessed batch returns logits (as for
+        :func:`forensics.activations.extract_activations`).
     data : Dataset, ndarray of uint8 (n, h, w[, c]) or sequence of str
         A dataset, or raw payloads (for example triggered copies of some samples).
+    preprocess : callable, optional
+        Payload batch -> model input; default ``model.preprocess``, else for images
+        :func:`forensics.activations.default_image_preprocess` (texts need one).
 
     Returns
     -------
     ndarray of float32, shape (n, n_classes)
     """
-    model = _check_model(model)
+    from ..activations import _logits_of, _model_inputs, _resolve_preprocess
+
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch nn.Module; got {type(model).__name__}")
     payload = _payload_array(data)
+    prep = _resolve_preprocess(model, "text" if payload.dtype == object else "image", preprocess)
     n = len(payload)
     batch_size = _check_positive_int(batch_size, "batch_size")
     device = torch.device(device)
@@ -231,9 +241,11 @@ def predict_proba(
     model.eval()
     try:
         out = []
-        for start in range(0, n, batch_size):
-            inputs = _to_device(model.preprocess(_batch(payload, slice(start, start + batch_size))), device)
-            out.append(torch.softmax(model(*inputs).float(), dim=1).cpu().numpy())
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                batch = _batch(payload, slice(start, start + batch_size))
+                args, kwargs = _model_inputs(prep(batch), device)
+                out.append(torch.softmax(_logits_of(model(*args, **kwargs), len(batch)), dim=1).cpu().numpy())
     finally:
         model.train(was_training)
     return np.concatenate(out).astype(np.float32, copy=False)
