@@ -29,6 +29,21 @@ def fashion(bundled) -> Dataset:
                               sources=[f"c{i % 7}" for i in range(len(test))])
 
 
+@pytest.fixture(scope="module")
+def clean_label(fashion):
+    """A 3x3 checkerboard pasted on 12% of the T-shirts, labels kept."""
+    return attacks.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
+
+
+@pytest.fixture(scope="module")
+def clean_label_model(clean_label):
+    torch = pytest.importorskip("torch")
+    from forensics.models import train_reference_model
+
+    torch.set_num_threads(1)
+    return train_reference_model(clean_label.dataset, epochs=1, random_state=0, progress=False)
+
+
 def _rows(p) -> np.ndarray:
     return np.flatnonzero(p.truth.loc[p.dataset.ids, "is_poison"].to_numpy())
 
@@ -50,10 +65,10 @@ def test_a_clean_label_patch_is_the_one_mark_with_exactly_its_carriers(fashion):
     assert (scores > 0).sum() == len(planted) and (scores[planted] == mark.log10_p).all()
 
 
-def test_counting_a_block_of_places_at_a_time_changes_nothing(fashion, monkeypatch):
+def test_counting_a_block_of_places_at_a_time_changes_nothing(clean_label, monkeypatch):
     from forensics.signals import marks as module
 
-    p = attacks.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
+    p = clean_label
     whole = shared_marks(p.dataset.images)
     monkeypatch.setattr(module, "_BLOCK", 3 * 26 * len(p.dataset))  # three rows of places per block: 9 blocks
     assert len(module._row_blocks(len(p.dataset), 26, 26)) == 9
@@ -145,8 +160,8 @@ def test_the_null_is_a_power_law_fitted_below_min_count():
     assert 1 < alpha0 < 60 and 1e-4 < base0 * special.zeta(alpha0, 30) < 1e-2
 
 
-def test_shared_mark_is_a_signal_with_exact_evidence(fashion):
-    p = attacks.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
+def test_shared_mark_is_a_signal_with_exact_evidence(clean_label):
+    p = clean_label
     ds = p.dataset
     features = np.random.default_rng(0).normal(size=(len(ds), 8)).astype(np.float32)
     table, info = compute_signals(features, ds.labels, dataset=ds, signals=("spectral", "shared_mark"))
@@ -187,15 +202,11 @@ def test_input_errors_name_the_parameter():
         shared_mark_scores(bad, 5)
 
 
-def test_find_triggers_describes_a_mark_the_other_signals_missed(fashion):
-    torch = pytest.importorskip("torch")
+def test_find_triggers_describes_a_mark_the_other_signals_missed(clean_label, clean_label_model):
     from forensics.analysis import investigate
-    from forensics.models import train_reference_model
 
-    p = attacks.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
+    p, model = clean_label, clean_label_model
     ds = p.dataset
-    torch.set_num_threads(1)
-    model = train_reference_model(ds, epochs=1, random_state=0, progress=False)
     # Without the shared_mark signal nothing gathers the patched T-shirts; the trigger search still lists them.
     inv = investigate(ds, model, signals=("spectral", "knn_disagreement"), progress=False)
     assert "shared_mark" not in inv.samples  # the signal did not run: find_triggers scans for marks itself
@@ -207,16 +218,12 @@ def test_find_triggers_describes_a_mark_the_other_signals_missed(fashion):
     assert f"in {len(_rows(p))} images, which chance would give" in row.description
 
 
-def test_investigate_keeps_each_samples_mark_for_find_triggers(fashion, monkeypatch):
-    torch = pytest.importorskip("torch")
+def test_investigate_keeps_each_samples_mark_for_find_triggers(clean_label, clean_label_model, monkeypatch):
     from forensics import analysis
     from forensics.analysis import investigate
-    from forensics.models import train_reference_model
 
-    p = attacks.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
+    p, model = clean_label, clean_label_model
     ds = p.dataset
-    torch.set_num_threads(1)
-    model = train_reference_model(ds, epochs=1, random_state=0, progress=False)
     inv = investigate(ds, model, signals=("spectral", "shared_mark"), progress=False)
     mark = inv.samples["shared_mark"].to_numpy()
     np.testing.assert_array_equal(np.flatnonzero(mark >= 0), _rows(p))
