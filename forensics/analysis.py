@@ -21,7 +21,7 @@ from . import __version__
 from .data import Dataset
 from .errors import InputError
 from .signals import combine as _combine
-from .signals import duplicates, label_quality, loss, marks, neighbors, sources, spectral
+from .signals import duplicates, label_quality, loss, marks, neighbors, relabel, sources, spectral
 from .signals import clustering as _clustering
 from .signals._checks import check_features, check_labels, check_probs
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 #: The signals :func:`compute_signals` runs by default, in the order of the signals table.
 DEFAULT_SIGNALS = (
-    "high_loss", "low_loss", "label_quality", "activation_cluster", "spectral", "robust_spectral",
+    "high_loss", "low_loss", "label_quality", "targeted_flip", "activation_cluster", "spectral", "robust_spectral",
     "knn_disagreement", "knn_outlier", "duplicates", "shared_mark", "source",
 )
 
@@ -113,6 +113,8 @@ def compute_signals(
     skipped: dict[str, str] = {}
     groups = None
     info_marks = None
+    pairs = None
+    out_of_fold = None
     predictions = None if probs is None else probs.argmax(axis=1)
     per_sample_loss = None if probs is None else loss.high_loss(probs, y)
 
@@ -129,8 +131,16 @@ def compute_signals(
             run(name, lambda: per_sample_loss)
         elif name == "low_loss":
             run(name, lambda: loss.low_loss_within_class(per_sample_loss, y))
-        elif name == "label_quality":
-            run(name, lambda: label_quality.label_issue_scores(y, features=x, random_state=random_state))
+        elif name in ("label_quality", "targeted_flip"):
+            t = time.perf_counter()
+            if out_of_fold is None:  # both read the same out-of-fold probabilities: computed once
+                out_of_fold = label_quality.out_of_fold_probs(x, y, random_state=random_state)
+            if name == "label_quality":
+                scores[name] = label_quality.label_issue_scores(y, pred_probs=out_of_fold)
+            else:
+                pairs = relabel.relabelled_pairs(y, out_of_fold)
+                scores[name] = relabel.targeted_flip_scores(y, out_of_fold, pairs=pairs)
+            seconds[name] = round(time.perf_counter() - t, 3)
         elif name == "activation_cluster":
             run(name, lambda: _clustering.activation_clustering(x, y, random_state=random_state))
         elif name == "spectral":
@@ -180,6 +190,8 @@ def compute_signals(
         info["duplicate_groups"] = groups
     if info_marks is not None:
         info["shared_marks"] = info_marks
+    if pairs is not None:
+        info["relabelled_pairs"] = pairs
     return table, info
 
 
@@ -274,12 +286,20 @@ def investigate(
     groups = info.pop("duplicate_groups", None)
     if groups is not None:
         samples["duplicate_group"] = groups
+    pairs = info.pop("relabelled_pairs", None)
     params = {
         "layer": used_layer, "pooling": pooling, "random_state": random_state, "signals": info["signals"],
         "skipped_signals": info["skipped"], "signal_seconds": info["seconds"], "threshold": info["threshold"],
         "reference_model_trained": trained, "activation_meta": {k: str(v) for k, v in meta.items()},
         "toolkit_version": info["toolkit_version"], "seconds": round(time.perf_counter() - t0, 2),
     }
+    if pairs is not None:
+        # Class numbers with the names an analyst reads; kept in the saved manifest with the other parameters.
+        names = np.asarray(dataset.class_names, dtype=object)
+        params["relabelled_pairs"] = [
+            {**row, "label_name": str(names[row["label"]]), "looks_like_name": str(names[row["looks_like"]])}
+            for row in pairs.to_dict("records")
+        ]
     if map_builder is None and cache_dir is not None:
         from .embedding import build_map
 

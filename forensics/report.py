@@ -241,6 +241,11 @@ def _summary(inv: Any, verdict: Verdict, diff: Any, notes: Sequence[str]) -> str
     skipped = params.get("skipped_signals") or {}
     if skipped:
         facts.append(("signals skipped", "; ".join(f"{k}: {v}" for k, v in skipped.items())))
+    pairs = params.get("relabelled_pairs") or []
+    if pairs:
+        facts.append(("one-way relabelling", "; ".join(
+            f"{p['label_name']} holds about {p['excess']:.0f} more {p['looks_like_name']} lookalikes than "
+            f"{p['looks_like_name']} holds of it (p = {p['p_value']:.1e})" for p in pairs[:5])))
     trig = inv.triggers
     if len(trig):
         confirmed = trig[trig["verdict"] == "confirmed"]

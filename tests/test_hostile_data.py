@@ -155,7 +155,7 @@ def test_huge_and_tiny_features_run_every_signal(scale):
     table, info = compute_signals(x * np.float32(scale), y, probs=np.full((60, 3), 1 / 3),
                                   source_ids=["a", "b", "c"] * 20)
     assert set(info["skipped"]) == {"shared_mark"}  # no images: every signal over arrays runs
-    assert len(info["signals"]) == 10
+    assert len(info["signals"]) == 11
     assert np.isfinite(table["suspicion"]).all()
 
 

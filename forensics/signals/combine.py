@@ -69,6 +69,7 @@ SIGNAL_TEXT = {
     "high_loss": "high loss",
     "low_loss": "unusually confident for its class",
     "label_quality": "label disagrees with out-of-fold prediction",
+    "targeted_flip": "looks like a class that its label holds far too many of (a one-way relabelling)",
     "activation_cluster": "in a small, separate activation cluster",
     "spectral": "spectral signature",
     "robust_spectral": "robust spectral signature",

@@ -1,0 +1,153 @@
+"""Targeted relabelling: pairs relabelled one way, and the posterior of each sample of such a pair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from forensics.analysis import compute_signals
+from forensics.errors import InputError
+from forensics.signals import combine, label_quality
+from forensics.signals.relabel import PAIR_COLUMNS, relabelled_pairs, targeted_flip_scores
+
+N_PER_CLASS, N_CLASSES = 400, 4
+
+
+def _probs(true: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Out-of-sample probabilities of a decent classifier: mostly sure of the true class, and mutually unsure
+    within the pairs (0, 2) and (1, 3): a fifth of each class looks partly or wholly like its pair's other."""
+    p = np.full((len(true), N_CLASSES), 0.02)
+    p[np.arange(len(true)), true] = 0.94
+    for c, other in ((0, 2), (2, 0), (1, 3), (3, 1)):
+        rows = np.flatnonzero(true == c)
+        unsure = rng.choice(rows, len(rows) // 5, replace=False)
+        share = rng.uniform(0.3, 1.0, len(unsure))
+        p[unsure, c] -= share * 0.9
+        p[unsure, other] += share * 0.9
+    p += rng.uniform(0, 0.01, p.shape)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def flipped() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A quarter of class 2 relabelled 0 (classes 0 and 2 are naturally confusable both ways)."""
+    rng = np.random.default_rng(0)
+    true = np.repeat(np.arange(N_CLASSES), N_PER_CLASS)
+    probs = _probs(true, rng)
+    labels = true.copy()
+    flips = rng.choice(np.flatnonzero(true == 2), N_PER_CLASS // 4, replace=False)
+    labels[flips] = 0
+    # A classifier trained on these labels hedges: a quarter of what looks like class 2 carries label 0.
+    hedge = 0.25 * probs[:, 2]
+    probs[:, 2] -= hedge
+    probs[:, 0] += hedge
+    return labels, probs, np.sort(flips)
+
+
+def test_a_one_way_relabelling_is_found_as_its_pair(flipped):
+    labels, probs, flips = flipped
+    pairs = relabelled_pairs(labels, probs)
+    assert list(pairs.columns) == list(PAIR_COLUMNS)
+    assert [(r.label, r.looks_like) for r in pairs.itertuples()] == [(0, 2)]
+    [row] = pairs.itertuples()
+    # The mirror is class 2's natural confusion, scaled to label 0's size; the excess undercounts the flips
+    # (relabelled samples that look partly like class 0 are not counted as class-2 lookalikes).
+    assert row.mirror > 0 and row.count > 2 * row.expected
+    assert 0.5 * len(flips) <= row.excess <= len(flips)
+    assert row.expected == pytest.approx(row.mirror * np.sum(labels == 0) / np.sum(labels == 2))
+    assert row.excess == pytest.approx(row.count - row.expected)
+    n0, n2 = np.sum(labels == 0), np.sum(labels == 2)
+    assert row.p_value == pytest.approx(stats.binom.sf(row.count - 1, row.count + row.mirror, n0 / (n0 + n2)))
+    assert row.p_value < 1e-4
+
+
+def test_scores_rank_the_relabelled_samples_first_and_leave_other_labels_at_zero(flipped):
+    labels, probs, flips = flipped
+    scores = targeted_flip_scores(labels, probs)
+    assert scores.shape == labels.shape and np.all((scores >= 0) & (scores < 1))
+    assert np.all(scores[labels != 0] == 0)
+    # Within label 0 the score follows how much more a sample looks like class 2 than like class 0.
+    zero = np.flatnonzero(labels == 0)
+    assert stats.spearmanr(scores[zero], probs[zero, 2] / probs[zero, 0]).statistic == pytest.approx(1.0)
+
+    def recall(s):
+        return np.isin(np.argsort(-s, kind="stable")[: len(flips)], flips).mean()
+
+    # Label quality also ranks the naturally confused 1s and 3s high; this signal looks at label 0 alone.
+    # What it misses are flipped samples that look like class 0 and 0s that look wholly like class 2.
+    quality = label_quality.label_issue_scores(labels, pred_probs=probs)
+    assert recall(scores) >= 0.75
+    assert recall(scores) >= recall(quality) + 0.15
+
+
+def test_posterior_formula_for_one_pair(flipped):
+    labels, probs, _ = flipped
+    pairs = relabelled_pairs(labels, probs)
+    [row] = pairs.itertuples()
+    n0, n2 = np.sum(labels == 0), np.sum(labels == 2)
+    pi = row.excess / n0
+    i = np.flatnonzero(labels == 0)[7]
+    r = probs[i, 2] / probs[i, 0] * n0 / n2
+    assert targeted_flip_scores(labels, probs, pairs=pairs)[i] == pytest.approx(pi * r / (1 - pi + pi * r))
+
+
+def test_mutual_confusion_and_random_flips_leave_the_signal_silent():
+    rng = np.random.default_rng(1)
+    true = np.repeat(np.arange(N_CLASSES), N_PER_CLASS)
+    probs = _probs(true, rng)
+    assert relabelled_pairs(true, probs).empty
+    assert np.all(targeted_flip_scores(true, probs) == 0)
+    # Unequal class sizes: the mirror is scaled, so a large class's natural confusion is not an excess.
+    keep = np.flatnonzero((true != 2) | (np.arange(len(true)) % 4 == 0))
+    assert relabelled_pairs(true[keep], probs[keep]).empty
+    # Random flips go every way at once: no pair stands out (the loss and label-quality signals find them).
+    labels = true.copy()
+    flips = rng.choice(len(true), len(true) // 10, replace=False)
+    labels[flips] = (true[flips] + rng.integers(1, N_CLASSES, len(flips))) % N_CLASSES
+    assert relabelled_pairs(labels, probs).empty
+
+
+def test_a_class_absent_from_the_labels_is_not_tested(flipped):
+    labels, probs, _ = flipped
+    # Class 3 is predicted but never given: its column stays, no pair names it.
+    keep = labels != 3
+    pairs = relabelled_pairs(labels[keep], probs[keep])
+    assert [(r.label, r.looks_like) for r in pairs.itertuples()] == [(0, 2)]
+
+
+def test_errors(flipped):
+    labels, probs, _ = flipped
+    with pytest.raises(InputError, match="labels has 1599 entries but pred_probs has 1600 rows"):
+        relabelled_pairs(labels[:-1], probs)
+    with pytest.raises(InputError, match="probabilities"):
+        relabelled_pairs(labels, probs * 2)
+    with pytest.raises(InputError, match="alpha"):
+        relabelled_pairs(labels, probs, alpha=1.5)
+    with pytest.raises(InputError, match="lacks the column"):
+        targeted_flip_scores(labels, probs, pairs=pd.DataFrame({"label": [0]}))
+    bad = pd.DataFrame([(0, 9, 1, 0, 0.0, 1.0, 0.0)], columns=list(PAIR_COLUMNS))
+    with pytest.raises(InputError, match="do not both hold"):
+        targeted_flip_scores(labels, probs, pairs=bad)
+
+
+def test_compute_signals_runs_it_on_the_out_of_fold_probabilities_computed_once(monkeypatch):
+    """Features in which a quarter of class 2, relabelled 0, stays among class 2."""
+    rng = np.random.default_rng(2)
+    true = np.repeat(np.arange(N_CLASSES), N_PER_CLASS)
+    features = (3.0 * np.eye(N_CLASSES, 8)[true] + rng.normal(size=(len(true), 8))).astype(np.float32)
+    labels = true.copy()
+    flips = np.flatnonzero(true == 2)[::4]
+    labels[flips] = 0
+    calls = []
+    real = label_quality.out_of_fold_probs
+    monkeypatch.setattr(label_quality, "out_of_fold_probs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    table, info = compute_signals(features, labels, signals=("label_quality", "targeted_flip"))
+    assert len(calls) == 1
+    assert [(r.label, r.looks_like) for r in info["relabelled_pairs"].itertuples()] == [(0, 2)]
+    scores = table["targeted_flip_score"].to_numpy()
+    assert np.all(scores[labels != 0] == 0)
+    top = np.argsort(-scores, kind="stable")[: len(flips)]
+    assert np.isin(top, flips).mean() >= 0.9
+    assert "targeted_flip" in combine.SIGNAL_TEXT
