@@ -2,15 +2,16 @@
 
 A targeted flip ("relabel 20% of the shirts as T-shirts") hides among natural confusion: a shirt that a model
 calls a T-shirt is common, and a model trained on the flipped labels learns to hedge, so no single sample's loss
-stands out. What stands out is the *pair*. Natural confusion between two classes is mutual: T-shirts that look
-like shirts are about as common as shirts that look like T-shirts (counted per member of each class). An attack
-that relabels one way makes the count one-sided.
+stands out. What stands out is the *pair*. Natural confusion between two classes is mutual: about as many T-shirts
+look like shirts as shirts look like T-shirts. An attack that relabels one way makes the count one-sided.
 
 :func:`relabelled_pairs` counts, from out-of-sample predicted probabilities, the samples of each given label that
 look like each other class (cleanlab's confident joint: the count of given label ``a`` whose predicted
 probability of ``b`` reaches ``b``'s own threshold) and tests each ordered pair against its mirror: under mutual
-confusion the count of (``a`` looks like ``b``) out of both directions is Binomial with the share
-``n_a / (n_a + n_b)``. Pairs beyond a Bonferroni-corrected level are relabelled in excess.
+confusion the count of (``a`` looks like ``b``) out of both directions is Binomial(1/2). The counts, not the
+shares of each class, are even: a classifier's boundary moves toward the smaller class. (On Fashion-MNIST with
+one class cut to a quarter of its size, the counts stayed even while a null scaled by class size found a pair at
+p = 2e-11.) Pairs beyond a Bonferroni-corrected level are relabelled in excess.
 
 :func:`targeted_flip_scores` then gives each sample of such a label the posterior probability that it came from
 the other class: its label's samples are a mixture of its own class and a share ``pi`` (the excess over the
@@ -34,7 +35,7 @@ ALPHA = 0.01
 #: Probabilities are floored here before their ratios are taken, so a zero probability stays a finite ratio.
 PROB_FLOOR = 1e-6
 #: Columns of :func:`relabelled_pairs`.
-PAIR_COLUMNS = ("label", "looks_like", "count", "mirror", "expected", "excess", "p_value")
+PAIR_COLUMNS = ("label", "looks_like", "count", "mirror", "excess", "p_value")
 
 
 def _checked(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +62,10 @@ def relabelled_pairs(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float
     -------
     DataFrame
         One row per pair in excess, most significant first, with :data:`PAIR_COLUMNS`: ``count`` samples of
-        ``label`` look like ``looks_like``, ``mirror`` samples of ``looks_like`` look like ``label``,
-        ``expected`` is the mirror scaled to the size of ``label``, ``excess = count - expected`` estimates
-        how many were relabelled, and ``p_value`` is the one-sided binomial test before the correction.
+        ``label`` look like ``looks_like``, ``mirror`` samples of ``looks_like`` look like ``label`` (what
+        natural confusion explains), ``excess = count - mirror`` estimates how many were relabelled
+        (conservatively: relabelled samples that look like their new label are not counted), and ``p_value``
+        is the one-sided binomial test before the correction.
     """
     y, probs = _checked(labels, pred_probs)
     if not 0 < alpha < 1:
@@ -77,17 +79,14 @@ def relabelled_pairs(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float
     both = joint + joint.T
     present = size > 0
     tested = present[:, None] & present[None, :] & ~np.eye(k, dtype=bool) & (both > 0)
-    share = np.divide(size[:, None], size[:, None] + size[None, :], out=np.full((k, k), 0.5),
-                      where=present[:, None] | present[None, :])
     p_value = np.ones((k, k))
-    p_value[tested] = stats.binom.sf(joint[tested] - 1, both[tested], share[tested])
+    p_value[tested] = stats.binom.sf(joint[tested] - 1, both[tested], 0.5)
     n_present = int(present.sum())
     level = alpha / max(n_present * (n_present - 1), 1)
     rows = []
     for a, b in zip(*np.nonzero(tested & (p_value < level))):
-        expected = joint[b, a] * size[a] / size[b]
-        rows.append((int(a), int(b), int(joint[a, b]), int(joint[b, a]), float(expected),
-                     float(joint[a, b] - expected), float(p_value[a, b])))
+        rows.append((int(a), int(b), int(joint[a, b]), int(joint[b, a]), int(joint[a, b] - joint[b, a]),
+                     float(p_value[a, b])))
     table = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
     return table.sort_values(["p_value", "label", "looks_like"], ignore_index=True)
 
