@@ -68,7 +68,10 @@ def _investigation(ds: Dataset) -> Investigation:
                                clusters=np.zeros(n, np.int64), table=table)
 
     inv = Investigation(ds, signals=signals, features=np.ones((n, 2), np.float32),
-                        params={"layer": HOSTILE[0], "toolkit_version": "0.1.0"}, map_builder=builder)
+                        params={"layer": HOSTILE[0], "toolkit_version": "0.1.0", "relabelled_pairs": [
+                            {"label": 0, "looks_like": 1, "count": 30, "mirror": 5, "excess": 25, "p_value": 2e-6,
+                             "label_name": HOSTILE[0], "looks_like_name": HOSTILE[1]}]},
+                        map_builder=builder)
     inv.triggers = pd.DataFrame({
         "trigger_id": ["text-1"], "kind": ["text"], "description": [f'phrase "cf mn" {HOSTILE[0]}'],
         "evidence": [HOSTILE[1]], "remove_flip_rate": [0.9], "add_flip_rate": [0.8], "verdict": ["confirmed"],
@@ -115,6 +118,9 @@ def test_sections_verdict_and_changed_samples():
     assert "FAIL: 3 of 60 samples (5.00%) reach suspicion &gt;= 2" in page
     assert "suspicion &gt;= 2 flags about 1% of clean samples" in page
     assert "10 samples of this dataset are new or changed" in page
+    assert ("&lt;script&gt;alert(1)&lt;/script&gt; holds about 25 more &lt;img src=x onerror=alert(1)&gt; "
+            "lookalikes than") in page
+    assert "(p = 2.0e-06)" in page
     assert page.count("Plotly.newPlot") == 1
     assert page.count("plotly.js v") <= 2  # the library is inlined once
 
