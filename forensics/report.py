@@ -107,6 +107,10 @@ def scan_verdict(inv: Any, *, threshold: float = DEFAULT_THRESHOLD, fail_above: 
             f"(about {_clean_rate(threshold)} of clean samples do by chance)")
     found = (f"; {len(confirmed)} trigger(s) confirmed on the model: {', '.join(confirmed[:3])}" if confirmed
              else "")
+    pairs = inv.params.get("relabelled_pairs") or []
+    if pairs:
+        found += "; relabelled one way: " + ", ".join(
+            f"about {p['excess']:.0f} {p['looks_like_name']} as {p['label_name']}" for p in pairs[:3])
     if fail_above is None:
         return Verdict(False, n_flagged, share, threshold, None, confirmed, base + found + ".")
     too_many = share > fail_above

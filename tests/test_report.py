@@ -121,6 +121,7 @@ def test_sections_verdict_and_changed_samples():
     assert ("&lt;script&gt;alert(1)&lt;/script&gt; holds about 25 more &lt;img src=x onerror=alert(1)&gt; "
             "lookalikes than") in page
     assert "(p = 2.0e-06)" in page
+    assert scan_verdict(inv).text.endswith(f"; relabelled one way: about 25 {HOSTILE[1]} as {HOSTILE[0]}.")
     assert page.count("Plotly.newPlot") == 1
     assert page.count("plotly.js v") <= 2  # the library is inlined once
 
