@@ -517,3 +517,32 @@ def test_triggers_found_after_the_dashboard_show_up_on_refresh():
     assert "<mark>plain</mark> text cf" in fixed.html
     fixed.state.bump_revision()
     assert "<mark>plain</mark> text cf" in fixed.html
+
+
+def test_new_signals_after_the_dashboard_show_up_on_refresh():
+    """``inv.replace_signals`` (as ``find_triggers`` calls it on a confirmation): after ``refresh`` the preview,
+    the map's colours and hover texts, the cluster list and the source list rank by the new suspicion."""
+    inv = image_investigation()
+    dash = dashboard(inv)
+    dash.map.set_color("suspicion")
+    dash.select(inv.dataset.ids)
+    assert dash.preview.shown_ids[0] == "img-000"
+    assert dash.clusters.order[0] == 3 and dash.sources.list.options[0][1] == "mallory"
+    # The last ten samples (cluster 1 or 2 or 0, alice and bob) become the most suspicious.
+    n = len(inv.dataset)
+    suspicion = np.linspace(0.0, 0.5, n)
+    suspicion[-10:] = 5.0 + np.arange(10)
+    reasons = np.array([""] * n, dtype=object)
+    reasons[-10:] = "carries a confirmed trigger; high loss"
+    inv.replace_signals(inv.signals.assign(suspicion=suspicion, reasons=reasons))
+    dash.refresh()
+    assert dash.preview.shown_ids[0] == f"img-{n - 1:03d}"
+    np.testing.assert_allclose(np.asarray(dash.map.trace.marker.color), suspicion)
+    assert "carries a confirmed trigger" in dash.map.trace.hovertext[n - 1]
+    assert "patch" not in dash.map.trace.hovertext[0]
+    assert dash.clusters.order[0] != 3 and dash.clusters.summary.loc[3, "max_suspicion"] < 1
+    assert dash.sources.list.options[0][1] != "mallory"
+    # A refresh without new signals changes nothing of this.
+    order = dash.clusters.order
+    dash.refresh()
+    assert dash.clusters.order == order and dash.preview.shown_ids[0] == f"img-{n - 1:03d}"

@@ -129,6 +129,13 @@ class ClusterPanel(Panel):
         if self.sort_menu.value != by:
             self.sort_menu.value = by
 
+    def use_columns(self, columns: Columns) -> None:
+        """Show new per-sample columns of the same samples (after ``inv.replace_signals``): each cluster's
+        suspicion is measured again and the list sorted again."""
+        self.columns = columns
+        self.summary = cluster_summary(self.clusters, columns.suspicion, self.inv.clusters)
+        self.sort(self.sort_menu.value)
+
     def members(self, cluster: int) -> np.ndarray:
         """Row positions of the cluster's samples."""
         if cluster not in self.summary.index:

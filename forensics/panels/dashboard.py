@@ -54,6 +54,7 @@ class Dashboard(widgets.VBox):
         columns = Columns.of(inv)
         state = PanelState(columns.ids, page_size=page_size)
         self.inv = inv
+        self.columns = columns
         self.state = state
         self.status = status_line(state)
         self.map = MapPanel(inv, state, truth=truth, columns=columns)
@@ -102,9 +103,17 @@ class Dashboard(widgets.VBox):
         self.state.select(ids, origin="api")
 
     def refresh(self) -> None:
-        """Redraw what shows the review and the trigger candidates, after decisions made outside the dashboard
-        (``inv.flag(...)``) or a new ``inv.triggers`` (``inv.find_triggers()``). New signals
-        (``inv.replace_signals``) need a new dashboard."""
+        """Redraw after changes made outside the dashboard: review decisions (``inv.flag(...)``), new trigger
+        candidates (``inv.find_triggers()``) and new signals (``inv.replace_signals``, which ``find_triggers``
+        calls when it confirms a trigger): the suspicion, the reasons and every ranking by them follow."""
+        fresh = Columns.of(self.inv)
+        if not (np.array_equal(fresh.suspicion, self.columns.suspicion, equal_nan=True)
+                and np.array_equal(fresh.reasons, self.columns.reasons)):
+            self.columns = fresh
+            for panel in (self.losses, self.triggers, self.sources):
+                panel.columns = fresh  # the sources list is measured again on the revision below
+            for panel in (self.map, self.preview, self.clusters):
+                panel.use_columns(fresh)
         self.state.bump_revision(origin="api")
 
 

@@ -425,6 +425,17 @@ class MapPanel(Panel):
             return self.truth is not None
         return True
 
+    def use_columns(self, columns: Columns) -> None:
+        """Show new per-sample columns of the same samples (after ``inv.replace_signals``): the hover texts and
+        the current colouring follow."""
+        self.columns = columns
+        coloring = self.coloring(self.state.color_by)
+        with self.figure.batch_update():
+            self.trace.hovertext = hover_texts(columns.ids, columns.label_names, columns.sources,
+                                               columns.top_reason, self.clusters)
+            self.trace.marker.update(coloring.marker())
+        self.legend.value = legend_html(coloring)
+
     def coloring(self, mode: str) -> Coloring:
         """The colouring of ``mode`` for the current data and review."""
         if mode not in self.modes:

@@ -211,6 +211,12 @@ class PreviewPanel(Panel):
         self._on_selection()
 
     # ---------------------------------------------------------------------------------------- logic
+    def use_columns(self, columns: Columns) -> None:
+        """Show new per-sample columns of the same samples (after ``inv.replace_signals``): the selection is
+        ordered by the new suspicion and shows the new reasons."""
+        self.columns = columns
+        self._on_selection()
+
     def next_page(self) -> None:
         """Show the next page, if any."""
         if self.state.page + 1 < self.state.n_pages:
