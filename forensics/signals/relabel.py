@@ -74,10 +74,9 @@ def relabelled_pairs(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float
     from cleanlab.count import compute_confident_joint
 
     k = probs.shape[1]
-    size = np.bincount(y, minlength=k).astype(np.float64)
     joint = np.rint(compute_confident_joint(y, probs)).astype(np.int64)
     both = joint + joint.T
-    present = size > 0
+    present = np.bincount(y, minlength=k) > 0
     tested = present[:, None] & present[None, :] & ~np.eye(k, dtype=bool) & (both > 0)
     p_value = np.ones((k, k))
     p_value[tested] = stats.binom.sf(joint[tested] - 1, both[tested], 0.5)
