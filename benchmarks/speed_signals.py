@@ -26,7 +26,8 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from forensics.analysis import DEFAULT_SIGNALS, compute_signals
+from forensics.analysis import compute_signals
+from forensics.signals.registry import default_signals
 
 
 def _peak_rss_mb() -> float:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     rss_before = _peak_rss_mb()
     t = time.perf_counter()
     with threadpool_limits(args.threads):
-        table, info = compute_signals(x, labels, probs=probs, source_ids=sources, signals=DEFAULT_SIGNALS,
+        table, info = compute_signals(x, labels, probs=probs, source_ids=sources, signals=default_signals(),
                                       random_state=args.seed)
     total = time.perf_counter() - t
     peak = _peak_rss_mb()

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from ._io import atomic_write_bytes, atomic_write_with
 from .data import Dataset, check_ids
 from .errors import InputError
-from .signals._checks import check_labels
+from ._validate import check_labels
+from ._version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -236,9 +237,7 @@ def _outputs_of_logits(
 
 
 def _versions() -> dict[str, str]:
-    import forensics  # at call time: the package may still be importing this module
-
-    return {"torch_version": torch.__version__, "forensics_version": forensics.__version__}
+    return {"torch_version": torch.__version__, "forensics_version": __version__}
 
 
 # ---------------------------------------------------------------------------------------------------- layers

@@ -1,7 +1,7 @@
 """The ``forensics`` command line: ``forensics scan`` for data pipelines, ``forensics demo`` on the bundled data.
 
 ``forensics scan DATA`` runs the same analysis as a notebook (:func:`forensics.investigate`, then
-:func:`forensics.analysis.find_triggers` when there is a model) and writes to ``--out``:
+:func:`forensics.triggers.discover.find_triggers` when there is a model) and writes to ``--out``:
 
 - ``report.html``: a self-contained report for a person (see :mod:`forensics.report`);
 - ``flagged.csv`` and ``flagged.parquet``: the samples with suspicion >= the threshold, most suspicious first,
@@ -177,7 +177,8 @@ def _scan(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import integrity
-    from .analysis import find_triggers, investigate
+    from .analysis import investigate
+    from .triggers.discover import find_triggers
     from .report import render_report, scan_verdict
 
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ import pandas as pd
 from ._io import atomic_write_text, atomic_write_with, file_digest
 from .data import check_ids
 from .errors import InputError
-from .signals._checks import check_features, check_scores
+from ._validate import check_features, check_scores
 from .signals.loss import check_labels_against, class_members
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from .errors import InputError
-from .signals._checks import check_scores
+from ._validate import check_scores
 
 
 class UndefinedMetricWarning(UserWarning):

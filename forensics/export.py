@@ -188,7 +188,7 @@ def export_table(
 
     try:
         digest = _io.atomic_write_with(path, writer)
-        from . import __version__  # here, not at the top: the package imports this module while it loads
+        from ._version import __version__
 
         side = {
             "toolkit": "poison-forensics",

@@ -47,7 +47,7 @@ _TIME_DTYPE = "datetime64[us, UTC]"
 
 
 def _toolkit_version() -> str:
-    from . import __version__  # imported late: the package's __init__ may import this module
+    from ._version import __version__
 
     return __version__
 

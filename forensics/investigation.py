@@ -28,6 +28,7 @@ the new manifest is in place.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ from .audit import AuditLog, to_json_object, utc_now
 from .data import Dataset
 from .errors import InputError, IntegrityError
 from .export import export_table
-from .signals._checks import check_features, check_scores
+from ._validate import check_features, check_scores
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class Investigation:
     ) -> None:
         self._setup(dataset, signals=signals, samples=samples, features=features, params=params,
                     map_builder=map_builder)
-        from . import __version__
+        from ._version import __version__
 
         self._log = AuditLog()
         self._log.append("start", payload={
@@ -306,7 +307,10 @@ class Investigation:
             raise InputError("this investigation has no features; pass features=... to build the map")
         builder = self._map_builder
         if builder is None:
-            from .embedding import build_map as builder
+            from .embedding import build_map
+
+            # The investigation's seed reaches the map too (a loaded investigation keeps it in its parameters).
+            builder = functools.partial(build_map, random_state=self._params.get("random_state", 0))
         ds = self._dataset
         result = builder(self._features, ds.labels, ids=ds.ids, sources=ds.sources,
                          suspicion=self._signals["suspicion"].to_numpy(dtype=np.float64),
@@ -341,8 +345,8 @@ class Investigation:
         self._signals = _check_signals(table, self._index)
 
     def find_triggers(self, model: Any = None, **options: Any) -> pd.DataFrame:
-        """Discover, confirm and search trigger candidates: see :func:`forensics.analysis.find_triggers`."""
-        from .analysis import find_triggers
+        """Discover, confirm and search trigger candidates: see :func:`forensics.triggers.discover.find_triggers`."""
+        from .triggers.discover import find_triggers
 
         return find_triggers(self, model, **options)
 
@@ -541,7 +545,7 @@ class Investigation:
             "who": pd.Series(self._who[rows], dtype="str"),
             "when": pd.Series([None if pd.isna(t) else t.isoformat() for t in when], dtype="str"),
         })
-        from . import __version__
+        from ._version import __version__
 
         meta = {
             "what": "investigation review",
@@ -609,7 +613,7 @@ class Investigation:
         return folder
 
     def _save_locked(self, folder: Path, *, include_dataset: bool, overwrite: bool) -> None:
-        from . import __version__
+        from ._version import __version__
 
         old = None
         if (folder / MANIFEST).exists():

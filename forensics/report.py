@@ -139,7 +139,7 @@ def render_report(
     Parameters
     ----------
     inv : Investigation
-        With signals; its ``triggers`` are shown when :func:`~forensics.analysis.find_triggers` ran.
+        With signals; its ``triggers`` are shown when :func:`~forensics.triggers.discover.find_triggers` ran.
     diff : ManifestDiff, optional
         What changed since a baseline manifest (:func:`forensics.integrity.diff`, old = baseline, new = this
         dataset): counts and sources of the changes, a ``changed`` column in the sample tables and a section that

@@ -8,7 +8,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from forensics import Dataset, investigate
-from forensics.analysis import DEFAULT_SIGNALS, compute_signals
+from forensics.analysis import compute_signals
+from forensics.signals.registry import default_signals
 from forensics.attacks import patch_backdoor, random_label_flips
 from forensics.errors import InputError
 from forensics.evaluate import auroc
@@ -80,7 +81,7 @@ def poisoned_digits():
 
 def test_investigate_trains_a_reference_model_and_finds_the_planted_poison(poisoned_digits):
     ds, truth = poisoned_digits
-    inv = investigate(ds, signals=DEFAULT_SIGNALS, progress=False)
+    inv = investigate(ds, signals=default_signals(), progress=False)
     assert inv.params["reference_model_trained"] is True
     assert list(inv.signals.index) == list(ds.ids)
     assert {"prediction", "loss", "confidence"} <= set(inv.samples.columns)
@@ -164,7 +165,7 @@ def test_bundled_phrase_is_the_top_confirmed_trigger_and_its_carriers_are_the_po
 
 
 def test_pooled_text_candidates_keep_one_row_per_confirmed_trigger():
-    from forensics.analysis import _by_verdict
+    from forensics.triggers.discover import _by_verdict
     from forensics.triggers.text import drop_restatements
 
     rows = [

@@ -12,7 +12,7 @@ from forensics import attacks, sample_data
 from forensics.analysis import compute_signals
 from forensics.data import Dataset
 from forensics.errors import InputError
-from forensics.signals import combine
+from forensics.signals import get_signal
 from forensics.signals.marks import MARK_COLUMNS, fall_off, shared_mark_scores, shared_marks
 
 
@@ -166,7 +166,7 @@ def test_shared_mark_is_a_signal_with_exact_evidence(clean_label):
     features = np.random.default_rng(0).normal(size=(len(ds), 8)).astype(np.float32)
     table, info = compute_signals(features, ds.labels, dataset=ds, signals=("spectral", "shared_mark"))
     planted = _rows(p)
-    assert "shared_mark" in combine.EXACT_P_SIGNALS
+    assert get_signal("shared_mark").null == "exact_p"
     assert (table["shared_mark_score"].to_numpy() > 0).sum() == len(planted)
     top = np.argsort(-table["suspicion"].to_numpy(), kind="stable")[:len(planted)]
     assert set(top) == set(planted)
@@ -219,8 +219,8 @@ def test_find_triggers_describes_a_mark_the_other_signals_missed(clean_label, cl
 
 
 def test_investigate_keeps_each_samples_mark_for_find_triggers(clean_label, clean_label_model, monkeypatch):
-    from forensics import analysis
     from forensics.analysis import investigate
+    from forensics.triggers import discover
 
     p, model = clean_label, clean_label_model
     ds = p.dataset
@@ -229,8 +229,8 @@ def test_investigate_keeps_each_samples_mark_for_find_triggers(clean_label, clea
     np.testing.assert_array_equal(np.flatnonzero(mark >= 0), _rows(p))
     assert (mark[mark >= 0] == 0).all()
     # find_triggers reads the marks back instead of scanning the images again.
-    monkeypatch.setattr(analysis.marks, "shared_marks", lambda *a, **k: pytest.fail("scanned the images again"))
-    [(group, chance)] = analysis._mark_groups(inv)
+    monkeypatch.setattr(discover.marks, "shared_marks", lambda *a, **k: pytest.fail("scanned the images again"))
+    [(group, chance)] = discover._mark_groups(inv)
     np.testing.assert_array_equal(np.flatnonzero(group), _rows(p))
     assert chance == pytest.approx(10.0 ** -inv.signals["shared_mark_score"].max())
     inv.find_triggers()

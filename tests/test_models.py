@@ -222,7 +222,9 @@ def test_reference_image_model_learns_digits(digits):
     probs = predict_proba(model, held_out)
     assert probs.shape == (len(held_out), 10) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(predict_proba(model, held_out.images, batch_size=7), probs)
+    # Batching changes nothing but float32 rounding: on some CPUs the convolution kernel depends on the batch size
+    # (measured: up to 1e-6 apart between batches of 7 and 256).
+    np.testing.assert_allclose(predict_proba(model, held_out.images, batch_size=7), probs, rtol=1e-4, atol=1e-6)
 
 
 def test_predict_proba_takes_any_module_and_preprocess(digits):

@@ -11,7 +11,7 @@ from forensics import attacks, sample_data
 from forensics.activations import extract_activations
 from forensics.analysis import compute_signals
 from forensics.errors import InputError
-from forensics.signals import combine, label_quality
+from forensics.signals import get_signal, label_quality
 from forensics.signals.relabel import PAIR_COLUMNS, relabelled_pairs, targeted_flip_scores
 
 N_PER_CLASS, N_CLASSES = 400, 4
@@ -147,7 +147,7 @@ def test_compute_signals_runs_it_on_the_out_of_fold_probabilities_computed_once(
     assert np.all(scores[labels != 0] == 0)
     top = np.argsort(-scores, kind="stable")[: len(flips)]
     assert np.isin(top, flips).mean() >= 0.9
-    assert "targeted_flip" in combine.SIGNAL_TEXT
+    assert "one-way relabelling" in get_signal("targeted_flip").reason
 
 
 # ---------------------------------------------------------------- real data: the bundled images, the shipped model

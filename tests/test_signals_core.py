@@ -316,9 +316,9 @@ def test_option_errors(backdoor):
     features, labels, _ = backdoor
     with pytest.raises(InputError, match="k = 600 needs at least 601 samples"):
         knn_label_disagreement(features, labels, k=600)
-    with pytest.raises(InputError, match="k must be a positive integer; got 0"):
+    with pytest.raises(InputError, match="k must be an integer >= 1; got 0"):
         knn_distance_outlier(features, labels, k=0)
-    with pytest.raises(InputError, match="metric must be 'cosine' or 'euclidean'; got 'manhattan'"):
+    with pytest.raises(InputError, match=r"metric must be one of \['cosine', 'euclidean'\]; got 'manhattan'"):
         knn_label_disagreement(features, labels, metric="manhattan")
     with pytest.raises(InputError, match="max_relative_size must be in \\(0, 0.5\\]; got 0.7"):
         cluster_classes(features, labels, max_relative_size=0.7)

@@ -210,7 +210,8 @@ def test_the_add_test_runs_on_held_out_texts_when_given(reviews, text_models):
 
 
 def test_find_triggers_takes_a_held_out_dataset_of_the_same_classes(reviews, text_models, corner):
-    from forensics.analysis import compute_signals, find_triggers
+    from forensics.analysis import compute_signals
+    from forensics.triggers.discover import find_triggers
 
     clean, poisoned = reviews
     ds = poisoned.dataset
@@ -568,15 +569,22 @@ def test_confirmation_rates_and_dict():
 
 
 def test_the_package_does_not_import_torch():
-    # Statically: every import of the package's modules, so the test does not depend on what else is loaded.
-    imported = set()
+    # Statically: every import of the package's modules, so the test does not depend on what else is loaded. Only
+    # find_triggers (discover.py), which drives the caller's model, reaches the models, and only when it runs.
+    imported, late = set(), set()
     for path in Path(forensics.triggers.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        top = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            names = set()
             if isinstance(node, ast.Import):
-                imported |= {a.name for a in node.names}
+                names = {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):
-                imported.add("." * node.level + (node.module or ""))
-    assert not {m for m in imported if m.split(".")[0] == "torch" or "models" in m or "activations" in m}
+                names = {"." * node.level + (node.module or "")}
+            (imported if id(node) in top or path.name != "discover.py" else late).update(names)
+    torchy = lambda m: m.split(".")[0] == "torch" or "models" in m or "activations" in m  # noqa: E731
+    assert not {m for m in imported if torchy(m)}
+    assert {m for m in late if torchy(m)} == {"..models"}
     assert "..signals" in imported  # the walk does see relative imports
 
 

@@ -97,7 +97,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, card: dict[str, Any
     weights_path = base.with_name(base.name + ".safetensors")
     card_path = base.with_name(base.name + ".json")
 
-    from .. import __version__
+    from .._version import __version__
 
     full = {
         "format": CARD_FORMAT,

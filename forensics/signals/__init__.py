@@ -1,7 +1,9 @@
 """Per-sample suspicion signals: pure functions over arrays, one float per sample, higher = more suspicious.
 
 Scoring and flagging are separate steps: a signal returns scores; :func:`flag` and :func:`top_k` turn scores into
-a boolean selection.
+a boolean selection. Every signal is declared once in the registry (:mod:`forensics.signals.registry`; the built-in
+ones in :mod:`forensics.signals.builtin`): :func:`register` adds a user's own, which then runs in
+:func:`forensics.investigate` and shows in the suspicion, the reasons, the panels and the report.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ._checks import check_scores
+from .._validate import check_scores
 
 
 def flag(scores: np.ndarray, *, threshold: float) -> np.ndarray:
@@ -31,4 +33,17 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
-__all__ = ["flag", "top_k"]
+# The built-in signals are registered whenever any part of the signals package is used.
+from . import builtin  # noqa: E402,F401
+from .registry import (  # noqa: E402
+    SignalContext,
+    SignalSkipped,
+    default_signals,
+    get_signal,
+    register,
+    registered_signals,
+    unregister,
+)
+
+__all__ = ["SignalContext", "SignalSkipped", "default_signals", "flag", "get_signal", "register",
+           "registered_signals", "top_k", "unregister"]

@@ -24,7 +24,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 from ..errors import InputError
-from ._checks import check_features
+from .._validate import check_features
 from .loss import check_labels_against, class_members
 
 logger = logging.getLogger(__name__)

@@ -4,8 +4,9 @@ Each signal's scores become a tail probability under the *bulk* of the data (:fu
 87.5th percentile the empirical share of samples scoring at least as high; above it a generalized Pareto tail
 whose scale and shape come from the 50th, 75th and 87.5th percentiles. A heavy-tailed signal (a loss, whose clean
 hard samples reach far) so gets a heavy tail, a light-tailed one an exponential tail, and a poisoned eighth of the
-data does not widen its own null. Signals that are -log10 p-values (:data:`LOG_P_SIGNALS`) get an exponential
-tail. Most of a training set is clean, so the tail estimates how often a clean sample would score that high by
+data does not widen its own null. Signals registered with ``null="log_p"`` (their scores are -log10 p-values) get
+an exponential tail; those with ``null="exact_p"`` are taken as the p-values they are
+(:mod:`forensics.signals.registry`). Most of a training set is clean, so the tail estimates how often a clean sample would score that high by
 chance. It is never taken more than ``MAX_GAIN`` times below the empirical share: an extrapolation cannot claim
 1e-300, and a +inf score (an underflowed p-value) ranks first without claiming more.
 
@@ -21,21 +22,24 @@ Fashion-MNIST training set and 1.4% of clean review snippets, whose labels are o
 Signals are compared on their own scale, pooled over classes: the built-in ones that need it standardize within
 each class themselves (spectral, robust spectral, low loss, kNN distance), and standardizing losses or label-quality
 scores within classes would shrink exactly the attacked class, whose spread the attack inflates (``standardize``
-does it for other signals). Context signals (:data:`CONTEXT_SIGNALS`) stay in the caller's table but not in the
-suspicion. The reasons name the signals whose own tail probability is below ``reason_p``, strongest first.
+does it for other signals). Context-only signals (registered with ``context_only=True``) stay in the caller's table
+but not in the suspicion. The reasons, in each signal's registered words, name the signals whose own tail probability is below ``reason_p``, strongest first.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
 from ..errors import InputError
-from ._checks import check_labels, check_scores
+from .._validate import check_labels, check_scores
+from .registry import null_kind, reason_text, registered_signals
 
 #: Quantiles of the scores from which the tail is fitted (Pickands: each gap holds half the mass of the one
 #: before); a poisoned eighth of the data lies above them and cannot widen its own null.
@@ -48,40 +52,8 @@ TRIM_P = 1e-3
 MAX_SHAPE = 2.0
 #: A tail probability is at most this many times below the empirical share of samples at or above the score.
 MAX_GAIN = 1e6
-#: Signals whose scores are -log10 p-values: their tail is exponential (a uniform p-value gives an exponential
-#: -log p, and p-values that are too small, as the per-source tests of honest contributors with their own class mix
-#: are, widen it without changing its kind).
-LOG_P_SIGNALS = ("source",)
-#: Signals whose scores are -log10 p-values of an exact test with its own null, taken as they are instead of
-#: fitted to the data: a confirmed trigger's carriers (the model's ablation tests say how unlikely the trigger is
-#: a chance pattern), however many of the data carry it, and the carriers of a shared mark (its null comes from how
-#: often natural windows recur, :mod:`forensics.signals.marks`). A fitted tail would give the 3% of a training set
-#: that carries a trigger a probability of 3%, as if a clean sample carried it that often.
-EXACT_P_SIGNALS = ("trigger", "shared_mark")
-#: Signals shown beside the suspicion but not summed into it: kNN distance marks atypical samples, which poison
-#: rarely is and a clean set always has (on the tuning scenarios it added clean false alarms, not poison).
-CONTEXT_SIGNALS = ("knn_outlier",)
 #: Default threshold: an estimated 1% of clean samples reach it.
 DEFAULT_THRESHOLD = 2.0
-
-#: How each signal is named in the reasons.
-SIGNAL_TEXT = {
-    "high_loss": "high loss",
-    "low_loss": "unusually confident for its class",
-    "label_quality": "label disagrees with out-of-fold prediction",
-    "targeted_flip": "looks like a class that its label holds far too many of (a one-way relabelling)",
-    "activation_cluster": "in a small, separate activation cluster",
-    "spectral": "spectral signature",
-    "robust_spectral": "robust spectral signature",
-    "knn_disagreement": "neighbours carry other labels",
-    "knn_outlier": "far from its class",
-    "duplicates": "near-duplicate group (conflicting labels or several sources)",
-    "shared_mark": "carries a patch found, pixel for pixel, at the same place in many images",
-    "source": "its source is suspicious",
-    "ensemble": "reference models disagree with its label",
-    "trigger": "carries a confirmed trigger",
-}
-
 
 @dataclass(frozen=True)
 class Combined:
@@ -240,7 +212,7 @@ def combine(
     labels: np.ndarray,
     *,
     standardize: Collection[str] = (),
-    context: Collection[str] = CONTEXT_SIGNALS,
+    context: Collection[str] | None = None,
     reason_p: float = 0.01,
 ) -> Combined:
     """Combine per-sample signal scores (higher = more suspicious) into one suspicion score.
@@ -255,9 +227,10 @@ def combine(
     standardize : collection of str
         Signals whose scores are first put on a robust z-scale within each class (median and MAD), for a
         signal whose scale differs between classes and that does not standardize itself.
-    context : collection of str
+    context : collection of str, optional
         Signals left out of the suspicion and the reasons (they stay in the caller's table); names that are not
-        among the signals are ignored. Default :data:`CONTEXT_SIGNALS`; ``()`` combines every signal.
+        among the signals are ignored. Default: the signals registered as context only; ``()`` combines every
+        signal.
     reason_p : float
         A signal is named in a sample's reasons when its own tail probability is below this.
 
@@ -275,6 +248,8 @@ def combine(
     if unknown:
         raise InputError(f"standardize names {unknown}, which are not among the signals {names}")
     n = len(items[0][1])
+    if context is None:
+        context = [spec.name for spec in registered_signals() if spec.context_only]
     items = [(name, values) for name, values in items if name not in set(context)]
     if not items:
         raise InputError(f"every signal given ({names}) is a context signal; give at least one other")
@@ -290,12 +265,13 @@ def combine(
             raise InputError(f"scores[{name!r}] has {len(s)} entries but labels has {n}")
         s = _within_class_z(s, y) if name in standardize else s.copy()
         s[top] = np.inf
-        if name in EXACT_P_SIGNALS:
+        null = null_kind(name)
+        if null == "exact_p":
             if (s < 0).any():
                 raise InputError(f"scores[{name!r}] are -log10 p-values and cannot be negative; got {np.nanmin(s)}")
             tails[name] = np.clip(np.nan_to_num(10.0 ** -s, nan=1.0), 1e-300, 1.0)
             continue
-        tails[name] = tail_probability(s, max_shape=0.0 if name in LOG_P_SIGNALS else MAX_SHAPE)
+        tails[name] = tail_probability(s, max_shape=0.0 if null == "log_p" else MAX_SHAPE)
     tail_p = pd.DataFrame(tails)
     p = tail_p.to_numpy()
     evidence = -np.log(p).sum(axis=1)
@@ -305,7 +281,7 @@ def combine(
     reasons = np.empty(n, dtype=object)
     for i in range(n):
         reasons[i] = "; ".join(
-            f"{SIGNAL_TEXT.get(names[j], names[j])} (1 in {_odds(p[i, j])})" for j in order[i] if p[i, j] < reason_p
+            f"{reason_text(names[j])} (1 in {_odds(p[i, j])})" for j in order[i] if p[i, j] < reason_p
         )
     top_signal[p.min(axis=1) >= reason_p] = ""
     return Combined(suspicion=suspicion, tail_p=tail_p, reasons=reasons, top_signal=top_signal)
@@ -318,5 +294,22 @@ def _odds(p: float) -> str:
     return f"10^{np.log10(inv):.0f}"
 
 
-__all__ = ["CONTEXT_SIGNALS", "Combined", "DEFAULT_THRESHOLD", "EXACT_P_SIGNALS", "LOG_P_SIGNALS", "MAX_GAIN",
-           "SIGNAL_TEXT", "SUM_QUANTILES", "TAIL_QUANTILES", "TRIM_P", "combine", "evidence_tail", "tail_probability"]
+_RENAMED = {
+    "SIGNAL_TEXT": lambda: {spec.name: spec.reason for spec in registered_signals()},
+    "LOG_P_SIGNALS": lambda: tuple(spec.name for spec in registered_signals() if spec.null == "log_p"),
+    "EXACT_P_SIGNALS": lambda: tuple(spec.name for spec in registered_signals() if spec.null == "exact_p"),
+    "CONTEXT_SIGNALS": lambda: tuple(spec.name for spec in registered_signals() if spec.context_only),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The constants that named signals' reasons and nulls before the registry held them: still readable, with a warning.
+    if name in _RENAMED:
+        warnings.warn(f"forensics.signals.combine.{name} is deprecated: read forensics.signals.registry "
+                      "(registered_signals(), reason_text(), null_kind())", DeprecationWarning, stacklevel=2)
+        return _RENAMED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Combined", "DEFAULT_THRESHOLD", "MAX_GAIN", "SUM_QUANTILES", "TAIL_QUANTILES", "TRIM_P", "combine",
+           "evidence_tail", "tail_probability"]

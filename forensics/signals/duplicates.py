@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
-from ._checks import check_features, check_labels
+from .._validate import check_features, check_labels
 
 #: Side of the grey thumbnail that hashes and pixel checks use, and side of the kept low-frequency DCT block.
 _THUMB_SIDE = 32

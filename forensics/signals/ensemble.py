@@ -1,8 +1,9 @@
 """Out-of-sample ensemble disagreement: how much the models that never saw a sample doubt its label.
 
-The models are trained elsewhere (k-fold, bootstrap or random subsets of the training set); this module only
-scores. For each sample, only the models for which it was *held out* count: a model that trained on a
-poisoned sample has learnt its label and vouches for it.
+The models may be trained elsewhere (k-fold, bootstrap or random subsets of the training set) and scored here
+with :func:`ensemble_disagreement`; :func:`random_half_probs` trains them on activations itself (the registered
+``ensemble`` signal). For each sample, only the models for which it was *held out* count: a model that trained on
+a poisoned sample has learnt its label and vouches for it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ._checks import check_labels
+from .._validate import check_features, check_int, check_labels, check_random_state
+from .label_quality import linear_probe, stratified_subsample
+from .loss import check_labels_against
 
 
 def _check_inputs(probs: Any, labels: Any, in_train: Any, min_held_out: Any
@@ -112,4 +115,58 @@ def ensemble_disagreement(
     return ensemble_table(probs, labels, in_train, min_held_out=min_held_out)["score"].to_numpy()
 
 
-__all__ = ["ensemble_disagreement", "ensemble_table"]
+def random_half_probs(
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_splits: int = 4,
+    max_train: int = 20_000,
+    random_state: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split the samples ``n_splits`` times into two random stratified halves, train a linear probe on each half,
+    and predict every sample with all ``2 * n_splits`` probes.
+
+    Every sample is held out by exactly ``n_splits`` probes (the ones trained on the other halves). The probe is
+    the one of :func:`forensics.signals.label_quality.out_of_fold_probs` (standardization, then a multinomial
+    logistic regression).
+
+    Parameters
+    ----------
+    features : ndarray of shape (n, d)
+    labels : ndarray of int, shape (n,)
+    n_splits : int, default 4
+        At least 1.
+    max_train : int, default 20000
+        Most training rows per probe (a larger half is subsampled, stratified).
+    random_state : int
+        Seed of the splits.
+
+    Returns
+    -------
+    probs : ndarray of float64, shape (2 * n_splits, n, labels.max() + 1)
+        0 for a class a probe never saw.
+    in_train : ndarray of bool, shape (2 * n_splits, n)
+    """
+    x = check_features(features)
+    y = check_labels_against(labels, len(x), "features")
+    splits = check_int(n_splits, "n_splits", low=1)
+    cap = check_int(max_train, "max_train", low=2)
+    if np.sum(np.bincount(y) >= 2) < 2:
+        raise InputError("the ensemble's probes need at least two classes with two or more samples each; "
+                         f"got class sizes {np.bincount(y)[np.bincount(y) > 0].tolist()}")
+    rng = np.random.default_rng(check_random_state(random_state))
+    n_classes = int(y.max()) + 1
+    probs = np.zeros((2 * splits, len(y), n_classes), dtype=np.float64)
+    in_train = np.zeros((2 * splits, len(y)), dtype=bool)
+    rows = np.arange(len(y))
+    for s in range(splits):
+        half = stratified_subsample(rows, y, len(y) // 2, rng)
+        for m, part in ((2 * s, half), (2 * s + 1, np.setdiff1d(rows, half))):
+            train = stratified_subsample(part, y[part], cap, rng) if len(part) > cap else part
+            model = linear_probe().fit(x[train], y[train])
+            probs[m][:, model.classes_] = model.predict_proba(x)
+            in_train[m, train] = True
+    return probs, in_train
+
+
+__all__ = ["ensemble_disagreement", "ensemble_table", "random_half_probs"]

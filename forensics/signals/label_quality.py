@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -17,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import InputError
-from ._checks import check_features, check_probs
+from .._validate import check_features, check_probs
 from .loss import check_labels_against
 
 logger = logging.getLogger(__name__)
@@ -107,15 +108,21 @@ def out_of_fold_probs(
     rng = np.random.default_rng(random_state)
     for train, test in splits:
         if len(train) > max_train:
-            train = _stratified_subsample(train, labels[train], max_train, rng)
-        # tol=1e-3 stops lbfgs after a few dozen iterations; the ranking no longer changes beyond that.
-        model = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-3, max_iter=500))
+            train = stratified_subsample(train, labels[train], max_train, rng)
+        model = linear_probe()
         model.fit(features[train], labels[train])
         probs[np.ix_(test, model.classes_)] = model.predict_proba(features[test])
     return probs
 
 
-def _stratified_subsample(rows: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def linear_probe() -> Any:
+    """The classifier that out-of-fold and ensemble predictions train on activations: a standardization followed by
+    a multinomial logistic regression (tol=1e-3 stops lbfgs after a few dozen iterations; the ranking no longer
+    changes beyond that)."""
+    return make_pipeline(StandardScaler(), LogisticRegression(tol=1e-3, max_iter=500))
+
+
+def stratified_subsample(rows: np.ndarray, labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """About ``size`` of ``rows``, each class in proportion and at least one of each, in increasing order."""
     frac = size / len(rows)
     keep = []

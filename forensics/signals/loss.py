@@ -10,7 +10,7 @@ import logging
 import numpy as np
 
 from ..errors import InputError
-from ._checks import check_labels, check_probs
+from .._validate import check_labels, check_probs
 
 logger = logging.getLogger(__name__)
 

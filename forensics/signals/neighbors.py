@@ -14,7 +14,7 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
 from ..errors import InputError
-from ._checks import check_features
+from .._validate import check_choice, check_features, check_int, check_random_state
 from .loss import check_labels_against, class_members, robust_z_within_class
 
 logger = logging.getLogger(__name__)
@@ -22,19 +22,20 @@ logger = logging.getLogger(__name__)
 Metric = Literal["cosine", "euclidean"]
 
 
-def _prepare(
-    features: np.ndarray, labels: np.ndarray, k: int, metric: str, n_components: int | None, random_state: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _check_options(k: int, metric: str, n_components: int | None) -> None:
+    check_int(k, "k", low=1)
+    check_choice(metric, "metric", ("cosine", "euclidean"))
+    if n_components is not None:
+        check_int(n_components, "n_components", low=1)
+
+
+def reduce_features(
+    features: np.ndarray, *, metric: Metric = "cosine", n_components: int | None = 32, random_state: int = 0
+) -> np.ndarray:
+    """The features as the neighbour signals search them: unit rows for ``metric="cosine"``, then their top
+    ``n_components`` principal directions (None keeps every column). Shape (n, min(d, n_components)), float32."""
     x = check_features(features)
-    y = check_labels_against(labels, len(x), "features")
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise InputError(f"k must be a positive integer; got {k!r}")
-    if metric not in ("cosine", "euclidean"):
-        raise InputError(f"metric must be 'cosine' or 'euclidean'; got {metric!r}")
-    if n_components is not None and (
-        not isinstance(n_components, (int, np.integer)) or isinstance(n_components, bool) or n_components < 1
-    ):
-        raise InputError(f"n_components must be a positive integer or None; got {n_components!r}")
+    _check_options(1, metric, n_components)
     if metric == "cosine":
         # Cosine distance is a monotone function of the euclidean distance between unit vectors, which takes
         # scikit-learn's fast chunked euclidean path. An all-zero row (a dead ReLU layer) stays at the origin.
@@ -43,14 +44,40 @@ def _prepare(
     if n_components is not None and n_components < min(x.shape):
         # The distance computations cost O(n^2 d); the top principal directions keep the neighbourhoods
         # (on Fashion-MNIST activations, 32 of 128 directions hold 97% of the variance and give the same AUROC).
-        x = PCA(n_components=int(n_components), random_state=random_state).fit_transform(x).astype(np.float32)
-    return x, y
+        x = PCA(n_components=int(n_components), random_state=check_random_state(random_state)).fit_transform(x)
+    return x.astype(np.float32, copy=False)
 
 
-def _neighbors(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distances and positions of each row's ``k`` nearest other rows (the row itself excluded, duplicates kept)."""
-    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(x)
+def nearest_neighbors(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and positions of each row's ``k`` nearest other rows (the row itself excluded, duplicates kept),
+    both of shape (n, k), nearest first."""
+    if k >= len(x):
+        raise InputError(f"k = {k} needs at least {k + 1} samples; features has {len(x)} rows")
+    nn = NearestNeighbors(n_neighbors=int(k), algorithm="brute", metric="euclidean").fit(x)
     return nn.kneighbors()
+
+
+def label_disagreement(neighbors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Share of each row's neighbours (positions, shape (n, k)) whose label differs from its own."""
+    return np.mean(labels[neighbors] != labels[:, None], axis=1, dtype=np.float64)
+
+
+def distance_outlier(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Robust z-score within its class of each row's distance to its ``k``-th nearest classmate in ``x``."""
+    dist = np.zeros(len(x), dtype=np.float64)
+    for members in class_members(labels):
+        m = len(members)
+        if m == 1:
+            logger.warning("knn_distance_outlier: class %d has one sample; it scores 0", labels[members[0]])
+            continue
+        k_c = min(int(k), m - 1)
+        if k_c < k:
+            logger.warning(
+                "knn_distance_outlier: class %d has %d samples; using neighbour rank %d", labels[members[0]], m, k_c
+            )
+        d, _ = nearest_neighbors(x[members], k_c)
+        dist[members] = d[:, -1]
+    return robust_z_within_class(dist, labels)
 
 
 def knn_label_disagreement(
@@ -97,11 +124,11 @@ def knn_label_disagreement(
         On a shape or length mismatch, NaN or infinite features, ``k`` or ``n_components`` out of range, or
         an unknown metric.
     """
-    x, y = _prepare(features, labels, k, metric, n_components, random_state)
-    if k >= len(x):
-        raise InputError(f"k = {k} needs at least {k + 1} samples; features has {len(x)} rows")
-    _, idx = _neighbors(x, int(k))
-    return np.mean(y[idx] != y[:, None], axis=1, dtype=np.float64)
+    _check_options(k, metric, n_components)
+    x = reduce_features(features, metric=metric, n_components=n_components, random_state=random_state)
+    y = check_labels_against(labels, len(x), "features")
+    _, idx = nearest_neighbors(x, int(k))
+    return label_disagreement(idx, y)
 
 
 def knn_distance_outlier(
@@ -148,21 +175,11 @@ def knn_distance_outlier(
         On a shape or length mismatch, NaN or infinite features, ``k`` or ``n_components`` out of range, or
         an unknown metric.
     """
-    x, y = _prepare(features, labels, k, metric, n_components, random_state)
-    dist = np.zeros(len(x), dtype=np.float64)
-    for members in class_members(y):
-        m = len(members)
-        if m == 1:
-            logger.warning("knn_distance_outlier: class %d has one sample; it scores 0", y[members[0]])
-            continue
-        k_c = min(int(k), m - 1)
-        if k_c < k:
-            logger.warning(
-                "knn_distance_outlier: class %d has %d samples; using neighbour rank %d", y[members[0]], m, k_c
-            )
-        d, _ = _neighbors(x[members], k_c)
-        dist[members] = d[:, -1]
-    return robust_z_within_class(dist, y)
+    _check_options(k, metric, n_components)
+    x = reduce_features(features, metric=metric, n_components=n_components, random_state=random_state)
+    y = check_labels_against(labels, len(x), "features")
+    return distance_outlier(x, y, int(k))
 
 
-__all__ = ["knn_distance_outlier", "knn_label_disagreement"]
+__all__ = ["distance_outlier", "knn_distance_outlier", "knn_label_disagreement", "label_disagreement",
+           "nearest_neighbors", "reduce_features"]

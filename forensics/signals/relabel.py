@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import InputError
-from ._checks import check_probs
+from .._validate import check_probs
 from .loss import check_labels_against
 
 #: Family-wise level of the pair tests: the chance that a training set without a targeted flip shows any pair.

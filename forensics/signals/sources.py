@@ -40,7 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import InputError
-from ._checks import check_labels, check_scores
+from .._validate import check_labels, check_scores
 from .duplicates import _check_sources, check_groups
 
 _LN10 = float(np.log(10.0))

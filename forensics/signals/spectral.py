@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.utils.extmath import randomized_svd
 
 from ..errors import InputError
-from ._checks import check_features
+from .._validate import check_features
 from .loss import check_labels_against, class_members
 
 logger = logging.getLogger(__name__)

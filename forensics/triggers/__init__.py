@@ -11,6 +11,7 @@
   :func:`trigger_evidence`: the confirmed triggers' carriers scored by the strength of the confirmation
   (:func:`confirmation_log10_p`), the ``trigger`` signal of an investigation.
 - :func:`triggers_table`, :func:`trigger_patterns`: the findings, one row per candidate.
+- :func:`find_triggers` (:mod:`.discover`): all of the above over an investigation.
 
 Nothing here imports torch: the model is reached through a ``predict_proba`` callable (payload batch ->
 probabilities), e.g. ``functools.partial(forensics.models.predict_proba, model)``.

@@ -24,7 +24,7 @@ from scipy.special import gammaln
 
 from ..errors import InputError
 from ..signals import top_k
-from ..signals._checks import check_scores
+from .._validate import check_scores
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 

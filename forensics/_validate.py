@@ -1,4 +1,10 @@
-"""Validation shared by the signal functions: done once at each public function's edge."""
+"""Argument checks, one wording per kind of mistake: done once at each public function's edge.
+
+Every message names the parameter, what is allowed and what was received ("k must be an integer >= 1; got 0").
+Scalars: :func:`check_int`, :func:`check_number`, :func:`check_random_state`, :func:`check_choice`; arrays:
+:func:`check_features`, :func:`check_labels`, :func:`check_probs`, :func:`check_scores`. Nothing here imports the
+rest of the package, so every module may use it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,53 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from .errors import InputError
+
+#: Largest seed: scikit-learn, UMAP and numpy's legacy generators take seeds below 2**32.
+MAX_SEED = 2**32 - 1
+
+
+def _range_text(low: float | None, high: float | None, *, low_open: bool = False) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low}, {high}]"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low}"
+    return "" if high is None else f" <= {high}"
+
+
+def check_int(value: Any, name: str, *, low: int | None = None, high: int | None = None) -> int:
+    """An integer (not a bool) in ``[low, high]``, as a Python int, or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (
+            low is not None and value < low) or (high is not None and value > high):
+        raise InputError(f"{name} must be an integer{_range_text(low, high)}; got {value!r}")
+    return int(value)
+
+
+def check_number(value: Any, name: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> float:
+    """A finite real number (not a bool) in ``[low, high]`` (``(low, high]`` with ``low_open``), or a clear error."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) and bool(
+        np.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        raise InputError(f"{name} must be a finite number{_range_text(low, high, low_open=low_open)}; got {value!r}")
+    return float(value)
+
+
+def check_random_state(random_state: Any, name: str = "random_state") -> int:
+    """The one seed contract of the toolkit: an integer in ``[0, 2**32 - 1]``, returned as a Python int."""
+    return check_int(random_state, name, low=0, high=MAX_SEED)
+
+
+def check_choice(value: Any, name: str, choices: Any) -> Any:
+    """One of ``choices``, or a clear error that lists them."""
+    options = list(choices)
+    if not any(value == c and type(value) is type(c) for c in options):
+        raise InputError(f"{name} must be one of {options!r}; got {value!r}")
+    return value
 
 
 def check_features(features: Any, *, name: str = "features", min_rows: int = 1) -> np.ndarray:

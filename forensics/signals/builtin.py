@@ -1,0 +1,128 @@
+"""The built-in signals, each declared once: name, reason text, null, tags, needs, parameters and scoring function.
+
+Each scoring function is a thin adapter from the shared :class:`~forensics.signals.registry.SignalContext` to the
+pure function of its module, which stays usable on its own arrays. The order here is the order of the signals table.
+
+``ensemble`` is registered but not in the default set. On the bundled images with the shipped model (random
+flips of a label-flipping bot, a patch backdoor) it ranks the flipped labels as ``label_quality`` does, from the
+same kind of linear probe on the same activations, and adds nothing the sum does not already have, while it costs
+as much again as ``label_quality``; see ``benchmarks/RESULTS.md`` ("Ensemble disagreement") for the measurement.
+It earns its place where a user's activations carry label noise that a single out-of-fold split averages away.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import clustering, duplicates, ensemble, label_quality, loss, marks, neighbors, relabel, sources, spectral
+from .registry import SignalContext, SignalSkipped, register
+
+_KNN = {"k": 10, "metric": "cosine", "n_components": 32}
+
+
+@register("high_loss", reason="high loss", needs=("probs",), tags=("label",), default=True)
+def _high_loss(ctx: SignalContext) -> np.ndarray:
+    """Cross-entropy of the given label under the model: flipped labels the model did not memorize."""
+    return ctx.loss
+
+
+@register("low_loss", reason="unusually confident for its class", needs=("probs",), tags=("backdoor",),
+          default=True)
+def _low_loss(ctx: SignalContext) -> np.ndarray:
+    """Loss far below its class's (robust z): a trigger makes the model surer than any clean feature does."""
+    return loss.low_loss_within_class(ctx.loss, ctx.labels)
+
+
+@register("label_quality", reason="label disagrees with out-of-fold prediction", tags=("label",),
+          params={"method": "self_confidence"}, default=True)
+def _label_quality(ctx: SignalContext, *, method: str) -> np.ndarray:
+    """cleanlab's label quality on out-of-fold probabilities of a linear probe on the activations."""
+    return label_quality.label_issue_scores(ctx.labels, pred_probs=ctx.out_of_fold(), method=method)
+
+
+@register("targeted_flip", reason="looks like a class that its label holds far too many of (a one-way relabelling)",
+          tags=("label",), params={"alpha": relabel.ALPHA}, default=True)
+def _targeted_flip(ctx: SignalContext, *, alpha: float) -> np.ndarray:
+    """Posterior of a one-way relabelling between two classes (their confusion is not mutual)."""
+    oof = ctx.out_of_fold()
+    pairs = ctx.shared(("relabelled_pairs", alpha), lambda: relabel.relabelled_pairs(ctx.labels, oof, alpha=alpha))
+    ctx.outputs["relabelled_pairs"] = pairs
+    return relabel.targeted_flip_scores(ctx.labels, oof, pairs=pairs, alpha=alpha)
+
+
+@register("activation_cluster", reason="in a small, separate activation cluster", tags=("backdoor",),
+          params={"n_components": 10, "max_relative_size": 0.35, "min_separation": 5.0}, default=True)
+def _activation_cluster(ctx: SignalContext, **params: Any) -> np.ndarray:
+    """Two-way clustering of each class, gated on the smaller cluster's size and separation."""
+    return clustering.activation_clustering(ctx.features, ctx.labels, random_state=ctx.random_state, **params)
+
+
+@register("spectral", reason="spectral signature", tags=("backdoor",), default=True)
+def _spectral(ctx: SignalContext) -> np.ndarray:
+    """Squared projection on the class's top singular direction, over its bulk spread."""
+    return spectral.spectral_signature(ctx.features, ctx.labels, random_state=ctx.random_state)
+
+
+@register("robust_spectral", reason="robust spectral signature", tags=("backdoor",),
+          params={"n_components": 10, "keep": 0.5, "alpha": 4.0, "max_iter": 20}, default=True)
+def _robust_spectral(ctx: SignalContext, **params: Any) -> np.ndarray:
+    """Quantum-entropy score after robust whitening of each class (SPECTRE)."""
+    return spectral.robust_spectral(ctx.features, ctx.labels, random_state=ctx.random_state, **params)
+
+
+@register("knn_disagreement", reason="neighbours carry other labels", tags=("label",), params=_KNN, default=True)
+def _knn_disagreement(ctx: SignalContext, *, k: int, metric: str, n_components: int | None) -> np.ndarray:
+    """Share of the k nearest neighbours (all classes) that carry another label (Deep k-NN)."""
+    neighbors._check_options(k, metric, n_components)
+    _, idx = ctx.knn(int(k), metric=metric, n_components=n_components)
+    return neighbors.label_disagreement(idx, ctx.labels)
+
+
+@register("knn_outlier", reason="far from its class", context_only=True, params=_KNN, default=True)
+def _knn_outlier(ctx: SignalContext, *, k: int, metric: str, n_components: int | None) -> np.ndarray:
+    """Distance to the k-th nearest classmate, robust z within the class (context only: atypical is not poison)."""
+    neighbors._check_options(k, metric, n_components)
+    return neighbors.distance_outlier(ctx.reduced(metric=metric, n_components=n_components), ctx.labels, int(k))
+
+
+@register("duplicates", reason="near-duplicate group (conflicting labels or several sources)", tags=("source",),
+          default=True)
+def _duplicates(ctx: SignalContext) -> np.ndarray:
+    """Exact and near duplicates whose labels conflict or that come from several sources."""
+    return duplicates.duplicate_scores(ctx.duplicate_groups(), ctx.labels, ctx.sources)
+
+
+@register("shared_mark", reason="carries a patch found, pixel for pixel, at the same place in many images",
+          null="exact_p", needs=("images",), tags=("backdoor",),
+          params={"window": marks.WINDOW, "min_contrast": marks.MIN_CONTRAST, "min_count": marks.MIN_COUNT,
+                  "max_chance": marks.MAX_CHANCE}, default=True)
+def _shared_mark(ctx: SignalContext, **params: Any) -> np.ndarray:
+    """-log10 chance of a patch repeated pixel for pixel at one place in many images (needs no model)."""
+    window = params["window"]
+    if min(ctx.dataset.images.shape[1:3]) < window:
+        raise SignalSkipped(f"images smaller than its {window}x{window} window")
+    return marks.shared_mark_scores(ctx.shared_marks(**params), ctx.n)
+
+
+@register("source", reason="its source is suspicious", null="log_p", needs=("sources",), tags=("source",),
+          default=True)
+def _source(ctx: SignalContext) -> np.ndarray:
+    """-log10 of the source's corrected p-value: class mix, disagreement with the model, duplicate groups."""
+    return sources.source_scores(ctx.sources, ctx.labels, n_classes=ctx.n_classes, predictions=ctx.predictions,
+                                 groups=ctx.duplicate_groups())
+
+
+@register("ensemble", reason="reference models disagree with its label", tags=("label",),
+          params={"n_splits": 4})
+def _ensemble(ctx: SignalContext, *, n_splits: int) -> np.ndarray:
+    """Doubt of linear probes that never trained on the sample (each trained on a random half)."""
+    probs, in_train = ensemble.random_half_probs(ctx.features, ctx.labels, n_splits=n_splits,
+                                                 random_state=ctx.random_state)
+    return ensemble.ensemble_disagreement(probs, ctx.labels, in_train)
+
+
+# Added by ``find_triggers`` once a trigger is confirmed on the model, not computed from activations: each carrier
+# scores the -log10 p-value of the confirmation (an exact test with its own null).
+register("trigger", reason="carries a confirmed trigger", null="exact_p", tags=("trigger",))(None)

@@ -1,0 +1,193 @@
+"""Trigger discovery over an investigation: :func:`find_triggers` gathers candidates (text n-grams, image groups
+and shared marks), confirms them on the model and adds the confirmed ones to the suspicion as the ``trigger``
+signal."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ..data import Dataset
+from ..errors import InputError
+from ..signals import combine as _combine
+from ..signals import marks
+from ..signals.registry import score_column, score_columns, signals_tagged
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
+
+
+def backdoor_suspicion(signals: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
+    """The combined suspicion of the signals tagged ``backdoor`` present in a signals table (else its ``suspicion``):
+    the signals a backdoor shows (confident, clustered, off the class's main direction, a shared mark). Text
+    trigger discovery also looks among the samples these rank highest, where label noise in the overall suspicion
+    cannot hide them."""
+    present = {name: values for name, values in score_columns(signals).items() if name in signals_tagged("backdoor")}
+    if not present:
+        return signals["suspicion"].to_numpy()
+    return _combine.combine(present, labels).suspicion
+
+
+_VERDICT_RANK = {"confirmed": 0, "weak": 1}
+
+
+def _by_verdict(confirmations: list[Any]) -> list[int]:
+    """Positions of the candidates, confirmed first, then weak, then the rest; each by the strength of its
+    confirmation (:func:`forensics.triggers.confirmation_log10_p`), ties kept in discovery order."""
+    from .confirm import confirmation_log10_p
+
+    def key(i: int) -> tuple[int, float, int]:
+        c = confirmations[i]
+        if c is None:
+            return (3, 0.0, i)
+        v = c["verdict"] if isinstance(c, pd.Series) else c.verdict
+        return (_VERDICT_RANK.get(v, 2), -confirmation_log10_p(c), i)
+
+    return sorted(range(len(confirmations)), key=key)
+
+
+def _restates(candidate: Any, group: np.ndarray) -> bool:
+    """Whether a local image candidate's carriers make up at least half of a group, or the group half of them."""
+    if not candidate.local:
+        return False
+    carried = candidate.group[candidate.carriers]
+    shared = int(group[carried].sum())
+    return shared >= 0.5 * min(len(carried), int(group.sum()))
+
+
+def _mark_groups(inv: Investigation) -> list[tuple[np.ndarray, float]]:
+    """The shared marks of an investigation's images as (carrier mask, chance): read back from what
+    :func:`investigate` kept (``samples["shared_mark"]`` and the signal's scores), else found anew."""
+    ds = inv.dataset
+    if "shared_mark" in inv.samples and score_column("shared_mark") in inv.signals:
+        mark = inv.samples["shared_mark"].to_numpy()
+        score = inv.signals[score_column("shared_mark")].to_numpy()
+        return [(mark == m, float(10.0 ** -score[mark == m].max())) for m in np.unique(mark[mark >= 0])]
+    if min(ds.images.shape[1:3]) < marks.WINDOW:
+        return []
+    found = marks.shared_marks(ds.images)
+    mark = marks.mark_of(found, len(ds))
+    return [(mark == m, float(c)) for m, c in enumerate(found["chance"])]
+
+
+def find_triggers(
+    inv: Investigation,
+    model: Any = None,
+    *,
+    group_share: float = 0.05,
+    min_group: int = 10,
+    top_text: int = 10,
+    holdout: Dataset | None = None,
+    preprocess: Any = None,
+    random_state: int = 0,
+) -> pd.DataFrame:
+    """Discover trigger candidates in an investigation, confirm them on the model, and search for carriers.
+
+    Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
+    each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
+    least ``min_group``) share and the rest of the class lacks; and every shared mark
+    (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. Texts are searched three
+    times, up to ``top_text`` candidates each: among the most suspicious samples overall, among those that look backdoored
+    (:func:`backdoor_suspicion`, so that label noise cannot hide them), and by the class test alone (a trigger
+    too rare for the signals to gather); the candidates are pooled. Every candidate is confirmed on ``model``
+    (default ``inv.model``): removed from its carriers and added to clean samples of other classes, beside a
+    random control. The table lists confirmed candidates first, strongest first, then weak ones, then the rest.
+    ``holdout`` (a :class:`~forensics.Dataset` of held-out samples with the same classes, such as a validation
+    split) is where the add test pastes candidates: the model has not memorized those samples' labels, so the
+    rate says how well the trigger works on new inputs. ``preprocess`` turns a payload batch into the model's
+    input (default: the one :func:`investigate` was given, else ``model.preprocess``, else for images
+    :func:`~forensics.activations.default_image_preprocess`).
+
+    Sets ``inv.triggers`` (one row per candidate, with verdicts and carrier ids) and, when a candidate is
+    confirmed, adds a ``trigger_score`` signal and recombines the suspicion: a sample that carries a confirmed
+    trigger scores the strength of its confirmation (``-log10`` p, :func:`forensics.triggers.trigger_evidence`),
+    every other sample 0. Returns the triggers table.
+    """
+    from .. import triggers as tr
+    from ..models import predict_proba
+
+    model = inv.model if model is None else model
+    if model is None:
+        raise InputError("find_triggers needs the model: pass model=, or set inv.model")
+    ds = inv.dataset
+    preprocess = getattr(inv, "preprocess", None) if preprocess is None else preprocess
+    predict = functools.partial(predict_proba, model, preprocess=preprocess)
+    suspicion = inv.signals["suspicion"].to_numpy()
+    if "prediction" in inv.samples:
+        pred = inv.samples["prediction"].to_numpy()
+    else:
+        pred = predict(ds.images if ds.kind == "image" else list(ds.texts)).argmax(axis=1)
+    found: list[Any] = []
+    held = None
+    if holdout is not None:
+        if not isinstance(holdout, Dataset) or holdout.kind != ds.kind:
+            raise InputError(f"holdout must be a forensics.Dataset of {ds.kind}s (held-out samples); "
+                             f"got {type(holdout).__name__}")
+        if list(holdout.class_names) != list(ds.class_names):
+            raise InputError(f"holdout has classes {list(holdout.class_names)} but the investigation has "
+                             f"{list(ds.class_names)}")
+        held = tr.holdout_set((holdout.images if ds.kind == "image" else list(holdout.texts), holdout.labels),
+                              predict, kind=ds.kind, like=ds.images if ds.kind == "image" else None)
+    if ds.kind == "text":
+        texts = list(ds.texts)
+        kw = dict(predictions=pred, labels=ds.labels, ids=ds.ids, sources=ds.sources, top=top_text)
+        searched = [tr.text_trigger_candidates(texts, suspicion=s, **kw)
+                    for s in (backdoor_suspicion(inv.signals, ds.labels), suspicion)]
+        # A trigger on 1% of the texts may be too rare for any signal to gather; it still shows as an n-gram whose
+        # carriers are all predicted as one class, and confirmation tells it from a genuine class phrase.
+        by_class = tr.text_trigger_candidates(texts, suspicion=None, **kw)
+        top = tr.suspicious_set(suspicion, len(ds))
+        by_class["count_suspicious"] = [int(top[np.isin(ds.ids, c)].sum()) for c in by_class["carrier_ids"]]
+        by_class["suspicious_share"] = by_class["count_suspicious"] / by_class["count"]
+        # The first search that found an n-gram describes it (its suspicious counts are the telling ones).
+        cands = pd.concat([*searched, by_class]).drop_duplicates("ngram").reset_index(drop=True)
+        if len(cands):
+            confirmed = tr.confirm_text_candidates(cands, texts, predict_proba=predict, labels=ds.labels,
+                                                   predictions=pred, holdout=held, random_state=random_state)
+            ranked = confirmed.iloc[_by_verdict([row for _, row in confirmed.iterrows()])].reset_index(drop=True)
+            found.append(tr.text.drop_restatements(ranked))
+        search_kw = {"texts": texts}
+    else:
+        groups = []
+        for c in range(len(ds.class_names)):
+            rows = np.flatnonzero(ds.labels == c)
+            k = max(min_group, int(round(group_share * len(rows))))
+            if len(rows) < 2 * k:
+                continue
+            top = rows[np.argsort(-suspicion[rows], kind="stable")[:k]]
+            group = np.zeros(len(ds), bool)
+            group[top] = True
+            groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
+                                                     ids=ds.ids, labels=ds.labels, random_state=random_state))
+        # A patch pasted pixel for pixel into many images is a candidate even when the model barely learned it
+        # (a clean-label patch): its carriers need not stand out to any other signal.
+        for group, chance in _mark_groups(inv):
+            if not any(_restates(c, group) for c in groups):
+                cand = tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
+                                                  ids=ds.ids, labels=ds.labels, random_state=random_state)
+                groups.append(dataclasses.replace(cand, description=(
+                    f"{cand.description}; a shared mark: the same to the pixel in {int(group.sum())} images, "
+                    f"which chance would give {chance:.0e} times")))
+        confirmed = tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
+                                                predictions=pred, holdout=held, random_state=random_state)
+        found.extend(confirmed[i] for i in _by_verdict([c.confirmation for c in confirmed]))
+        search_kw = {"images": ds.images}
+    table = tr.triggers_table(found, ids=ds.ids)
+    inv.triggers = table
+    if (table["verdict"] == "confirmed").any():
+        scores = tr.trigger_evidence(found, **search_kw)
+        column = score_column("trigger")
+        signals = inv.signals.drop(columns=["suspicion", "reasons"] + ([column] if column in inv.signals else []))
+        signals[column] = scores
+        combined = _combine.combine(score_columns(signals), ds.labels)
+        signals["suspicion"] = combined.suspicion
+        signals["reasons"] = combined.reasons
+        inv.replace_signals(signals)
+    return table
+
+
+__all__ = ["backdoor_suspicion", "find_triggers"]
