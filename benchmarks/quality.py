@@ -591,10 +591,11 @@ def run_scenario(name: str, seed: int, work: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def _machine(threads: int) -> str:
+    from importlib.metadata import version
+
     import cleanlab
     import sklearn
     import torch
-    from importlib.metadata import version
 
     cpu = platform.processor() or platform.machine()
     try:

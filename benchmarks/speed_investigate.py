@@ -5,7 +5,8 @@
 
 ``investigate`` runs in a fresh process twice: cold (an empty numba cache, so umap's code is compiled as on the
 first run after install, and no activation or map cache) and warm (all three caches filled). ``map`` tiles the
-bundled image data's activations with jitter up to ``n`` rows. Each prints one Markdown row with seconds and peak resident memory.
+bundled image data's activations with jitter up to ``n`` rows. Each prints one Markdown row with seconds and
+peak resident memory.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "_investigate_once":
         _investigate(args.cache_dir)
     elif args.what == "investigate":
-        print(f"`python benchmarks/speed_investigate.py investigate`\n")
+        print("`python benchmarks/speed_investigate.py investigate`\n")
         print("| run | samples | signals (s) | with map + clusters (s) | peak RSS (GB) |\n|---|---|---|---|---|")
         with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as numba_cache:
             env = {**os.environ, "NUMBA_CACHE_DIR": numba_cache}

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__  # noqa: E402
-
 from .analysis import compute_signals, investigate  # noqa: E402
 from .data import Dataset  # noqa: E402
 from .errors import ForensicsError, InputError, IntegrityError, UnsafeFileError  # noqa: E402

@@ -31,10 +31,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ._io import atomic_write_bytes, atomic_write_with
-from .data import Dataset, check_ids
-from .errors import InputError
 from ._validate import check_labels
 from ._version import __version__
+from .data import Dataset, check_ids
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -586,10 +586,10 @@ def extract_activations(
         behaviour depends on state (a vocabulary, a normalization) that the cache key cannot see.
     cache_dir : path, optional
         Folder of cached results (``~`` is expanded), keyed by a hash of the model (class, structure, ``config``
-        and weights), the dataset's ``content_hash``, the layers, the pooling and the preprocess. A hit returns memory-mapped arrays
-        without running the model; a cache file that does not match its checksum is reported in a warning and
-        recomputed. A change in ``forward`` code that shows neither in the weights, the config nor the module
-        structure is not seen: use another folder then.
+        and weights), the dataset's ``content_hash``, the layers, the pooling and the preprocess. A hit returns
+        memory-mapped arrays without running the model; a cache file that does not match its checksum is reported
+        in a warning and recomputed. A change in ``forward`` code that shows neither in the weights, the config nor
+        the module structure is not seen: use another folder then.
     progress : bool
         Show a progress bar (notebook or terminal).
 

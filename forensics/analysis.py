@@ -128,7 +128,8 @@ def investigate(
     pairs = info.pop("relabelled_pairs", None)
     params = {
         "layer": used_layer, "pooling": pooling, "random_state": random_state, "signals": info["signals"],
-        "signal_params": info["signal_params"], "skipped_signals": info["skipped"], "signal_seconds": info["seconds"], "threshold": info["threshold"],
+        "signal_params": info["signal_params"], "skipped_signals": info["skipped"], "signal_seconds": info["seconds"],
+        "threshold": info["threshold"],
         "reference_model_trained": trained, "activation_meta": {k: str(v) for k, v in meta.items()},
         "toolkit_version": info["toolkit_version"], "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import pandas as pd
 
+from ._validate import check_random_state
 from .data import Dataset, concat, image_hash, text_hash
 from .errors import InputError
 
@@ -326,7 +327,7 @@ def _truth(
     df["poison_kind"] = df["poison_kind"].astype(object)
     df["source"] = df["source"].astype(object)
     for name, values in (extra or {}).items():
-        is_object = getattr(values, "dtype", None) == object
+        is_object = getattr(values, "dtype", None) == np.dtype(object)
         df[name] = pd.Series(values, index=df.index, dtype=object) if is_object else values
     return df
 
@@ -669,7 +670,7 @@ def text_trigger(
 def _trigger_attack(dataset, victims, trig, kind, random_state, target, source, sources) -> Poisoning:
     """Apply ``trig`` to ``victims`` (in dataset order, seeded by ``random_state``), relabel to ``target``."""
     new_sources = _poison_sources(dataset, victims, source, sources)
-    rng = np.random.default_rng(_check_seed(random_state))
+    rng = np.random.default_rng(check_random_state(random_state))
     labels = dataset.labels.copy()
     if target is not None:
         labels[victims] = target
@@ -858,13 +859,7 @@ def _insert_phrase(text: str, phrase: str, rng: np.random.Generator) -> tuple[st
 
 
 def _rng(random_state: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([_check_seed(random_state), stream])
-
-
-def _check_seed(random_state: Any) -> int:
-    if not isinstance(random_state, Integral) or isinstance(random_state, bool) or random_state < 0:
-        raise InputError(f"random_state must be an integer >= 0; got {random_state!r}")
-    return int(random_state)
+    return np.random.default_rng([check_random_state(random_state), stream])
 
 
 def _check_dataset(dataset: Any, fn: str, *, kind: str | None = None) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -178,8 +179,8 @@ def _scan(args: argparse.Namespace) -> int:
 
     from . import integrity
     from .analysis import investigate
-    from .triggers.discover import find_triggers
     from .report import render_report, scan_verdict
+    from .triggers.discover import find_triggers
 
     t0 = time.perf_counter()
     tty = sys.stderr.isatty()
@@ -218,7 +219,7 @@ def _scan(args: argparse.Namespace) -> int:
     log.info("scanning %s: %s, %s", data_name, dataset, model_name)
 
     inv = investigate(dataset, model, layer=args.layer, random_state=args.seed, progress=tty,
-                      cache_dir=args.cache_dir)
+                      cache_dir=args.cache_dir, signals=_signal_selection(args.signals, args.signal_param))
     if inv.model is not None:
         log.info("searching for triggers and confirming them on the model")
         # Trusted held-out samples take the add test, where the model has not memorized any label.
@@ -299,12 +300,37 @@ def _write_changes(inv: Any, diff: Any, path: Path) -> None:
     export_table(table, path, meta={"what": "changes since the baseline manifest", "summary": diff.summary()})
 
 
+def _signal_selection(names: str | None, settings: list[str] | None) -> dict[str, dict[str, Any]] | None:
+    """``--signals a,b`` and ``--signal-param a.k=20`` as investigate's ``signals`` mapping (None: the defaults)."""
+    from .signals.registry import default_signals
+
+    if names is None and not settings:
+        return None
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names is not None else list(default_signals())
+    if not chosen:
+        raise InputError("--signals names no signal; give names separated by commas")
+    selection: dict[str, dict[str, Any]] = {name: {} for name in chosen}
+    for setting in settings or ():
+        key, sep, raw = setting.partition("=")
+        name, dot, param = key.partition(".")
+        if not (sep and dot and name and param):
+            raise InputError(f"--signal-param {setting!r}: write SIGNAL.PARAMETER=VALUE, e.g. knn_disagreement.k=20")
+        if name not in selection:
+            raise InputError(f"--signal-param {setting!r}: {name!r} is not among the signals that run {chosen}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw  # a bare word: a string parameter such as metric=euclidean
+        selection[name][param] = value
+    return selection
+
+
 # ---------------------------------------------------------------------------------------------- demo
 def _demo(args: argparse.Namespace) -> int:
     args.sample = args.sample or "image_backdoor"
     args.data = None
     for name in ("model", "model_entry", "layer", "baseline", "canaries", "baseline_model", "image_mode",
-                 "cache_dir"):
+                 "cache_dir", "signals", "signal_param"):
         setattr(args, name, None)
     args.text_column, args.label_column, args.id_column, args.source_column = "text", "label", "sample_id", None
     args.threshold, args.seed, args.ignore_triggers = _threshold_default(), 0, False
@@ -396,6 +422,10 @@ def _scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR",
                    help="keep the activations and the map here: a rescan of the same data and model reads them back")
     p.add_argument("--seed", type=int, default=0, help="random seed of every step (default 0)")
+    p.add_argument("--signals", metavar="NAME,NAME", help="signals to run, separated by commas (default: the "
+                   "default set; see forensics.signals.registered_signals())")
+    p.add_argument("--signal-param", metavar="SIGNAL.PARAM=VALUE", action="append",
+                   help="a signal's parameter, e.g. knn_disagreement.k=20 (repeatable; VALUE is read as JSON)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,17 +27,18 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from ._io import atomic_write_text, atomic_write_with, file_digest
+from ._validate import check_features, check_int, check_random_state, check_scores
 from .data import check_ids
 from .errors import InputError
-from ._validate import check_features, check_scores
 from .signals.loss import check_labels_against, class_members
 
 logger = logging.getLogger(__name__)
@@ -54,19 +55,9 @@ DEFAULT_SMALL_SHARE = 0.35
 
 
 # ------------------------------------------------------------------------------------------------ validation
-def _check_int(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"{name} must be an integer; got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        allowed = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise InputError(f"{name} must be {allowed}; got {value}")
-    return int(value)
-
-
 def _check_seed(random_state: Any) -> int | None:
-    if random_state is None:
-        return None
-    return _check_int(random_state, "random_state", minimum=0, maximum=2**32 - 1)
+    """The toolkit's seed contract, or None: UMAP and HDBSCAN then run in parallel, not reproducibly."""
+    return None if random_state is None else check_random_state(random_state)
 
 
 def _check_min_dist(min_dist: Any) -> float:
@@ -222,14 +213,14 @@ def _prepare(
     """Checked features, labels and seed; ``n_neighbors`` None when no UMAP runs."""
     x = check_features(features)
     y = None if labels is None else check_labels_against(labels, len(x), "features")
-    _check_int(pca_dims, "pca_dims", minimum=2)
+    check_int(pca_dims, "pca_dims", low=2)
     if n_neighbors is None:
-        _check_int(fit_sample, "fit_sample", minimum=2)
+        check_int(fit_sample, "fit_sample", low=2)
         if len(x) < 2:
             raise InputError(f"features has {len(x)} rows; PCA needs at least 2")
     else:
-        _check_int(n_neighbors, "n_neighbors", minimum=2)
-        _check_int(fit_sample, "fit_sample", minimum=n_neighbors + 1)
+        check_int(n_neighbors, "n_neighbors", low=2)
+        check_int(fit_sample, "fit_sample", low=n_neighbors + 1)
         _check_rows_for_umap(x, n_neighbors)
     return x, y, _check_seed(random_state)
 
@@ -349,7 +340,7 @@ def cluster_space(
     """
     if method not in ("umap", "pca"):
         raise InputError(f'method must be "umap" or "pca"; got {method!r}')
-    k = _check_int(n_components, "n_components", minimum=1, maximum=MAX_CLUSTER_DIMS)
+    k = check_int(n_components, "n_components", low=1, high=MAX_CLUSTER_DIMS)
     x, y, seed = _prepare(features, labels, n_neighbors=n_neighbors if method == "umap" else None,
                           pca_dims=pca_dims, fit_sample=fit_sample, random_state=random_state)
     if k >= x.shape[1]:
@@ -385,7 +376,8 @@ def _hdbscan(
     import hdbscan
 
     n = len(space)
-    rows = None if n <= fit_sample else np.sort(np.random.default_rng(random_state).choice(n, fit_sample, replace=False))
+    rng = np.random.default_rng(random_state)
+    rows = None if n <= fit_sample else np.sort(rng.choice(n, fit_sample, replace=False))
     n_fit = n if rows is None else fit_sample
     mcs = default_min_cluster_size(n_fit) if min_cluster_size is None else min_cluster_size
     ms = min(mcs, 10) if min_samples is None else min_samples
@@ -453,10 +445,10 @@ def find_clusters(
     """
     s = _check_space(space)
     if min_cluster_size is not None:
-        _check_int(min_cluster_size, "min_cluster_size", minimum=2)
+        check_int(min_cluster_size, "min_cluster_size", low=2)
     if min_samples is not None:
-        _check_int(min_samples, "min_samples", minimum=1)
-    _check_int(fit_sample, "fit_sample", minimum=2)
+        check_int(min_samples, "min_samples", low=1)
+    check_int(fit_sample, "fit_sample", low=2)
     labels, *_ = _hdbscan(s, min_cluster_size=min_cluster_size, min_samples=min_samples, fit_sample=fit_sample,
                             random_state=_check_seed(random_state))
     return labels
@@ -570,7 +562,7 @@ def _check_table_options(
         if len(susp) != n:
             raise InputError(f"suspicion has {len(susp)} entries but {other} has {n} rows")
     names = _check_class_names(class_names, y)
-    _check_int(n_examples, "n_examples", minimum=0)
+    check_int(n_examples, "n_examples", low=0)
     if isinstance(small_share, bool) or not isinstance(small_share, (int, float)) or not 0 < small_share <= 1:
         raise InputError(f"small_share must be a number in (0, 1]; got {small_share!r}")
     return id_arr, src, susp, names
@@ -775,13 +767,13 @@ def build_map(
                                                     y, "features")
     seed = _check_seed(random_state)
     for value, name in ((n_neighbors, "n_neighbors"), (cluster_neighbors, "cluster_neighbors")):
-        _check_int(value, name, minimum=2)
-    _check_int(pca_dims, "pca_dims", minimum=2)
-    _check_int(fit_sample, "fit_sample", minimum=max(n_neighbors, cluster_neighbors) + 1)
+        check_int(value, name, low=2)
+    check_int(pca_dims, "pca_dims", low=2)
+    check_int(fit_sample, "fit_sample", low=max(n_neighbors, cluster_neighbors) + 1)
     if not isinstance(per_class, bool):
         raise InputError(f"per_class must be True or False; got {per_class!r}")
-    _check_int(cluster_fit_sample, "cluster_fit_sample", minimum=2)
-    k = _check_int(cluster_dims, "cluster_dims", minimum=1, maximum=MAX_CLUSTER_DIMS)
+    check_int(cluster_fit_sample, "cluster_fit_sample", low=2)
+    k = check_int(cluster_dims, "cluster_dims", low=1, high=MAX_CLUSTER_DIMS)
     if k >= x.shape[1]:
         raise InputError(f"cluster_dims = {k} must be below the number of feature columns ({x.shape[1]})")
     if k > pca_dims:
@@ -789,9 +781,9 @@ def build_map(
     if cluster_method not in ("umap", "pca"):
         raise InputError(f'cluster_method must be "umap" or "pca"; got {cluster_method!r}')
     if min_cluster_size is not None:
-        _check_int(min_cluster_size, "min_cluster_size", minimum=2)
+        check_int(min_cluster_size, "min_cluster_size", low=2)
     if min_samples is not None:
-        _check_int(min_samples, "min_samples", minimum=1)
+        check_int(min_samples, "min_samples", low=1)
     min_dist = _check_min_dist(min_dist)
     _check_rows_for_umap(x, n_neighbors)
     if cluster_method == "umap":

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .errors import InputError
 from ._validate import check_scores
+from .errors import InputError
 
 
 class UndefinedMetricWarning(UserWarning):

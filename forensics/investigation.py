@@ -43,11 +43,11 @@ import numpy as np
 import pandas as pd
 
 from . import _io, audit
+from ._validate import check_features, check_scores
 from .audit import AuditLog, to_json_object, utc_now
 from .data import Dataset
 from .errors import InputError, IntegrityError
 from .export import export_table
-from ._validate import check_features, check_scores
 
 logger = logging.getLogger(__name__)
 

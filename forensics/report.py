@@ -25,6 +25,7 @@ import pandas as pd
 from .errors import InputError
 from .html import escape_html, highlight, png_data_url
 from .signals.combine import DEFAULT_THRESHOLD
+from .signals.registry import get_signal, reason_text, registered_signals
 
 __all__ = ["Verdict", "render_report", "scan_verdict"]
 
@@ -225,6 +226,18 @@ def _head(title: str) -> str:
             f"<style>{_CSS}</style></head><body>")
 
 
+def _signals_fact(params: Mapping[str, Any]) -> str:
+    """Each signal that ran, in the words of the registry, with the parameters set away from its defaults."""
+    chosen = params.get("signal_params") or {}
+    parts = []
+    for name in params.get("signals", []):
+        known = name in {spec.name for spec in registered_signals()}
+        defaults = get_signal(name).params if known else {}
+        changed = [f"{k}={v}" for k, v in (chosen.get(name) or {}).items() if defaults.get(k, object()) != v]
+        parts.append(f"{name} ({reason_text(name)}{'; ' + ', '.join(changed) if changed else ''})")
+    return "; ".join(parts)
+
+
 def _summary(inv: Any, verdict: Verdict, diff: Any, notes: Sequence[str]) -> str:
     ds = inv.dataset
     params = inv.params
@@ -240,7 +253,7 @@ def _summary(inv: Any, verdict: Verdict, diff: Any, notes: Sequence[str]) -> str
         ("model", "reference model trained on this dataset" if params.get("reference_model_trained")
          else "the model given"),
         ("layer", str(params.get("layer", ""))),
-        ("signals", ", ".join(params.get("signals", []))),
+        ("signals", _signals_fact(params)),
     ]
     skipped = params.get("skipped_signals") or {}
     if skipped:

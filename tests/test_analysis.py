@@ -9,10 +9,10 @@ from sklearn.datasets import load_digits
 
 from forensics import Dataset, investigate
 from forensics.analysis import compute_signals
-from forensics.signals.registry import default_signals
 from forensics.attacks import patch_backdoor, random_label_flips
 from forensics.errors import InputError
 from forensics.evaluate import auroc
+from forensics.signals.registry import default_signals
 
 
 def _blobs(n=2000, d=16, planted=60, seed=0):
@@ -100,7 +100,7 @@ def test_investigate_checks_activation_alignment(poisoned_digits):
 
 
 def test_find_triggers_finds_the_planted_corner_patch(poisoned_digits):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from forensics.models import train_reference_model
 
     ds, truth = poisoned_digits
@@ -184,3 +184,21 @@ def test_pooled_text_candidates_keep_one_row_per_confirmed_trigger():
     ranked = table.iloc[_by_verdict([row for _, row in table.iterrows()])].reset_index(drop=True)
     assert ranked["ngram"].tolist() == ["great product !", "cf", ". great product !", "dull", "great"]
     assert drop_restatements(ranked)["ngram"].tolist() == ["great product !", "cf", "dull", "great"]
+
+
+def test_investigate_takes_signal_parameters_and_its_seed_reaches_the_map(monkeypatch):
+    import forensics.embedding as embedding
+
+    x, y, probs = _blobs(n=400, planted=20)
+    ds = Dataset.from_numpy(np.zeros((len(y), 4, 4), np.uint8) + np.arange(len(y))[:, None, None].astype(np.uint8), y)
+    inv = investigate(ds, activations=x, signals={"knn_disagreement": {"k": 5}, "spectral": None},
+                      random_state=7, progress=False)
+    assert inv.params["signal_params"] == {"knn_disagreement": {"k": 5, "metric": "cosine", "n_components": 32},
+                                           "spectral": {}}
+    seeds = []
+    real = embedding.build_map
+    monkeypatch.setattr(embedding, "build_map", lambda *a, **k: seeds.append(k["random_state"]) or real(*a, **k))
+    inv.map  # noqa: B018  (built on first use)
+    assert seeds == [7]
+    with pytest.raises(InputError, match=r"random_state must be an integer in \[0, 4294967295\]; got 2\.5"):
+        investigate(ds, activations=x, random_state=2.5, progress=False)

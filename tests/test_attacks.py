@@ -424,7 +424,7 @@ def test_trigger_round_trip_through_dict(digits):
         (lambda d, r: text_trigger(r, target=0, n=3, phrase=""), "phrase must be a non-empty string"),
         (lambda d, r: text_trigger(r, target=0, n=3, phrase=" hi"), "must not start or end with whitespace"),
         (lambda d, r: random_label_flips(d, n=3, exclude=["nope"]), "exclude has 1 id"),
-        (lambda d, r: random_label_flips(d, n=3, random_state=-1), "random_state must be an integer >= 0"),
+        (lambda d, r: random_label_flips(d, n=3, random_state=-1), "random_state must be an integer in \\[0, 4294967295\\]"),
         (lambda d, r: random_label_flips(d.images, n=3), "takes a forensics Dataset; got ndarray"),
         (lambda d, r: sybil_sources(d, target=0, n_sources=0, n_per_source=2), "n_sources must be an integer >= 1"),
         (lambda d, r: apply_trigger(d.images[:2].astype(float), PatchTrigger(CHECKER3, "center", 0)), "uint8"),

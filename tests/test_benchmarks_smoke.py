@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 
 def _results(q, n_poison: int = 2, n: int = 10):

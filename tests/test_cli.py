@@ -275,3 +275,26 @@ def test_baseline_that_is_not_a_manifest_exits_2(tmp_path, capsys):
     (tmp_path / "m.parquet.json").write_text(json.dumps({"format": "x"}))
     status, _, err = _run(capsys, ["scan", str(c), "--baseline", str(fake), "--out", str(tmp_path / "o")])
     assert status == 2 and "the sidecar of" in err and err.count("\n") == 1
+
+
+def test_signals_and_their_parameters_from_the_command_line_are_recorded(scans, tmp_path, capsys):
+    _, argv = scans["clean"]
+    argv = list(argv)
+    argv[argv.index("--out") + 1] = str(tmp_path / "chosen")
+    status, _, err = _run(capsys, argv + ["--signals", "knn_disagreement,spectral,ensemble", "--signal-param",
+                                          "knn_disagreement.k=20", "--signal-param", "knn_disagreement.metric=euclidean",
+                                          "--seed", "7"])
+    assert status in (0, 1), err
+    inv = Investigation.load(tmp_path / "chosen" / "investigation")
+    assert inv.params["signal_params"] == {"knn_disagreement": {"k": 20, "metric": "euclidean", "n_components": 32},
+                                           "spectral": {}, "ensemble": {"n_splits": 4}}
+    assert inv.params["random_state"] == 7
+    assert [c for c in inv.signals if c.endswith("_score")][:3] == ["knn_disagreement_score", "spectral_score",
+                                                                    "ensemble_score"]
+    for bad, message in ((["--signal-param", "knn_disagreement.k"], "write SIGNAL.PARAMETER=VALUE"),
+                         (["--signals", "spectral", "--signal-param", "knn_disagreement.k=3"],
+                          "'knn_disagreement' is not among the signals that run"),
+                         (["--signal-param", "spectral.k=3"], r"signal 'spectral' has no parameter\(s\) \['k'\]"),
+                         (["--signals", "nope"], r"unknown signal\(s\) \['nope'\]")):
+        status, _, err = _run(capsys, argv + bad)
+        assert status == 2 and __import__("re").search(message, err), (bad, err)

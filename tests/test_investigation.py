@@ -145,7 +145,7 @@ def test_map_is_built_once_on_first_access(inv, fake_map):
 
 def test_map_needs_features(ds, signals):
     with pytest.raises(InputError, match="this investigation has no features; pass features="):
-        Investigation(ds, signals=signals, map_builder=FakeMap()).map
+        _ = Investigation(ds, signals=signals, map_builder=FakeMap()).map
 
 
 def test_a_wrong_map_builder_result_is_named(ds, signals):
@@ -154,7 +154,7 @@ def test_a_wrong_map_builder_result_is_named(ds, signals):
     inv = Investigation(ds, signals=signals, features=np.zeros((8, 2)), map_builder=bad)
     with pytest.raises(InputError, match=r"map_builder returned coords of shape \(8, 3\).*expected numbers of "
                                          r"shape \(8, 2\)"):
-        inv.map
+        _ = inv.map
 
 
 # ------------------------------------------------------------------------------------------------ review

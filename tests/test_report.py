@@ -171,3 +171,23 @@ def test_scan_verdict_counts_exactly_and_checks_its_options():
         scan_verdict(inv, threshold=float("nan"))
     with pytest.raises(InputError, match="top must be a positive integer"):
         render_report(inv, top=0, include_map=False)
+
+
+def test_summary_names_each_signal_in_the_registry_words_with_its_changed_parameters():
+    from forensics.signals import register, unregister
+
+    register("hostile_signal", reason=HOSTILE[1], params={"k": 3})(lambda ctx, *, k: np.zeros(ctx.n))
+    try:
+        ds = _hostile_text_dataset()
+        inv = _investigation(ds)
+        inv = Investigation(ds, signals=inv.signals, params={
+            **inv.params, "signals": ["spectral", "knn_disagreement", "hostile_signal"],
+            "signal_params": {"spectral": {}, "knn_disagreement": {"k": 20, "metric": "cosine", "n_components": 32},
+                              "hostile_signal": {"k": 3}}})
+        page = render_report(inv, include_map=False)
+        _assert_only_escaped(page)
+        text = " ".join("".join(_parse(page).text).split())
+        assert ("spectral (spectral signature); knn_disagreement (neighbours carry other labels; k=20); "
+                f"hostile_signal ({HOSTILE[1]})") in text
+    finally:
+        unregister("hostile_signal")

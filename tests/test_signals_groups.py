@@ -110,7 +110,7 @@ def test_near_duplicate_images_errors(digits32):
     images, _ = digits32
     with pytest.raises(InputError, match="images must be a uint8 array"):
         near_duplicate_groups_images(images.astype(np.float32))
-    with pytest.raises(InputError, match=r"max_hamming must be in \[0, 16\]"):
+    with pytest.raises(InputError, match=r"max_hamming must be an integer in \[0, 16\]"):
         near_duplicate_groups_images(images[:5], max_hamming=20)
     with pytest.raises(InputError, match=r"max_changed_share must be in \[0.0, 1.0\]"):
         near_duplicate_groups_images(images[:5], max_changed_share=2)
@@ -121,7 +121,7 @@ def test_hash_groups_are_exact_within_radius():
     codes = rng.integers(0, 2**63, size=300, dtype=np.uint64) * np.uint64(2)
     # Plant hashes 6 and 7 bits away from code 0: radius 6 takes the first, not the second.
     six = codes[0] ^ np.uint64(0b111111 << 20)
-    seven = codes[0] ^ np.uint64((0b1111111 << 40))
+    seven = codes[0] ^ np.uint64(0b1111111 << 40)
     groups = near_duplicate_groups_hashes(np.r_[codes, six, seven], max_hamming=6)
     assert groups[0] == groups[300] >= 0
     assert groups[301] == -1

@@ -297,7 +297,7 @@ def test_text_input_errors_name_the_parameter():
         text_trigger_candidates(texts, **{**kw, "predictions": [0, 1]})
     with pytest.raises(InputError, match="ids has 2 entries but there are 3 samples"):
         text_trigger_candidates(texts, **{**kw, "ids": ["x", "y"]})
-    with pytest.raises(InputError, match="max_n must be an integer in 1..8"):
+    with pytest.raises(InputError, match=r"max_n must be an integer in \[1, 8\]"):
         text_trigger_candidates(texts, **kw, max_n=0)
     with pytest.raises(InputError, match="no sample marked"):
         suspicious_set(np.zeros(3, dtype=bool), 3)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._validate import check_random_state
 from ..data import Dataset
 from ..errors import InputError
 from .image import ImageCNN, _check_positive_int
@@ -91,12 +92,6 @@ def _is_number(value: Any) -> bool:
         and bool(np.isfinite(value))
 
 
-def _check_seed(random_state: Any) -> int:
-    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0:
-        raise InputError(f"random_state must be a non-negative integer; got {random_state!r}")
-    return int(random_state)
-
-
 # ---------------------------------------------------------------------------------------------------- training
 def train_model(
     model: nn.Module,
@@ -151,7 +146,7 @@ def train_model(
         raise InputError(f"weight_decay must be a non-negative number; got {weight_decay!r}")
     if lr_schedule not in ("cosine", "constant"):
         raise InputError(f"lr_schedule must be 'cosine' or 'constant'; got {lr_schedule!r}")
-    generator = torch.Generator().manual_seed(_check_seed(random_state))
+    generator = torch.Generator().manual_seed(check_random_state(random_state))
     device = torch.device(device)
 
     model.to(device)
@@ -301,7 +296,7 @@ def build_reference_model(dataset: Dataset, *, random_state: int = 0) -> nn.Modu
     """An untrained reference model sized for ``dataset``: :class:`ImageCNN` for images, :class:`TextClassifier`
     for texts, with weights drawn from a generator seeded with ``random_state``."""
     dataset = _check_dataset(dataset)
-    generator = torch.Generator().manual_seed(_check_seed(random_state))
+    generator = torch.Generator().manual_seed(check_random_state(random_state))
     n_classes = max(len(dataset.class_names), 2)
     # Built on the meta device, then given memory and drawn from the seeded generator: torch's global random
     # state is neither read nor advanced.
@@ -382,7 +377,7 @@ def train_ensemble(
     """
     dataset = _check_dataset(dataset)
     k = _check_positive_int(k, "k", minimum=2)
-    rng = np.random.default_rng(_check_seed(random_state))
+    rng = np.random.default_rng(check_random_state(random_state))
     n = len(dataset)
     if n < k:
         raise InputError(f"train_ensemble needs at least k = {k} samples; the dataset has {n}")

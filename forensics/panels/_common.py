@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..html import escape_html
+from ..signals.registry import score_column
 from .state import Change, PanelState
 
 #: Samples per preview page.
@@ -64,8 +65,8 @@ class Columns:
         loss = None
         if "loss" in samples.columns and pd.api.types.is_numeric_dtype(samples["loss"]):
             loss = samples["loss"].to_numpy(dtype=np.float64, na_value=np.nan)
-        elif "high_loss_score" in inv.signals.columns:
-            loss = inv.signals["high_loss_score"].to_numpy(dtype=np.float64, na_value=np.nan)
+        elif score_column("high_loss") in inv.signals.columns:
+            loss = inv.signals[score_column("high_loss")].to_numpy(dtype=np.float64, na_value=np.nan)
         if loss is not None and np.isnan(loss).all():
             loss = None
         return cls(

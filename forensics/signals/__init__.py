@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
 from .._validate import check_scores
+from ..errors import InputError
 
 
 def flag(scores: np.ndarray, *, threshold: float) -> np.ndarray:

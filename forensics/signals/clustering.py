@@ -23,8 +23,8 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from ..errors import InputError
 from .._validate import check_features
+from ..errors import InputError
 from .loss import check_labels_against, class_members
 
 logger = logging.getLogger(__name__)

@@ -1,14 +1,14 @@
 """One suspicion score per sample, comparable across datasets and signals, with readable reasons.
 
 Each signal's scores become a tail probability under the *bulk* of the data (:func:`tail_probability`): up to the
-87.5th percentile the empirical share of samples scoring at least as high; above it a generalized Pareto tail
-whose scale and shape come from the 50th, 75th and 87.5th percentiles. A heavy-tailed signal (a loss, whose clean
-hard samples reach far) so gets a heavy tail, a light-tailed one an exponential tail, and a poisoned eighth of the
-data does not widen its own null. Signals registered with ``null="log_p"`` (their scores are -log10 p-values) get
-an exponential tail; those with ``null="exact_p"`` are taken as the p-values they are
-(:mod:`forensics.signals.registry`). Most of a training set is clean, so the tail estimates how often a clean sample would score that high by
-chance. It is never taken more than ``MAX_GAIN`` times below the empirical share: an extrapolation cannot claim
-1e-300, and a +inf score (an underflowed p-value) ranks first without claiming more.
+87.5th percentile the empirical share of samples scoring at least as high; above it a generalized Pareto tail whose
+scale and shape come from the 50th, 75th and 87.5th percentiles. A heavy-tailed signal (a loss, whose clean hard
+samples reach far) so gets a heavy tail, a light-tailed one an exponential tail, and a poisoned eighth of the data
+does not widen its own null. Signals registered with ``null="log_p"`` (their scores are -log10 p-values) get an
+exponential tail; those with ``null="exact_p"`` are taken as the p-values they are
+(:mod:`forensics.signals.registry`). Most of a training set is clean, so the tail estimates how often a clean sample
+would score that high by chance. It is never taken more than ``MAX_GAIN`` times below the empirical share: an
+extrapolation cannot claim 1e-300, and a +inf score (an underflowed p-value) ranks first without claiming more.
 
 The evidence is summed over signals (``sum_s -ln p_s``, Fisher's statistic): several moderate signals that agree
 (a label flip has a high loss, a disagreeing out-of-fold prediction and neighbours of another class) outrank one
@@ -19,11 +19,12 @@ minority from shaping its own null. ``suspicion = -log10`` of that probability, 
 estimated share ``10**-t`` of clean samples reaching it (``suspicion >= 2``: about 1%; 0.2% of a clean
 Fashion-MNIST training set and 1.4% of clean review snippets, whose labels are often ambiguous, reached it).
 
-Signals are compared on their own scale, pooled over classes: the built-in ones that need it standardize within
-each class themselves (spectral, robust spectral, low loss, kNN distance), and standardizing losses or label-quality
+Signals are compared on their own scale, pooled over classes: the built-in ones that need it standardize within each
+class themselves (spectral, robust spectral, low loss, kNN distance), and standardizing losses or label-quality
 scores within classes would shrink exactly the attacked class, whose spread the attack inflates (``standardize``
 does it for other signals). Context-only signals (registered with ``context_only=True``) stay in the caller's table
-but not in the suspicion. The reasons, in each signal's registered words, name the signals whose own tail probability is below ``reason_p``, strongest first.
+but not in the suspicion. The reasons, in each signal's registered words, name the signals whose own tail
+probability is below ``reason_p``, strongest first.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, stats
 
-from ..errors import InputError
 from .._validate import check_labels, check_scores
+from ..errors import InputError
 from .registry import null_kind, reason_text, registered_signals
 
 #: Quantiles of the scores from which the tail is fitted (Pickands: each gap holds half the mass of the one

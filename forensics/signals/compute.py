@@ -73,6 +73,7 @@ def compute_signals(
     skipped: dict[str, str] = {}
     for name, params in selected.items():
         spec = get_signal(name)
+        assert spec.score is not None  # resolve() refuses signals computed by a later step
         why = ctx.missing(spec.needs)
         if why is not None:
             skipped[name] = why

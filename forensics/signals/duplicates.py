@@ -25,8 +25,8 @@ import scipy.fft
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
+from .._validate import check_features, check_int, check_labels
 from ..errors import InputError
-from .._validate import check_features, check_labels
 
 #: Side of the grey thumbnail that hashes and pixel checks use, and side of the kept low-frequency DCT block.
 _THUMB_SIDE = 32
@@ -113,15 +113,6 @@ def _check_threshold(value: Any, name: str, low: float, high: float) -> float:
     if not (low <= float(value) <= high):
         raise InputError(f"{name} must be in [{low}, {high}]; got {value!r}")
     return float(value)
-
-
-def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"{name} must be an integer; got {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise InputError(f"{name} must be {allowed}; got {value!r}")
-    return int(value)
 
 
 def _bucket_pairs(keys: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -317,7 +308,7 @@ def near_duplicate_groups_hashes(phashes: np.ndarray, *, max_hamming: int = 4) -
     codes = np.asarray(phashes)
     if codes.ndim != 1 or codes.dtype != np.uint64:
         raise InputError(f"phashes must be a 1-D uint64 array (see image_phash); got {codes.dtype} {codes.shape}")
-    m = _check_int(max_hamming, "max_hamming", 0, 16)
+    m = check_int(max_hamming, "max_hamming", low=0, high=16)
     uniq, inverse = np.unique(codes, return_inverse=True)
     ii, jj = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     if m > 0:
@@ -389,9 +380,9 @@ def near_duplicate_groups_images(
     ndarray of int64, shape (n,)
         Group id per image (0, 1, ... by first member), -1 for an image with no near duplicate.
     """
-    m = _check_int(max_hamming, "max_hamming", 0, 16)
+    m = check_int(max_hamming, "max_hamming", low=0, high=16)
     share = _check_threshold(max_changed_share, "max_changed_share", 0.0, 1.0)
-    tol = _check_int(pixel_tolerance, "pixel_tolerance", 0, 255)
+    tol = check_int(pixel_tolerance, "pixel_tolerance", low=0, high=255)
     thumbs = _thumbnails(images)
     if len(thumbs) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -456,7 +447,7 @@ def near_duplicate_groups_features(
         raise InputError(f"radius must be a finite number >= 0; got {radius!r}")
     if metric not in ("euclidean", "cosine"):
         raise InputError(f"metric must be 'euclidean' or 'cosine'; got {metric!r}")
-    k = _check_int(n_projected, "n_projected", 1)
+    k = check_int(n_projected, "n_projected", low=1)
     r = float(radius)
     if metric == "cosine":
         norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -498,7 +489,6 @@ def near_duplicate_groups_features(
 _NON_WORD = re.compile(r"[^\w\s]|_")
 _DIGITS = re.compile(r"\d")
 _SPACES = re.compile(r"\s+")
-
 
 
 def normalize_text(s: str, *, keep_digits: bool = True) -> str:
@@ -605,8 +595,8 @@ def near_duplicate_groups_texts(
     thr = _check_threshold(threshold, "threshold", 0.0, 1.0)
     if thr == 0.0:
         raise InputError("threshold must be > 0 (0 would make every pair of texts a near duplicate)")
-    k = _check_int(shingle_size, "shingle_size", 1, 64)
-    n_perm = _check_int(n_perm, "n_perm", 8, 1024)
+    k = check_int(shingle_size, "shingle_size", low=1, high=64)
+    n_perm = check_int(n_perm, "n_perm", low=8, high=1024)
     n = len(t)
     if n == 0:
         return np.zeros(0, dtype=np.int64)

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
 from .._validate import check_features, check_int, check_labels, check_random_state
+from ..errors import InputError
 from .label_quality import linear_probe, stratified_subsample
 from .loss import check_labels_against
 

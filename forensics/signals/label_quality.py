@@ -17,8 +17,8 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..errors import InputError
 from .._validate import check_features, check_probs
+from ..errors import InputError
 from .loss import check_labels_against
 
 logger = logging.getLogger(__name__)

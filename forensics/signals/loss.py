@@ -9,8 +9,8 @@ import logging
 
 import numpy as np
 
-from ..errors import InputError
 from .._validate import check_labels, check_probs
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 

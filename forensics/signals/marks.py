@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, optimize, special
 
+from .._validate import check_int
 from ..errors import InputError
 
 #: Window side (pixels) compared between images.
@@ -181,12 +182,6 @@ def _check_images(images: Any) -> np.ndarray:
     return x
 
 
-def _check_int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InputError(f"{name} must be an integer >= {low}; got {value!r}")
-    return int(value)
-
-
 def fall_off(counts: np.ndarray, min_count: int) -> tuple[float, float]:
     """The power-law null of window counts: ``(alpha, base)``, where ``base * zeta(alpha, m)`` (Hurwitz zeta: the
     sum of ``j ** -alpha`` over ``j >= m``) is the expected number of natural windows counted ``m`` or more.
@@ -240,11 +235,11 @@ def shared_marks(
         ``log10_p`` (``-log10 min(1, chance)``) and ``carriers`` (row positions, int64).
     """
     x = _check_images(images)
-    k = _check_int(window, "window", 2)
+    k = check_int(window, "window", low=2)
     if k > min(x.shape[1:3]):
         raise InputError(f"window {k} is larger than the {x.shape[1]}x{x.shape[2]} images")
-    min_contrast = _check_int(min_contrast, "min_contrast", 1)
-    min_count = _check_int(min_count, "min_count", 4)
+    min_contrast = check_int(min_contrast, "min_contrast", low=1)
+    min_count = check_int(min_count, "min_count", low=4)
     if isinstance(max_chance, bool) or not isinstance(max_chance, (int, float)) or not max_chance > 0:
         raise InputError(f"max_chance must be a positive number; got {max_chance!r}")
     n, h, w = x.shape[:3]
@@ -285,7 +280,7 @@ def shared_marks(
 
 def shared_mark_scores(marks: pd.DataFrame, n: int) -> np.ndarray:
     """Each sample's strongest mark, as ``-log10`` of its chance (0 for a sample that carries none)."""
-    scores = np.zeros(_check_int(n, "n", 0))
+    scores = np.zeros(check_int(n, "n", low=0))
     for carriers, value in zip(marks["carriers"], marks["log10_p"]):
         if len(carriers) and np.max(carriers) >= n:
             raise InputError(f"a mark's carriers reach row {int(np.max(carriers))} but there are {n} samples")
@@ -295,7 +290,7 @@ def shared_mark_scores(marks: pd.DataFrame, n: int) -> np.ndarray:
 
 def mark_of(marks: pd.DataFrame, n: int) -> np.ndarray:
     """Each sample's strongest mark (its row in ``marks``, which lists the strongest first), or -1."""
-    out = np.full(_check_int(n, "n", 0), -1, dtype=np.int64)
+    out = np.full(check_int(n, "n", low=0), -1, dtype=np.int64)
     for i, carriers in reversed(list(enumerate(marks["carriers"]))):
         out[carriers] = i
     return out

@@ -13,8 +13,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from ..errors import InputError
 from .._validate import check_choice, check_features, check_int, check_random_state
+from ..errors import InputError
 from .loss import check_labels_against, class_members, robust_z_within_class
 
 logger = logging.getLogger(__name__)

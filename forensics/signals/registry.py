@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..data import Dataset
+    from .neighbors import Metric
 
 #: How the combination models a signal's null (see :mod:`forensics.signals.combine`).
 NULL_KINDS = ("fitted", "log_p", "exact_p")
@@ -270,11 +271,10 @@ class SignalContext:
         if dataset is not None and len(dataset) != n:
             raise InputError(f"dataset has {len(dataset)} samples but features has {n} rows")
         self.dataset = dataset
-        if sources is None and dataset is not None:
-            sources = dataset.sources
-        if sources is not None and len(sources) != n:
-            raise InputError(f"sources has {len(sources)} entries but labels has {n} entries")
-        self.sources = None if sources is None else np.asarray(sources, dtype=object)
+        given = dataset.sources if sources is None and dataset is not None else sources
+        if given is not None and len(given) != n:
+            raise InputError(f"sources has {len(given)} entries but labels has {n} entries")
+        self.sources = None if given is None else np.asarray(given, dtype=object)
         self.outputs: dict[str, Any] = {}
         self.seconds: dict[str, float] = {}
         self._cache: dict[Any, Any] = {}
@@ -298,20 +298,39 @@ class SignalContext:
             self.seconds[key if isinstance(key, str) else "/".join(map(str, key))] = round(time.perf_counter() - t, 3)
         return self._cache[key]
 
+    # -- inputs a signal may need ---------------------------------------------------------------------------------
+    @property
+    def images(self) -> np.ndarray:
+        """The images, shape (n, H, W) or (n, H, W, C); a signal without them is skipped (``needs=("images",)``)."""
+        images = None if self.dataset is None else self.dataset.images
+        if images is None:
+            raise SignalSkipped(NEEDS["images"])
+        return images
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts; a signal without them is skipped (``needs=("texts",)``)."""
+        texts = None if self.dataset is None else self.dataset.texts
+        if texts is None:
+            raise SignalSkipped(NEEDS["texts"])
+        return list(texts)
+
     # -- intermediates -------------------------------------------------------------------------------------------
     @property
     def predictions(self) -> np.ndarray | None:
         """The model's predicted class per sample (None without probabilities)."""
-        return None if self.probs is None else self.shared("predictions", lambda: self.probs.argmax(axis=1))
+        probs = self.probs
+        return None if probs is None else self.shared("predictions", lambda: probs.argmax(axis=1))
 
     @property
     def loss(self) -> np.ndarray:
         """Cross-entropy of each sample's given label under the model's probabilities."""
         from .loss import high_loss
 
-        if self.probs is None:
+        probs = self.probs
+        if probs is None:
             raise SignalSkipped(NEEDS["probs"])
-        return self.shared("loss", lambda: high_loss(self.probs, self.labels))
+        return self.shared("loss", lambda: high_loss(probs, self.labels))
 
     def out_of_fold(self) -> np.ndarray:
         """Out-of-fold probabilities of a linear model on the features (:func:`~.label_quality.out_of_fold_probs`)."""
@@ -335,9 +354,9 @@ class SignalContext:
                                                              random_state=self.random_state)
         exact = duplicates.exact_duplicate_groups(ds.hashes)
         if ds.kind == "image":
-            near = duplicates.near_duplicate_groups_images(ds.images)
+            near = duplicates.near_duplicate_groups_images(self.images)
         else:
-            near = duplicates.near_duplicate_groups_texts(list(ds.texts), random_state=self.random_state)
+            near = duplicates.near_duplicate_groups_texts(self.texts, random_state=self.random_state)
         # A sample joins the near-duplicate group when it has one, else its exact group; both number from 0.
         out = np.where(near >= 0, near, -1)
         lone = (out < 0) & (exact >= 0)
@@ -345,14 +364,15 @@ class SignalContext:
             out[lone] = exact[lone] + (out.max() + 1)
         return out
 
-    def reduced(self, *, metric: str = "cosine", n_components: int | None = 32) -> np.ndarray:
+    def reduced(self, *, metric: Metric = "cosine", n_components: int | None = 32) -> np.ndarray:
         """The features as the neighbour signals search them (:func:`~.neighbors.reduce_features`), once per setting."""
         from .neighbors import reduce_features
 
         return self.shared(("reduced", metric, n_components), lambda: reduce_features(
             self.features, metric=metric, n_components=n_components, random_state=self.random_state))
 
-    def knn(self, k: int, *, metric: str = "cosine", n_components: int | None = 32) -> tuple[np.ndarray, np.ndarray]:
+    def knn(self, k: int, *, metric: Metric = "cosine", n_components: int | None = 32
+            ) -> tuple[np.ndarray, np.ndarray]:
         """Distances and positions of each sample's ``k`` nearest others among :meth:`reduced`: one graph per
         setting, computed for the largest ``k`` asked so far and sliced for smaller ones."""
         from .neighbors import nearest_neighbors
@@ -361,7 +381,8 @@ class SignalContext:
         graph = self._cache.get(key)
         if graph is None or graph[0].shape[1] < k:
             self._cache.pop(key, None)
-            graph = self.shared(key, lambda: nearest_neighbors(self.reduced(metric=metric, n_components=n_components), k))
+            x = self.reduced(metric=metric, n_components=n_components)
+            graph = self.shared(key, lambda: nearest_neighbors(x, k))
         return graph[0][:, :k], graph[1][:, :k]
 
     def shared_marks(self, **params: Any) -> pd.DataFrame:
@@ -369,7 +390,7 @@ class SignalContext:
         from .marks import shared_marks
 
         found = self.shared(("shared_marks", *sorted(params.items())),
-                            lambda: shared_marks(self.dataset.images, **params))
+                            lambda: shared_marks(self.images, **params))
         self.outputs["shared_marks"] = found
         return found
 

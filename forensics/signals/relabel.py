@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import InputError
 from .._validate import check_probs
+from ..errors import InputError
 from .loss import check_labels_against
 
 #: Family-wise level of the pair tests: the chance that a training set without a targeted flip shows any pair.

@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..errors import InputError
 from .._validate import check_labels, check_scores
+from ..errors import InputError
 from .duplicates import _check_sources, check_groups
 
 _LN10 = float(np.log(10.0))

@@ -17,8 +17,8 @@ import logging
 import numpy as np
 from sklearn.utils.extmath import randomized_svd
 
-from ..errors import InputError
 from .._validate import check_features
+from ..errors import InputError
 from .loss import check_labels_against, class_members
 
 logger = logging.getLogger(__name__)

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .._validate import check_int, check_random_state
 from ..errors import InputError
 from .image import ImageTriggerCandidate, _check_box, _check_images, _check_pattern, locate_pattern, search_image
 from .text import _TOKEN, _check_texts, _check_tokens, display_ngram, ngram_regex, search_text, tokenize
@@ -215,12 +216,6 @@ def _sample(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(rows, size=k, replace=False)) if len(rows) > k else rows
 
 
-def _check_int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise InputError(f"{name} must be an integer >= {low}; got {value!r}")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class Holdout:
     """Held-out samples for the add test, with the model's predictions of them (computed once)."""
@@ -318,9 +313,9 @@ def confirm_text_trigger(
     n = len(texts)
     y = _check_labels(labels, n)
     pred = _check_predictions(predictions, predict_proba, texts, n)
-    max_samples = _check_int(max_samples, "max_samples", 1)
-    min_tried = _check_int(min_tried, "min_tried", 1)
-    rng = np.random.default_rng(_check_int(random_state, "random_state", 0))
+    max_samples = check_int(max_samples, "max_samples", low=1)
+    min_tried = check_int(min_tried, "min_tried", low=1)
+    rng = np.random.default_rng(check_random_state(random_state))
     carriers = search_text(texts, tokens)
     target = _target(target, carriers, pred)
     pattern = re.compile(ngram_regex(tokens).pattern, re.IGNORECASE)
@@ -453,9 +448,9 @@ def confirm_image_trigger(
                          "images: give the images it was found in")
     y = _check_labels(labels, n)
     pred = _check_predictions(predictions, predict_proba, x, n)
-    max_samples = _check_int(max_samples, "max_samples", 1)
-    min_tried = _check_int(min_tried, "min_tried", 1)
-    rng = np.random.default_rng(_check_int(random_state, "random_state", 0))
+    max_samples = check_int(max_samples, "max_samples", low=1)
+    min_tried = check_int(min_tried, "min_tried", low=1)
+    rng = np.random.default_rng(check_random_state(random_state))
     h, w = x.shape[1:3]
     fill = np.clip(np.rint(candidate.peer_mean), 0, 255).astype(np.uint8)
 

@@ -91,9 +91,9 @@ def find_triggers(
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
     least ``min_group``) share and the rest of the class lacks; and every shared mark
     (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. Texts are searched three
-    times, up to ``top_text`` candidates each: among the most suspicious samples overall, among those that look backdoored
-    (:func:`backdoor_suspicion`, so that label noise cannot hide them), and by the class test alone (a trigger
-    too rare for the signals to gather); the candidates are pooled. Every candidate is confirmed on ``model``
+    times, up to ``top_text`` candidates each: among the most suspicious samples overall, among those that look
+    backdoored (:func:`backdoor_suspicion`, so that label noise cannot hide them), and by the class test alone (a
+    trigger too rare for the signals to gather); the candidates are pooled. Every candidate is confirmed on ``model``
     (default ``inv.model``): removed from its carriers and added to clean samples of other classes, beside a
     random control. The table lists confirmed candidates first, strongest first, then weak ones, then the rest.
     ``holdout`` (a :class:`~forensics.Dataset` of held-out samples with the same classes, such as a validation

@@ -33,6 +33,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
+from .._validate import check_int, check_random_state
 from ..errors import InputError
 from ..signals.marks import window_keys
 
@@ -189,12 +190,12 @@ def image_trigger_candidate(
     p_idx = np.flatnonzero(p_mask)
     if not len(p_idx):
         raise InputError("peers is empty once the group's own samples are left out; give other samples")
-    tolerance = _check_int(tolerance, "tolerance", 0, 127)
+    tolerance = check_int(tolerance, "tolerance", low=0, high=127)
     min_share = _check_fraction(min_share, "min_share")
     max_box_fraction = _check_fraction(max_box_fraction, "max_box_fraction")
     match_threshold = _check_fraction(match_threshold, "match_threshold")
-    max_peers = _check_int(max_peers, "max_peers", 1)
-    rng = np.random.default_rng(_check_int(random_state, "random_state", 0))
+    max_peers = check_int(max_peers, "max_peers", low=1)
+    rng = np.random.default_rng(check_random_state(random_state))
     target = None
     if labels is not None:
         y = np.asarray(labels)
@@ -477,7 +478,7 @@ def locate_pattern(
     x = _check_images(images)
     pat = _channels_last(_check_pattern(pattern, x), single=True).astype(np.int16)
     x = _channels_last(x)
-    tolerance = _check_int(tolerance, "tolerance", 0, 255)
+    tolerance = check_int(tolerance, "tolerance", low=0, high=255)
     ph, pw = pat.shape[:2]
     h, w = x.shape[1:3]
     n_cols = w - pw + 1
@@ -523,7 +524,7 @@ def search_image(
     """
     x = _check_images(images)
     pat = _check_pattern(pattern, x)
-    tolerance = _check_int(tolerance, "tolerance", 0, 255)
+    tolerance = check_int(tolerance, "tolerance", low=0, high=255)
     if moves:
         if box is not None:
             raise InputError("give box for a fixed patch or moves=True for a moving one, not both")
@@ -608,14 +609,6 @@ def _rows(sel: Any, n: int, ids: Any, name: str) -> np.ndarray:
     if not len(rows):
         raise InputError(f"{name} is empty; give at least one sample")
     return rows.astype(np.int64)
-
-
-def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
-            high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in {low}..{high}"
-        raise InputError(f"{name} must be an integer {allowed}; got {value!r}")
-    return int(value)
 
 
 def _check_fraction(value: Any, name: str) -> float:

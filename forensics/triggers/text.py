@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
+from .._validate import check_int, check_scores
 from ..errors import InputError
 from ..signals import top_k
-from .._validate import check_scores
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -235,10 +235,10 @@ def text_trigger_candidates(
     src = None if sources is None else _check_same_length(sources, n, "sources").astype(str)
     suspicious = (np.ones(n, dtype=bool) if suspicion is None
                   else suspicious_set(suspicion, n, suspicious_fraction=suspicious_fraction))
-    max_n = _check_int(max_n, "max_n", 1, 8)
-    min_count = _check_int(min_count, "min_count", 1)
-    top = _check_int(top, "top", 1)
-    n_examples = _check_int(n_examples, "n_examples", 0)
+    max_n = check_int(max_n, "max_n", low=1, high=8)
+    min_count = check_int(min_count, "min_count", low=1)
+    top = check_int(top, "top", low=1)
+    n_examples = check_int(n_examples, "n_examples", low=0)
 
     n_classes = int(pred.max()) + 1
     class_sizes = np.bincount(pred, minlength=n_classes)
@@ -514,9 +514,3 @@ def _check_same_length(values: Any, n: int, name: str) -> np.ndarray:
     return a
 
 
-def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or (
-            high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in {low}..{high}"
-        raise InputError(f"{name} must be an integer {allowed}; got {value!r}")
-    return int(value)
