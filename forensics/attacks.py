@@ -32,13 +32,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from ._validate import check_random_state
+from ._validate import check_int, check_number, check_random_state
 from .data import Dataset, concat, image_hash, text_hash
 from .errors import InputError
 
@@ -201,7 +201,7 @@ class BlendTrigger(_TriggerBase):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pattern", _check_pattern(self.pattern, "pattern"))
-        object.__setattr__(self, "alpha", _check_fraction(self.alpha, "alpha"))
+        object.__setattr__(self, "alpha", check_number(self.alpha, "alpha", low=0, high=1, low_open=True))
         object.__setattr__(self, "target", int(self.target))
 
     def __repr__(self) -> str:
@@ -617,7 +617,7 @@ def blend_backdoor(
     """
     _check_dataset(dataset, "blend_backdoor", kind="image")
     t = _class_index(dataset, target, "target")
-    alpha = _check_fraction(alpha, "alpha")
+    alpha = check_number(alpha, "alpha", low=0, high=1, low_open=True)
     if isinstance(pattern, str):
         if pattern != "noise":
             raise InputError(f"pattern must be 'noise' or an array; got {pattern!r}")
@@ -727,9 +727,9 @@ def sybil_sources(
     """
     _check_dataset(dataset, "sybil_sources")
     t = _class_index(dataset, target, "target")
-    n_sources = _check_count(n_sources, "n_sources")
-    n_per_source = _check_count(n_per_source, "n_per_source")
-    n_base = _check_count(n_base, "n_base")
+    n_sources = check_int(n_sources, "n_sources", low=1)
+    n_per_source = check_int(n_per_source, "n_per_source", low=1)
+    n_base = check_int(n_base, "n_base", low=1)
     if not isinstance(n_noisy_pixels, Integral) or isinstance(n_noisy_pixels, bool) or n_noisy_pixels < 0:
         raise InputError(f"n_noisy_pixels must be an integer >= 0; got {n_noisy_pixels!r}")
     if not isinstance(prefix, str) or not prefix.strip() or prefix != prefix.strip():
@@ -902,18 +902,6 @@ def _class_index(dataset: Dataset, value: Any, name: str) -> int:
     raise InputError(f"{name} must be a class index or name; got {value!r}")
 
 
-def _check_fraction(value: Any, name: str) -> float:
-    if not isinstance(value, Real) or isinstance(value, bool) or not np.isfinite(value) or not 0 < value <= 1:
-        raise InputError(f"{name} must be a number in (0, 1]; got {value!r}")
-    return float(value)
-
-
-def _check_count(value: Any, name: str) -> int:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-        raise InputError(f"{name} must be an integer >= 1; got {value!r}")
-    return int(value)
-
-
 def _eligible(dataset: Dataset, exclude: Iterable[Any], mask: np.ndarray | None = None) -> np.ndarray:
     """Row positions allowed by ``mask`` and not in ``exclude``."""
     if isinstance(exclude, (str, bytes)):
@@ -934,12 +922,12 @@ def _choose(eligible: np.ndarray, rate: Any, n: Any, rng: np.random.Generator, *
         raise InputError(f"give exactly one of rate= or n=; got rate={rate!r}, n={n!r}")
     m = len(eligible)
     if rate is not None:
-        rate = _check_fraction(rate, "rate")
+        rate = check_number(rate, "rate", low=0, high=1, low_open=True)
         k = int(np.floor(rate * m + 0.5))
         if k == 0:
             raise InputError(f"rate={rate} of {m} {what} selects 0 samples; raise rate or give n")
     else:
-        k = _check_count(n, "n")
+        k = check_int(n, "n", low=1)
         if k > m:
             raise InputError(f"n={k} but there are only {m} {what}")
     return np.sort(rng.choice(eligible, size=k, replace=False))

@@ -403,8 +403,8 @@ def test_trigger_round_trip_through_dict(digits):
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda d, r: random_label_flips(d, rate=0.0), r"rate must be a number in \(0, 1\]; got 0.0"),
-        (lambda d, r: random_label_flips(d, rate=1.5), r"rate must be a number in \(0, 1\]; got 1.5"),
+        (lambda d, r: random_label_flips(d, rate=0.0), r"rate must be a finite number in \(0, 1\]; got 0.0"),
+        (lambda d, r: random_label_flips(d, rate=1.5), r"rate must be a finite number in \(0, 1\]; got 1.5"),
         (lambda d, r: patch_backdoor(d, target=0, rate=0.0001), "selects 0 samples"),
         (lambda d, r: patch_backdoor(d, target=0, rate=0.1, n=3), "exactly one of rate= or n="),
         (lambda d, r: patch_backdoor(d, target=0), "exactly one of rate= or n="),
@@ -417,7 +417,7 @@ def test_trigger_round_trip_through_dict(digits):
         (lambda d, r: patch_backdoor(d, target=0, n=3, position="left"), "position must be one of"),
         (lambda d, r: patch_backdoor(d, target=0, n=3, value=(1, 2, 3)), "images are grayscale"),
         (lambda d, r: patch_backdoor(d, target=0, n=3, pattern=CHECKER3, size=3), "size is taken from"),
-        (lambda d, r: blend_backdoor(d, target=0, n=3, alpha=0), r"alpha must be a number in \(0, 1\]"),
+        (lambda d, r: blend_backdoor(d, target=0, n=3, alpha=0), r"alpha must be a finite number in \(0, 1\]"),
         (lambda d, r: blend_backdoor(d, target=0, n=3, pattern=np.zeros((4, 4), np.uint8)), "same size"),
         (lambda d, r: patch_backdoor(r, target=0, n=3), "needs an image dataset; got a text dataset"),
         (lambda d, r: text_trigger(d, target=0, n=3), "needs a text dataset; got an image dataset"),

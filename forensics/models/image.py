@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validate import check_int
 from ..errors import InputError
 from ._init import reset_affine
 
@@ -52,14 +53,14 @@ class ImageCNN(nn.Module):
         super().__init__()
         if in_channels not in (1, 3):
             raise InputError(f"in_channels must be 1 (grayscale) or 3 (RGB); got {in_channels!r}")
-        _check_positive_int(n_classes, "n_classes", minimum=2)
+        check_int(n_classes, "n_classes", low=2)
         if len(image_size) != 2:
             raise InputError(f"image_size must be (height, width); got {image_size!r}")
-        h, w = (_check_positive_int(s, "image_size", minimum=4) for s in image_size)
+        h, w = (check_int(s, "image_size", low=4) for s in image_size)
         if len(channels) != 2:
             raise InputError(f"channels must be two integers (conv1, conv2); got {channels!r}")
-        c1, c2 = (_check_positive_int(c, "channels") for c in channels)
-        _check_positive_int(hidden, "hidden")
+        c1, c2 = (check_int(c, "channels", low=1) for c in channels)
+        check_int(hidden, "hidden", low=1)
         self.config: dict[str, Any] = {
             "in_channels": int(in_channels),
             "n_classes": int(n_classes),
@@ -123,7 +124,3 @@ class ImageCNN(nn.Module):
         return x.permute(0, 3, 1, 2).contiguous()
 
 
-def _check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)

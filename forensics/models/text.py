@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validate import check_int
 from ..errors import InputError
 from ._init import reset_affine
-from .image import _check_positive_int
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -98,13 +98,13 @@ class TextClassifier(nn.Module):
         ngram_range: tuple[int, int] | list[int] = (1, 2),
     ) -> None:
         super().__init__()
-        _check_positive_int(n_classes, "n_classes", minimum=2)
-        _check_positive_int(n_buckets, "n_buckets", minimum=2)
-        _check_positive_int(dim, "dim")
-        _check_positive_int(hidden, "hidden")
+        check_int(n_classes, "n_classes", low=2)
+        check_int(n_buckets, "n_buckets", low=2)
+        check_int(dim, "dim", low=1)
+        check_int(hidden, "hidden", low=1)
         if len(ngram_range) != 2:
             raise InputError(f"ngram_range must be (min_n, max_n); got {ngram_range!r}")
-        lo, hi = (_check_positive_int(v, "ngram_range") for v in ngram_range)
+        lo, hi = (check_int(v, "ngram_range", low=1) for v in ngram_range)
         if lo > hi:
             raise InputError(f"ngram_range must be (min_n, max_n) with min_n <= max_n; got {ngram_range!r}")
         self.config: dict[str, Any] = {

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validate import check_random_state
+from .._validate import check_int, check_random_state
 from ..data import Dataset
 from ..errors import InputError
-from .image import ImageCNN, _check_positive_int
+from .image import ImageCNN
 from .text import TextClassifier
 
 logger = logging.getLogger(__name__)
@@ -138,8 +138,8 @@ def train_model(
     """
     model = _check_model(model)
     dataset = _check_dataset(dataset, model)
-    epochs = _check_positive_int(epochs, "epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    epochs = check_int(epochs, "epochs", low=1)
+    batch_size = check_int(batch_size, "batch_size", low=1)
     if not _is_number(lr) or not lr > 0:
         raise InputError(f"lr must be a positive number; got {lr!r}")
     if not _is_number(weight_decay) or not weight_decay >= 0:
@@ -229,7 +229,7 @@ def predict_proba(
     payload = _payload_array(data)
     prep = _resolve_preprocess(model, "text" if payload.dtype == object else "image", preprocess)
     n = len(payload)
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = check_int(batch_size, "batch_size", low=1)
     device = torch.device(device)
     model.to(device)
     was_training = model.training
@@ -349,7 +349,7 @@ def _options(kind: str, n: int, **given: Any) -> dict[str, Any]:
     defaults = REFERENCE_DEFAULTS[kind]
     out = {k: defaults[k] if v is None else v for k, v in given.items()}
     if given["epochs"] is None:
-        batches = -(-n // _check_positive_int(out["batch_size"], "batch_size"))
+        batches = -(-n // check_int(out["batch_size"], "batch_size", low=1))
         out["epochs"] = max(defaults["epochs"], -(-defaults["min_steps"] // batches))
     return out
 
@@ -376,7 +376,7 @@ def train_ensemble(
         Whether each sample was in each model's training half.
     """
     dataset = _check_dataset(dataset)
-    k = _check_positive_int(k, "k", minimum=2)
+    k = check_int(k, "k", low=2)
     rng = np.random.default_rng(check_random_state(random_state))
     n = len(dataset)
     if n < k:

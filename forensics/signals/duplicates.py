@@ -25,7 +25,7 @@ import scipy.fft
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from .._validate import check_features, check_int, check_labels
+from .._validate import check_features, check_int, check_labels, check_number
 from ..errors import InputError
 
 #: Side of the grey thumbnail that hashes and pixel checks use, and side of the kept low-frequency DCT block.
@@ -105,14 +105,6 @@ def _check_sources(sources: Any, n: int, *, name: str = "sources") -> np.ndarray
         raise InputError(f"{name} has {int(missing.sum())} missing value(s), first at position "
                          f"{int(np.flatnonzero(missing)[0])}; give every sample a source")
     return s.astype(str)
-
-
-def _check_threshold(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InputError(f"{name} must be a number in [{low}, {high}]; got {value!r}")
-    if not (low <= float(value) <= high):
-        raise InputError(f"{name} must be in [{low}, {high}]; got {value!r}")
-    return float(value)
 
 
 def _bucket_pairs(keys: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -381,7 +373,7 @@ def near_duplicate_groups_images(
         Group id per image (0, 1, ... by first member), -1 for an image with no near duplicate.
     """
     m = check_int(max_hamming, "max_hamming", low=0, high=16)
-    share = _check_threshold(max_changed_share, "max_changed_share", 0.0, 1.0)
+    share = check_number(max_changed_share, "max_changed_share", low=0.0, high=1.0)
     tol = check_int(pixel_tolerance, "pixel_tolerance", low=0, high=255)
     thumbs = _thumbnails(images)
     if len(thumbs) == 0:
@@ -592,7 +584,7 @@ def near_duplicate_groups_texts(
     bad = [i for i, v in enumerate(t) if not isinstance(v, str)]
     if bad:
         raise InputError(f"texts must all be str; texts[{bad[0]}] is {type(t[bad[0]]).__name__}")
-    thr = _check_threshold(threshold, "threshold", 0.0, 1.0)
+    thr = check_number(threshold, "threshold", low=0.0, high=1.0)
     if thr == 0.0:
         raise InputError("threshold must be > 0 (0 would make every pair of texts a near duplicate)")
     k = check_int(shingle_size, "shingle_size", low=1, high=64)

@@ -33,7 +33,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from .._validate import check_int, check_random_state
+from .._validate import check_int, check_number, check_random_state
 from ..errors import InputError
 from ..signals.marks import window_keys
 
@@ -191,9 +191,9 @@ def image_trigger_candidate(
     if not len(p_idx):
         raise InputError("peers is empty once the group's own samples are left out; give other samples")
     tolerance = check_int(tolerance, "tolerance", low=0, high=127)
-    min_share = _check_fraction(min_share, "min_share")
-    max_box_fraction = _check_fraction(max_box_fraction, "max_box_fraction")
-    match_threshold = _check_fraction(match_threshold, "match_threshold")
+    min_share = check_number(min_share, "min_share", low=0, high=1, low_open=True)
+    max_box_fraction = check_number(max_box_fraction, "max_box_fraction", low=0, high=1, low_open=True)
+    match_threshold = check_number(match_threshold, "match_threshold", low=0, high=1, low_open=True)
     max_peers = check_int(max_peers, "max_peers", low=1)
     rng = np.random.default_rng(check_random_state(random_state))
     target = None
@@ -611,7 +611,3 @@ def _rows(sel: Any, n: int, ids: Any, name: str) -> np.ndarray:
     return rows.astype(np.int64)
 
 
-def _check_fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 < value <= 1:
-        raise InputError(f"{name} must be a number in (0, 1]; got {value!r}")
-    return float(value)
