@@ -2,8 +2,8 @@
 
 Every message names the parameter, what is allowed and what was received ("k must be an integer >= 1; got 0").
 Scalars: :func:`check_int`, :func:`check_number`, :func:`check_random_state`, :func:`check_choice`; arrays:
-:func:`check_features`, :func:`check_labels`, :func:`check_probs`, :func:`check_scores`. Nothing here imports the
-rest of the package, so every module may use it.
+:func:`check_images`, :func:`check_features`, :func:`check_labels`, :func:`check_probs`, :func:`check_scores`.
+Nothing here imports the rest of the package, so every module may use it.
 """
 
 from __future__ import annotations
@@ -59,6 +59,25 @@ def check_choice(value: Any, name: str, choices: Any) -> Any:
     if not any(value == c and type(value) is type(c) for c in options):
         raise InputError(f"{name} must be one of {options!r}; got {value!r}")
     return value
+
+
+def check_images(images: Any, name: str = "images", *, allow_empty: bool = True) -> np.ndarray:
+    """A uint8 stack of images: (n, height, width) for grayscale (a single channel last is dropped) or
+    (n, height, width, 3) for colour, with no empty side (and at least one image unless ``allow_empty``)."""
+    x = images if isinstance(images, np.ndarray) else np.asarray(images)
+    if x.dtype != np.uint8:
+        raise InputError(f"{name} must be a uint8 array (0-255); got dtype {x.dtype}. "
+                         "For floats in [0, 1] use (x * 255).round().astype(np.uint8)")
+    if not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3))):
+        raise InputError(f"{name} must have shape (n, height, width) or (n, height, width, channels) with 1 or 3 "
+                         f"channels last; got {x.shape}")
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise InputError(f"{name} have an empty side: shape {x.shape}")
+    if not allow_empty and len(x) == 0:
+        raise InputError(f"{name} is empty; give at least one image")
+    return x
 
 
 def check_features(features: Any, *, name: str = "features", min_rows: int = 1) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ._validate import check_images
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -174,30 +175,6 @@ def _check_sources(sources: Sequence[Any] | None, n: int) -> np.ndarray | None:
     return out
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
-    if not isinstance(images, np.ndarray):
-        images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise InputError(
-            f"images must be a uint8 array (0-255); got dtype {images.dtype}. "
-            "For floats in [0, 1] use (x * 255).round().astype(np.uint8)"
-        )
-    if images.ndim == 4 and images.shape[-1] not in (1, 3):
-        raise InputError(
-            f"images of shape {images.shape} must be (n, height, width) or (n, height, width, channels) "
-            "with 1 or 3 channels last"
-        )
-    if images.ndim not in (3, 4):
-        raise InputError(
-            f"images must have shape (n, height, width) or (n, height, width, channels); got {images.shape}"
-        )
-    if images.ndim == 4 and images.shape[-1] == 1:
-        images = images[..., 0]
-    if images.shape[1] == 0 or images.shape[2] == 0:
-        raise InputError(f"images have an empty side: shape {images.shape}")
-    return np.ascontiguousarray(images)
-
-
 class Dataset:
     """An immutable set of samples keyed by ``sample_id``.
 
@@ -238,7 +215,7 @@ class Dataset:
         if kind == "image":
             if images is None or texts is not None:
                 raise InputError("an image dataset takes images and no texts")
-            images = _check_images(images)
+            images = np.ascontiguousarray(check_images(images))
             n = len(images)
         elif kind == "text":
             if texts is None or images is not None:
@@ -285,7 +262,7 @@ class Dataset:
 
         Without ``ids`` the samples are named ``"0"``, ``"1"``, ...: pass your own ids to keep them stable.
         """
-        images = _check_images(images)
+        images = np.ascontiguousarray(check_images(images))
         if ids is None:
             ids = [str(i) for i in range(len(images))]
         return cls(kind="image", ids=ids, labels=labels, class_names=class_names, sources=sources,

@@ -187,7 +187,7 @@ def test_input_errors_name_the_parameter():
     x = np.zeros((5, 8, 8), dtype=np.uint8)
     with pytest.raises(InputError, match="uint8"):
         shared_marks(x.astype(np.float32))
-    with pytest.raises(InputError, match=r"\(n, h, w\) or \(n, h, w, 3\)"):
+    with pytest.raises(InputError, match=r"\(n, height, width\) or \(n, height, width, channels\) with 1 or 3 channels last; got \(5, 8, 8, 2\)"):
         shared_marks(np.zeros((5, 8, 8, 2), dtype=np.uint8))
     with pytest.raises(InputError, match="empty"):
         shared_marks(x[:0])

@@ -25,7 +25,7 @@ import scipy.fft
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from .._validate import check_features, check_int, check_labels, check_number
+from .._validate import check_features, check_images, check_int, check_labels, check_number
 from ..errors import InputError
 
 #: Side of the grey thumbnail that hashes and pixel checks use, and side of the kept low-frequency DCT block.
@@ -186,20 +186,9 @@ def _resample_matrix(n_in: int, n_out: int) -> np.ndarray:
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _check_images(images: Any) -> np.ndarray:
-    x = np.asarray(images)
-    if x.dtype != np.uint8:
-        raise InputError(f"images must be a uint8 array (0-255); got dtype {x.dtype}")
-    if not (x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3))):
-        raise InputError(f"images must have shape (n, height, width) or (n, height, width, 1 or 3); got {x.shape}")
-    if x.shape[1] == 0 or x.shape[2] == 0:
-        raise InputError(f"images have an empty side: shape {x.shape}")
-    return x
-
-
 def _thumbnails(images: np.ndarray) -> np.ndarray:
     """Grey 32 x 32 thumbnails, uint8, shape (n, 32 * 32): the common ground of hashing and pixel checks."""
-    x = _check_images(images)
+    x = check_images(images)
     n, h, w = x.shape[:3]
     rh, rw = _resample_matrix(h, _THUMB_SIDE), _resample_matrix(w, _THUMB_SIDE)
     out = np.empty((n, _THUMB_SIDE * _THUMB_SIDE), dtype=np.uint8)

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, optimize, special
 
-from .._validate import check_int
+from .._validate import check_images, check_int
 from ..errors import InputError
 
 #: Window side (pixels) compared between images.
@@ -169,19 +169,6 @@ def _merge(windows: list[tuple[set[int], tuple[int, int], float]], k: int) -> li
     return marks
 
 
-def _check_images(images: Any) -> np.ndarray:
-    x = images if isinstance(images, np.ndarray) else np.asarray(images)
-    if x.dtype != np.uint8:
-        raise InputError(f"images must be a uint8 array (0-255); got dtype {x.dtype}")
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise InputError(f"images must have shape (n, h, w) or (n, h, w, 3); got {x.shape}")
-    if len(x) == 0:
-        raise InputError("images is empty; give at least one image")
-    return x
-
-
 def fall_off(counts: np.ndarray, min_count: int) -> tuple[float, float]:
     """The power-law null of window counts: ``(alpha, base)``, where ``base * zeta(alpha, m)`` (Hurwitz zeta: the
     sum of ``j ** -alpha`` over ``j >= m``) is the expected number of natural windows counted ``m`` or more.
@@ -234,7 +221,8 @@ def shared_marks(
         window's),
         ``log10_p`` (``-log10 min(1, chance)``) and ``carriers`` (row positions, int64).
     """
-    x = _check_images(images)
+    x = check_images(images, allow_empty=False)
+    x = x[..., None] if x.ndim == 3 else x
     k = check_int(window, "window", low=2)
     if k > min(x.shape[1:3]):
         raise InputError(f"window {k} is larger than the {x.shape[1]}x{x.shape[2]} images")

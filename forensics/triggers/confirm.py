@@ -49,9 +49,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .._validate import check_int, check_random_state
+from .._validate import check_images, check_int, check_random_state
 from ..errors import InputError
-from .image import ImageTriggerCandidate, _check_box, _check_images, _check_pattern, locate_pattern, search_image
+from .image import ImageTriggerCandidate, _check_box, _check_pattern, locate_pattern, search_image
 from .text import _TOKEN, _check_texts, _check_tokens, display_ngram, ngram_regex, search_text, tokenize
 
 PredictProba = Callable[[Any], np.ndarray]
@@ -238,7 +238,7 @@ def holdout_set(holdout: Any, predict_proba: PredictProba, *, kind: str, like: n
             payload, labels = holdout
         except (TypeError, ValueError):
             raise InputError("holdout must be a pair (held-out images or texts, their labels)") from None
-    payload = _check_images(payload) if kind == "image" else _check_texts(payload)
+    payload = check_images(payload, allow_empty=False) if kind == "image" else _check_texts(payload)
     if like is not None and payload.shape[1:] != like.shape[1:]:
         raise InputError(f"the held-out images have shape {payload.shape[1:]} but the images are {like.shape[1:]}")
     if isinstance(holdout, Holdout):
@@ -439,7 +439,7 @@ def confirm_image_trigger(
     holdout : (images, labels), optional
         Held-out images for the add test (see the module docstring); default: the training images.
     """
-    x = _check_images(images)
+    x = check_images(images, allow_empty=False)
     if not isinstance(candidate, ImageTriggerCandidate):
         raise InputError(f"candidate must be an ImageTriggerCandidate; got {type(candidate).__name__}")
     n = len(x)
@@ -560,7 +560,7 @@ def confirm_image_candidates(
     random_state: int = 0,
 ) -> list[ImageTriggerCandidate]:
     """:func:`confirm_image_trigger` for each candidate; returns copies with ``confirmation`` set."""
-    x = _check_images(images)
+    x = check_images(images, allow_empty=False)
     cands = list(candidates)
     pred = _check_predictions(predictions, predict_proba, x, len(x))
     held = holdout_set(holdout, predict_proba, kind="image", like=x)
@@ -790,7 +790,7 @@ def _n_scored(texts: Sequence[str] | None, images: np.ndarray | None) -> int:
         raise InputError("give texts= or images= (the samples to score)")
     if texts is not None and images is not None:
         raise InputError("give texts= or images=, not both: one dataset is scored at a time")
-    return len(_check_texts(texts)) if texts is not None else len(_check_images(images))
+    return len(_check_texts(texts)) if texts is not None else len(check_images(images, allow_empty=False))
 
 
 def _verdict(kind: str, item: Any) -> str:

@@ -33,7 +33,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
-from .._validate import check_int, check_number, check_random_state
+from .._validate import check_images, check_int, check_number, check_random_state
 from ..errors import InputError
 from ..signals.marks import window_keys
 
@@ -181,7 +181,7 @@ def image_trigger_candidate(
     -------
     ImageTriggerCandidate
     """
-    x = _check_images(images)
+    x = check_images(images, allow_empty=False)
     n = len(x)
     g_idx = _rows(group, n, ids, "group")
     p_mask = np.zeros(n, dtype=bool)
@@ -475,7 +475,7 @@ def locate_pattern(
     rows, cols : ndarray of int64, shape (n,)
         Top-left corner of the best place (the first one, in row-major order, on ties).
     """
-    x = _check_images(images)
+    x = check_images(images, allow_empty=False)
     pat = _channels_last(_check_pattern(pattern, x), single=True).astype(np.int16)
     x = _channels_last(x)
     tolerance = check_int(tolerance, "tolerance", low=0, high=255)
@@ -522,7 +522,7 @@ def search_image(
     ndarray of float64, shape (n,), in [0, 1]
         1.0 when every pixel of the pattern is found (at the box, or at the best place).
     """
-    x = _check_images(images)
+    x = check_images(images, allow_empty=False)
     pat = _check_pattern(pattern, x)
     tolerance = check_int(tolerance, "tolerance", low=0, high=255)
     if moves:
@@ -549,19 +549,6 @@ def _channels_last(x: np.ndarray, *, single: bool = False) -> np.ndarray:
 def _restore(a: np.ndarray, like: np.ndarray) -> np.ndarray:
     """Drop the channel axis added by :func:`_channels_last` when the images are grayscale."""
     return a[..., 0] if like.ndim == 3 else a
-
-
-def _check_images(images: Any) -> np.ndarray:
-    x = images if isinstance(images, np.ndarray) else np.asarray(images)
-    if x.dtype != np.uint8:
-        raise InputError(f"images must be a uint8 array (0-255); got dtype {x.dtype}")
-    if x.ndim == 4 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
-        raise InputError(f"images must have shape (n, h, w) or (n, h, w, 3); got {x.shape}")
-    if len(x) == 0:
-        raise InputError("images is empty; give at least one image")
-    return x
 
 
 def _check_pattern(pattern: Any, images: np.ndarray) -> np.ndarray:
