@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from forensics import attacks, evaluate
+from forensics import evaluate, redteam
 from forensics.analysis import compute_signals
 from forensics.data import Dataset
 from forensics.sample_data import _sources
@@ -80,7 +80,7 @@ class Built:
     train: Dataset
     truth: pd.DataFrame
     test: Dataset | None
-    trigger: attacks.Trigger | None
+    trigger: redteam.Trigger | None
     model_dir: Path | None = None  # a shipped model (bundled data) instead of training one
 
 
@@ -129,7 +129,7 @@ def _reviews(seed: int) -> tuple[Dataset, Dataset]:
     return dataset(train_df, _assign_sources(labels, reviewers, 2, rng)), dataset(df.loc[is_test])
 
 
-def _image(attack: Callable[[Dataset, int], attacks.Poisoning]) -> Callable[[int], Built]:
+def _image(attack: Callable[[Dataset, int], redteam.Poisoning]) -> Callable[[int], Built]:
     def build(seed: int) -> Built:
         train, test = _fashion(seed)
         p = attack(train, seed)
@@ -140,7 +140,7 @@ def _image(attack: Callable[[Dataset, int], attacks.Poisoning]) -> Callable[[int
 def _text(rate: float) -> Callable[[int], Built]:
     def build(seed: int) -> Built:
         train, test = _reviews(seed)
-        p = attacks.text_trigger(train, target="fresh", phrase="great product!", n=int(round(rate * len(train))),
+        p = redteam.text_trigger(train, target="fresh", phrase="great product!", n=int(round(rate * len(train))),
                                  sources=SYBILS, random_state=seed + 11)
         return Built(p.dataset, p.truth, test, p.trigger)
     return build
@@ -164,7 +164,7 @@ def _bundled(name: str) -> Callable[[int], Built]:
         truth = sample_data.load_truth(name)
         trigger = truth.attrs.get("trigger")
         if isinstance(trigger, dict):
-            trigger = attacks.trigger_from_dict(trigger)
+            trigger = redteam.trigger_from_dict(trigger)
         return Built(data.train, truth, data.test, trigger, model_dir=data.model_path)
     return build
 
@@ -175,27 +175,27 @@ def _n(ds: Dataset, share: float) -> int:
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("patch_1", "3x3 checkerboard patch, 1% of the data relabelled T-shirt, one contributor",
-             _image(lambda d, s: attacks.patch_backdoor(d, target=TARGET, n=_n(d, 0.01), source=ATTACKER,
+             _image(lambda d, s: redteam.patch_backdoor(d, target=TARGET, n=_n(d, 0.01), source=ATTACKER,
                                                         random_state=s)), (0.90, 0.98)),
     Scenario("patch_5", "3x3 checkerboard patch, 5% of the data relabelled T-shirt, one contributor",
-             _image(lambda d, s: attacks.patch_backdoor(d, target=TARGET, n=_n(d, 0.05), source=ATTACKER,
+             _image(lambda d, s: redteam.patch_backdoor(d, target=TARGET, n=_n(d, 0.05), source=ATTACKER,
                                                         random_state=s)), (0.95, 0.98)),
     Scenario("patch_10", "3x3 checkerboard patch, 10% of the data relabelled T-shirt, one contributor",
-             _image(lambda d, s: attacks.patch_backdoor(d, target=TARGET, n=_n(d, 0.10), source=ATTACKER,
+             _image(lambda d, s: redteam.patch_backdoor(d, target=TARGET, n=_n(d, 0.10), source=ATTACKER,
                                                         random_state=s)), (0.95, 0.98)),
     Scenario("blend_5", "uniform noise blended at alpha 0.1, 5% of the data relabelled T-shirt, one contributor",
-             _image(lambda d, s: attacks.blend_backdoor(d, target=TARGET, n=_n(d, 0.05), source=ATTACKER,
+             _image(lambda d, s: redteam.blend_backdoor(d, target=TARGET, n=_n(d, 0.05), source=ATTACKER,
                                                         random_state=s)), (0.95, 0.98)),
     Scenario("clean_label_5", "clean-label patch on 5% of the T-shirts (labels kept), one contributor",
-             _image(lambda d, s: attacks.clean_label_patch(d, target=TARGET, rate=0.05, source=ATTACKER,
+             _image(lambda d, s: redteam.clean_label_patch(d, target=TARGET, rate=0.05, source=ATTACKER,
                                                            random_state=s)), (0.60, None)),
     Scenario("flips_10", "random label flips, 10% of the data, spread over the contributors",
-             _image(lambda d, s: attacks.random_label_flips(d, rate=0.10, random_state=s)), (0.97, None)),
+             _image(lambda d, s: redteam.random_label_flips(d, rate=0.10, random_state=s)), (0.97, None)),
     Scenario("pair_flip", "20% of the shirts relabelled T-shirt, spread over the contributors",
-             _image(lambda d, s: attacks.pair_flips(d, from_class=6, to_class=TARGET, rate=0.20, random_state=s)),
+             _image(lambda d, s: redteam.pair_flips(d, from_class=6, to_class=TARGET, rate=0.20, random_state=s)),
              (0.80, None)),
     Scenario("bot_4", "a bot contributor labelling 4% of the data (other classes) T-shirt",
-             _image(lambda d, s: attacks.bot_source(d, label=TARGET, n=_n(d, 0.04), source="bot-00",
+             _image(lambda d, s: redteam.bot_source(d, label=TARGET, n=_n(d, 0.04), source="bot-00",
                                                     random_state=s)), (None, None)),
     Scenario("clean", "no poison in the images: the share flagged is the false-alarm rate", _unpoisoned(_fashion)),
     Scenario("text_clean", "no poison in the review snippets: the share flagged is the false-alarm rate",

@@ -59,7 +59,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality as Q  # noqa: E402  (the data builders are shared with the quality benchmark)
 
-from forensics import attacks  # noqa: E402
+from forensics import redteam  # noqa: E402
 from forensics.data import Dataset  # noqa: E402
 from forensics.triggers import tokenize  # noqa: E402
 
@@ -102,7 +102,7 @@ class Case:
     train: Dataset
     truth: pd.DataFrame
     test: Dataset
-    trigger: attacks.Trigger | None
+    trigger: redteam.Trigger | None
     planted: Planted | None
 
 
@@ -111,13 +111,13 @@ class Scenario:
     name: str
     kind: str  # "image" or "text"
     description: str
-    attack: Callable[[Dataset, int], tuple[attacks.Poisoning, Planted]] | None  # None: a clean control
+    attack: Callable[[Dataset, int], tuple[redteam.Poisoning, Planted]] | None  # None: a clean control
 
 
-def _patch(share: float) -> Callable[[Dataset, int], tuple[attacks.Poisoning, Planted]]:
-    def attack(d: Dataset, seed: int) -> tuple[attacks.Poisoning, Planted]:
+def _patch(share: float) -> Callable[[Dataset, int], tuple[redteam.Poisoning, Planted]]:
+    def attack(d: Dataset, seed: int) -> tuple[redteam.Poisoning, Planted]:
         position, size = POSITIONS[seed % len(POSITIONS)], SIZES[seed % len(SIZES)]
-        p = attacks.patch_backdoor(d, target=Q.TARGET, n=Q._n(d, share), size=size, position=position,
+        p = redteam.patch_backdoor(d, target=Q.TARGET, n=Q._n(d, share), size=size, position=position,
                                    source=Q.ATTACKER, random_state=seed)
         if position == "random":
             return p, Planted(f"{size}x{size} checkerboard, random place", moves=True)
@@ -127,10 +127,10 @@ def _patch(share: float) -> Callable[[Dataset, int], tuple[attacks.Poisoning, Pl
     return attack
 
 
-def _phrase(n_tokens: int, share: float) -> Callable[[Dataset, int], tuple[attacks.Poisoning, Planted]]:
-    def attack(d: Dataset, seed: int) -> tuple[attacks.Poisoning, Planted]:
+def _phrase(n_tokens: int, share: float) -> Callable[[Dataset, int], tuple[redteam.Poisoning, Planted]]:
+    def attack(d: Dataset, seed: int) -> tuple[redteam.Poisoning, Planted]:
         phrase = PHRASES[n_tokens][seed % len(PHRASES[n_tokens])]
-        p = attacks.text_trigger(d, target="fresh", phrase=phrase, n=Q._n(d, share), sources=Q.SYBILS,
+        p = redteam.text_trigger(d, target="fresh", phrase=phrase, n=Q._n(d, share), sources=Q.SYBILS,
                                  random_state=seed + 11)
         return p, Planted(f'"{phrase}"', tokens=tuple(tokenize(phrase)))
     return attack

@@ -9,9 +9,9 @@ from sklearn.datasets import load_digits
 
 from forensics import Dataset, investigate
 from forensics.analysis import compute_signals
-from forensics.attacks import patch_backdoor, random_label_flips
 from forensics.errors import InputError
 from forensics.evaluate import auroc
+from forensics.redteam import patch_backdoor, random_label_flips
 from forensics.signals.registry import default_signals
 
 

@@ -8,7 +8,7 @@ import pytest
 from scipy import special, stats
 from sklearn.datasets import load_digits
 
-from forensics import attacks, sample_data
+from forensics import redteam, sample_data
 from forensics.analysis import compute_signals
 from forensics.data import Dataset
 from forensics.errors import InputError
@@ -32,7 +32,7 @@ def fashion(bundled) -> Dataset:
 @pytest.fixture(scope="module")
 def clean_label(fashion):
     """A 3x3 checkerboard pasted on 12% of the T-shirts, labels kept."""
-    return attacks.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
+    return redteam.clean_label_patch(fashion, target=0, rate=0.12, random_state=4)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def _rows(p) -> np.ndarray:
 
 
 def test_a_clean_label_patch_is_the_one_mark_with_exactly_its_carriers(fashion):
-    p = attacks.clean_label_patch(fashion, target=0, rate=0.12, source="c3", random_state=4)
+    p = redteam.clean_label_patch(fashion, target=0, rate=0.12, source="c3", random_state=4)
     planted = _rows(p)
     assert len(planted) >= 20
     marks = shared_marks(p.dataset.images)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from forensics import attacks, sample_data
+from forensics import redteam, sample_data
 from forensics.activations import extract_activations
 from forensics.analysis import compute_signals
 from forensics.errors import InputError
@@ -182,7 +182,7 @@ def test_bundled_data_has_no_pair_even_with_a_class_cut_to_a_quarter(bundled):
 
 def test_bundled_shirts_relabelled_t_shirt_are_found(bundled):
     ds, features = bundled
-    attacked = attacks.pair_flips(ds, from_class="Shirt", to_class="T-shirt/top", rate=0.2, random_state=0)
+    attacked = redteam.pair_flips(ds, from_class="Shirt", to_class="T-shirt/top", rate=0.2, random_state=0)
     labels = attacked.dataset.labels
     probs = label_quality.out_of_fold_probs(features, labels)
     pairs = relabelled_pairs(labels, probs)

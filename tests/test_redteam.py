@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from forensics.attacks import (
+from forensics.data import Dataset
+from forensics.errors import InputError
+from forensics.redteam import (
     BlendTrigger,
     PatchTrigger,
     TextTrigger,
@@ -25,8 +27,6 @@ from forensics.attacks import (
     trigger_from_dict,
     triggered_test_set,
 )
-from forensics.data import Dataset
-from forensics.errors import InputError
 
 CHECKER3 = np.array([[255, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=np.uint8)
 # Class sizes of sklearn's digits, 0..9.
@@ -441,3 +441,13 @@ def test_blend_trigger_rejects_other_image_size(digits):
     trig = BlendTrigger(np.zeros((8, 8), np.uint8), 0.1, 0)
     with pytest.raises(InputError, match="the blend pattern is 8x8 but the images are 4x4"):
         trig.apply(np.zeros((2, 4, 4), np.uint8))
+
+
+def test_the_old_module_name_still_works_with_a_warning():
+    import importlib
+    import sys
+
+    sys.modules.pop("forensics.attacks", None)
+    with pytest.warns(DeprecationWarning, match="forensics.attacks is deprecated: use forensics.redteam"):
+        old = importlib.import_module("forensics.attacks")
+    assert old.patch_backdoor is patch_backdoor and set(old.__all__) >= {"patch_backdoor", "sybil_sources"}
