@@ -10,7 +10,7 @@
 - :func:`search_text`, :func:`search_image`, :func:`trigger_scores`: find every sample that carries a trigger;
   :func:`trigger_evidence`: the confirmed triggers' carriers scored by the strength of the confirmation
   (:func:`confirmation_log10_p`), the ``trigger`` signal of an investigation.
-- :func:`triggers_table`, :func:`trigger_patterns`: the findings, one row per candidate.
+- :func:`triggers_table`, :func:`trigger_patterns` (:mod:`.findings`): the findings, one row per candidate.
 - :func:`find_triggers` (:mod:`.discover`): all of the above over an investigation.
 
 Nothing here imports torch: the model is reached through a ``predict_proba`` callable (payload batch ->
@@ -25,14 +25,10 @@ from .confirm import (
     confirm_image_trigger,
     confirm_text_candidates,
     confirm_text_trigger,
-    confirmation_log10_p,
     holdout_set,
-    trigger_evidence,
-    trigger_patterns,
-    trigger_scores,
-    triggers_table,
     verdict,
 )
+from .findings import confirmation_log10_p, trigger_evidence, trigger_patterns, trigger_scores, triggers_table
 from .image import ImageTriggerCandidate, image_trigger_candidate, label_peers, locate_pattern, search_image
 from .text import remove_ngram, search_text, suspicious_set, text_trigger_candidates, tokenize
 

@@ -38,7 +38,7 @@ _VERDICT_RANK = {"confirmed": 0, "weak": 1}
 def _by_verdict(confirmations: list[Any]) -> list[int]:
     """Positions of the candidates, confirmed first, then weak, then the rest; each by the strength of its
     confirmation (:func:`forensics.triggers.confirmation_log10_p`), ties kept in discovery order."""
-    from .confirm import confirmation_log10_p
+    from .findings import confirmation_log10_p
 
     def key(i: int) -> tuple[int, float, int]:
         c = confirmations[i]

@@ -1,0 +1,260 @@
+"""The findings of trigger discovery as tables and scores: one row per candidate (:func:`triggers_table`), the
+reconstructed patterns, the strength of each confirmation, and each sample's trigger evidence."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .._validate import check_images
+from ..errors import InputError
+from .confirm import CONFIRMATION_COLUMNS, Confirmation
+from .image import ImageTriggerCandidate, search_image
+from .text import _check_texts, search_text
+
+
+def _items(found: Iterable[Any]) -> list[tuple[str, Any]]:
+    """(kind, item) pairs: rows of confirmed text tables, and image candidates."""
+    if isinstance(found, (pd.DataFrame, ImageTriggerCandidate)):
+        found = [found]
+    out: list[tuple[str, Any]] = []
+    for f in found:
+        if isinstance(f, pd.DataFrame):
+            if "tokens" not in f.columns:
+                raise InputError("a text candidate table needs a 'tokens' column (from text_trigger_candidates)")
+            out.extend(("text", row) for _, row in f.iterrows())
+        elif isinstance(f, ImageTriggerCandidate):
+            out.append(("image", f))
+        else:
+            raise InputError(f"expected text candidate tables (DataFrame) or ImageTriggerCandidate objects; got "
+                             f"{type(f).__name__}")
+    return out
+
+
+def _ids(kind_items: list[tuple[str, Any]]) -> list[str]:
+    counts = {"text": 0, "image": 0}
+    out = []
+    for kind, _ in kind_items:
+        counts[kind] += 1
+        out.append(f"{kind}-{counts[kind]}")
+    return out
+
+
+TABLE_COLUMNS = (
+    "trigger_id", "kind", "description", "evidence", "remove_flip_rate", "add_flip_rate", "verdict", "sample_ids",
+    "target", "n_carriers", "remove_changed", "remove_tried", "add_flipped", "add_tried", "control_remove_rate",
+    "control_add_rate", "reason", "tokens", "box", "moves", "local",
+)
+
+
+def triggers_table(found: Iterable[Any], *, ids: Sequence[Any] | np.ndarray | None = None) -> pd.DataFrame:
+    """One row per trigger candidate, with its evidence and its confirmation.
+
+    Parameters
+    ----------
+    found : iterable of DataFrame and ImageTriggerCandidate
+        Text tables from :func:`confirm_text_candidates` (or unconfirmed ones from
+        :func:`text_trigger_candidates`) and image candidates (confirmed by :func:`confirm_image_candidates`
+        or not).
+    ids : sequence, optional
+        Sample ids of the images the image candidates were found in, to report their carriers by id
+        (without them, image carriers are row positions as strings).
+
+    Returns
+    -------
+    DataFrame, one row per candidate in the order given, with columns
+        ``trigger_id`` ("text-1", "image-1", ...: the keys of :func:`trigger_patterns`), ``kind``
+        ("text"/"image"), ``description``, ``evidence``, ``remove_flip_rate``, ``add_flip_rate``,
+        ``verdict`` ("confirmed", "weak", "not confirmed", or "untested"), ``sample_ids`` (the carriers' ids),
+        ``target``, ``n_carriers``, the counts behind the rates and the control rates, ``reason``, and
+        ``tokens`` (text), ``box``, ``moves``, ``local`` (image). Patterns are in :func:`trigger_patterns`.
+    """
+    items = _items(found)
+    id_arr = None if ids is None else np.asarray(ids, dtype=object).astype(str)
+    rows = []
+    for (kind, item), tid in zip(items, _ids(items)):
+        if kind == "text":
+            conf = {c: item.get(c) for c in CONFIRMATION_COLUMNS} if "verdict" in item.index else {}
+            carriers = list(item["carrier_ids"])
+            row = {
+                "trigger_id": tid, "kind": "text",
+                "description": f'phrase "{item["ngram"]}"',
+                "evidence": (f'{item["count"]} texts carry it, {item["count_suspicious"]} of them among the most '
+                             f'suspicious ({100 * item["suspicious_share"]:.0f}%); '
+                             f'{100 * item["class_share"]:.0f}% predicted as class {item["predicted_class"]}'
+                             + (f'; top sources {item["sources"]}' if item["sources"] else "")),
+                "sample_ids": carriers, "n_carriers": len(carriers), "tokens": tuple(item["tokens"]),
+                "box": None, "moves": None, "local": None, "target": item["predicted_class"],
+            }
+        else:
+            c = item.confirmation
+            conf = c.as_dict() if c is not None else {}
+            group = item.group[item.carriers]
+            carriers = list(id_arr[group]) if id_arr is not None else [str(g) for g in group]
+            row = {
+                "trigger_id": tid, "kind": "image", "description": item.description,
+                "evidence": (f"{int(item.carriers.sum())} of {len(item.group)} group images carry it; "
+                             f"strength {item.strength:.2f} (group share minus reference share)" if item.local
+                             else f"image-wide difference, mean {255 * item.strength:.1f} grey levels"),
+                "sample_ids": carriers, "n_carriers": len(carriers), "tokens": None, "box": item.box,
+                "moves": item.moves, "local": item.local, "target": item.target,
+            }
+        row.update({k: conf.get(k) for k in ("remove_flip_rate", "add_flip_rate", "remove_changed", "remove_tried",
+                                             "add_flipped", "add_tried", "control_remove_rate",
+                                             "control_add_rate", "reason")})
+        if conf.get("target") is not None:
+            row["target"] = conf["target"]
+        row["verdict"] = conf.get("verdict") or "untested"
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    for c in ("remove_flip_rate", "add_flip_rate", "control_remove_rate", "control_add_rate"):
+        table[c] = pd.to_numeric(table[c]).astype(float)
+    return table
+
+
+def trigger_patterns(found: Iterable[Any]) -> dict[str, np.ndarray]:
+    """Small uint8 images keyed by the ``trigger_id`` of :func:`triggers_table` (same order of ``found``):
+    the reconstructed patch of a local image candidate, or its mean difference image mapped to 0..255
+    (128 = no difference) when it is not local. Text candidates have none."""
+    items = _items(found)
+    out = {}
+    for (kind, item), tid in zip(items, _ids(items)):
+        if kind != "image":
+            continue
+        if item.local:
+            out[tid] = item.pattern
+        else:
+            d = np.asarray(item.difference, dtype=np.float32)
+            scale = max(float(np.abs(d).max()), 1e-6)
+            out[tid] = np.clip(np.rint(128 + 127 * d / scale), 0, 255).astype(np.uint8)
+    return out
+
+
+def confirmation_log10_p(confirmation: Confirmation | Mapping[str, Any]) -> float:
+    """Strength of a confirmation: ``-log10`` of the p-value that the candidate is no more than its control.
+
+    Each test is a one-sided binomial test of its count against its control's rate (Laplace-smoothed,
+    ``(k + 1) / (n + 2)``, so that a control that changed nothing is not taken as impossible); a trigger must pass
+    both, so the p-value is the larger of the two (an intersection-union test). Capped at 300 (``1e-300``).
+
+    Parameters
+    ----------
+    confirmation : Confirmation, or a mapping with its count fields (a row of a confirmed candidates table)
+
+    Returns
+    -------
+    float >= 0; 0 when a test was not tried.
+    """
+    c = confirmation.as_dict() if isinstance(confirmation, Confirmation) else confirmation
+    ps = []
+    for k, n, k0, n0 in (("remove_changed", "remove_tried", "control_remove_changed", "control_remove_tried"),
+                         ("add_flipped", "add_tried", "control_add_flipped", "control_add_tried")):
+        tried, control_tried = int(c[n]), int(c[n0])
+        if tried == 0:
+            return 0.0
+        rate = (int(c[k0]) + 1) / (control_tried + 2)
+        ps.append(float(stats.binom.sf(int(c[k]) - 1, tried, rate)))
+    return float(min(300.0, -np.log10(max(max(ps), 1e-300))))
+
+
+def trigger_evidence(
+    found: Iterable[Any],
+    *,
+    texts: Sequence[str] | None = None,
+    images: np.ndarray | None = None,
+    match_threshold: float = 0.9,
+) -> np.ndarray:
+    """Per-sample evidence of carrying a **confirmed** trigger: **higher = more suspicious**.
+
+    A sample that carries a confirmed candidate (the n-gram, or at least ``match_threshold`` of the patch's pixels
+    at its place) scores the candidate's :func:`confirmation_log10_p`, the strongest when it carries several;
+    every other sample scores 0. The score is a ``-log10`` p-value from the model's own ablation tests, not a
+    rank among the data, which is how :func:`forensics.signals.combine.combine` reads its ``trigger`` signal.
+
+    Parameters
+    ----------
+    found, texts, images
+        As for :func:`trigger_scores`.
+    match_threshold : float in (0, 1]
+        Share of an image patch's pixels a sample must match to carry it.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    if not 0 < match_threshold <= 1:
+        raise InputError(f"match_threshold must be in (0, 1]; got {match_threshold!r}")
+    items = _items(found)
+    out = np.zeros(_n_scored(texts, images))
+    for kind, item in items:
+        if _verdict(kind, item) == "confirmed":
+            strength = confirmation_log10_p(item if kind == "text" else item.confirmation)
+            out = np.maximum(out, np.where(_carries(kind, item, texts, images) >= match_threshold, strength, 0.0))
+    return out
+
+
+def trigger_scores(
+    found: Iterable[Any],
+    *,
+    texts: Sequence[str] | None = None,
+    images: np.ndarray | None = None,
+    verdicts: Sequence[str] = ("confirmed",),
+) -> np.ndarray:
+    """Per-sample trigger signal: **higher = more suspicious**.
+
+    For each candidate whose verdict is in ``verdicts`` (all candidates with ``verdicts=None``), a sample scores
+    1.0 when it carries the n-gram (text), or the share of the patch's pixels it matches (image, in [0, 1]);
+    the signal is the maximum over the candidates, 0.0 where none applies. Image candidates without a local
+    pattern (blends) cannot be searched and are skipped.
+
+    Parameters
+    ----------
+    found : iterable of DataFrame and ImageTriggerCandidate
+        As for :func:`triggers_table`.
+    texts : sequence of str, optional
+        Needed when text candidates are given; the samples to score.
+    images : ndarray of uint8, optional
+        Needed when image candidates are given; the samples to score.
+
+    Returns
+    -------
+    ndarray of float64, shape (n,)
+    """
+    items = _items(found)
+    out = np.zeros(_n_scored(texts, images))
+    for kind, item in items:
+        if verdicts is None or _verdict(kind, item) in verdicts:
+            out = np.maximum(out, _carries(kind, item, texts, images))
+    return out
+
+
+def _n_scored(texts: Sequence[str] | None, images: np.ndarray | None) -> int:
+    if texts is None and images is None:
+        raise InputError("give texts= or images= (the samples to score)")
+    if texts is not None and images is not None:
+        raise InputError("give texts= or images=, not both: one dataset is scored at a time")
+    return len(_check_texts(texts)) if texts is not None else len(check_images(images, allow_empty=False))
+
+
+def _verdict(kind: str, item: Any) -> str:
+    if kind == "text":
+        return item.get("verdict", "untested")
+    return item.confirmation.verdict if item.confirmation is not None else "untested"
+
+
+def _carries(kind: str, item: Any, texts: Sequence[str] | None, images: np.ndarray | None) -> np.ndarray:
+    """How much each sample carries one candidate: 1/0 for an n-gram, the matched share of a patch's pixels."""
+    if kind == "text":
+        if texts is None:
+            raise InputError("a text candidate needs texts= to be searched")
+        return search_text(texts, tuple(item["tokens"])).astype(float)
+    if images is None:
+        raise InputError("an image candidate needs images= to be searched")
+    if not item.local:  # an image-wide difference has no pattern to search for
+        return np.zeros(len(images))
+    return search_image(images, item.pattern, box=None if item.moves else item.box, moves=item.moves,
+                        tolerance=item.tolerance)
