@@ -8,6 +8,8 @@ in the result. Non-flat outputs (convolution maps, token sequences) become one v
 
 This module and ``forensics.models`` are the only places that import torch; everything downstream takes the numpy
 arrays of :class:`Activations`.
+Keeping torch in one place is why this module holds the hooks, the layer listing, batching, devices and the
+cache together, past 600 lines.
 """
 
 from __future__ import annotations

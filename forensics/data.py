@@ -4,7 +4,8 @@ A :class:`Dataset` is an immutable table of samples: a stable string ``sample_id
 never a row position), an integer ``label`` into ``class_names``, an optional ``source`` (contributor,
 annotator, device, shard), the payload (images as a uint8 array, or texts) and a content hash of each payload.
 
-Everything is validated once, here, at construction; later stages trust a ``Dataset``.
+Everything is validated once, here, at construction; later stages trust a ``Dataset``. That is why the
+loaders and their checks of hostile input live here together, past 600 lines.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ No n x n matrix is formed.
 Reproducibility: with an integer ``random_state`` every result is identical from run to run on one machine. UMAP
 is then single-threaded (it only parallelizes without a seed); ``random_state=None`` lets it use every core at the
 price of run-to-run differences.
+
+It is one module, past 600 lines, because projection, clustering, the cluster table and the map cache share one
+preparation (the PCA fitted once, one sample for the fit) and one set of option checks.
 """
 
 from __future__ import annotations

@@ -9,21 +9,8 @@ second. Once the investigation has a folder (after :meth:`Investigation.save` or
 entry is on disk before the call returns, so a decision survives a crash without another save. The log is the
 source of truth: loading replays it to rebuild the review table.
 
-A saved folder holds::
-
-    investigation.json        manifest: format and toolkit versions, dataset hash, params, and for every other
-                              file its name and blake2b checksum; written last
-    audit.<g>.jsonl           the audit log (appended to in place by later decisions; the manifest records the
-                              (seq, hash) of its last entry at save time)
-    samples.<g>.parquet  signals.<g>.parquet  triggers.<g>.parquet  [map.<g>.parquet  clusters.<g>.parquet]
-    [features.<g>.npy]        read back with allow_pickle=False
-    [dataset.<g>.parquet  images.<g>.npy]   the dataset itself (ids, labels, sources, content hashes, texts),
-                              unless saved with include_dataset=False
-    .lock                     taken by saves, loads and appends, so that two of them never interleave
-
-``<g>`` is the save's generation. A save writes new files under new names and replaces the manifest last, so a
-save that stops midway leaves the previous save loadable; files no manifest names any more are removed after
-the new manifest is in place.
+The on-disk format of a saved folder is :mod:`forensics._store`'s. The review and the save/load that must never
+lose one of its decisions stay together here, past 600 lines.
 """
 
 from __future__ import annotations
@@ -32,7 +19,6 @@ import functools
 import json
 import logging
 import os
-import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
@@ -42,7 +28,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from . import _io, audit
+from . import _io, _store, audit
+from ._store import MANIFEST
 from ._validate import check_features, check_scores
 from .audit import AuditLog, to_json_object, utc_now
 from .data import Dataset
@@ -60,18 +47,9 @@ TRIGGER_COLUMNS = ("kind", "description", "evidence", "remove_flip_rate", "add_f
 #: Columns of an export of the review.
 EXPORT_COLUMNS = ("sample_id", "label", "source", "suspicion", "reasons", "status", "note", "who", "when")
 
-MANIFEST = "investigation.json"
-FORMAT = "poison-forensics investigation"
-FORMAT_VERSION = 1
-
 _STATUS_CODE = {s: np.int8(i) for i, s in enumerate(STATUSES)}
 _FLAGGED = (_STATUS_CODE["suspected"], _STATUS_CODE["confirmed"])
 _TABLES = ("samples", "signals", "triggers", "map", "clusters")
-# Only names of this form are read or removed in a saved folder: a hostile manifest cannot point elsewhere.
-_MANAGED = re.compile(r"^(samples|signals|triggers|map|clusters|features|dataset|images|audit)\.(\d+)\."
-                      r"(parquet|npy|jsonl)$")
-_MANAGED_TMP = re.compile(r"^\.((samples|signals|triggers|map|clusters|features|dataset|images|audit)\.\d+\."
-                          r"(parquet|npy|jsonl)|" + re.escape(MANIFEST) + r")\.[0-9a-f]+\.tmp\.\w+$")
 
 
 def _empty_triggers() -> pd.DataFrame:
@@ -618,7 +596,7 @@ class Investigation:
         old = None
         if (folder / MANIFEST).exists():
             try:
-                old = _read_manifest(folder)
+                old = _store.read_manifest(folder)
             except IntegrityError:
                 if not overwrite:
                     raise
@@ -647,8 +625,7 @@ class Investigation:
         files: dict[str, dict[str, str]] = {}
 
         def put(key: str, ext: str, writer: Callable[[Path], Any]) -> None:
-            name = f"{key}.{gen}.{ext}"
-            files[key] = {"file": name, "blake2b": _io.atomic_write_with(folder / name, writer)}
+            files[key] = _store.write_file(folder, key, gen, ext, writer)
 
         ds = self._dataset
         if include_dataset:
@@ -659,9 +636,9 @@ class Investigation:
                 # The same dataset is already stored: keep its files (their checksums are carried over).
                 files.update({k: old["files"][k] for k in ("dataset", "images") if k in old["files"]})
             else:
-                put("dataset", "parquet", lambda tmp: _dataset_table(ds).to_parquet(tmp))
+                put("dataset", "parquet", lambda tmp: _store.dataset_table(ds).to_parquet(tmp))
                 if ds.kind == "image":
-                    put("images", "npy", lambda tmp: _save_npy(tmp, ds.images))
+                    put("images", "npy", lambda tmp: _store.save_npy(tmp, ds.images))
         put("samples", "parquet", lambda tmp: self._samples.to_parquet(tmp))
         put("signals", "parquet", lambda tmp: self._signals.to_parquet(tmp))
         put("triggers", "parquet", lambda tmp: self._triggers.to_parquet(tmp))
@@ -669,7 +646,7 @@ class Investigation:
             put("map", "parquet", lambda tmp: self._map.to_parquet(tmp))
             put("clusters", "parquet", lambda tmp: self._clusters.to_parquet(tmp))
         if self._features is not None:
-            put("features", "npy", lambda tmp: _save_npy(tmp, self._features))
+            put("features", "npy", lambda tmp: _store.save_npy(tmp, self._features))
         if attached_here:
             log_path = self._log.path
         else:
@@ -677,8 +654,8 @@ class Investigation:
             _io.atomic_write_bytes(log_path, self._log.to_bytes())
         head_seq, head_hash = self._log.head
         manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format": _store.FORMAT,
+            "format_version": _store.FORMAT_VERSION,
             "toolkit_version": __version__,
             "saved": utc_now(),
             "investigation_id": self.id,
@@ -689,12 +666,11 @@ class Investigation:
             "files": files,
             "audit": {"file": log_path.name, "head_seq": head_seq, "head_hash": head_hash},
         }
-        # Last: until this rename the previous manifest, and the files it names, are what a load reads.
-        _io.atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=True) + "\n")
+        _store.write_manifest(folder, manifest)
         if not attached_here:
             self._log.attach(log_path)
         self._folder = folder
-        _remove_unreferenced(folder, {f["file"] for f in files.values()} | {log_path.name})
+        _store.remove_unreferenced(folder, {f["file"] for f in files.values()} | {log_path.name})
 
     @classmethod
     def load(
@@ -732,21 +708,10 @@ class Investigation:
             raise InputError(f"{folder} holds no saved investigation ({MANIFEST} is missing)")
         with _io.file_lock(folder / ".lock", timeout=audit.LOCK_TIMEOUT_S, what=f"the investigation folder {folder}",
                            read_only_ok=not repair):
-            m = _read_manifest(folder)
+            m = _store.read_manifest(folder)
             files = m["files"]
 
-            def path_of(key: str) -> Path:
-                spec = files[key]
-                p = folder / spec["file"]
-                if not p.is_file():
-                    raise IntegrityError(f"{folder}: {spec['file']} is missing; the folder is incomplete")
-                got = _io.file_digest(p)
-                if got != spec["blake2b"]:
-                    raise IntegrityError(
-                        f"{p} does not match its checksum in {MANIFEST} ({got[:16]}... instead of "
-                        f"{spec['blake2b'][:16]}...): it was changed, truncated or replaced after saving"
-                    )
-                return p
+            path_of = functools.partial(_store.verified_path, folder, files)
 
             recorded = m["dataset"]["hash"]
             if dataset is not None:
@@ -758,7 +723,7 @@ class Investigation:
                         f"dataset {recorded}: it is not the same dataset (ids, labels, sources or payloads differ)"
                     )
             elif "dataset" in files:
-                dataset = _read_dataset(m, path_of("dataset"), path_of("images") if "images" in files else None)
+                dataset = _store.read_dataset(m, path_of("dataset"), path_of("images") if "images" in files else None)
                 if dataset.content_hash != recorded:
                     raise IntegrityError(
                         f"the dataset stored in {folder} has content hash {dataset.content_hash} but the manifest "
@@ -815,104 +780,3 @@ class Investigation:
         where = f", saved in {self._folder}" if self._folder is not None else ", not saved"
         return (f"Investigation({self._dataset.kind}, {len(self._dataset)} samples, {c['suspected']} suspected, "
                 f"{c['confirmed']} confirmed, {c['cleared']} cleared{where})")
-
-
-# ---------------------------------------------------------------------------------------------- file helpers
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-
-
-def _dataset_table(ds: Dataset) -> pd.DataFrame:
-    cols: dict[str, Any] = {
-        "sample_id": pd.Series(ds.ids, dtype="str"),
-        "label": ds.labels,
-        "content_hash": pd.Series(ds.hashes, dtype="str"),
-    }
-    if ds.sources is not None:
-        cols["source"] = pd.Series(ds.sources, dtype="str")
-    if ds.texts is not None:
-        cols["text"] = pd.Series(ds.texts, dtype="str")
-    if ds.paths is not None:
-        cols["path"] = pd.Series(ds.paths, dtype="str")
-    return pd.DataFrame(cols)
-
-
-def _read_dataset(manifest: Mapping[str, Any], table_path: Path, images_path: Path | None) -> Dataset:
-    info = manifest["dataset"]
-    t = pd.read_parquet(table_path)
-
-    def column(name: str) -> np.ndarray | None:
-        if name not in t.columns:
-            return None
-        values = t[name].to_numpy(dtype=object)
-        if not all(isinstance(v, str) for v in values):
-            raise IntegrityError(f"{table_path}: column {name!r} holds values that are not text")
-        return values
-
-    for needed in ("sample_id", "label", "content_hash"):
-        if needed not in t.columns:
-            raise IntegrityError(f"{table_path}: no column {needed!r}")
-    images = None
-    if info["kind"] == "image":
-        if images_path is None:
-            raise IntegrityError(f"{MANIFEST} names an image dataset but no images file")
-        images = np.load(images_path, allow_pickle=False)
-    try:
-        return Dataset(kind=info["kind"], ids=column("sample_id"), labels=t["label"].to_numpy(),
-                       class_names=info["class_names"], sources=column("source"), images=images,
-                       texts=column("text"), paths=column("path"), hashes=column("content_hash"))
-    except InputError as e:
-        raise IntegrityError(f"the dataset stored in {table_path.parent} is not valid: {e}") from e
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise IntegrityError(f"{path} is not valid JSON ({e}); the manifest was damaged") from e
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise IntegrityError(f"{path} is not a poison-forensics investigation manifest")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise IntegrityError(
-            f"{path} has format version {m.get('format_version')!r}; this toolkit reads version {FORMAT_VERSION}"
-        )
-    try:
-        ok = (isinstance(m["investigation_id"], str) and isinstance(m["generation"], int)
-              and isinstance(m["dataset"]["hash"], str) and isinstance(m["dataset"]["kind"], str)
-              and isinstance(m["dataset"]["class_names"], list) and isinstance(m["params"], dict)
-              and isinstance(m["files"], dict) and isinstance(m["audit"]["file"], str)
-              and isinstance(m["audit"]["head_seq"], int) and isinstance(m["audit"]["head_hash"], str))
-    except (KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise IntegrityError(f"{path} lacks required fields or has fields of the wrong type")
-    for key, spec in m["files"].items():
-        if (not isinstance(spec, dict) or not isinstance(spec.get("file"), str)
-                or not isinstance(spec.get("blake2b"), str)
-                or not (match := _MANAGED.fullmatch(spec["file"])) or match.group(1) != key):
-            raise IntegrityError(f"{path}: the entry for {key!r} does not name a file of this folder")
-    for key in ("samples", "signals", "triggers"):
-        if key not in m["files"]:
-            raise IntegrityError(f"{path} names no {key} table")
-    if ("map" in m["files"]) != ("clusters" in m["files"]):
-        raise IntegrityError(f"{path} names a map without clusters or clusters without a map")
-    log = _MANAGED.fullmatch(m["audit"]["file"])
-    if not log or log.group(1) != "audit":
-        raise IntegrityError(f"{path}: the audit log entry does not name a file of this folder")
-    return m
-
-
-def _remove_unreferenced(folder: Path, keep: set[str]) -> None:
-    """Remove older generations and temporary files of interrupted saves; never any other file."""
-    for p in folder.iterdir():
-        name = p.name
-        if name in keep or not p.is_file():
-            continue
-        if _MANAGED.fullmatch(name) or _MANAGED_TMP.fullmatch(name):
-            try:
-                p.unlink()
-            except OSError as e:  # a leftover costs disk space only; the save itself is complete
-                logger.warning("could not remove the old file %s: %s", p, e)
