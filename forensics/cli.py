@@ -32,9 +32,12 @@ import time
 import traceback
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ForensicsError, InputError
+
+if TYPE_CHECKING:
+    from .investigation import Investigation
 
 log = logging.getLogger("forensics.cli")
 
@@ -290,7 +293,7 @@ def _canaries(model: Any, canaries: Any, baseline_model: Any):
     return integrity.canary_report(lambda ds: predict_proba(model, ds), canaries, baseline_predictions=base)
 
 
-def _write_changes(inv: Any, diff: Any, path: Path) -> None:
+def _write_changes(inv: Investigation, diff: Any, path: Path) -> None:
     from .export import export_table
 
     table = diff.to_frame()

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ from .errors import InputError
 from .html import escape_html, highlight, png_data_url
 from .signals.combine import DEFAULT_THRESHOLD
 from .signals.registry import get_signal, reason_text, registered_signals
+
+if TYPE_CHECKING:
+    from .investigation import Investigation
 
 __all__ = ["Verdict", "render_report", "scan_verdict"]
 
@@ -69,7 +72,7 @@ class Verdict:
     text: str
 
 
-def scan_verdict(inv: Any, *, threshold: float = DEFAULT_THRESHOLD, fail_above: float | None = None,
+def scan_verdict(inv: Investigation, *, threshold: float = DEFAULT_THRESHOLD, fail_above: float | None = None,
                  fail_on_trigger: bool = True) -> Verdict:
     """Whether a scan fails: more than ``fail_above`` (a share, 0..1) of the samples reach ``threshold``, or
     (with ``fail_on_trigger``) a trigger candidate was confirmed on the model.
@@ -122,7 +125,7 @@ def scan_verdict(inv: Any, *, threshold: float = DEFAULT_THRESHOLD, fail_above: 
 
 
 def render_report(
-    inv: Any,
+    inv: Investigation,
     *,
     diff: Any = None,
     canaries: Any = None,
@@ -238,7 +241,7 @@ def _signals_fact(params: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _summary(inv: Any, verdict: Verdict, diff: Any, notes: Sequence[str]) -> str:
+def _summary(inv: Investigation, verdict: Verdict, diff: Any, notes: Sequence[str]) -> str:
     ds = inv.dataset
     params = inv.params
     css = "info" if verdict.fail_above is None else ("fail" if verdict.failed else "pass")
@@ -283,7 +286,7 @@ def _summary(inv: Any, verdict: Verdict, diff: Any, notes: Sequence[str]) -> str
     return "\n".join(out)
 
 
-def _diff_section(inv: Any, diff: Any, changed: pd.Series, pattern: re.Pattern[str] | None, top: int) -> str:
+def _diff_section(inv: Investigation, diff: Any, changed: pd.Series, pattern: re.Pattern[str] | None, top: int) -> str:
     counts = pd.DataFrame({"samples": [len(diff.added), len(diff.removed), len(diff.relabelled),
                                        len(diff.modified), len(diff.moved_source), diff.n_unchanged]},
                           index=pd.Index(["added", "removed", "relabelled", "modified", "moved source",
@@ -329,7 +332,7 @@ def _canary_section(rep: Any) -> str:
     return "\n".join(out)
 
 
-def _map_section(inv: Any, suspicion: np.ndarray, threshold: float) -> str:
+def _map_section(inv: Investigation, suspicion: np.ndarray, threshold: float) -> str:
     import plotly.graph_objects as go
 
     ds = inv.dataset
@@ -366,7 +369,7 @@ def _cluster_section(clusters: pd.DataFrame) -> str:
             + _table(view, percent=tuple(c for c in view.columns if "purity" in c or "share" in c)))
 
 
-def _samples_table(inv: Any, pos: np.ndarray, changed: pd.Series | None,
+def _samples_table(inv: Investigation, pos: np.ndarray, changed: pd.Series | None,
                    pattern: re.Pattern[str] | None) -> str:
     ds = inv.dataset
     samples, signals = inv.samples, inv.signals
@@ -398,7 +401,7 @@ def _samples_table(inv: Any, pos: np.ndarray, changed: pd.Series | None,
             + "".join(rows) + "</table>")
 
 
-def _trigger_section(inv: Any) -> str:
+def _trigger_section(inv: Investigation) -> str:
     trig = inv.triggers
     out = ["<h2 id=triggers>Trigger candidates</h2>"]
     if not len(trig):
@@ -450,7 +453,7 @@ def _trigger_thumbnail(ds: Any, t: pd.Series) -> str:
     return f"<img class=thumb title='{escape_html(what)}' alt='' src='{png_data_url(img, size=64)}'>"
 
 
-def _source_section(inv: Any, suspicion: np.ndarray, threshold: float) -> str:
+def _source_section(inv: Investigation, suspicion: np.ndarray, threshold: float) -> str:
     ds = inv.dataset
     if ds.sources is None:
         return "<h2 id=sources>Sources</h2><p>The dataset names no sources.</p>"
@@ -479,7 +482,7 @@ def _source_section(inv: Any, suspicion: np.ndarray, threshold: float) -> str:
             + _table(table.head(MAX_TABLE_ROWS), percent=("share_flagged", "dominant_share")))
 
 
-def _params_section(inv: Any, run_info: Mapping[str, Any] | None) -> str:
+def _params_section(inv: Investigation, run_info: Mapping[str, Any] | None) -> str:
     items = dict(run_info or {})
     items.update({"dataset content hash": inv.dataset.content_hash, "investigation id": inv.id})
     items.update(inv.params)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -13,6 +13,9 @@ from ..errors import InputError
 from ..html import escape_html
 from ..signals.registry import score_column
 from .state import Change, PanelState
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
 
 #: Samples per preview page.
 DEFAULT_PAGE_SIZE = 24
@@ -50,7 +53,7 @@ class Columns:
     loss: np.ndarray | None
 
     @classmethod
-    def of(cls, inv: Any) -> Columns:
+    def of(cls, inv: Investigation) -> Columns:
         from ..investigation import Investigation
 
         if not isinstance(inv, Investigation):
@@ -77,7 +80,7 @@ class Columns:
         )
 
 
-def review_status(inv: Any) -> np.ndarray:
+def review_status(inv: Investigation) -> np.ndarray:
     """The review status of every sample ("unreviewed", "suspected", "confirmed", "cleared"), shape (n,)."""
     return inv.review["status"].to_numpy(dtype=object)
 

@@ -3,7 +3,7 @@ members."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -12,6 +12,9 @@ import pandas as pd
 from ..errors import InputError
 from ._common import Columns, Panel, fmt, plural, table_html
 from .state import Change, PanelState
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
 
 #: Orders of the cluster list.
 SORTS = ("suspicion", "smallness", "size")
@@ -92,7 +95,7 @@ class ClusterPanel(Panel):
     sort : {"suspicion", "smallness", "size"}, default "suspicion"
     """
 
-    def __init__(self, inv: Any, state: PanelState | None = None, *, sort: str = "suspicion",
+    def __init__(self, inv: Investigation, state: PanelState | None = None, *, sort: str = "suspicion",
                  columns: Columns | None = None) -> None:
         self.inv = inv
         self.columns = columns if columns is not None else Columns.of(inv)

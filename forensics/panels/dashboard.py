@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -29,6 +29,9 @@ from .review import ReviewPanel
 from .sources import SourcePanel
 from .state import PanelState
 from .triggers import TriggerPanel
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
 
 
 class Dashboard(widgets.VBox):
@@ -49,7 +52,7 @@ class Dashboard(widgets.VBox):
     status : ipywidgets.HTML
     """
 
-    def __init__(self, inv: Any, *, truth: Any = None, page_size: int = DEFAULT_PAGE_SIZE,
+    def __init__(self, inv: Investigation, *, truth: Any = None, page_size: int = DEFAULT_PAGE_SIZE,
                  patterns: Mapping[str, np.ndarray] | None = None, export_path: str = "flagged_samples.csv") -> None:
         columns = Columns.of(inv)
         state = PanelState(columns.ids, page_size=page_size)
@@ -117,7 +120,7 @@ class Dashboard(widgets.VBox):
         self.state.bump_revision(origin="api")
 
 
-def dashboard(inv: Any, *, truth: Any = None, page_size: int = DEFAULT_PAGE_SIZE,
+def dashboard(inv: Investigation, *, truth: Any = None, page_size: int = DEFAULT_PAGE_SIZE,
               patterns: Mapping[str, np.ndarray] | None = None, export_path: str = "flagged_samples.csv") -> Dashboard:
     """The investigation dashboard: map, preview, clusters, high/low loss, triggers, sources and review.
 

@@ -7,7 +7,7 @@ both ends are visible; drag a box over its bars, move the range slider, or take 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -17,6 +17,9 @@ from ..errors import InputError
 from ..html import escape_html
 from ._common import Columns, Panel, plural
 from .state import PanelState
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
 
 #: Losses below this are drawn at this value on the log axis (a loss of exactly 0 has no logarithm).
 LOSS_FLOOR = 1e-8
@@ -75,7 +78,7 @@ class LossPanel(Panel):
     state : PanelState, optional
     """
 
-    def __init__(self, inv: Any, state: PanelState | None = None, *, columns: Columns | None = None) -> None:
+    def __init__(self, inv: Investigation, state: PanelState | None = None, *, columns: Columns | None = None) -> None:
         self.inv = inv
         self.columns = columns if columns is not None else Columns.of(inv)
         self.state = state if state is not None else PanelState(self.columns.ids)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -25,6 +25,9 @@ from ..errors import InputError
 from ..html import escape_html
 from ._common import Columns, Panel, plural, review_status
 from .state import Change, PanelState
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
 
 #: Colour modes of the map, in the order of its dropdown ("truth" only when ground truth is given).
 COLOR_MODES = ("cluster", "label", "prediction", "suspicion", "source", "review", "truth")
@@ -359,7 +362,7 @@ class MapPanel(Panel):
     widget : ipywidgets.VBox
     """
 
-    def __init__(self, inv: Any, state: PanelState | None = None, *, truth: Any = None, width: int = 620,
+    def __init__(self, inv: Investigation, state: PanelState | None = None, *, truth: Any = None, width: int = 620,
                  height: int = 480, columns: Columns | None = None) -> None:
         self.inv = inv
         self.columns = columns if columns is not None else Columns.of(inv)

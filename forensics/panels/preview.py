@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -19,6 +19,9 @@ from ..errors import InputError
 from ..html import escape_html, highlight, png_data_url
 from ._common import Columns, Panel, fmt, review_status
 from .state import Change, PanelState
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
 
 #: Characters of text shown per sample.
 SNIPPET_CHARS = 400
@@ -173,7 +176,7 @@ class PreviewPanel(Panel):
         The ids on the current page, in the order shown.
     """
 
-    def __init__(self, inv: Any, state: PanelState | None = None, *, highlight: Iterable[Any] | None = None,
+    def __init__(self, inv: Investigation, state: PanelState | None = None, *, highlight: Iterable[Any] | None = None,
                  thumb_size: int = 96, columns: Columns | None = None) -> None:
         self.inv = inv
         self.columns = columns if columns is not None else Columns.of(inv)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
@@ -12,6 +12,9 @@ from ..errors import InputError
 from ..html import escape_html
 from ._common import Columns, Panel, plural
 from .state import Change, PanelState
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
 
 #: The review actions of :class:`~forensics.investigation.Investigation` and how the panel reports them.
 ACTIONS = {"flag": "suspected", "confirm": "confirmed", "clear": "cleared", "unflag": "unreviewed"}
@@ -35,7 +38,7 @@ class ReviewPanel(Panel):
         Proposed in the export box (.csv, .parquet or .json).
     """
 
-    def __init__(self, inv: Any, state: PanelState | None = None, *,
+    def __init__(self, inv: Investigation, state: PanelState | None = None, *,
                  export_path: str | os.PathLike = "flagged_samples.csv", columns: Columns | None = None) -> None:
         self.inv = inv
         ids = columns.ids if columns is not None else inv.dataset.ids

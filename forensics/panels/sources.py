@@ -3,7 +3,7 @@ samples."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -13,6 +13,9 @@ from ..errors import InputError
 from ..html import escape_html
 from ._common import Columns, Panel, fmt, plural, review_status, table_html
 from .state import Change, PanelState
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
 
 _FLAGGED = ("suspected", "confirmed")
 #: Sources listed (the most suspicious); the others stay reachable through :meth:`SourcePanel.choose`.
@@ -79,7 +82,7 @@ class SourcePanel(Panel):
     state : PanelState, optional
     """
 
-    def __init__(self, inv: Any, state: PanelState | None = None, *, columns: Columns | None = None) -> None:
+    def __init__(self, inv: Investigation, state: PanelState | None = None, *, columns: Columns | None = None) -> None:
         self.inv = inv
         self.columns = columns if columns is not None else Columns.of(inv)
         self.state = state if state is not None else PanelState(self.columns.ids)

@@ -8,7 +8,7 @@ box; a text candidate shows its phrase.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 import numpy as np
@@ -18,6 +18,9 @@ from ..errors import InputError
 from ..html import escape_html, png_data_url
 from ._common import Columns, Panel, fmt, plural, table_html
 from .state import Change, PanelState
+
+if TYPE_CHECKING:
+    from ..investigation import Investigation
 
 _VERDICT_ORDER = {"confirmed": 0, "weak": 1, "untested": 2, "not confirmed": 3}
 
@@ -57,8 +60,8 @@ class TriggerPanel(Panel):
         Reconstructed patterns (:func:`forensics.triggers.trigger_patterns`).
     """
 
-    def __init__(self, inv: Any, state: PanelState | None = None, *, patterns: Mapping[str, np.ndarray] | None = None,
-                 columns: Columns | None = None) -> None:
+    def __init__(self, inv: Investigation, state: PanelState | None = None, *,
+                 patterns: Mapping[str, np.ndarray] | None = None, columns: Columns | None = None) -> None:
         self.inv = inv
         self.columns = columns if columns is not None else Columns.of(inv)
         self.state = state if state is not None else PanelState(self.columns.ids)
