@@ -325,18 +325,24 @@ class Dataset:
         if not rows:
             raise InputError(f"{path}: no rows; the dataset is empty")
         needed = [c for c in (text_column, label_column, id_column, source_column) if c is not None]
+        # Every row decides which columns exist (a JSON-lines file may omit a key on its first line only).
+        present = dict.fromkeys(k for row in rows for k in row)
         for c in needed:
-            if c not in rows[0]:
+            if c not in present:
                 if c == id_column == "sample_id":
                     continue  # the default id column is optional
-                raise InputError(f"{path}: no column {c!r}; columns are {list(rows[0])[:20]!r}")
-        has_ids = id_column is not None and id_column in rows[0]
+                raise InputError(f"{path}: no column {c!r}; columns are {list(present)[:20]!r}")
+        has_ids = id_column is not None and id_column in present
         texts, labels, ids, sources = [], [], [], []
         first_line = 2 if path.suffix.lower() == ".csv" else 1  # a CSV header takes line 1
         for row_no, row in enumerate(rows):
             line_no = row_no + first_line
             for c in needed:
-                if c in rows[0] and (c not in row or row[c] is None):
+                if c in present and (c not in row or row[c] is None):
+                    if c == id_column:
+                        raise InputError(
+                            f"{path}: the row at line {line_no} has no {c!r} while other rows have one; give "
+                            "every row an id, or none (rows are then numbered from 0)")
                     raise InputError(f"{path}: row at line {line_no} has no value for {c!r}")
             t = row[text_column]
             if not isinstance(t, str):
@@ -651,7 +657,9 @@ def _check_texts(texts: Sequence[Any]) -> np.ndarray:
 def _open_text(path: Path):
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    return open(path, encoding="utf-8", newline="")
+    # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte-order mark, which would otherwise become part of the
+    # first column's name (and hide the id column).
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 #: Largest CSV field read (Python's default is 128 KiB, smaller than some real reviews).
@@ -665,6 +673,10 @@ def _read_csv_rows(path: Path):
             reader = csv.DictReader(f)
             if reader.fieldnames is None:
                 return
+            twice = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
+            if twice:
+                raise InputError(f"{path}: the header names column(s) {twice} more than once; which copy is "
+                                 "meant cannot be told")
             yield from reader
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e

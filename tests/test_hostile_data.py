@@ -518,3 +518,34 @@ def test_a_lone_surrogate_in_an_id_is_refused_at_the_edge():
         Dataset.from_texts(["a", "b"], [0, 1], ids=["\ud800", "x"])
     with pytest.raises(InputError, match=r"ids\[1\] holds a lone surrogate \(U\+DFFF at character 1\)"):
         Dataset.from_numpy(np.zeros((2, 4, 4), np.uint8), [0, 1], ids=["a", "b\udfff"])
+
+
+def test_a_csv_saved_with_a_byte_order_mark_keeps_its_ids(tmp_path):
+    # "CSV UTF-8" from a spreadsheet starts with a BOM; the id column must not turn into '\ufeffsample_id'.
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffsample_id,text,label\nr-9,good film,pos\nr-7,bad film,neg\n".encode())
+    ds = Dataset.from_csv(path)
+    assert ds.ids.tolist() == ["r-9", "r-7"]
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes('\ufeff{"sample_id": "r-9", "text": "good", "label": "pos"}\n'.encode())
+    assert Dataset.from_jsonl(jsonl).ids.tolist() == ["r-9"]
+
+
+def test_jsonl_ids_are_found_on_any_line_and_a_row_without_one_is_refused(tmp_path):
+    path = tmp_path / "late.jsonl"
+    path.write_text('{"text": "good", "label": "pos"}\n{"sample_id": "r-2", "text": "bad", "label": "neg"}\n')
+    with pytest.raises(InputError, match=r"late\.jsonl: the row at line 1 has no 'sample_id' while other rows "
+                                         r"have one; give every row an id, or none"):
+        Dataset.from_jsonl(path)
+    path.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg", "source": "w1"}\n')
+    with pytest.raises(InputError, match=r"row at line 1 has no value for 'source'"):
+        Dataset.from_jsonl(path, source_column="source")
+    path.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n')
+    assert Dataset.from_jsonl(path).ids.tolist() == ["0", "1"]  # no row has an id: numbered, as documented
+
+
+def test_a_csv_column_named_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.csv"
+    path.write_text("sample_id,text,label,label\na,good,pos,neg\n")
+    with pytest.raises(InputError, match=r"twice\.csv: the header names column\(s\) \['label'\] more than once"):
+        Dataset.from_csv(path)
