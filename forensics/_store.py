@@ -6,6 +6,8 @@ A saved folder holds::
                               file its name and blake2b checksum; written last
     audit.<g>.jsonl           the audit log (appended to in place by later decisions; the manifest records the
                               (seq, hash) of its last entry at save time)
+    audit.<g>.jsonl.seal      the log's last entry and size, rewritten after every decision (signed with the key
+                              of FORENSICS_AUDIT_KEY when set): entries deleted from the end are caught
     samples.<g>.parquet  signals.<g>.parquet  triggers.<g>.parquet  [map.<g>.parquet  clusters.<g>.parquet]
     [features.<g>.npy]        read back with allow_pickle=False
     [dataset.<g>.parquet  images.<g>.npy]   the dataset itself (ids, labels, sources, content hashes, texts),
@@ -41,9 +43,9 @@ FORMAT_VERSION = 1
 
 # Only names of this form are read or removed in a saved folder: a hostile manifest cannot point elsewhere.
 _MANAGED = re.compile(r"^(samples|signals|triggers|map|clusters|features|dataset|images|audit)\.(\d+)\."
-                      r"(parquet|npy|jsonl)$")
+                      r"(parquet|npy|jsonl|jsonl\.seal)$")
 _MANAGED_TMP = re.compile(r"^\.((samples|signals|triggers|map|clusters|features|dataset|images|audit)\.\d+\."
-                          r"(parquet|npy|jsonl)|" + re.escape(MANIFEST) + r")\.[0-9a-f]+\.tmp\.\w+$")
+                          r"(parquet|npy|jsonl|jsonl\.seal)|" + re.escape(MANIFEST) + r")\.[0-9a-f]+\.tmp\.\w+$")
 
 
 def verified_path(folder: Path, files: Mapping[str, Mapping[str, str]], key: str) -> Path:

@@ -15,9 +15,16 @@ disk the moment the call returns (write-ahead). An entry counts once its end of 
 Integrity: :meth:`AuditLog.load` and :meth:`AuditLog.verify` recompute the chain and raise
 :class:`~forensics.errors.IntegrityError` naming the first entry (line number and seq) that breaks it: an edited
 entry (its hash no longer matches), a deleted, inserted or reordered entry (seq or prev out of sequence), a line
-that is not an entry. Entries deleted from the *end* leave a valid chain; they are caught by an ``anchor``, the
-(seq, hash) of an entry known to exist, such as the one an investigation's manifest records at each save.
-The chain makes changes evident, not impossible: someone able to rewrite the whole file can rebuild a chain.
+that is not an entry. Entries deleted from the *end* leave a valid chain; they are caught by the log's *seal*
+(``<log>.seal``, rewritten atomically after every append: the (seq, hash) of the last entry and the file's size)
+and by an ``anchor``, the (seq, hash) of an entry known to exist, such as the one an investigation's manifest
+records at each save.
+
+What this proves, and what not: without a key, the chain and the seal make accidental damage and a careless edit
+evident, not a careful forger's: someone able to rewrite the files can rebuild a chain and write a matching seal.
+With a key in the environment variable ``FORENSICS_AUDIT_KEY`` the seal carries an HMAC-SHA256 of its head, so
+that nobody without the key can forge a seal for a shortened or rewritten log; the key cannot stop a whole older
+copy of the folder (log and seal together) from being put back. Keep the key out of the folder.
 
 A torn last line (the process stopped in the middle of an append, so the file does not end with an end of
 line) raises an IntegrityError of its own, saying that the last entry is incomplete. ``load(..., repair=True)``
@@ -30,6 +37,7 @@ from __future__ import annotations
 import errno
 import getpass
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -54,6 +62,59 @@ _OPTIONAL = {"ids": list, "payload": dict}
 
 #: Seconds an append or a save waits for another one on the same folder to finish.
 LOCK_TIMEOUT_S = 30.0
+#: Environment variable whose value, when set, signs every seal (HMAC-SHA256) and is required to accept one.
+KEY_ENV = "FORENSICS_AUDIT_KEY"
+
+
+def seal_path(log_path: str | os.PathLike) -> Path:
+    """Where the seal of the log at ``log_path`` is kept."""
+    log_path = Path(log_path)
+    return log_path.with_name(log_path.name + ".seal")
+
+
+def _seal_mac(key: bytes, seq: int, h: str, size: int) -> str:
+    return hmac.new(key, f"{seq}:{h}:{size}".encode(), hashlib.sha256).hexdigest()
+
+
+def _key() -> bytes | None:
+    key = os.environ.get(KEY_ENV)
+    return key.encode() if key else None
+
+
+def write_seal(log_path: str | os.PathLike, head: tuple[int, str] | None, size: int) -> None:
+    """Seal the log at ``log_path``: record its last entry and size atomically beside it (signed with the key of
+    :data:`KEY_ENV` when one is set)."""
+    if head is None:
+        return
+    record: dict[str, Any] = {"seq": int(head[0]), "hash": str(head[1]), "size": int(size)}
+    key = _key()
+    if key is not None:
+        record["hmac"] = _seal_mac(key, record["seq"], record["hash"], record["size"])
+    _io.atomic_write_text(seal_path(log_path), json.dumps(record, sort_keys=True) + "\n")
+
+
+def _read_seal(log_path: Path) -> dict[str, Any] | None:
+    path = seal_path(log_path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        ok = (isinstance(record, dict) and isinstance(record.get("seq"), int) and isinstance(record.get("hash"), str)
+              and isinstance(record.get("size"), int))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        ok = False
+    if not ok:
+        raise IntegrityError(f"audit log seal {path} is not a valid seal; it was damaged or replaced")
+    key = _key()
+    if key is not None:
+        mac = record.get("hmac")
+        if not isinstance(mac, str) or not hmac.compare_digest(
+                mac, _seal_mac(key, record["seq"], record["hash"], record["size"])):
+            what = f"carries no signature although {KEY_ENV} is set" if mac is None else \
+                f"is not signed with the key in {KEY_ENV}"
+            raise IntegrityError(f"audit log seal {path} {what}: the seal was forged or replaced, or the log was "
+                                 "sealed without that key")
+    return record
 
 
 def default_who() -> str:
@@ -127,6 +188,7 @@ class AuditLog:
         *,
         repair: bool = False,
         anchor: tuple[int, str] | None = None,
+        sealed: bool = False,
     ) -> AuditLog:
         """Open an existing log and verify its whole chain.
 
@@ -139,6 +201,10 @@ class AuditLog:
         anchor : (int, str), optional
             ``(seq, hash)`` of an entry that must be in the log, such as the head recorded at the last save:
             catches entries deleted from the end and a log swapped for another.
+        sealed : bool
+            The log must have its seal (an investigation's folder records that it does). A seal found is checked
+            either way: the log must hold the entry it names, so entries deleted from the end since the last
+            decision are caught; with a key in :data:`KEY_ENV` the seal's signature is checked too.
 
         Raises
         ------
@@ -169,6 +235,12 @@ class AuditLog:
             log._size = len(data) - len(torn)
             if anchor is not None:
                 log._check_anchor(anchor)  # before any repair: a log that fails it is left as it is
+            seal = _read_seal(path)
+            if seal is None and sealed:
+                raise IntegrityError(f"audit log {path}: its seal {seal_path(path).name} is missing, so entries "
+                                     "deleted from its end could not be told; it was removed")
+            if seal is not None:
+                log._check_anchor((seal["seq"], seal["hash"]), known="sealed after the last decision")
             if torn:
                 logger.warning("audit log %s: dropping an incomplete last line of %d bytes", path, len(torn))
                 with open(path, "r+b") as f:
@@ -209,18 +281,18 @@ class AuditLog:
             )
         return len(entries)
 
-    def _check_anchor(self, anchor: tuple[int, str]) -> None:
+    def _check_anchor(self, anchor: tuple[int, str], *, known: str = "recorded at the last save") -> None:
         seq, h = int(anchor[0]), str(anchor[1])
         where = self.path or "in memory"
         if seq >= len(self._entries):
             raise IntegrityError(
                 f"audit log {where}: it ends at seq {len(self._entries) - 1} but entry seq {seq} is known to "
-                "exist (recorded at the last save): entries were deleted from its end"
+                f"exist ({known}): entries were deleted from its end"
             )
         if self._entries[seq]["hash"] != h:
             raise IntegrityError(
                 f"audit log {where}: entry seq {seq} (line {seq + 1}) has hash {self._entries[seq]['hash'][:16]}... "
-                f"but {h[:16]}... was recorded at the last save: the log was replaced or rewritten"
+                f"but {h[:16]}... was {known}: the log was replaced or rewritten"
             )
 
     # -------------------------------------------------------------------------------------------- writing
@@ -272,16 +344,16 @@ class AuditLog:
         entry["hash"] = entry_hash(entry)
         line = _canonical(entry) + b"\n"
         if self.path is not None:
-            self._write_line(line)
+            self._write_line(line, (entry["seq"], entry["hash"]))
         self._entries.append(entry)
         self._lines.append(line)
         return entry
 
-    def _write_line(self, line: bytes) -> None:
+    def _write_line(self, line: bytes, head: tuple[int, str]) -> None:
         path = self.path
         try:
             with _io.file_lock(_lock_path(path), timeout=LOCK_TIMEOUT_S, what=f"the audit log {path}"):
-                self._write_line_locked(path, line)
+                self._write_line_locked(path, line, head)
         except FileNotFoundError as e:
             raise IntegrityError(
                 f"audit log {path} has disappeared since it was opened; the decision was not recorded"
@@ -294,7 +366,7 @@ class AuditLog:
                 ) from e
             raise
 
-    def _write_line_locked(self, path: Path, line: bytes) -> None:
+    def _write_line_locked(self, path: Path, line: bytes, head: tuple[int, str]) -> None:
         if self._size == 0:
             # A new log: the file must not appear behind our back.
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if not path.exists() else 0)
@@ -327,6 +399,11 @@ class AuditLog:
         if self._size == 0:
             _io.fsync_dir(path.parent)
         self._size += len(line)
+        try:
+            write_seal(path, head, self._size)
+        except OSError as e:
+            # The decision is on disk; a seal left one entry behind only stops catching the deletion of that entry.
+            logger.warning("audit log %s: the decision was recorded but its seal could not be updated (%s)", path, e)
 
     def to_bytes(self) -> bytes:
         """The log's file content: every entry's line, oldest first."""
@@ -349,6 +426,7 @@ class AuditLog:
         if not path.is_file() or path.stat().st_size != len(data) or path.read_bytes() != data:
             raise IntegrityError(f"audit log {path} does not hold this log's {len(self)} entries")
         self.path, self._size = path, len(data)
+        write_seal(path, self.head, self._size)
 
     def check_file(self) -> None:
         """Raise IntegrityError unless the log's file still has exactly the size this object wrote or read."""

@@ -651,7 +651,9 @@ class Investigation:
             log_path = self._log.path
         else:
             log_path = folder / f"audit.{gen}.jsonl"
-            _io.atomic_write_bytes(log_path, self._log.to_bytes())
+            data = self._log.to_bytes()
+            _io.atomic_write_bytes(log_path, data)
+            audit.write_seal(log_path, self._log.head, len(data))
         head_seq, head_hash = self._log.head
         manifest = {
             "format": _store.FORMAT,
@@ -664,13 +666,14 @@ class Investigation:
                         "class_names": list(ds.class_names), "stored": bool(include_dataset)},
             "params": self._params,
             "files": files,
-            "audit": {"file": log_path.name, "head_seq": head_seq, "head_hash": head_hash},
+            "audit": {"file": log_path.name, "head_seq": head_seq, "head_hash": head_hash, "sealed": True},
         }
         _store.write_manifest(folder, manifest)
         if not attached_here:
             self._log.attach(log_path)
         self._folder = folder
-        _store.remove_unreferenced(folder, {f["file"] for f in files.values()} | {log_path.name})
+        _store.remove_unreferenced(folder, {f["file"] for f in files.values()}
+                                   | {log_path.name, audit.seal_path(log_path).name})
 
     @classmethod
     def load(
@@ -736,7 +739,8 @@ class Investigation:
             features = np.load(path_of("features"), allow_pickle=False) if "features" in files else None
             log_name = m["audit"]["file"]
             log = AuditLog.load(folder / log_name, repair=repair,
-                                anchor=(m["audit"]["head_seq"], m["audit"]["head_hash"]))
+                                anchor=(m["audit"]["head_seq"], m["audit"]["head_hash"]),
+                                sealed=m["audit"].get("sealed") is True)
 
             inv = cls.__new__(cls)
             inv._setup(dataset, signals=tables["signals"], samples=tables["samples"], features=features,

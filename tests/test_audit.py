@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from forensics import _io, audit
-from forensics.audit import GENESIS, AuditLog
+from forensics.audit import GENESIS, AuditLog, seal_path
 from forensics.errors import ForensicsError, InputError, IntegrityError
 
 
@@ -160,14 +160,20 @@ def test_a_torn_line_that_is_not_last_is_not_repaired(log_path):
         AuditLog.load(log_path, repair=True)
 
 
-def test_entries_deleted_from_the_end_are_caught_by_an_anchor(log_path):
+def test_entries_deleted_from_the_end_are_caught_by_the_seal_and_by_an_anchor(log_path):
     head = AuditLog.load(log_path).head
     ls = lines(log_path)
     write_lines(log_path, ls[:-1])
-    AuditLog.load(log_path)  # the shorter chain is valid on its own ...
+    with pytest.raises(IntegrityError, match=r"ends at seq 2 but entry seq 3 is known to exist \(sealed after the "
+                                             r"last decision\).*deleted from its end"):
+        AuditLog.load(log_path)  # the seal, rewritten after every append, names the last entry
+    seal_path(log_path).unlink()
+    AuditLog.load(log_path)  # without its seal, the shorter chain is valid on its own ...
     with pytest.raises(IntegrityError, match=r"ends at seq 2 but entry seq 3 is known to exist.*deleted from its "
                                              r"end"):
         AuditLog.load(log_path, anchor=head)  # ... but not against the head recorded earlier
+    with pytest.raises(IntegrityError, match=r"its seal .*\.seal is missing"):
+        AuditLog.load(log_path, sealed=True)
 
 
 def test_a_replaced_log_is_caught_by_an_anchor(log_path, tmp_path):

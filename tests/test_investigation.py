@@ -424,8 +424,9 @@ def test_a_save_that_stops_midway_keeps_the_previous_save(inv, tmp_path, monkeyp
     # The next save completes and removes what the interrupted one left behind.
     inv.save(folder)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == [".lock", "audit.1.jsonl", "clusters.2.parquet", "dataset.1.parquet", "features.2.npy",
-                     MANIFEST, "map.2.parquet", "samples.2.parquet", "signals.2.parquet", "triggers.2.parquet"]
+    assert names == [".lock", "audit.1.jsonl", "audit.1.jsonl.seal", "clusters.2.parquet", "dataset.1.parquet",
+                     "features.2.npy", MANIFEST, "map.2.parquet", "samples.2.parquet", "signals.2.parquet",
+                     "triggers.2.parquet"]
     assert_same_state(inv, Investigation.load(folder))
 
 
@@ -440,6 +441,8 @@ def test_save_keeps_other_files_and_removes_old_generations(inv, tmp_path):
 def test_tampered_log_in_a_folder_is_named(inv, tmp_path):
     folder = inv.save(tmp_path / "inv")
     inv.flag([IDS[0]], note="patch", who="alice")
+    seal = folder / "audit.1.jsonl.seal"
+    sealed_before_bob = seal.read_bytes()
     inv.confirm([IDS[0]], who="bob")
     log_file = folder / "audit.1.jsonl"
     good = log_file.read_bytes()
@@ -453,12 +456,49 @@ def test_tampered_log_in_a_folder_is_named(inv, tmp_path):
     with pytest.raises(IntegrityError, match=r"line 2 \(seq 2\): seq 2 where 1 was expected"):
         Investigation.load(folder)
 
-    log_file.write_bytes(good[: len(good) - 20])  # a decision cut off in the middle
+    # A decision cut off in the middle: the program stopped before its line was complete, so before its seal.
+    log_file.write_bytes(good[: len(good) - 20])
+    seal.write_bytes(sealed_before_bob)
     with pytest.raises(IntegrityError, match=r"the last entry \(line 3\) is incomplete"):
         Investigation.load(folder)
     repaired = Investigation.load(folder, repair=True)
     assert repaired.review.loc[IDS[0], "status"] == "suspected"
     assert repaired.audit[-1]["action"] == "repair"
+
+
+def test_deleting_decisions_made_after_the_last_save_is_caught(inv, tmp_path):
+    # The manifest anchors the log at the save; the seal, at the last decision.
+    folder = inv.save(tmp_path / "inv")
+    inv.flag([IDS[0]], who="alice")
+    inv.confirm([IDS[1]], who="bob")
+    log_file = folder / "audit.1.jsonl"
+    lines = log_file.read_bytes().split(b"\n")
+    log_file.write_bytes(b"\n".join(lines[:-2]) + b"\n")  # bob's decision is gone
+    with pytest.raises(IntegrityError, match=r"ends at seq 1 but entry seq 2 is known to exist \(sealed after the "
+                                             r"last decision\): entries were deleted from its end"):
+        Investigation.load(folder)
+    (folder / "audit.1.jsonl.seal").unlink()  # and the seal with it
+    with pytest.raises(IntegrityError, match=r"its seal audit\.1\.jsonl\.seal is missing"):
+        Investigation.load(folder)
+
+
+def test_a_signed_seal_cannot_be_forged_without_the_key(inv, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORENSICS_AUDIT_KEY", "s3cret")
+    folder = inv.save(tmp_path / "inv")
+    inv.flag([IDS[0]], who="alice")
+    inv.confirm([IDS[1]], who="bob")
+    assert Investigation.load(folder).review.loc[IDS[1], "status"] == "confirmed"
+    log_file, seal = folder / "audit.1.jsonl", folder / "audit.1.jsonl.seal"
+    lines = log_file.read_bytes().split(b"\n")
+    log_file.write_bytes(b"\n".join(lines[:-2]) + b"\n")
+    entry = json.loads(lines[-3])  # a forger rewrites the seal to the shortened log's head
+    seal.write_text(json.dumps({"seq": entry["seq"], "hash": entry["hash"], "size": log_file.stat().st_size}))
+    with pytest.raises(IntegrityError, match=r"seal .* carries no signature although FORENSICS_AUDIT_KEY is set: the seal was forged"):
+        Investigation.load(folder)
+    seal.write_text(json.dumps({"seq": entry["seq"], "hash": entry["hash"], "size": log_file.stat().st_size,
+                                "hmac": "0" * 64}))
+    with pytest.raises(IntegrityError, match=r"is not signed with the key in FORENSICS_AUDIT_KEY"):
+        Investigation.load(folder)
 
 
 def test_deleting_saved_entries_from_the_end_is_caught(inv, tmp_path):
