@@ -73,19 +73,32 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _naming(e: OSError, path: Path) -> OSError:
+    """The same error naming the file the caller asked for (a failed write of a temporary file names nothing, or
+    names the temporary file); an error without an errno is left as it is."""
+    return OSError(e.errno, e.strerror or str(e), str(path)) if e.errno is not None else e
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> str:
     """Write ``data`` to ``path`` atomically and durably; return the blake2b checksum of the file.
 
-    Raises the ``OSError`` of the failing step; the target is then unchanged and no temporary file is left.
+    Raises the ``OSError`` of the failing step, naming ``path``; the target is then unchanged and no temporary file
+    is left.
     """
     path = Path(path)
-    tmp, fd = _create_temp(path)
+    try:
+        tmp, fd = _create_temp(path)
+    except OSError as e:
+        raise _naming(e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _naming(e, path) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -107,7 +120,10 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], Any]) ->
     propagates.
     """
     path = Path(path)
-    tmp, fd = _create_temp(path)
+    try:
+        tmp, fd = _create_temp(path)
+    except OSError as e:
+        raise _naming(e, path) from e
     os.close(fd)
     try:
         writer(tmp)
@@ -116,6 +132,9 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], Any]) ->
         _fsync_path(tmp)
         digest = file_digest(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _naming(e, path) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

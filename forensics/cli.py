@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _io
 from .errors import ForensicsError, InputError
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ def _scan(args: argparse.Namespace) -> int:
                          threshold=threshold, fail_above=args.fail_above,
                          fail_on_trigger=not args.ignore_triggers, include_map=not args.no_map,
                          run_info=run_info)
-    (out / "report.html").write_text(html, encoding="utf-8")
+    _io.atomic_write_text(out / "report.html", html)  # a full disk leaves the previous report, never half of one
     inv.save(out / "investigation", overwrite=True)
     seconds = time.perf_counter() - t0
     print(verdict.text)

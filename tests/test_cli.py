@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,30 @@ def test_signals_and_their_parameters_from_the_command_line_are_recorded(scans, 
                          (["--signals", "nope"], r"unknown signal\(s\) \['nope'\]")):
         status, _, err = _run(capsys, argv + bad)
         assert status == 2 and __import__("re").search(message, err), (bad, err)
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_previous_report_whole(scans, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import forensics._io as io_module
+
+    _, argv = scans["clean"]
+    argv = list(argv)
+    out = tmp_path / "full"
+    argv[argv.index("--out") + 1] = str(out)
+    out.mkdir()
+    (out / "report.html").write_text("<p>the previous report</p>")
+    real_fsync = io_module.os.fsync
+
+    def full_disk(fd):
+        # Only the report's temporary file fails, as a disk that fills up at the end of the scan.
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(".report.html."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(io_module.os, "fsync", full_disk)
+    status, _, err = _run(capsys, argv)
+    assert status == 2
+    assert err.strip() == f"error: No space left on device: {out / 'report.html'}"
+    assert (out / "report.html").read_text() == "<p>the previous report</p>"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".report.html.")]  # no temporary file left
