@@ -117,11 +117,23 @@ def read_dataset(manifest: Mapping[str, Any], table_path: Path, images_path: Pat
             raise IntegrityError(f"{MANIFEST} names an image dataset but no images file")
         images = np.load(images_path, allow_pickle=False)
     try:
-        return Dataset(kind=info["kind"], ids=column("sample_id"), labels=t["label"].to_numpy(),
-                       class_names=info["class_names"], sources=column("source"), images=images,
-                       texts=column("text"), paths=column("path"), hashes=column("content_hash"))
+        # The content hashes are computed afresh from the payloads and compared with the stored ones below: an
+        # edited image or text whose file checksum was edited to match is still caught.
+        ds = Dataset(kind=info["kind"], ids=column("sample_id"), labels=t["label"].to_numpy(),
+                     class_names=info["class_names"], sources=column("source"), images=images,
+                     texts=column("text"), paths=column("path"))
     except InputError as e:
         raise IntegrityError(f"the dataset stored in {table_path.parent} is not valid: {e}") from e
+    stored = column("content_hash")
+    changed = np.flatnonzero(ds.hashes != stored)
+    if len(changed):
+        i = int(changed[0])
+        raise IntegrityError(
+            f"the dataset stored in {table_path.parent}: sample {ds.ids[i][:60]!r} (row {i}) no longer matches its "
+            f"stored content hash ({len(changed)} such sample(s)): its {'image' if ds.kind == 'image' else 'text'} "
+            "was changed after saving"
+        )
+    return ds
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -345,3 +345,24 @@ def test_a_truncated_or_edited_activation_cache_is_recomputed(tmp_path, caplog):
 
 def test_every_refusal_here_is_a_toolkit_error():
     assert issubclass(UnsafeFileError, ForensicsError) and issubclass(IntegrityError, ForensicsError)
+
+
+def test_an_image_changed_with_its_file_checksum_is_caught_by_its_content_hash(tmp_path):
+    from forensics import _io
+
+    images = np.random.default_rng(0).integers(0, 255, (12, 8, 8), dtype=np.uint8)
+    ds = Dataset.from_numpy(images, np.arange(12) % 2, ids=[f"img-{i}" for i in range(12)])
+    inv = Investigation(ds, signals=pd.DataFrame({"suspicion": np.zeros(12), "reasons": [""] * 12},
+                                                 index=pd.Index(ds.ids, name="sample_id")))
+    folder = inv.save(tmp_path / "inv")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    images_file = folder / manifest["files"]["images"]["file"]
+    edited = np.load(images_file)
+    edited[5, 0, 0] ^= 0xFF  # one pixel of one image
+    with open(images_file, "wb") as f:
+        np.save(f, edited, allow_pickle=False)
+    manifest["files"]["images"]["blake2b"] = _io.file_digest(images_file)  # and its checksum, to match
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match=r"sample 'img-5' \(row 5\) no longer matches its stored content hash "
+                                             r"\(1 such sample\(s\)\): its image was changed after saving"):
+        Investigation.load(folder)
