@@ -269,8 +269,10 @@ PLOT_BOX_JS = """(d) => {
   return [r.left, r.top, r.width, r.height];
 }"""
 IDS_JS = """(d) => {
-  const gd = document.querySelectorAll('.forensics-dashboard')[d].querySelector('.forensics-map .js-plotly-plot');
-  return gd.data[0].x.length;
+  // -1 until the dashboard, its plot and the plot's data exist: the caller waits for the count, never reads it early.
+  const board = document.querySelectorAll('.forensics-dashboard')[d];
+  const gd = board && board.querySelector('.forensics-map .js-plotly-plot');
+  return gd && gd.data && gd.data[0] && gd.data[0].x ? gd.data[0].x.length : -1;
 }"""
 
 
@@ -345,11 +347,14 @@ def test_dashboard_in_jupyterlab(lab):
             expect(preview).to_contain_text(f"{size} selected")
             page.wait_for_timeout(1500)
             expect(preview).to_contain_text(f"{size} selected")
-            # The map shows the cluster (opaque points), not the lasso drawn before (removed).
-            assert page.evaluate("""() => {
+            # The map shows the cluster (opaque points), not the lasso drawn before (removed): waited for, as the
+            # browser applies the change after the preview's text.
+            page.wait_for_function("""(size) => {
               const gd = document.querySelector('.forensics-dashboard .forensics-map .js-plotly-plot');
-              const opacity = Array.from(gd.data[0].marker.opacity);
-              return [(gd.layout.selections || []).length, opacity.filter(o => o === 1).length]; }""") == [0, size]
+              const o = gd.data[0].marker.opacity;
+              const opaque = typeof o === 'number' ? -1 : Array.from(o).filter(v => v === 1).length;
+              return (gd.layout.selections || []).length === 0 && opaque === size; }""", arg=size,
+                                   timeout=TIMEOUT_MS)
 
             # 4. Markup in the data shows as text in the preview and in the hover, and runs nothing.
             second = dashboards.nth(1)
