@@ -68,6 +68,8 @@ def load_dataset(path: str | os.PathLike, *, text_column: str = "text", label_co
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
         return Dataset.from_image_folder(p, mode=mode)
+    if not p.is_file():  # a FIFO or a device would block the read, or never end
+        raise InputError(f"{p}: not a regular file or folder")
     suffix = p.suffix.lower()
     if suffix == ".npz":
         return _load_npz(p)
@@ -97,16 +99,29 @@ def _load_npz(p: Path):
             arrays = {k: z[k] for k in ("images", "labels", "ids", "sources", "class_names") if k in keys}
     except (zipfile.BadZipFile, EOFError, OSError) as e:
         raise InputError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    except InputError:
+        raise
     except ValueError as e:  # an object array needs pickle, which is refused
         raise InputError(f"{p}: cannot be read without pickle ({e}); store ids, sources and class_names as "
                          "fixed-width string arrays (np.array(list_of_str) gives dtype '<U...')") from e
-    return Dataset.from_numpy(arrays["images"], arrays["labels"], ids=_strings(arrays.get("ids")),
-                              class_names=_strings(arrays.get("class_names")),
-                              sources=_strings(arrays.get("sources")))
+    return Dataset.from_numpy(arrays["images"], arrays["labels"], ids=_strings(arrays.get("ids"), "ids"),
+                              class_names=_strings(arrays.get("class_names"), "class_names"),
+                              sources=_strings(arrays.get("sources"), "sources"))
 
 
-def _strings(a: Any) -> list[str] | None:
-    return None if a is None else [str(v) for v in a.tolist()]
+def _strings(a: Any, name: str = "ids") -> list[str] | None:
+    """Strings of an array; bytes (numpy's ``S`` dtype) are decoded as UTF-8, never shown as ``"b'...'"``."""
+    if a is None:
+        return None
+    out = []
+    for i, v in enumerate(a.tolist()):
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{name}[{i}] is bytes that are not UTF-8 text ({e.reason} at byte {e.start})") from e
+        out.append(str(v))
+    return out
 
 
 def _first_columns(p: Path, kind: str) -> list[str]:
@@ -115,7 +130,7 @@ def _first_columns(p: Path, kind: str) -> list[str]:
     import json
 
     try:
-        with open(p, encoding="utf-8", newline="") as f:
+        with open(p, encoding="utf-8-sig", newline="") as f:
             if kind == "csv":
                 return next(csv.reader(f), [])
             for line in f:

@@ -352,7 +352,8 @@ class Dataset:
             ids.append(row[id_column] if has_ids else str(row_no))
             if source_column is not None:
                 sources.append(row[source_column])
-        return cls(kind="text", ids=ids, labels=_record_labels(labels, class_names), class_names=class_names,
+        return cls(kind="text", ids=ids, labels=_record_labels(labels, class_names, where=(path, first_line)),
+                   class_names=class_names,
                    sources=sources if source_column is not None else None, texts=texts)
 
     @classmethod
@@ -386,10 +387,14 @@ class Dataset:
             raise InputError(f"image folder {root} has no class sub-folders (expected root/<class>/<image>)")
         images, labels, ids, paths = [], [], [], []
         first: tuple[str, tuple[int, int], str] | None = None
+        inside = root.resolve()
         for label, cdir in enumerate(class_dirs):
             for f in sorted(cdir.rglob("*")):
                 if not f.is_file() or f.name.startswith("."):
                     continue
+                if not f.resolve().is_relative_to(inside):
+                    raise InputError(f"{f}: a link to {f.resolve()}, outside the image folder {root}; links are "
+                                     "followed only within it")
                 rel = f.relative_to(root).as_posix()
                 try:
                     with Image.open(f) as im:
@@ -623,11 +628,21 @@ def concat(datasets: Sequence[Dataset]) -> Dataset:
     )
 
 
-def _record_labels(labels: list[Any], class_names: Sequence[Any] | None) -> np.ndarray:
+def _record_labels(labels: list[Any], class_names: Sequence[Any] | None, *, where: tuple[Path, int]) -> np.ndarray:
     """Labels read from a file: integers stay indices; strings are class names, or indices when all digits
     and not names of the given classes."""
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in labels):
-        return np.asarray(labels, dtype=np.int64)
+    def whole(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer())
+
+    odd = next((i for i, v in enumerate(labels)
+                if isinstance(v, bool) or (isinstance(v, (float, np.floating)) and not whole(v))), None)
+    if odd is not None:
+        # JSON's 1.5, NaN or true is a number, not a class name; "1.5" in quotes is a name.
+        path, first_line = where
+        raise InputError(f"{path}: line {odd + first_line}: label {labels[odd]!r} is not a class; labels must be "
+                         "class names (text) or whole numbers")
+    if all(whole(v) for v in labels):
+        return np.asarray([int(v) for v in labels], dtype=np.int64)
     as_str = [str(v) for v in labels]
     names = None if class_names is None else {str(c) for c in class_names}
     if (names is None or not set(as_str) <= names) and all(v.strip().isdigit() for v in as_str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import struct
 import time
 import tracemalloc
@@ -549,3 +550,70 @@ def test_a_csv_column_named_twice_is_refused(tmp_path):
     path.write_text("sample_id,text,label,label\na,good,pos,neg\n")
     with pytest.raises(InputError, match=r"twice\.csv: the header names column\(s\) \['label'\] more than once"):
         Dataset.from_csv(path)
+
+
+def test_a_link_out_of_an_image_folder_is_refused(tmp_path):
+    for c in "ab":
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    (tmp_path / "outside").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "outside" / "secret.png")
+    (tmp_path / "imgs" / "a" / "inner.png").symlink_to(tmp_path / "imgs" / "b" / "0.png")  # inside: followed
+    assert "a/inner.png" in Dataset.from_image_folder(tmp_path / "imgs").ids.tolist()
+    (tmp_path / "imgs" / "a" / "link.png").symlink_to(tmp_path / "outside" / "secret.png")
+    with pytest.raises(InputError, match=r"link\.png: a link to .*outside/secret\.png, outside the image folder"):
+        Dataset.from_image_folder(tmp_path / "imgs")
+
+
+@pytest.mark.parametrize("line, shown", [('"label": NaN', "nan"), ('"label": 1.5', "1.5"), ('"label": true', "True")])
+def test_a_json_label_that_is_not_a_class_is_refused(tmp_path, line, shown):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"text": "a", "label": 0}\n{"text": "b", ' + line + "}\n")
+    with pytest.raises(InputError, match=rf"labels\.jsonl: line 2: label {shown} is not a class; labels must be "
+                                         r"class names \(text\) or whole numbers"):
+        Dataset.from_jsonl(path)
+    path.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1.0}\n')
+    assert Dataset.from_jsonl(path).labels.tolist() == [0, 1]  # a whole number written as a float is a number
+
+
+def test_npz_byte_ids_are_text_and_a_missing_array_is_named(tmp_path):
+    from forensics.cli import load_dataset
+
+    images = np.zeros((4, 8, 8), np.uint8)
+    np.savez(tmp_path / "bytes.npz", images=images, labels=np.array([0, 1, 0, 1]),
+             ids=np.array([b"a", b"b", b"c", b"d"]), sources=np.array([b"w1", b"w1", b"w2", b"w2"]))
+    ds = load_dataset(tmp_path / "bytes.npz")
+    assert ds.ids.tolist() == ["a", "b", "c", "d"] and ds.sources.tolist() == ["w1", "w1", "w2", "w2"]
+    np.savez(tmp_path / "bad.npz", images=images, labels=np.array([0, 1, 0, 1]), ids=np.array([b"\xff", b"b", b"c", b"d"]))
+    with pytest.raises(InputError, match=r"ids\[0\] is bytes that are not UTF-8 text"):
+        load_dataset(tmp_path / "bad.npz")
+    np.savez(tmp_path / "noimages.npz", labels=np.array([0, 1]))
+    with pytest.raises(InputError, match=r"noimages\.npz: no array 'images'; a \.npz dataset holds") as e:
+        load_dataset(tmp_path / "noimages.npz")
+    assert "pickle" not in str(e.value)
+
+
+def test_a_fifo_named_like_a_csv_is_refused_without_blocking(tmp_path):
+    from forensics.cli import load_dataset
+
+    os.mkfifo(tmp_path / "x.csv")
+    with pytest.raises(InputError, match=r"x\.csv: not a regular file or folder"):
+        load_dataset(tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_an_old_protocol_pickle_is_refused_as_unsafe(tmp_path, protocol):
+    import pickle
+
+    from forensics.errors import UnsafeFileError
+    from forensics.models.io import load_state_dict_file
+
+    path = tmp_path / "weights.pt"
+    path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=protocol))
+    with pytest.raises(UnsafeFileError, match=r"weights\.pt: this file is a protocol 0 or 1 pickle, which the safe "
+                                              r"loader cannot read.*NOT loaded"):
+        load_state_dict_file(path)
+    path.write_bytes(b"just some text, not a pickle\n")
+    with pytest.raises(InputError, match="not a readable torch weights file"):
+        load_state_dict_file(path)

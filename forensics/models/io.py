@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import pickletools
 import re
 import warnings
 from pathlib import Path
@@ -202,11 +203,25 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: not a readable safetensors file ({e})") from e
 
 
+#: Largest file read whole to tell a protocol 0 or 1 pickle from other bytes.
+_PICKLE_SNIFF_BYTES = 16 * 2**20
+
+
 def _looks_like_pickle(path: Path) -> bool:
-    """A torch zip archive or a pickle (protocol 2 and later open with the PROTO opcode, 0x80)."""
+    """A torch zip archive or a pickle: protocol 2 and later open with the PROTO opcode (0x80); protocols 0 and 1
+    have no magic, so the whole file must read as pickle opcodes up to a final STOP (parsed, never run)."""
     with open(path, "rb") as f:
         head = f.read(4)
-    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+    if head == b"PK\x03\x04" or head[:1] == b"\x80":
+        return True
+    if not head or path.stat().st_size > _PICKLE_SNIFF_BYTES:
+        return False
+    data = path.read_bytes()
+    try:
+        ops = list(pickletools.genops(data))
+    except Exception:  # noqa: BLE001  (any parse failure means: not a pickle)
+        return False
+    return bool(ops) and ops[-1][0].name == "STOP" and not data[ops[-1][2] + 1:].strip()
 
 
 def load_state_dict_file(path: str | os.PathLike, *, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -247,14 +262,22 @@ def load_state_dict_file(path: str | os.PathLike, *, key: str | None = None) -> 
                 # torch warns about pickle protocols it may not parse; the outcome is reported below instead.
                 warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 obj = torch.load(path, weights_only=True, map_location="cpu")
-        except pickle.UnpicklingError as e:
+        except (pickle.UnpicklingError, RuntimeError) as e:
             if not _looks_like_pickle(path):
                 raise InputError(f"{path}: not a readable torch weights file (neither a torch zip archive nor a "
                                  "pickle)") from None
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-            why = f" (it refers to {found.group(1)})" if found else ""
+            found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(e))
+            with open(path, "rb") as f:
+                old_format = f.read(1) not in (b"\x80", b"P")
+            if found:
+                what = f"needs arbitrary code execution to load (it refers to {found.group(1)})"
+            elif old_format:
+                what = ("is a protocol 0 or 1 pickle, which the safe loader cannot read; any other loader could "
+                        "execute code from it")
+            else:
+                what = "needs arbitrary code execution to load"
             raise UnsafeFileError(
-                f"{path}: this file needs arbitrary code execution to load{why}, so it was NOT loaded. "
+                f"{path}: this file {what}, so it was NOT loaded. "
                 "Convert it to safetensors where you trust it (safetensors.torch.save_file(state_dict, "
                 "'weights.safetensors')), or save a plain state_dict with torch.save(model.state_dict(), path)"
             ) from None
