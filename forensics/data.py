@@ -645,7 +645,11 @@ def _record_labels(labels: list[Any], class_names: Sequence[Any] | None, *, wher
         return np.asarray([int(v) for v in labels], dtype=np.int64)
     as_str = [str(v) for v in labels]
     names = None if class_names is None else {str(c) for c in class_names}
-    if (names is None or not set(as_str) <= names) and all(v.strip().isdigit() for v in as_str):
+    # Only plain ASCII digits of a plausible class number are indices ("²" is a digit to Python, and a 20-digit
+    # number is an id or a code): anything else is a class name.
+    indices = all(v.strip().isascii() and v.strip().isdecimal() for v in as_str) and \
+        max(int(v) for v in as_str) < max(len(as_str), 1 << 16)
+    if (names is None or not set(as_str) <= names) and indices:
         return np.asarray([int(v) for v in as_str], dtype=np.int64)
     return np.asarray(as_str, dtype=object)
 

@@ -617,3 +617,27 @@ def test_an_old_protocol_pickle_is_refused_as_unsafe(tmp_path, protocol):
     path.write_bytes(b"just some text, not a pickle\n")
     with pytest.raises(InputError, match="not a readable torch weights file"):
         load_state_dict_file(path)
+
+
+def test_digit_like_labels_that_are_not_class_numbers_are_names(tmp_path):
+    path = tmp_path / "weird.csv"
+    path.write_text("sample_id,text,label\na,good,12345678901234567890\nb,bad,\u00b2\nc,fine,12345678901234567890\n",
+                    encoding="utf-8")
+    ds = Dataset.from_csv(path)
+    assert sorted(ds.class_names) == ["12345678901234567890", "\u00b2"]
+    path.write_text("sample_id,text,label\na,good,1\nb,bad,0\n")
+    assert Dataset.from_csv(path).labels.tolist() == [1, 0]  # plain class numbers stay numbers
+
+
+def test_a_scan_of_three_texts_per_class_completes_and_says_what_it_skipped(tmp_path, capsys):
+    from forensics import Investigation
+    from forensics.cli import main
+
+    path = tmp_path / "tiny.csv"
+    path.write_text("sample_id,text,label\n" + "".join(f"s{i},text {i} {'good' if i % 2 else 'bad'},{'pos' if i % 2 else 'neg'}\n"
+                                                       for i in range(6)))
+    status = main(["scan", str(path), "--out", str(tmp_path / "out"), "--no-map"])
+    err = capsys.readouterr().err
+    assert status in (0, 1) and "Traceback" not in err, err  # a verdict, not an internal error (3)
+    inv = Investigation.load(tmp_path / "out" / "investigation")
+    assert inv.params["skipped_signals"]["knn_disagreement"] == "needs more than k = 10 samples; the data has 6"

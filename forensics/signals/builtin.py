@@ -78,6 +78,8 @@ def _knn_disagreement(ctx: SignalContext, *, k: int, metric: neighbors.Metric, n
                       ) -> np.ndarray:
     """Share of the k nearest neighbours (all classes) that carry another label (Deep k-NN)."""
     neighbors._check_options(k, metric, n_components)
+    if ctx.n <= k:
+        raise SignalSkipped(f"needs more than k = {k} samples; the data has {ctx.n}")
     _, idx = ctx.knn(int(k), metric=metric, n_components=n_components)
     return neighbors.label_disagreement(idx, ctx.labels)
 

@@ -92,6 +92,10 @@ def out_of_fold_probs(
             f"got class sizes {counts[counts > 0].tolist()}"
         )
     cv_folds, max_train = int(cv_folds), int(max_train)
+    if counts.max() < cv_folds:
+        # Every class is smaller than the folds asked for: as many folds as the largest class has members.
+        logger.warning("out_of_fold_probs: no class has %d members; using %d folds", cv_folds, int(counts.max()))
+        cv_folds = int(counts.max())
     small = np.flatnonzero((counts > 0) & (counts < cv_folds))
     if len(small):
         logger.warning(
