@@ -70,6 +70,22 @@ def _unsafe_characters(s: str) -> list[str]:
     return [c for c in s if c in _BIDI_CONTROLS or unicodedata.category(c) == "Cc"]
 
 
+def _check_shown_text(s: str, what: str) -> None:
+    """Refuse control characters (terminal escapes) and bidirectional overrides in a name people read."""
+    bad = _unsafe_characters(s)
+    if bad:
+        raise InputError(
+            f"{what} = {s[:60]!r} contains control or bidirectional characters "
+            f"{sorted({f'U+{ord(c):04X}' for c in bad})}; names are shown to people in terminals, reports and files"
+        )
+
+
+def _visible_form(s: str) -> str:
+    """What a reader sees: compatibility-normalized, without invisible format characters (zero-width space,
+    joiners, word joiner, byte-order mark)."""
+    return "".join(c for c in unicodedata.normalize("NFKC", s) if unicodedata.category(c) != "Cf")
+
+
 def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
     if len(ids) != n:
         raise InputError(f"ids has {len(ids)} entries but there are {n} samples")
@@ -87,12 +103,7 @@ def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
         _check_encodable(s, f"ids[{i}]")
         if not s.strip():
             raise InputError(f"ids[{i}] is empty; every sample needs a non-empty id")
-        bad = _unsafe_characters(s)
-        if bad:
-            raise InputError(
-                f"ids[{i}] = {s[:60]!r} contains control or bidirectional characters "
-                f"{sorted({f'U+{ord(c):04X}' for c in bad})}; ids are shown to people and used in file names"
-            )
+        _check_shown_text(s, f"ids[{i}]")
         out[i] = s
     uniq, counts = np.unique(out.astype(str), return_counts=True)
     if (counts > 1).any():
@@ -100,6 +111,14 @@ def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
         raise InputError(
             f"ids must be unique; {len(dups)} id(s) occur more than once, for example {list(dups[:5])!r}"
         )
+    seen: dict[str, int] = {}
+    for i, s in enumerate(out):
+        j = seen.setdefault(_visible_form(s), i)
+        if j != i:
+            raise InputError(
+                f"ids[{j}] = {out[j][:60]!r} and ids[{i}] = {s[:60]!r} look the same to a reader (they differ only by "
+                "invisible or compatibility characters); an exported list would be ambiguous"
+            )
     return out
 
 
@@ -117,6 +136,8 @@ def _check_labels(
             raise InputError("class_names is empty; give at least one class")
         if len(set(names)) != len(names):
             raise InputError(f"class_names has duplicates: {list(names)!r}")
+        for i, name in enumerate(names):
+            _check_shown_text(name, f"class_names[{i}]")
     else:
         names = None
 
@@ -151,6 +172,8 @@ def _check_labels(
     as_str = np.array([str(v) for v in raw], dtype=object)
     if names is None:
         names = tuple(sorted(set(as_str)))
+        for name in names:
+            _check_shown_text(name, "a label")
     index = {c: i for i, c in enumerate(names)}
     out = np.empty(n, dtype=np.int64)
     for i, v in enumerate(as_str):
@@ -173,6 +196,7 @@ def _check_sources(sources: Sequence[Any] | None, n: int) -> np.ndarray | None:
             raise InputError(f"sources[{i}] is missing; give every sample a source, or give no sources at all")
         out[i] = str(s)
         _check_encodable(out[i], f"sources[{i}]")
+        _check_shown_text(out[i], f"sources[{i}]")
     return out
 
 

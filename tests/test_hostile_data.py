@@ -641,3 +641,18 @@ def test_a_scan_of_three_texts_per_class_completes_and_says_what_it_skipped(tmp_
     assert status in (0, 1) and "Traceback" not in err, err  # a verdict, not an internal error (3)
     inv = Investigation.load(tmp_path / "out" / "investigation")
     assert inv.params["skipped_signals"]["knn_disagreement"] == "needs more than k = 10 samples; the data has 6"
+
+
+def test_ids_that_look_the_same_and_names_with_terminal_escapes_are_refused():
+    images = np.zeros((2, 4, 4), np.uint8)
+    with pytest.raises(InputError, match=r"ids\[0\] = 'a' and ids\[1\] = 'a\\u200b' look the same to a reader"):
+        Dataset.from_numpy(images, [0, 1], ids=["a", "a\u200b"])
+    with pytest.raises(InputError, match=r"ids\[0\] = '\uff41' and ids\[1\] = 'a' look the same"):
+        Dataset.from_numpy(images, [0, 1], ids=["\uff41", "a"])  # a full-width a
+    with pytest.raises(InputError, match=r"sources\[1\] = 'w\\x1b\[31mred' contains control or bidirectional "
+                                         r"characters \['U\+001B'\]"):
+        Dataset.from_numpy(images, [0, 1], sources=["w1", "w\x1b[31mred"])
+    with pytest.raises(InputError, match=r"class_names\[0\] = 'cat\\u202e' contains control or bidirectional"):
+        Dataset.from_numpy(images, [0, 1], class_names=["cat\u202e", "dog"])
+    with pytest.raises(InputError, match=r"a label = 'pos\\x07' contains control"):
+        Dataset.from_texts(["x", "y"], ["pos\x07", "neg"])
