@@ -202,3 +202,21 @@ def test_investigate_takes_signal_parameters_and_its_seed_reaches_the_map(monkey
     assert seeds == [7]
     with pytest.raises(InputError, match=r"random_state must be an integer in \[0, 4294967295\]; got 2\.5"):
         investigate(ds, activations=x, random_state=2.5, progress=False)
+
+
+def test_find_triggers_takes_the_investigations_seed_by_default(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from forensics import triggers
+
+    x, y, _ = _blobs(n=200, planted=10)
+    images = np.random.default_rng(0).integers(0, 255, (200, 4, 4), dtype=np.uint8)
+    inv = investigate(Dataset.from_numpy(images, y), activations=x, signals=["spectral"], random_state=7,
+                      progress=False)
+    inv.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    seeds = []
+    real = triggers.confirm_image_candidates
+    monkeypatch.setattr(triggers, "confirm_image_candidates",
+                        lambda *a, **k: seeds.append(k["random_state"]) or real(*a, **k))
+    inv.find_triggers()
+    inv.find_triggers(random_state=3)
+    assert seeds == [7, 3]

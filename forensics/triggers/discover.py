@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .._validate import check_random_state
 from ..data import Dataset
 from ..errors import InputError
 from ..signals import combine as _combine
@@ -83,7 +84,7 @@ def find_triggers(
     top_text: int = 10,
     holdout: Dataset | None = None,
     preprocess: Any = None,
-    random_state: int = 0,
+    random_state: int | None = None,
 ) -> pd.DataFrame:
     """Discover trigger candidates in an investigation, confirm them on the model, and search for carriers.
 
@@ -100,7 +101,8 @@ def find_triggers(
     split) is where the add test pastes candidates: the model has not memorized those samples' labels, so the
     rate says how well the trigger works on new inputs. ``preprocess`` turns a payload batch into the model's
     input (default: the one :func:`investigate` was given, else ``model.preprocess``, else for images
-    :func:`~forensics.activations.default_image_preprocess`).
+    :func:`~forensics.activations.default_image_preprocess`). ``random_state`` seeds the controls and the sampling
+    (default: the investigation's own seed, ``inv.params["random_state"]``).
 
     Sets ``inv.triggers`` (one row per candidate, with verdicts and carrier ids) and, when a candidate is
     confirmed, adds a ``trigger_score`` signal and recombines the suspicion: a sample that carries a confirmed
@@ -113,6 +115,7 @@ def find_triggers(
     model = inv.model if model is None else model
     if model is None:
         raise InputError("find_triggers needs the model: pass model=, or set inv.model")
+    random_state = check_random_state(inv.params.get("random_state", 0) if random_state is None else random_state)
     ds = inv.dataset
     preprocess = getattr(inv, "preprocess", None) if preprocess is None else preprocess
     predict = functools.partial(predict_proba, model, preprocess=preprocess)
