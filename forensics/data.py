@@ -70,9 +70,11 @@ def _unsafe_characters(s: str) -> list[str]:
     return [c for c in s if c in _BIDI_CONTROLS or unicodedata.category(c) == "Cc"]
 
 
-def _check_shown_text(s: str, what: str) -> None:
-    """Refuse control characters (terminal escapes) and bidirectional overrides in a name people read."""
-    bad = _unsafe_characters(s)
+def _check_shown_text(s: str, what: str, *, layout_ok: bool = True) -> None:
+    """Refuse what can take over a terminal or reorder what is read (control characters, bidirectional overrides)
+    in a name people read. Names may hold tabs and line feeds (``layout_ok``): harmless on a terminal, and exports
+    neutralize them where a spreadsheet would read a formula. Ids may not: they key files and exported lists."""
+    bad = [c for c in _unsafe_characters(s) if not (layout_ok and c in "\t\n")]
     if bad:
         raise InputError(
             f"{what} = {s[:60]!r} contains control or bidirectional characters "
@@ -103,7 +105,7 @@ def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
         _check_encodable(s, f"ids[{i}]")
         if not s.strip():
             raise InputError(f"ids[{i}] is empty; every sample needs a non-empty id")
-        _check_shown_text(s, f"ids[{i}]")
+        _check_shown_text(s, f"ids[{i}]", layout_ok=False)
         out[i] = s
     uniq, counts = np.unique(out.astype(str), return_counts=True)
     if (counts > 1).any():
