@@ -56,7 +56,7 @@ def check_random_state(random_state: Any, name: str = "random_state") -> int:
 def check_choice(value: Any, name: str, choices: Any) -> Any:
     """One of ``choices``, or a clear error that lists them."""
     options = list(choices)
-    if not any(value == c and type(value) is type(c) for c in options):
+    if not any(type(value) is type(c) and value == c for c in options):
         raise InputError(f"{name} must be one of {options!r}; got {value!r}")
     return value
 

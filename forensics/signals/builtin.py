@@ -77,7 +77,7 @@ def _robust_spectral(ctx: SignalContext, **params: Any) -> np.ndarray:
 def _knn_disagreement(ctx: SignalContext, *, k: int, metric: neighbors.Metric, n_components: int | None
                       ) -> np.ndarray:
     """Share of the k nearest neighbours (all classes) that carry another label (Deep k-NN)."""
-    neighbors._check_options(k, metric, n_components)
+    neighbors.check_options(k, metric, n_components)
     if ctx.n <= k:
         raise SignalSkipped(f"needs more than k = {k} samples; the data has {ctx.n}")
     _, idx = ctx.knn(int(k), metric=metric, n_components=n_components)
@@ -87,7 +87,7 @@ def _knn_disagreement(ctx: SignalContext, *, k: int, metric: neighbors.Metric, n
 @register("knn_outlier", reason="far from its class", context_only=True, params=_KNN, default=True)
 def _knn_outlier(ctx: SignalContext, *, k: int, metric: neighbors.Metric, n_components: int | None) -> np.ndarray:
     """Distance to the k-th nearest classmate, robust z within the class (context only: atypical is not poison)."""
-    neighbors._check_options(k, metric, n_components)
+    neighbors.check_options(k, metric, n_components)
     return neighbors.distance_outlier(ctx.reduced(metric=metric, n_components=n_components), ctx.labels, int(k))
 
 

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 Metric = Literal["cosine", "euclidean"]
 
 
-def _check_options(k: int, metric: str, n_components: int | None) -> None:
+def check_options(k: int, metric: str, n_components: int | None) -> None:
+    """The neighbour signals' options, checked before any work (shared with the registry's adapters)."""
     check_int(k, "k", low=1)
     check_choice(metric, "metric", ("cosine", "euclidean"))
     if n_components is not None:
@@ -35,7 +36,7 @@ def reduce_features(
     """The features as the neighbour signals search them: unit rows for ``metric="cosine"``, then their top
     ``n_components`` principal directions (None keeps every column). Shape (n, min(d, n_components)), float32."""
     x = check_features(features)
-    _check_options(1, metric, n_components)
+    check_options(1, metric, n_components)
     if metric == "cosine":
         # Cosine distance is a monotone function of the euclidean distance between unit vectors, which takes
         # scikit-learn's fast chunked euclidean path. An all-zero row (a dead ReLU layer) stays at the origin.
@@ -124,7 +125,7 @@ def knn_label_disagreement(
         On a shape or length mismatch, NaN or infinite features, ``k`` or ``n_components`` out of range, or
         an unknown metric.
     """
-    _check_options(k, metric, n_components)
+    check_options(k, metric, n_components)
     x = reduce_features(features, metric=metric, n_components=n_components, random_state=random_state)
     y = check_labels_against(labels, len(x), "features")
     _, idx = nearest_neighbors(x, int(k))
@@ -175,7 +176,7 @@ def knn_distance_outlier(
         On a shape or length mismatch, NaN or infinite features, ``k`` or ``n_components`` out of range, or
         an unknown metric.
     """
-    _check_options(k, metric, n_components)
+    check_options(k, metric, n_components)
     x = reduce_features(features, metric=metric, n_components=n_components, random_state=random_state)
     y = check_labels_against(labels, len(x), "features")
     return distance_outlier(x, y, int(k))

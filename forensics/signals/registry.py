@@ -145,7 +145,7 @@ def register(
 
 
 def unregister(name: str) -> None:
-    """Remove a registered signal (a user's own; the built-in ones come back on the next import)."""
+    """Remove a registered signal, typically a user's own (a built-in one stays removed until Python restarts)."""
     get_signal(name)
     del _REGISTRY[name]
 
