@@ -354,6 +354,12 @@ def _demo(args: argparse.Namespace) -> int:
     args.text_column, args.label_column, args.id_column, args.source_column = "text", "label", "sample_id", None
     args.threshold, args.seed, args.ignore_triggers = _threshold_default(), 0, False
     status = _scan(args)
+    from . import sample_data
+
+    card = sample_data.describe().loc[args.sample]
+    print(f"The bundled reference model ({card['model']}): clean accuracy {card['clean_accuracy']:.1%} on the test "
+          f"split; with the planted trigger added, {card['attack_success']:.1%} of the test samples of other classes "
+          "that it gets right go to the target class (attack success).")
     print(f"Demo finished: the scan would exit with status {status} "
           f"({'poison found' if status == EXIT_FAIL else 'clean'}).")
     print(f"Open {Path(args.out).resolve() / 'report.html'}")

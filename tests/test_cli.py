@@ -199,6 +199,10 @@ def test_demo_names_its_folder(tmp_path, capsys, monkeypatch):
     assert seen == {"sample": "image_backdoor", "data": None, "out": str(tmp_path / "demo"), "no_map": False}
     assert out.strip().splitlines()[-1] == f"Demo folder: {(tmp_path / 'demo').resolve()}"
     assert "exit with status 1 (poison found)" in out
+    # The attack-success figure of the bundled model, as the README promises (from its card).
+    assert "The bundled reference model (ImageCNN): clean accuracy 88.0% on the test split; with the planted " \
+           "trigger added, 99.9% of the test samples of other classes that it gets right go to the target class " \
+           "(attack success)." in out
 
 
 @pytest.mark.slow
