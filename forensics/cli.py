@@ -237,6 +237,7 @@ def _scan(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out}: cannot create the folder ({e.strerror or e})") from e
     log.info("scanning %s: %s, %s", data_name, dataset, model_name)
 
+    log.info("extracting activations and running the signals")
     inv = investigate(dataset, model, layer=args.layer, random_state=args.seed, progress=tty,
                       cache_dir=args.cache_dir, signals=_signal_selection(args.signals, args.signal_param))
     if inv.model is not None:
@@ -463,8 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         args.out = "forensics-scan"
     tty = sys.stderr.isatty()
-    logging.basicConfig(level=logging.INFO if tty else logging.WARNING, stream=sys.stderr,
-                        format="%(message)s")
+    # Progress reaches a CI log too: stage lines with the time when the output is not a terminal (no progress bars
+    # there), plain lines and progress bars on a terminal.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if tty else "%(asctime)s %(message)s", "%H:%M:%S"))
+    package = logging.getLogger("forensics")
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
     try:
         return args.func(args)
     except (ForensicsError, OSError) as e:
@@ -477,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # a bug, not the input: keep the traceback and never exit 1, which means "poisoned"
         traceback.print_exc()
         return EXIT_INTERNAL
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
 
 
 if __name__ == "__main__":

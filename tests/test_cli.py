@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -302,7 +303,7 @@ def test_signals_and_their_parameters_from_the_command_line_are_recorded(scans, 
                          (["--signal-param", "spectral.k=3"], r"signal 'spectral' has no parameter\(s\) \['k'\]"),
                          (["--signals", "nope"], r"unknown signal\(s\) \['nope'\]")):
         status, _, err = _run(capsys, argv + bad)
-        assert status == 2 and __import__("re").search(message, err), (bad, err)
+        assert status == 2 and re.search(message, err), (bad, err)
 
 
 def test_a_full_disk_names_the_file_and_leaves_the_previous_report_whole(scans, tmp_path, capsys, monkeypatch):
@@ -327,6 +328,19 @@ def test_a_full_disk_names_the_file_and_leaves_the_previous_report_whole(scans, 
     monkeypatch.setattr(io_module.os, "fsync", full_disk)
     status, _, err = _run(capsys, argv)
     assert status == 2
-    assert err.strip() == f"error: No space left on device: {out / 'report.html'}"
+    assert err.strip().splitlines()[-1] == f"error: No space left on device: {out / 'report.html'}"
     assert (out / "report.html").read_text() == "<p>the previous report</p>"
     assert not [p.name for p in out.iterdir() if p.name.startswith(".report.html.")]  # no temporary file left
+
+
+def test_progress_reaches_a_log_that_is_not_a_terminal(scans, tmp_path, capsys):
+    _, argv = scans["clean"]
+    argv = list(argv)
+    argv[argv.index("--out") + 1] = str(tmp_path / "logged")
+    status, _, err = _run(capsys, argv)
+    assert status == 0
+    lines = err.strip().splitlines()
+    stages = ["scanning", "extracting activations and running the signals",
+              "searching for triggers and confirming them on the model"]
+    for stage in stages:
+        assert any(re.fullmatch(rf"\d\d:\d\d:\d\d {stage}.*", line) for line in lines), (stage, lines)
