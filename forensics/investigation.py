@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -480,7 +481,7 @@ class Investigation:
         path: str | os.PathLike,
         *,
         format: Literal["csv", "parquet", "json"] | None = None,
-        include: Literal["flagged", "all"] = "flagged",
+        include: Literal["marked", "all"] = "marked",
     ) -> Path:
         """Write the review list for people and pipelines downstream.
 
@@ -490,8 +491,10 @@ class Investigation:
             .csv, .parquet or .json (or give ``format``). A side file ``<path>.meta.json`` records the toolkit
             version, the time, the row count, the layer and the run's parameters.
         format : {"csv", "parquet", "json"}, optional
-        include : {"flagged", "all"}
-            "flagged": the suspected and confirmed samples; "all": every sample.
+        include : {"marked", "all"}
+            "marked": the samples marked suspected or confirmed in the review; "all": every sample. ("flagged" is
+            the old name of "marked" and warns: "flagged" now means a suspicion at or above the threshold, as in
+            the scan and the report.)
 
         Returns
         -------
@@ -504,10 +507,14 @@ class Investigation:
         dataset's order. CSV text cells are neutralized against formula injection
         (see :mod:`forensics.export`).
         """
-        if include not in ("flagged", "all"):
-            raise InputError(f"include must be 'flagged' or 'all'; got {include!r}")
+        if include == "flagged":
+            warnings.warn("export(include='flagged') is deprecated: the review's marks are include='marked'",
+                          DeprecationWarning, stacklevel=2)
+            include = "marked"
+        if include not in ("marked", "all"):
+            raise InputError(f"include must be 'marked' or 'all'; got {include!r}")
         ds = self._dataset
-        rows = np.flatnonzero(np.isin(self._status, _FLAGGED)) if include == "flagged" else np.arange(len(ds))
+        rows = np.flatnonzero(np.isin(self._status, _FLAGGED)) if include == "marked" else np.arange(len(ds))
         suspicion = self._signals["suspicion"].to_numpy(dtype=np.float64)[rows]
         # Stable sort on -suspicion keeps ties in dataset order; NaN sorts last.
         rows = rows[np.argsort(np.where(np.isnan(suspicion), np.inf, -suspicion), kind="stable")]

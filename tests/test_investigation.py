@@ -252,13 +252,16 @@ def test_export_flagged_rows_and_columns(inv, tmp_path):
     side = json.loads(meta_path(path).read_text())
     assert side["rows"] == 3 and side["version"] == forensics.__version__
     assert side["meta"]["layer"] == "fc1" and side["meta"]["parameters"] == inv.params
-    assert side["meta"]["include"] == "flagged" and side["meta"]["review_counts"]["confirmed"] == 1
+    assert side["meta"]["include"] == "marked" and side["meta"]["review_counts"]["confirmed"] == 1
+    with pytest.warns(DeprecationWarning, match="include='flagged'"):
+        old = inv.export(tmp_path / "old.json", include="flagged")
+    assert [r["sample_id"] for r in json.loads(old.read_text())] == [IDS[0], IDS[2], IDS[7]]
 
     everything = json.loads(inv.export(tmp_path / "all.json", include="all").read_text())
     assert len(everything) == 8 and [r["sample_id"] for r in everything][:3] == [IDS[0], IDS[6], IDS[3]]
     row = next(r for r in everything if r["sample_id"] == IDS[1])
     assert row["status"] == "unreviewed" and row["when"] is None and row["note"] == "" and row["source"] == "@bot"
-    with pytest.raises(InputError, match="include must be 'flagged' or 'all'; got 'some'"):
+    with pytest.raises(InputError, match="include must be 'marked' or 'all'; got 'some'"):
         inv.export(tmp_path / "x.csv", include="some")
 
 

@@ -382,10 +382,18 @@ def test_source_choice_and_summary():
     table = source_summary(np.array(["a", "a", "b", "b"]), np.array([0, 0, 0, 1]), np.array([0.9, 0.7, 0.1, 0.2]),
                            np.array([True, False, False, False]), n_classes=2)
     assert list(table.index) == ["a", "b"]
-    assert table.loc["a", "share_flagged"] == 0.5 and table.loc["a", "label_distance"] == pytest.approx(0.5)
-    # Flagging changes the share flagged shown in the list.
+    assert table.loc["a", "share_marked"] == 0.5 and table.loc["a", "label_distance"] == pytest.approx(0.5)
+    # "Flagged" means what it means in the scan and the report: suspicion at or above the threshold.
+    table = source_summary(np.array(["a", "a", "b"]), np.array([0, 0, 1]), np.array([2.5, 1.9, 3.0]),
+                           np.zeros(3, bool), n_classes=2)
+    assert table.loc["a", "share_flagged"] == 0.5 and table.loc["b", "share_flagged"] == 1.0
+    assert (table["share_marked"] == 0).all()
+    # A review decision changes the share marked shown in the list, not the share flagged.
+    before = panel.list.options[0][0]
     dash.review.decide("flag")
-    assert "flagged 100%" in panel.list.options[0][0]
+    assert "marked 100%" in panel.list.options[0][0]
+    assert before.split(" · flagged ")[1].split(" · ")[0] == panel.list.options[0][0].split(" · flagged ")[1].split(
+        " · ")[0]
 
 
 def test_trigger_choice_selects_carriers_and_shows_the_phrase():
@@ -448,7 +456,7 @@ def test_review_buttons_counts_undo_and_export(tmp_path):
     review.export_button.click()
     written = pd.read_csv(tmp_path / "out.csv")
     assert sorted(written["sample_id"]) == [f"img-{i:03d}" for i in range(10)]
-    assert "Exported 10 samples (flagged)" in review.message.value and str(tmp_path) in review.message.value
+    assert "Exported 10 samples (marked)" in review.message.value and str(tmp_path) in review.message.value
     review.path.value = str(tmp_path / "all.parquet")
     review.include.value = "all"
     review.export_button.click()

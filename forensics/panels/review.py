@@ -61,7 +61,7 @@ class ReviewPanel(Panel):
         self.counter = widgets.HTML()
         self.path = widgets.Text(value=str(export_path), description="export to",
                                  layout=widgets.Layout(flex="1 1 auto", width="auto", min_width="160px"))
-        self.include = widgets.Dropdown(options=[("flagged", "flagged"), ("all samples", "all")], value="flagged",
+        self.include = widgets.Dropdown(options=[("marked", "marked"), ("all samples", "all")], value="marked",
                                         layout=widgets.Layout(width="110px", flex="0 0 auto"))
         self.export_button = widgets.Button(description="Export", icon="download",
                                             layout=widgets.Layout(width="90px", flex="0 0 auto"))
@@ -110,7 +110,7 @@ class ReviewPanel(Panel):
         which = self.include.value if include is None else include
         written = self.inv.export(target, include=which)
         counts = self.inv.counts()
-        rows = int(counts["suspected"] + counts["confirmed"]) if which == "flagged" else int(counts.sum())
+        rows = int(counts["suspected"] + counts["confirmed"]) if which == "marked" else int(counts.sum())
         text = f"Exported {plural(rows)} ({which}) to {Path(written).resolve()}"
         self.message.value = f'<span style="color:#2e7d32">{escape_html(text)}</span>'
         self.state.report(text)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..html import escape_html
+from ..signals.combine import DEFAULT_THRESHOLD
 from ._common import Columns, Panel, fmt, plural, review_status, table_html
 from .state import Change, PanelState
 
@@ -26,30 +27,36 @@ def source_summary(
     sources: np.ndarray,
     labels: np.ndarray,
     suspicion: np.ndarray,
-    flagged: np.ndarray,
+    marked: np.ndarray,
     *,
     n_classes: int,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> pd.DataFrame:
-    """One row per source: its size, the suspicion of its samples, the share flagged in the review, and how far
-    its label distribution lies from everyone else's.
+    """One row per source: its size, the suspicion of its samples, the share *flagged* (suspicion at or above
+    ``threshold``, as the scan and the report count them), the share *marked* in the review, and how far its label
+    distribution lies from everyone else's.
 
     Parameters
     ----------
     sources : ndarray of str, shape (n,)
     labels : ndarray of int, shape (n,)
     suspicion : ndarray of float, shape (n,)
-    flagged : ndarray of bool, shape (n,)
+    marked : ndarray of bool, shape (n,)
         Suspected or confirmed in the review.
     n_classes : int
+    threshold : float
+        The suspicion that flags a sample (default 2, about 1% of clean samples).
 
     Returns
     -------
     DataFrame indexed by source, by decreasing mean suspicion: ``n``, ``mean_suspicion``, ``max_suspicion``,
-    ``share_flagged``, ``dominant_label`` (index), ``dominant_share``, ``label_distance`` (total variation
-    distance between the source's label distribution and that of all other sources: 0 = the same, 1 = disjoint).
+    ``share_flagged``, ``share_marked``, ``dominant_label`` (index), ``dominant_share``, ``label_distance`` (total
+    variation distance between the source's label distribution and that of all other sources: 0 = the same, 1 =
+    disjoint).
     """
     names, codes = np.unique(np.asarray(sources).astype(str), return_inverse=True)
     codes = codes.ravel()
+    flagged = np.nan_to_num(np.asarray(suspicion, dtype=np.float64), nan=-np.inf) >= threshold
     k = len(names)
     n_per = np.bincount(codes, minlength=k)
     s = pd.Series(np.asarray(suspicion, dtype=np.float64)).groupby(codes)
@@ -64,7 +71,8 @@ def source_summary(
         "n": n_per,
         "mean_suspicion": s.mean().reindex(range(k)).to_numpy(),
         "max_suspicion": s.max().reindex(range(k)).to_numpy(),
-        "share_flagged": np.bincount(codes, weights=np.asarray(flagged, dtype=np.float64), minlength=k) / n_per,
+        "share_flagged": np.bincount(codes, weights=flagged.astype(np.float64), minlength=k) / n_per,
+        "share_marked": np.bincount(codes, weights=np.asarray(marked, dtype=np.float64), minlength=k) / n_per,
         "dominant_label": own.argmax(axis=1),
         "dominant_share": own.max(axis=1),
         "label_distance": 0.5 * np.abs(own - others).sum(axis=1),
@@ -106,8 +114,8 @@ class SourcePanel(Panel):
         """:func:`source_summary` with the current review."""
         if not self.available:
             raise InputError("this dataset has no sources")
-        flagged = np.isin(review_status(self.inv), _FLAGGED)
-        return source_summary(self.columns.sources, self.columns.labels, self.columns.suspicion, flagged,
+        marked = np.isin(review_status(self.inv), _FLAGGED)
+        return source_summary(self.columns.sources, self.columns.labels, self.columns.suspicion, marked,
                               n_classes=len(self.columns.class_names))
 
     def choose(self, source: str) -> None:
@@ -134,7 +142,9 @@ class SourcePanel(Panel):
         row = summary.loc[source]
         names = self.columns.class_names
         rows = [("source", source), ("samples", int(row["n"])), ("mean suspicion", row["mean_suspicion"]),
-                ("max suspicion", row["max_suspicion"]), ("share flagged", f"{row['share_flagged']:.0%}"),
+                ("max suspicion", row["max_suspicion"]),
+                (f"flagged (suspicion >= {DEFAULT_THRESHOLD:g})", f"{row['share_flagged']:.0%}"),
+                ("marked in the review", f"{row['share_marked']:.0%}"),
                 ("label distance", row["label_distance"])]
         mine = self.columns.sources == source
         own = np.bincount(self.columns.labels[mine], minlength=len(names)) / max(1, mine.sum())
@@ -153,7 +163,8 @@ class SourcePanel(Panel):
         names = self.columns.class_names
         options = [
             (f"{src} · {int(r['n'])} samples · suspicion {fmt(r['mean_suspicion'])} (max {fmt(r['max_suspicion'])})"
-             f" · flagged {r['share_flagged']:.0%} · {names[int(r['dominant_label'])]} {r['dominant_share']:.0%}"
+             f" · flagged {r['share_flagged']:.0%} · marked {r['share_marked']:.0%}"
+             f" · {names[int(r['dominant_label'])]} {r['dominant_share']:.0%}"
              f" · label distance {fmt(r['label_distance'])}", str(src))
             for src, r in summary.iloc[:MAX_LISTED].iterrows()
         ]
