@@ -359,14 +359,31 @@ def _map_section(inv: Investigation, suspicion: np.ndarray, threshold: float) ->
             + div)
 
 
+#: The cluster table's columns an analyst reads first, with their headings; the others are one click away.
+CLUSTER_COLUMNS = {
+    "size": "samples", "dominant_name": "label", "purity": "label purity", "is_small": "small island",
+    "distance_to_label_bulk": "distance from its label's bulk", "top_sources": "sources",
+    "mean_suspicion": "mean suspicion", "max_suspicion": "max suspicion",
+}
+
+
 def _cluster_section(clusters: pd.DataFrame) -> str:
     if not len(clusters):
         return "<h2 id=clusters>Clusters</h2><p>No clusters were found.</p>"
     sort = "mean_suspicion" if "mean_suspicion" in clusters else clusters.columns[0]
     view = clusters.sort_values(sort, ascending=False, kind="stable").head(MAX_TABLE_ROWS)
+    # HDBSCAN's -1 is the samples in no cluster: named, not numbered.
+    names = pd.Index(["noise (in no cluster)" if str(c) == "-1" else str(c) for c in view.index], name="cluster")
+    main = view[[c for c in CLUSTER_COLUMNS if c in view.columns]].rename(columns=CLUSTER_COLUMNS)
+    main.index = names
+    rest = view.drop(columns=[c for c in (*CLUSTER_COLUMNS, "examples") if c in view.columns])
+    rest.index = names
+    every = ("" if rest.empty else "<details><summary>Every column</summary>"
+             + _table(rest, percent=tuple(c for c in rest.columns if "purity" in c or "share" in c)) + "</details>")
     return ("<h2 id=clusters>Clusters</h2><p>HDBSCAN clusters of the activations (on a low-dimensional UMAP), by "
-            f"decreasing mean suspicion; the first {len(view)} of {len(clusters)}.</p>"
-            + _table(view, percent=tuple(c for c in view.columns if "purity" in c or "share" in c)))
+            f"decreasing mean suspicion; the first {len(view)} of {len(clusters)}. A small island far from its "
+            "label's bulk, with one dominant source, is the first place to look.</p>"
+            + _table(main, percent=("label purity",)) + every)
 
 
 def _samples_table(inv: Investigation, pos: np.ndarray, changed: pd.Series | None,

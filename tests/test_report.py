@@ -191,3 +191,31 @@ def test_summary_names_each_signal_in_the_registry_words_with_its_changed_parame
                 f"hostile_signal ({HOSTILE[1]})") in text
     finally:
         unregister("hostile_signal")
+
+
+def test_the_clusters_table_names_the_noise_and_keeps_the_other_columns_one_click_away():
+    ds = _hostile_text_dataset()
+    n = len(ds)
+
+    def builder(features, labels, *, ids, sources, suspicion, class_names):
+        table = pd.DataFrame({
+            "size": [50, 10], "share": [0.83, 0.17], "dominant_name": [HOSTILE[0], "pos"], "purity": [0.5, 1.0],
+            "is_small": [False, True], "distance_to_label_bulk": [np.nan, 3.2], "top_sources": ["src-0 40%", HOSTILE[1]],
+            "mean_suspicion": [0.2, 4.0], "max_suspicion": [1.0, 5.0], "examples": [["id-9"], ["id-8"]],
+            "source_purity": [0.4, 1.0]}, index=pd.Index([-1, 3], name="cluster"))
+        clusters = np.where(np.arange(n) < 10, 3, -1)
+        return SimpleNamespace(coords=np.c_[np.arange(n), np.arange(n)].astype(float), clusters=clusters,
+                               table=table)
+
+    inv = Investigation(ds, signals=_investigation(ds).signals, features=np.ones((n, 2), np.float32),
+                        map_builder=builder)
+    page = render_report(inv)
+    _assert_only_escaped(page)
+    section = page[page.index("<h2 id=clusters>"):page.index("<h2", page.index("<h2 id=clusters>") + 5)]
+    main, every = section.split("<details>")
+    assert re.findall(r"<th>([^<]*)</th>", main)[:9] == [
+        "cluster", "samples", "label", "label purity", "small island", "distance from its label&#x27;s bulk",
+        "sources", "mean suspicion", "max suspicion"]
+    assert main.index("<th>3</th>") < main.index("<th>noise (in no cluster)</th>")  # most suspicious first
+    assert "examples" not in section and "id-9" not in section
+    assert "<summary>Every column</summary>" in every and "<th>share</th>" in every and "<th>source_purity</th>" in every
