@@ -185,6 +185,7 @@ def render_report(
              f"<p class=meta>Generated {escape_html(_now())} by poison-forensics "
              f"{escape_html(inv.params.get('toolkit_version', ''))}.</p>"]
     parts.append(_summary(inv, verdict, diff, notes))
+    parts.append(_next_steps(inv, threshold))
     if diff is not None:
         parts.append(_diff_section(inv, diff, changed, pattern, top))
     if canaries is not None:
@@ -365,6 +366,52 @@ CLUSTER_COLUMNS = {
     "distance_to_label_bulk": "distance from its label's bulk", "top_sources": "sources",
     "mean_suspicion": "mean suspicion", "max_suspicion": "max suspicion",
 }
+
+
+def next_steps(inv: Investigation, *, threshold: float = DEFAULT_THRESHOLD, max_items: int = 3) -> list[str]:
+    """What an analyst should do next, most telling first, in plain sentences: the confirmed triggers and their
+    carriers, the small islands of the map to review, the source whose samples are flagged far more often than the
+    rest, then how to act on the list. Empty findings give one sentence that says so."""
+    ds = inv.dataset
+    suspicion = inv.signals["suspicion"].to_numpy(dtype=np.float64)
+    flagged = np.nan_to_num(suspicion, nan=-np.inf) >= threshold
+    steps = []
+    trig = inv.triggers
+    for verdict, advice in (("confirmed", "remove its carriers or relabel them"),
+                            ("weak", "confirm it on held-out data: find_triggers(holdout=...)")):
+        for _, t in trig[trig["verdict"] == verdict].head(max_items).iterrows():
+            steps.append(f"Trigger {t.get('trigger_id', '')} is {verdict} on the model ({t['description']}); "
+                         f"{len(t['sample_ids']):,} samples carry it: {advice}.")
+    if inv.has_map and len(inv.clusters) and "is_small" in inv.clusters:
+        small = inv.clusters[inv.clusters["is_small"].astype(bool)]
+        if "mean_suspicion" in small:
+            small = small.sort_values("mean_suspicion", ascending=False, kind="stable")
+        for c, row in small.head(max_items).iterrows():
+            where = f", mostly from {row['top_sources']}" if isinstance(row.get("top_sources"), str) else ""
+            steps.append(f"Review cluster {c}: a small island of {int(row['size']):,} samples labelled "
+                         f"{row.get('dominant_name', '')} ({_pct(row.get('purity'))}){where}, mean suspicion "
+                         f"{_fmt(row.get('mean_suspicion'))}.")
+    if ds.sources is not None and flagged.any():
+        frame = pd.DataFrame({"source": ds.sources.astype(str), "flagged": flagged})
+        share = frame.groupby("source", sort=True)["flagged"].agg(["sum", "mean", "size"])
+        overall = flagged.mean()
+        worst = share[(share["sum"] >= 5) & (share["mean"] >= 3 * overall)].sort_values(
+            ["mean", "sum"], ascending=False, kind="stable")
+        for source, row in worst.head(max_items).iterrows():
+            steps.append(f"Look at source {source}: {int(row['sum']):,} of its {int(row['size']):,} samples "
+                         f"({_pct(row['mean'])}) are flagged, against {_pct(overall)} overall; if it is not to be "
+                         "trusted, drop everything it contributed.")
+    if not steps:
+        steps.append(f"Nothing stands out: no confirmed trigger, no small island, and {int(flagged.sum()):,} samples "
+                     f"at or above the threshold ({_pct(flagged.mean())}), about what clean data gives.")
+    steps.append("Then mark your decisions in the dashboard (forensics.Investigation.load(folder).dashboard()) "
+                 "and act on the exported list (flagged.csv; inv.export(path) for the marked samples).")
+    return steps
+
+
+def _next_steps(inv: Investigation, threshold: float) -> str:
+    items = "".join(f"<li>{escape_html(step)}</li>" for step in next_steps(inv, threshold=threshold))
+    return f"<h2 id=next>What to do next</h2><ol>{items}</ol>"
 
 
 def _cluster_section(clusters: pd.DataFrame) -> str:

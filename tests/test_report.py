@@ -219,3 +219,40 @@ def test_the_clusters_table_names_the_noise_and_keeps_the_other_columns_one_clic
     assert main.index("<th>3</th>") < main.index("<th>noise (in no cluster)</th>")  # most suspicious first
     assert "examples" not in section and "id-9" not in section
     assert "<summary>Every column</summary>" in every and "<th>share</th>" in every and "<th>source_purity</th>" in every
+
+
+def test_what_to_do_next_names_the_trigger_the_island_and_the_source_in_words():
+    from forensics.report import next_steps
+
+    ds = _hostile_text_dataset()
+    n = len(ds)
+
+    def builder(features, labels, *, ids, sources, suspicion, class_names):
+        table = pd.DataFrame({"size": [12, 48], "dominant_name": ["pos", "neg"], "purity": [1.0, 0.6],
+                              "is_small": [True, False], "top_sources": ["src-1 90%", "src-0 40%"],
+                              "mean_suspicion": [3.5, 0.4]}, index=pd.Index([4, 0], name="cluster"))
+        return SimpleNamespace(coords=np.zeros((n, 2)), clusters=np.zeros(n, np.int64), table=table)
+
+    signals = _investigation(ds).signals.copy()
+    suspicion = np.zeros(n)
+    suspicion[[i for i in range(n) if ds.sources[i] == "src-1"][:8]] = 3.0  # src-1: 8 flagged, the others none
+    signals["suspicion"] = suspicion
+    inv = Investigation(ds, signals=signals, features=np.ones((n, 2), np.float32), map_builder=builder)
+    inv.triggers = _investigation(ds).triggers
+    _ = inv.map
+    steps = next_steps(inv)
+    assert steps[0].startswith('Trigger text-1 is confirmed on the model (phrase "cf mn" ')
+    assert steps[0].endswith("1 samples carry it: remove its carriers or relabel them.")
+    assert steps[1] == ("Review cluster 4: a small island of 12 samples labelled pos (100.0%), mostly from src-1 90%, "
+                        "mean suspicion 3.5.")
+    share = 8 / sum(ds.sources == "src-1")
+    assert steps[2] == (f"Look at source src-1: 8 of its {sum(ds.sources == 'src-1')} samples ({100 * share:.1f}%) are "
+                        f"flagged, against {100 * 8 / n:.1f}% overall; if it is not to be trusted, drop everything it "
+                        "contributed.")
+    assert steps[-1].startswith("Then mark your decisions in the dashboard")
+    page = render_report(inv)
+    _assert_only_escaped(page)
+    assert "<h2 id=next>What to do next</h2><ol><li>Trigger text-1" in page
+
+    quiet = Investigation(ds, signals=signals.assign(suspicion=np.zeros(n)))
+    assert next_steps(quiet)[0].startswith("Nothing stands out: no confirmed trigger, no small island, and 0 samples")
