@@ -212,7 +212,17 @@ def test_demo_scans_the_bundled_image_data(tmp_path, capsys):
     assert status == 0
     assert f"Demo folder: {(tmp_path / 'demo').resolve()}" in out
     assert (tmp_path / "demo" / "report.html").stat().st_size < 10e6
-    assert Investigation.load(tmp_path / "demo" / "investigation").counts()["suspected"] > 0
+    inv = Investigation.load(tmp_path / "demo" / "investigation")
+    assert inv.counts()["suspected"] > 0
+    # The confirmed patch's carriers are every image that holds it (the 600 planted), not the 90 it was found in;
+    # the report says so in words.
+    from forensics import sample_data
+
+    truth = sample_data.load_truth("image_backdoor")
+    patched = set(truth.index[truth["poison_kind"] == "patch"])
+    [confirmed] = [row for _, row in inv.triggers.iterrows() if row["verdict"] == "confirmed"]
+    assert set(confirmed["sample_ids"]) == patched and confirmed["n_carriers"] == len(patched) == 600
+    assert "600 samples carry it" in (tmp_path / "demo" / "report.html").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- bad input

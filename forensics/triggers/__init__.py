@@ -28,7 +28,14 @@ from .confirm import (
     holdout_set,
     verdict,
 )
-from .findings import confirmation_log10_p, trigger_evidence, trigger_patterns, trigger_scores, triggers_table
+from .findings import (
+    confirmation_log10_p,
+    confirmed_carriers,
+    trigger_evidence,
+    trigger_patterns,
+    trigger_scores,
+    triggers_table,
+)
 from .image import ImageTriggerCandidate, image_trigger_candidate, label_peers, locate_pattern, search_image
 from .text import remove_ngram, search_text, suspicious_set, text_trigger_candidates, tokenize
 
@@ -42,6 +49,7 @@ __all__ = [
     "confirm_text_candidates",
     "confirm_text_trigger",
     "confirmation_log10_p",
+    "confirmed_carriers",
     "holdout_set",
     "image_trigger_candidate",
     "label_peers",

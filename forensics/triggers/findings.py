@@ -186,15 +186,30 @@ def trigger_evidence(
     -------
     ndarray of float64, shape (n,)
     """
-    if not 0 < match_threshold <= 1:
-        raise InputError(f"match_threshold must be in (0, 1]; got {match_threshold!r}")
     items = _items(found)
     out = np.zeros(_n_scored(texts, images))
-    for kind, item in items:
-        if _verdict(kind, item) == "confirmed":
+    masks = confirmed_carriers(found, texts=texts, images=images, match_threshold=match_threshold)
+    for (kind, item), mask in zip(items, masks):
+        if mask is not None:
             strength = confirmation_log10_p(item if kind == "text" else item.confirmation)
-            out = np.maximum(out, np.where(_carries(kind, item, texts, images) >= match_threshold, strength, 0.0))
+            out = np.maximum(out, np.where(mask, strength, 0.0))
     return out
+
+
+def confirmed_carriers(
+    found: Iterable[Any],
+    *,
+    texts: Sequence[str] | None = None,
+    images: np.ndarray | None = None,
+    match_threshold: float = 0.9,
+) -> list[np.ndarray | None]:
+    """For each candidate, in order: which samples of the whole dataset carry it when it is confirmed (a boolean
+    mask of shape (n,)), else None. A confirmed patch found from a group of the most suspicious images is searched
+    in every image, so its carriers are all that hold it, not only the group's."""
+    if not 0 < match_threshold <= 1:
+        raise InputError(f"match_threshold must be in (0, 1]; got {match_threshold!r}")
+    return [_carries(kind, item, texts, images) >= match_threshold if _verdict(kind, item) == "confirmed" else None
+            for kind, item in _items(found)]
 
 
 def trigger_scores(
