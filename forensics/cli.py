@@ -54,10 +54,12 @@ _TEXT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 # ---------------------------------------------------------------------------------------------- inputs
 def load_dataset(path: str | os.PathLike, *, text_column: str = "text", label_column: str = "label",
-                 id_column: str = "sample_id", source_column: str | None = None, mode: str | None = None):
+                 id_column: str = "sample_id", source_column: str | None = None, mode: str | None = None,
+                 size: tuple[int, int] | None = None, sources_file: str | os.PathLike | None = None):
     """A :class:`~forensics.data.Dataset` from a path as ``forensics scan`` reads it.
 
-    A folder is an image folder (``root/<class>/<image>``); ``.npz`` holds arrays ``images`` (uint8),
+    A folder is an image folder (``root/<class>/<image>``; ``size`` resizes its images, ``sources_file`` is a CSV
+    of ``sample_id,source`` naming each image's contributor); ``.npz`` holds arrays ``images`` (uint8),
     ``labels`` and optionally ``ids``, ``sources``, ``class_names`` (read without pickles); ``.csv`` and
     ``.jsonl`` hold texts (the columns named). ``source_column=None`` uses a ``source`` column when there is one.
     """
@@ -67,7 +69,11 @@ def load_dataset(path: str | os.PathLike, *, text_column: str = "text", label_co
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     if p.is_dir():
-        return Dataset.from_image_folder(p, mode=mode)
+        sources = _read_sources_file(Path(sources_file)) if sources_file is not None else None
+        return Dataset.from_image_folder(p, mode=mode, size=size, sources=sources)
+    if sources_file is not None:
+        raise InputError(f"--sources names each image's source for an image folder; {p} is a file (give its "
+                         "sources in a column: --source-column)")
     if not p.is_file():  # a FIFO or a device would block the read, or never end
         raise InputError(f"{p}: not a regular file or folder")
     suffix = p.suffix.lower()
@@ -82,6 +88,38 @@ def load_dataset(path: str | os.PathLike, *, text_column: str = "text", label_co
                       source_column=source_column)
     raise InputError(f"{p}: unknown data format {suffix or '(no extension)'!r}; give an image folder, a .npz file "
                      "(images, labels, ids, sources, class_names), or texts as .csv or .jsonl")
+
+
+def _read_sources_file(path: Path) -> dict[str, str]:
+    """``sample_id,source`` rows of a CSV file (a header names the two columns) as a mapping."""
+    import csv
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (--sources)")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path}: not a readable CSV file of sources ({e})") from e
+    if not rows or not {"sample_id", "source"} <= set(rows[0]):
+        raise InputError(f"{path}: a sources file needs the columns sample_id and source")
+    out: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        sid, source = row.get("sample_id"), row.get("source")
+        if not sid or source is None:
+            raise InputError(f"{path}: line {line} has no sample_id or no source")
+        if sid in out:
+            raise InputError(f"{path}: line {line} names {sid[:60]!r} a second time")
+        out[sid] = source
+    return out
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """``HxW`` (``32x32``) as (height, width)."""
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.strip().isdecimal() and w.strip().isdecimal() and int(h) > 0 and int(w) > 0):
+        raise argparse.ArgumentTypeError(f"give the size as HEIGHTxWIDTH, e.g. 32x32; got {text!r}")
+    return int(h), int(w)
 
 
 def _load_npz(p: Path):
@@ -218,7 +256,9 @@ def _scan(args: argparse.Namespace) -> int:
     else:
         raise InputError("give DATA (an image folder, .npz, .csv or .jsonl) or --sample NAME")
     baseline = integrity.load_manifest(args.baseline) if args.baseline else None
-    canaries = _as_classes(_read(args, args.canaries), dataset.class_names) if args.canaries else None
+    canaries = None
+    if args.canaries:
+        canaries = _as_classes(_read(args, args.canaries, with_sources=False), dataset.class_names)
     model, model_name = _load_model(args, bundled)
     baseline_model = None
     if args.baseline_model:
@@ -280,9 +320,10 @@ def _scan(args: argparse.Namespace) -> int:
     return EXIT_FAIL if verdict.failed else EXIT_PASS
 
 
-def _read(args: argparse.Namespace, path: str):
+def _read(args: argparse.Namespace, path: str, *, with_sources: bool = True):
     return load_dataset(path, text_column=args.text_column, label_column=args.label_column,
-                        id_column=args.id_column, source_column=args.source_column, mode=args.image_mode)
+                        id_column=args.id_column, source_column=args.source_column, mode=args.image_mode,
+                        size=args.image_size, sources_file=args.sources if with_sources else None)
 
 
 def _as_classes(canaries: Any, class_names: tuple[str, ...]):
@@ -350,6 +391,7 @@ def _demo(args: argparse.Namespace) -> int:
     args.sample = args.sample or "image_backdoor"
     args.data = None
     for name in ("model", "model_entry", "layer", "baseline", "canaries", "baseline_model", "image_mode",
+                 "image_size", "sources",
                  "cache_dir", "signals", "signal_param"):
         setattr(args, name, None)
     args.text_column, args.label_column, args.id_column, args.source_column = "text", "label", "sample_id", None
@@ -443,6 +485,10 @@ def _scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-column", default=None,
                    help="CSV/JSONL column of the sources (default: 'source' when present)")
     p.add_argument("--image-mode", choices=("L", "RGB"), help="convert every image of a folder to this mode")
+    p.add_argument("--image-size", type=_parse_size, metavar="HxW",
+                   help="resize every image of a folder to HEIGHTxWIDTH (bilinear), e.g. 32x32")
+    p.add_argument("--sources", metavar="CSV",
+                   help="for an image folder: a CSV of sample_id,source naming each image's contributor")
     p.add_argument("--no-map", action="store_true",
                    help="skip the 2-D map and clusters (about half a minute per 10,000 samples)")
     p.add_argument("--cache-dir", metavar="DIR",

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ._validate import check_images
+from ._validate import check_images, check_int
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -389,22 +389,31 @@ class Dataset:
         *,
         sources: dict[str, str] | None = None,
         mode: Literal["L", "RGB"] | None = None,
+        size: tuple[int, int] | None = None,
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> Dataset:
         """Images from a folder with one sub-folder per class (``root/<class>/<file>``).
 
         The sample id is the file's path relative to ``root`` with forward slashes (``"cat/001.png"``).
         Every file must decode; a file that does not is named in the error, as is one whose header declares more
-        than ``max_pixels`` pixels (checked before decoding). All images must share one size. With ``mode=None``
-        they must also share one colour mode; pass ``mode="L"`` or ``mode="RGB"`` to convert them all.
+        than ``max_pixels`` pixels (checked before decoding). All images must share one size, or be resized to
+        ``size``. With ``mode=None`` they must also share one colour mode; pass ``mode="L"`` or ``mode="RGB"`` to
+        convert them all.
 
         Parameters
         ----------
         sources : dict, optional
             Maps sample id to source.
+        size : (height, width), optional
+            Resize every image of another size to this one (bilinear), as the model expects; declared, never
+            guessed.
         """
         from PIL import Image, UnidentifiedImageError
 
+        if size is not None:
+            if not isinstance(size, (tuple, list)) or len(size) != 2:
+                raise InputError(f"size must be (height, width); got {size!r}")
+            size = (check_int(size[0], "size[0]", low=1), check_int(size[1], "size[1]", low=1))
         root = Path(root)
         if not root.is_dir():
             raise InputError(f"image folder {root} does not exist or is not a folder")
@@ -437,6 +446,9 @@ class Dataset:
                             raise InputError(
                                 f"{f}: colour mode {im_mode!r}; pass mode='L' or mode='RGB' to convert images"
                             )
+                        if size is not None and (h, w) != size:
+                            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                            h, w = size
                         arr = np.asarray(im, dtype=np.uint8)
                 except Image.DecompressionBombError as e:
                     raise InputError(
@@ -453,7 +465,7 @@ class Dataset:
                 elif key[1] != first[1]:
                     raise InputError(
                         f"{f}: size {w}x{h} differs from {first[2]} ({first[1][1]}x{first[1][0]}); "
-                        "all images must share one size"
+                        "all images must share one size: pass size=(height, width) to resize them all"
                     )
                 elif key[0] != first[0]:
                     raise InputError(

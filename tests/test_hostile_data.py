@@ -656,3 +656,26 @@ def test_ids_that_look_the_same_and_names_with_terminal_escapes_are_refused():
         Dataset.from_numpy(images, [0, 1], class_names=["cat\u202e", "dog"])
     with pytest.raises(InputError, match=r"a label = 'pos\\x07' contains control"):
         Dataset.from_texts(["x", "y"], ["pos\x07", "neg"])
+
+
+def test_an_image_folder_of_mixed_sizes_is_resized_when_asked_and_takes_a_sources_file(tmp_path):
+    from forensics.cli import load_dataset, main
+
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i, side in enumerate((8, 12, 16)):
+            Image.fromarray(np.full((side, side), 60 * i, np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    with pytest.raises(InputError, match=r"all images must share one size: pass size=\(height, width\)"):
+        Dataset.from_image_folder(tmp_path / "imgs")
+    ds = Dataset.from_image_folder(tmp_path / "imgs", size=(10, 10))
+    assert ds.images.shape == (6, 10, 10)
+    assert ds.images[ds.positions(["cat/1.png"])[0]].tolist() == np.full((10, 10), 60).tolist()
+    sources = tmp_path / "sources.csv"
+    sources.write_text("sample_id,source\n" + "".join(f"{c}/{i}.png,worker-{i}\n" for c in ("cat", "dog")
+                                                      for i in range(3)))
+    ds = load_dataset(tmp_path / "imgs", size=(10, 10), sources_file=sources)
+    assert ds.sources.tolist() == ["worker-0", "worker-1", "worker-2"] * 2
+    sources.write_text("sample_id,source\ncat/0.png,w\n")
+    with pytest.raises(InputError, match=r"sources has no entry for 5 image\(s\)"):
+        load_dataset(tmp_path / "imgs", size=(10, 10), sources_file=sources)
+    assert main(["scan", str(tmp_path / "imgs"), "--image-size", "ten", "--out", str(tmp_path / "o")]) == 2
