@@ -24,7 +24,7 @@ import pandas as pd
 
 from .errors import InputError
 from .html import escape_html, highlight, png_data_url
-from .signals.combine import DEFAULT_THRESHOLD
+from .signals.combine import DEFAULT_THRESHOLD, tail_probability
 from .signals.registry import get_signal, reason_text, registered_signals
 
 if TYPE_CHECKING:
@@ -534,15 +534,23 @@ def _source_section(inv: Investigation, suspicion: np.ndarray, threshold: float)
         st = source_table(ds.sources, ds.labels, n_classes=len(ds.class_names), predictions=pred,
                           scores=suspicion, flagged=flagged)
         keep = [c for c in ("source_suspicion", "evidence", "dominant_label", "dominant_share") if c in st]
-        table = table.join(st[keep])
+        # The raw tests are -log10 p-values against the other sources, which honest contributors with a class mix
+        # of their own also pass by far on large data; measured against the bulk of the sources, as the sample
+        # suspicion is against the bulk of the samples, a clean contributor reads as clean.
+        st["suspicion_among_sources"] = -np.log10(tail_probability(st["source_suspicion"].to_numpy(),
+                                                                   max_shape=0.0)) + 0.0
+        table = table.join(st[["suspicion_among_sources", *keep]])
         if "dominant_label" in table:
             table["dominant_label"] = [ds.class_names[int(v)] if pd.notna(v) else "" for v in table["dominant_label"]]
-        table = table.sort_values(["source_suspicion", "share_flagged"], ascending=False, kind="stable")
+        table = table.sort_values(["suspicion_among_sources", "share_flagged"], ascending=False, kind="stable")
     else:
         table = table.sort_values("share_flagged", ascending=False, kind="stable")
-    return ("<h2 id=sources>Sources</h2><p>Per source: samples, how many reach the threshold, and "
-            "<code>source_suspicion</code> (-log10 of the corrected p-value of its strongest evidence: 2 = a 1% "
-            f"chance). The first {min(len(table), MAX_TABLE_ROWS)} of {len(table)} sources.</p>"
+    return ("<h2 id=sources>Sources</h2><p>Per source: samples, how many reach the threshold, "
+            "<code>suspicion_among_sources</code> (how unusual the source is against the bulk of the sources, on "
+            f"the scale of the sample suspicion: {threshold:g} = about {_pct(10 ** -threshold)} of clean sources "
+            "reach it) and the test behind it, <code>source_suspicion</code> (-log10 of the corrected p-value of its "
+            "strongest evidence against the other sources). The first "
+            f"{min(len(table), MAX_TABLE_ROWS)} of {len(table)} sources.</p>"
             + _table(table.head(MAX_TABLE_ROWS), percent=("share_flagged", "dominant_share")))
 
 

@@ -256,3 +256,32 @@ def test_what_to_do_next_names_the_trigger_the_island_and_the_source_in_words():
 
     quiet = Investigation(ds, signals=signals.assign(suspicion=np.zeros(n)))
     assert next_steps(quiet)[0].startswith("Nothing stands out: no confirmed trigger, no small island, and 0 samples")
+
+
+def test_honest_sources_with_their_own_class_mix_read_as_clean_and_a_bot_does_not():
+    from forensics.report import _source_section
+
+    rng = np.random.default_rng(0)
+    labels, sources, preds = [], [], []
+    for s in range(40):
+        mix = rng.dirichlet(np.ones(10))  # every honest contributor has a class mix of its own
+        y = rng.choice(10, 150, p=mix)
+        labels += list(y)
+        preds += list(y)
+        sources += [f"worker-{s}"] * 150
+    truth = rng.integers(0, 10, 150)
+    labels += list(rng.integers(0, 10, 150))  # the bot: random labels the model disagrees with
+    preds += list(truth)
+    sources += ["bot"] * 150
+    n = len(labels)
+    ds = Dataset.from_numpy(np.zeros((n, 4, 4), np.uint8) + np.arange(n)[:, None, None].astype(np.uint8) % 250,
+                            np.asarray(labels), sources=sources, ids=[f"s{i}" for i in range(n)])
+    index = pd.Index(ds.ids, name="sample_id")
+    inv = Investigation(ds, signals=pd.DataFrame({"suspicion": np.zeros(n), "reasons": [""] * n}, index=index),
+                        samples=pd.DataFrame({"prediction": preds}, index=index))
+    section = _source_section(inv, np.zeros(n), 2.0)
+    rows = re.findall(r"<tr><th>([^<]+)</th>((?:<td[^>]*>[^<]*</td>)+)</tr>", section)
+    among = {name: float(re.findall(r"<td[^>]*>([^<]*)</td>", cells)[5]) for name, cells in rows}
+    assert rows[0][0] == "bot" and among["bot"] >= 2
+    honest = [v for k, v in among.items() if k != "bot"]
+    assert max(honest) < 2, sorted(honest)[-3:]
