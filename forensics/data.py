@@ -673,7 +673,8 @@ def _record_labels(labels: list[Any], class_names: Sequence[Any] | None, *, wher
         return isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer())
 
     odd = next((i for i, v in enumerate(labels)
-                if isinstance(v, bool) or (isinstance(v, (float, np.floating)) and not whole(v))), None)
+                if isinstance(v, bool) or not isinstance(v, (str, int, float, np.integer, np.floating))
+                or (isinstance(v, (float, np.floating)) and not whole(v))), None)
     if odd is not None:
         # JSON's 1.5, NaN or true is a number, not a class name; "1.5" in quotes is a name.
         path, first_line = where

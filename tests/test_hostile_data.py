@@ -679,3 +679,54 @@ def test_an_image_folder_of_mixed_sizes_is_resized_when_asked_and_takes_a_source
     with pytest.raises(InputError, match=r"sources has no entry for 5 image\(s\)"):
         load_dataset(tmp_path / "imgs", size=(10, 10), sources_file=sources)
     assert main(["scan", str(tmp_path / "imgs"), "--image-size", "ten", "--out", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.parametrize("value", ["[1, 2]", '{"x": 1}'])
+def test_a_json_label_that_is_a_list_or_an_object_is_refused(tmp_path, value):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": ' + value + "}\n")
+    with pytest.raises(InputError, match=r"labels\.jsonl: line 2: label .* is not a class"):
+        Dataset.from_jsonl(path)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("sample_id,source\ncat/0.png,w1\ncat/0.png,w2\n", r"line 3 names 'cat/0\.png' a second time"),
+    ("id,who\ncat/0.png,w1\n", r"a sources file needs the columns sample_id and source"),
+    ("sample_id,source\n,w1\n", r"line 2 has no sample_id or no source"),
+])
+def test_a_bad_sources_file_is_named(tmp_path, content, message):
+    from forensics.cli import load_dataset
+
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / "cat" / "0.png")
+    (tmp_path / "s.csv").write_text(content)
+    with pytest.raises(InputError, match=message):
+        load_dataset(tmp_path / "imgs", sources_file=tmp_path / "s.csv")
+
+
+def test_a_sources_file_for_a_text_file_and_a_bad_image_size_are_refused(tmp_path, capsys):
+    from forensics.cli import load_dataset, main
+
+    (tmp_path / "t.csv").write_text("sample_id,text,label\na,good,pos\n")
+    (tmp_path / "s.csv").write_text("sample_id,source\na,w\n")
+    with pytest.raises(InputError, match=r"--sources names each image's source for an image folder"):
+        load_dataset(tmp_path / "t.csv", sources_file=tmp_path / "s.csv")
+    assert main(["scan", str(tmp_path / "t.csv"), "--image-size", "0x5"]) == 2
+    assert "give the size as HEIGHTxWIDTH, e.g. 32x32; got '0x5'" in capsys.readouterr().err
+
+
+def test_a_class_folder_named_with_a_terminal_escape_is_refused(tmp_path):
+    (tmp_path / "imgs" / "cat\x1b[2J").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / "cat\x1b[2J" / "0.png")
+    with pytest.raises(InputError, match=r"ids\[0\] = 'cat\\x1b\[2J/0\.png' contains control"):
+        Dataset.from_image_folder(tmp_path / "imgs")
+
+
+@pytest.mark.parametrize("name, content", [("header.csv", "sample_id,text,label\n"), ("blank.jsonl", "\n  \n\n"),
+                                           ("bom_only.csv", "\ufeff")])
+def test_a_text_file_without_rows_is_refused(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    reader = Dataset.from_csv if name.endswith(".csv") else Dataset.from_jsonl
+    with pytest.raises(InputError, match=rf"{name.replace('.', '[.]')}: no rows; the dataset is empty"):
+        reader(path)

@@ -366,3 +366,16 @@ def test_an_image_changed_with_its_file_checksum_is_caught_by_its_content_hash(t
     with pytest.raises(IntegrityError, match=r"sample 'img-5' \(row 5\) no longer matches its stored content hash "
                                              r"\(1 such sample\(s\)\): its image was changed after saving"):
         Investigation.load(folder)
+
+
+@pytest.mark.parametrize("seal", ["not json at all", '{"seq": "2", "hash": "ab", "size": 10}'])
+def test_a_damaged_seal_is_named(tmp_path, seal):
+    images = np.zeros((4, 4, 4), np.uint8) + np.arange(4)[:, None, None].astype(np.uint8)
+    ds = Dataset.from_numpy(images, [0, 1, 0, 1])
+    inv = Investigation(ds, signals=pd.DataFrame({"suspicion": np.zeros(4), "reasons": [""] * 4},
+                                                 index=pd.Index(ds.ids, name="sample_id")))
+    folder = inv.save(tmp_path / "inv")
+    inv.flag([ds.ids[0]], who="alice")
+    (folder / "audit.1.jsonl.seal").write_text(seal)
+    with pytest.raises(IntegrityError, match=r"audit log seal .*audit\.1\.jsonl\.seal is not a valid seal"):
+        Investigation.load(folder)
