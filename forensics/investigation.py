@@ -281,6 +281,36 @@ class Investigation:
             self._build_map()
         return self._clusters
 
+    def explain_clusters(self, metadata: pd.DataFrame | None = None, *, min_log10_p: float = 2.0) -> pd.DataFrame:
+        """What sets each cluster apart: the label, source and metadata values it holds far more often than the rest
+        (:func:`forensics.explain.explain_clusters`).
+
+        Parameters
+        ----------
+        metadata : DataFrame indexed by sample_id, optional
+            Columns of your own (device, camera, date, shard...), one row per sample of the dataset; explained
+            beside the label and the source.
+        min_log10_p : float
+            Only values at least this unlikely by chance (corrected ``-log10`` p) are listed.
+        """
+        from .explain import explain_clusters
+
+        ds = self._dataset
+        frame = pd.DataFrame({"label": np.asarray(ds.class_names, dtype=object)[ds.labels]}, index=self._index)
+        if ds.sources is not None:
+            frame["source"] = ds.sources
+        if metadata is not None:
+            if not isinstance(metadata, pd.DataFrame):
+                raise InputError(f"metadata must be a DataFrame indexed by sample_id; got {type(metadata).__name__}")
+            missing = self._index.difference(pd.Index(metadata.index.astype(str)))
+            if len(missing):
+                raise InputError(f"metadata has no row for {len(missing)} sample(s), for example {list(missing[:3])!r}")
+            extra = metadata.copy()
+            extra.index = extra.index.astype(str)
+            extra = extra.rename(columns={c: f"{c} (given)" for c in extra.columns if c in frame.columns})
+            frame = pd.concat([frame, extra.reindex(self._index)], axis=1)
+        return explain_clusters(self.map["cluster"].to_numpy(), frame.reset_index(drop=True), min_log10_p=min_log10_p)
+
     def _build_map(self) -> None:
         if self._features is None:
             raise InputError("this investigation has no features; pass features=... to build the map")

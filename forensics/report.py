@@ -194,7 +194,7 @@ def render_report(
     if include_map:
         map_html = _map_section(inv, suspicion, threshold)
     if include_map or inv.has_map:
-        clusters_html = _cluster_section(inv.clusters)
+        clusters_html = _cluster_section(inv.clusters, explained=inv.explain_clusters())
     parts += [map_html, clusters_html]
     order = np.argsort(-np.where(np.isnan(suspicion), -np.inf, suspicion), kind="stable")[:top]
     parts.append(f"<h2 id=suspicious>Most suspicious samples</h2><p>The {len(order)} samples with the highest "
@@ -414,7 +414,7 @@ def _next_steps(inv: Investigation, threshold: float) -> str:
     return f"<h2 id=next>What to do next</h2><ol>{items}</ol>"
 
 
-def _cluster_section(clusters: pd.DataFrame) -> str:
+def _cluster_section(clusters: pd.DataFrame, *, explained: pd.DataFrame | None = None) -> str:
     if not len(clusters):
         return "<h2 id=clusters>Clusters</h2><p>No clusters were found.</p>"
     sort = "mean_suspicion" if "mean_suspicion" in clusters else clusters.columns[0]
@@ -422,6 +422,10 @@ def _cluster_section(clusters: pd.DataFrame) -> str:
     # HDBSCAN's -1 is the samples in no cluster: named, not numbered.
     names = pd.Index(["noise (in no cluster)" if str(c) == "-1" else str(c) for c in view.index], name="cluster")
     main = view[[c for c in CLUSTER_COLUMNS if c in view.columns]].rename(columns=CLUSTER_COLUMNS)
+    if explained is not None:
+        from .explain import describe_cluster
+
+        main["stands out by"] = [describe_cluster(explained, int(c)) if int(c) >= 0 else "" for c in view.index]
     main.index = names
     rest = view.drop(columns=[c for c in (*CLUSTER_COLUMNS, "examples") if c in view.columns])
     rest.index = names

@@ -554,3 +554,14 @@ def test_new_signals_after_the_dashboard_show_up_on_refresh():
     order = dash.clusters.order
     dash.refresh()
     assert dash.clusters.order == order and dash.preview.shown_ids[0] == f"img-{n - 1:03d}"
+
+
+def test_choosing_a_cluster_says_what_sets_it_apart():
+    inv = image_investigation()
+    dash = dashboard(inv)
+    dash.clusters.choose(3)
+    details = dash.clusters.details.value
+    assert "stands out by" in details
+    assert "source mallory: 100% here, 17% overall" in details  # the ten patched images all come from mallory
+    dash.clusters.choose(0)  # the map's cluster 0 is the class "zero" (of the 50 unpatched images)
+    assert "label zero: 100% here, 27% overall" in dash.clusters.details.value

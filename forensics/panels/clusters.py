@@ -106,6 +106,7 @@ class ClusterPanel(Panel):
                                           layout=widgets.Layout(width="220px"))
         self.list = widgets.Select(options=[], rows=12, layout=widgets.Layout(width="100%"))
         self.details = widgets.HTML()
+        self._explained: pd.DataFrame | None = None  # inv.explain_clusters(), on the first choice
         self._quiet = False
         self.sort_menu.observe(self.state.guard(self._on_sort), names="value")
         self.list.observe(self.state.guard(self._on_list), names="value")
@@ -150,7 +151,14 @@ class ClusterPanel(Panel):
         pos = self.members(cluster)
         self.state.select_positions(pos, origin="clusters")
         row = self.summary.loc[cluster]
-        self.details.value = table_html([(str(k), _cell(v)) for k, v in row.items()])
+        rows = [(str(k), _cell(v)) for k, v in row.items()]
+        if cluster >= 0:
+            from ..explain import describe_cluster
+
+            if self._explained is None:
+                self._explained = self.inv.explain_clusters()
+            rows.insert(0, ("stands out by", describe_cluster(self._explained, cluster) or "nothing beyond chance"))
+        self.details.value = table_html(rows)
         self.state.report(f"cluster {'noise' if cluster == -1 else cluster}: {plural(len(pos))} selected")
         if self.list.value != cluster:
             self._quiet = True
