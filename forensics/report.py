@@ -24,7 +24,7 @@ import pandas as pd
 
 from .errors import InputError
 from .html import escape_html, highlight, png_data_url
-from .signals.combine import DEFAULT_THRESHOLD, tail_probability
+from .signals.combine import DEFAULT_THRESHOLD
 from .signals.registry import get_signal, reason_text, registered_signals
 
 if TYPE_CHECKING:
@@ -532,17 +532,13 @@ def _source_section(inv: Investigation, suspicion: np.ndarray, threshold: float)
                           "share_flagged": g["flagged"].mean(), "mean_suspicion": g["suspicion"].mean(),
                           "max_suspicion": g["suspicion"].max()})
     if len(table) >= 2:
-        from .signals.sources import source_table
+        from .signals.sources import source_table, suspicion_among_sources
 
         pred = inv.samples["prediction"].to_numpy() if "prediction" in inv.samples else None
         st = source_table(ds.sources, ds.labels, n_classes=len(ds.class_names), predictions=pred,
                           scores=suspicion, flagged=flagged)
         keep = [c for c in ("source_suspicion", "evidence", "dominant_label", "dominant_share") if c in st]
-        # The raw tests are -log10 p-values against the other sources, which honest contributors with a class mix
-        # of their own also pass by far on large data; measured against the bulk of the sources, as the sample
-        # suspicion is against the bulk of the samples, a clean contributor reads as clean.
-        st["suspicion_among_sources"] = -np.log10(tail_probability(st["source_suspicion"].to_numpy(),
-                                                                   max_shape=0.0)) + 0.0
+        st["suspicion_among_sources"] = suspicion_among_sources(st["source_suspicion"].to_numpy())
         table = table.join(st[["suspicion_among_sources", *keep]])
         if "dominant_label" in table:
             table["dominant_label"] = [ds.class_names[int(v)] if pd.notna(v) else "" for v in table["dominant_label"]]

@@ -565,3 +565,20 @@ def test_choosing_a_cluster_says_what_sets_it_apart():
     assert "source mallory: 100% here, 17% overall" in details  # the ten patched images all come from mallory
     dash.clusters.choose(0)  # the map's cluster 0 is the class "zero" (of the 50 unpatched images)
     assert "label zero: 100% here, 27% overall" in dash.clusters.details.value
+
+
+def test_the_sources_tab_calibrates_the_source_signal_among_sources():
+    inv = image_investigation()
+    signals = inv.signals.copy()
+    rng = np.random.default_rng(1)
+    honest = dict(zip(["alice", "bob"], rng.uniform(10, 20, 2)))  # raw tests that honest sources pass by far
+    signals.insert(0, "source_score", [90.0 if s == "mallory" else honest[s] for s in inv.dataset.sources])
+    inv.replace_signals(signals)
+    panel = dashboard(inv).sources
+    table = panel.summary()
+    among = table["suspicion_among_sources"]
+    assert among["mallory"] > among["alice"] and among["mallory"] > among["bob"]
+    assert among["alice"] < 2 and among["bob"] < 2
+    panel.list.value = "mallory"
+    assert "suspicion among sources" in panel.details.value
+    assert "suspicion_among_sources" not in dashboard(image_investigation()).sources.summary()  # no source signal

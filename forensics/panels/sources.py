@@ -12,6 +12,8 @@ import pandas as pd
 from ..errors import InputError
 from ..html import escape_html
 from ..signals.combine import DEFAULT_THRESHOLD
+from ..signals.registry import score_column
+from ..signals.sources import suspicion_among_sources
 from ._common import Columns, Panel, fmt, plural, review_status, table_html
 from .state import Change, PanelState
 
@@ -111,12 +113,20 @@ class SourcePanel(Panel):
         self._refresh()
 
     def summary(self) -> pd.DataFrame:
-        """:func:`source_summary` with the current review."""
+        """:func:`source_summary` with the current review, and, when the ``source`` signal ran, each source's
+        ``suspicion_among_sources`` (:func:`forensics.signals.sources.suspicion_among_sources`)."""
         if not self.available:
             raise InputError("this dataset has no sources")
         marked = np.isin(review_status(self.inv), _FLAGGED)
-        return source_summary(self.columns.sources, self.columns.labels, self.columns.suspicion, marked,
-                              n_classes=len(self.columns.class_names))
+        table = source_summary(self.columns.sources, self.columns.labels, self.columns.suspicion, marked,
+                               n_classes=len(self.columns.class_names))
+        column = score_column("source")
+        if column in self.inv.signals:
+            # Every sample of a source carries the source's score: one value per source, calibrated among them.
+            per_source = pd.Series(self.inv.signals[column].to_numpy(dtype=np.float64),
+                                   index=self.columns.sources).groupby(level=0).max().reindex(table.index)
+            table["suspicion_among_sources"] = suspicion_among_sources(per_source.fillna(0.0).to_numpy())
+        return table
 
     def choose(self, source: str) -> None:
         """Select every sample of ``source``."""
@@ -144,6 +154,8 @@ class SourcePanel(Panel):
         rows = [("source", source), ("samples", int(row["n"])), ("mean suspicion", row["mean_suspicion"]),
                 ("max suspicion", row["max_suspicion"]),
                 (f"flagged (suspicion >= {DEFAULT_THRESHOLD:g})", f"{row['share_flagged']:.0%}"),
+                *([("suspicion among sources", row["suspicion_among_sources"])]
+                  if "suspicion_among_sources" in row else []),
                 ("marked in the review", f"{row['share_marked']:.0%}"),
                 ("label distance", row["label_distance"])]
         mine = self.columns.sources == source

@@ -291,4 +291,27 @@ def source_scores(
     return table["source_suspicion"].reindex(src).to_numpy(dtype=np.float64)
 
 
-__all__ = ["EVIDENCE", "source_scores", "source_table"]
+def suspicion_among_sources(source_suspicion: np.ndarray) -> np.ndarray:
+    """Each source's ``source_suspicion`` measured against the bulk of the sources, on the scale of the sample
+    suspicion (``-log10`` of an exponential tail fitted to the sources' own scores, as
+    :func:`forensics.signals.combine.combine` reads a ``log_p`` signal): 2 = about 1% of clean sources reach it.
+
+    The raw tests are -log10 p-values against the other sources, which honest contributors with a class mix of their
+    own also pass by far on large data (11 to 56 on the bundled images); against the bulk of the sources a clean
+    contributor reads as clean (at most 1.2 there) and the attackers stand out (5.2).
+
+    Parameters
+    ----------
+    source_suspicion : ndarray of float, shape (n_sources,)
+        One score per source.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_sources,)
+    """
+    from .combine import tail_probability
+
+    return -np.log10(tail_probability(check_scores(source_suspicion, name="source_suspicion"), max_shape=0.0)) + 0.0
+
+
+__all__ = ["EVIDENCE", "source_scores", "source_table", "suspicion_among_sources"]
