@@ -198,15 +198,29 @@ def _umap(
         **options,
     )
     if fit_rows is None:
-        with warnings.catch_warnings():
-            # Without a search index UMAP warns that transform is unavailable: this model never transforms.
-            warnings.filterwarnings("ignore", message="precomputed_knn.*not an NNDescent", category=UserWarning)
-            return np.asarray(model.fit_transform(x), dtype=np.float32)
+        return np.asarray(_fit_umap(model, x), dtype=np.float32)
     out = np.empty((len(x), n_components), dtype=np.float32)
-    out[fit_rows] = model.fit_transform(x[fit_rows])
+    out[fit_rows] = _fit_umap(model, x[fit_rows])
     rest = np.setdiff1d(np.arange(len(x)), fit_rows, assume_unique=True)
     for rows in _chunks(rest, _TRANSFORM_CHUNK):
         out[rows] = model.transform(x[rows])
+    return out
+
+
+def _fit_umap(model: Any, x: np.ndarray) -> np.ndarray:
+    """``model.fit_transform(x)`` with UMAP's and scikit-learn's benign warnings said once in our own words (a
+    logged line) instead of leaking to the user; any other warning still shows."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = model.fit_transform(x)
+    for w in caught:
+        text = str(w.message)
+        if "precomputed_knn" in text and "NNDescent" in text:
+            continue  # without a search index UMAP says transform is unavailable: this model never transforms
+        if "not fully connected" in text:
+            logger.info("the map: the neighbour graph falls into separate groups; UMAP places them apart")
+            continue
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return out
 
 

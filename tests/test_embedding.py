@@ -298,3 +298,20 @@ def test_input_errors(planted):
         cluster_table(np.full(len(y), -2), y, ids=ids)
     with pytest.raises(InputError, match="random_state must be an integer"):
         project_2d(x, random_state=1.5)
+
+
+def test_a_disconnected_neighbour_graph_is_logged_not_warned(caplog):
+    import logging
+    import warnings
+
+    # Four separate classes and a tight island: UMAP's spectral start sees a graph in several pieces.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    centres = rng.normal(scale=6.0, size=(4, 16))
+    x = centres[y] + rng.normal(size=(400, 16))
+    x[:20] = centres[0] + 8.0 + 0.3 * rng.normal(size=(20, 16))
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO, logger="forensics"):
+        warnings.simplefilter("always")
+        embedding.build_map(x.astype(np.float32), y, ids=[f"s{i}" for i in range(400)], random_state=7)
+    assert not [w for w in caught if "not fully connected" in str(w.message)]
+    assert "the neighbour graph falls into separate groups" in caplog.text
