@@ -106,10 +106,12 @@ def scan_verdict(inv: Investigation, *, threshold: float = DEFAULT_THRESHOLD, fa
     n_flagged = int(np.sum(s >= threshold))
     share = n_flagged / len(s)
     trig = inv.triggers
-    confirmed = [str(d) for d in trig.loc[trig["verdict"] == "confirmed", "description"]]
+    rows = trig[trig["verdict"] == "confirmed"]
+    confirmed = [str(d) for d in rows["description"]]
     base = (f"{n_flagged:,} of {len(s):,} samples ({share:.2%}) reach suspicion >= {threshold:g} "
             f"(about {_clean_rate(threshold)} of clean samples do by chance)")
-    found = (f"; {len(confirmed)} trigger(s) confirmed on the model: {', '.join(confirmed[:3])}" if confirmed
+    described = [f"{d} ({len(ids):,} samples carry it)" for d, ids in zip(confirmed, rows["sample_ids"])]
+    found = (f"; {len(confirmed)} trigger(s) confirmed on the model: {', '.join(described[:3])}" if confirmed
              else "")
     pairs = inv.params.get("relabelled_pairs") or []
     if pairs:

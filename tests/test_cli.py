@@ -223,6 +223,7 @@ def test_demo_scans_the_bundled_image_data(tmp_path, capsys):
     [confirmed] = [row for _, row in inv.triggers.iterrows() if row["verdict"] == "confirmed"]
     assert set(confirmed["sample_ids"]) == patched and confirmed["n_carriers"] == len(patched) == 600
     assert "600 samples carry it" in (tmp_path / "demo" / "report.html").read_text()
+    assert "1 trigger(s) confirmed on the model: a 3x3 patch" in out and "(600 samples carry it)" in out
 
 
 # ---------------------------------------------------------------------------------------------- bad input
