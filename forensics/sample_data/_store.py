@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._io import atomic_write_text, atomic_write_with
 from ..data import Dataset
 from ..errors import InputError, IntegrityError
 
@@ -34,8 +35,9 @@ def _write_split(folder: Path, split: str, ds: Dataset) -> None:
     if ds.kind == "text":
         table["text"] = ds.texts.astype(str)
     else:
-        np.savez_compressed(folder / f"{split}_images.npz", images=ds.images)
-    table.to_parquet(folder / f"{split}.parquet", index=False, compression="zstd")
+        atomic_write_with(folder / f"{split}_images.npz", lambda tmp: np.savez_compressed(tmp, images=ds.images))
+    atomic_write_with(folder / f"{split}.parquet",
+                      lambda tmp: table.to_parquet(tmp, index=False, compression="zstd"))
 
 
 def _read_split(folder: Path, split: str, meta: dict[str, Any]) -> Dataset:
@@ -70,13 +72,14 @@ def write_dataset(folder: Path, *, name: str, train: Dataset, test: Dataset, tru
         "train": {"n": len(train), "content_hash": train.content_hash},
         "test": {"n": len(test), "content_hash": test.content_hash},
     }
-    (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(folder / "dataset.json", json.dumps(meta, indent=2) + "\n")
     save_model(model, folder / "model", card={
         "class_names": list(train.class_names), "training_seed": info["seed"],
         "trained_on": {"dataset": name, "content_hash": train.content_hash}, **metrics,
     })
-    truth.reset_index().to_parquet(folder / "ground_truth" / "truth.parquet", index=False)
-    (folder / "ground_truth" / "trigger.json").write_text(json.dumps(trigger.to_dict(), indent=1) + "\n")
+    atomic_write_with(folder / "ground_truth" / "truth.parquet",
+                      lambda tmp: truth.reset_index().to_parquet(tmp, index=False))
+    atomic_write_text(folder / "ground_truth" / "trigger.json", json.dumps(trigger.to_dict(), indent=1) + "\n")
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
