@@ -180,15 +180,16 @@ def find_triggers(
         found.extend(confirmed[i] for i in _by_verdict([c.confirmation for c in confirmed]))
         search_kw = {"images": ds.images}
     table = tr.triggers_table(found, ids=ds.ids)
-    if (table["verdict"] == "confirmed").any():
-        # A confirmed trigger's carriers are every sample that holds it, not only the group it was found in.
-        for row, mask in zip(table.index, tr.confirmed_carriers(found, **search_kw)):
-            if mask is not None:
-                table.at[row, "sample_ids"] = ds.ids[mask].tolist()
-                table.at[row, "n_carriers"] = int(mask.sum())
+    # A confirmed trigger's carriers are every sample that holds it, not only the group it was found in; searched
+    # once, for the table and the trigger signal.
+    carriers = tr.confirmed_carriers(found, **search_kw) if (table["verdict"] == "confirmed").any() else []
+    for row, mask in zip(table.index, carriers):
+        if mask is not None:
+            table.at[row, "sample_ids"] = ds.ids[mask].tolist()
+            table.at[row, "n_carriers"] = int(mask.sum())
     inv.triggers = table
-    if (table["verdict"] == "confirmed").any():
-        scores = tr.trigger_evidence(found, **search_kw)
+    if carriers:
+        scores = tr.trigger_evidence(found, carriers=carriers, **search_kw)
         column = score_column("trigger")
         signals = inv.signals.drop(columns=["suspicion", "reasons"] + ([column] if column in inv.signals else []))
         signals[column] = scores

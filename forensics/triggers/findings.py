@@ -167,6 +167,7 @@ def trigger_evidence(
     texts: Sequence[str] | None = None,
     images: np.ndarray | None = None,
     match_threshold: float = 0.9,
+    carriers: list[np.ndarray | None] | None = None,
 ) -> np.ndarray:
     """Per-sample evidence of carrying a **confirmed** trigger: **higher = more suspicious**.
 
@@ -181,6 +182,8 @@ def trigger_evidence(
         As for :func:`trigger_scores`.
     match_threshold : float in (0, 1]
         Share of an image patch's pixels a sample must match to carry it.
+    carriers : list, optional
+        :func:`confirmed_carriers` of ``found`` when the caller has it already (the search is not run again).
 
     Returns
     -------
@@ -188,7 +191,10 @@ def trigger_evidence(
     """
     items = _items(found)
     out = np.zeros(_n_scored(texts, images))
-    masks = confirmed_carriers(found, texts=texts, images=images, match_threshold=match_threshold)
+    masks = carriers if carriers is not None else confirmed_carriers(found, texts=texts, images=images,
+                                                                     match_threshold=match_threshold)
+    if len(masks) != len(items):
+        raise InputError(f"carriers has {len(masks)} entries but there are {len(items)} candidates")
     for (kind, item), mask in zip(items, masks):
         if mask is not None:
             strength = confirmation_log10_p(item if kind == "text" else item.confirmation)
