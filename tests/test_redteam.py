@@ -10,22 +10,29 @@ from sklearn.datasets import load_digits
 from forensics.data import Dataset
 from forensics.errors import InputError
 from forensics.redteam import (
+    AdditiveTrigger,
     BlendTrigger,
     PatchTrigger,
     TextTrigger,
+    WarpTrigger,
     apply_trigger,
     blend_backdoor,
     bot_source,
     clean_label_patch,
     merge_truth,
+    overlay_backdoor,
     pair_flips,
     patch_backdoor,
     poisoned_ids,
     random_label_flips,
+    sinusoid_backdoor,
     sybil_sources,
+    text_mask,
     text_trigger,
     trigger_from_dict,
     triggered_test_set,
+    warp_backdoor,
+    warp_field,
 )
 
 CHECKER3 = np.array([[255, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=np.uint8)
@@ -75,6 +82,9 @@ ATTACKS = [
     lambda ds, s: blend_backdoor(ds, target=0, rate=0.05, random_state=s),
     lambda ds, s: clean_label_patch(ds, target=0, rate=0.2, random_state=s),
     lambda ds, s: sybil_sources(ds, target=0, n_sources=4, n_per_source=5, random_state=s),
+    lambda ds, s: sinusoid_backdoor(ds, target=0, rate=0.05, random_state=s),
+    lambda ds, s: overlay_backdoor(ds, target=0, rate=0.05, random_state=s),
+    lambda ds, s: warp_backdoor(ds, target=0, rate=0.05, random_state=s),
 ]
 
 
@@ -218,6 +228,46 @@ def test_blend_with_given_pattern(digits):
     v = _victims(p)
     expected = np.rint(0.5 * digits.images[v].astype(float) + 127.5).astype(np.uint8)
     np.testing.assert_array_equal(p.dataset.images[v], expected)
+
+
+def test_sinusoid_backdoor_adds_the_wave_exactly(digits):
+    p = sinusoid_backdoor(digits, target=2, n=40, amplitude=20, frequency=2, random_state=3)
+    v = _victims(p)
+    assert v.sum() == 40 and (p.dataset.labels[v] == 2).all() and (digits.labels[v] != 2).all()
+    wave = np.rint(20 * np.sin(2 * np.pi * 2 * np.arange(8) / 8)).astype(int)  # 0, 20, 0, -20, ...
+    assert wave.tolist() == [0, 20, 0, -20, 0, 20, 0, -20]
+    expected = np.clip(digits.images[v].astype(int) + wave, 0, 255)
+    np.testing.assert_array_equal(p.dataset.images[v], expected)
+    np.testing.assert_array_equal(p.dataset.images[~v], digits.images[~v])
+    assert isinstance(p.trigger, AdditiveTrigger) and (p.truth.loc[v, "poison_kind"] == "sinusoid").all()
+
+
+def test_overlay_backdoor_writes_faint_glyphs_in_the_corner(digits):
+    mask = text_mask("17")
+    assert mask.shape == (5, 7) and mask[:, 3].sum() == 0  # two 3x5 glyphs and the blank column between them
+    big = Dataset.from_numpy(np.zeros((20, 12, 12), np.uint8), np.arange(20) % 2)
+    p = overlay_backdoor(big, target=1, n=5, text="17", amplitude=6, position="top-left")
+    v = _victims(p)
+    assert ((p.dataset.images[v][:, :5, :7] == 6) == mask).all()
+    assert p.dataset.images[v][:, 5:].max() == 0 and p.dataset.images[v][:, :, 7:].max() == 0
+    with pytest.raises(InputError, match="an overlay stays in one place"):
+        overlay_backdoor(big, target=1, n=5, position="random")
+    with pytest.raises(InputError, match="text must be a non-empty string of"):
+        text_mask("hi")
+
+
+def test_warp_backdoor_moves_pixels_smoothly_and_keeps_flat_images(digits):
+    flow = warp_field((8, 8), strength=0.5, grid=4, random_state=1)
+    assert flow.shape == (8, 8, 2) and 0.2 < np.abs(flow).mean() < 0.8
+    p = warp_backdoor(digits, target=4, n=30, strength=0.5, random_state=1)
+    np.testing.assert_array_equal(p.trigger.flow, flow)
+    v = _victims(p)
+    moved = np.abs(p.dataset.images[v].astype(int) - digits.images[v].astype(int))
+    assert moved.max() > 0 and moved.mean() < 40
+    flat = np.full((3, 8, 8), 77, np.uint8)
+    np.testing.assert_array_equal(p.trigger.apply(flat), flat)  # a warp of a flat image is the same image
+    zero = WarpTrigger(np.zeros((8, 8, 2)), 4)
+    np.testing.assert_array_equal(zero.apply(digits.images[:5]), digits.images[:5])
 
 
 def test_clean_label_patch_keeps_labels_touches_only_target(digits):
@@ -365,7 +415,9 @@ def test_merge_truth_refuses_overlap_and_wrong_order(digits):
 
 def test_apply_trigger_reproduces_training_trigger(digits, reviews):
     for p in (patch_backdoor(digits, target=3, n=30, position="random", random_state=12),
-              blend_backdoor(digits, target=3, n=30, random_state=12)):
+              blend_backdoor(digits, target=3, n=30, random_state=12),
+              sinusoid_backdoor(digits, target=3, n=30, random_state=12),
+              warp_backdoor(digits, target=3, n=30, random_state=12)):
         v = _victims(p)
         np.testing.assert_array_equal(apply_trigger(digits.images[v], p.trigger, random_state=12),
                                       p.dataset.images[v])
@@ -390,7 +442,8 @@ def test_triggered_test_set_and_layouts(digits):
 
 def test_trigger_round_trip_through_dict(digits):
     for trig in (PatchTrigger(CHECKER3, (2, 1), 4), PatchTrigger(CHECKER3, "random", 4),
-                 blend_backdoor(digits, target=0, n=2).trigger, TextTrigger("great product!", 1)):
+                 blend_backdoor(digits, target=0, n=2).trigger, TextTrigger("great product!", 1),
+                 sinusoid_backdoor(digits, target=0, n=2).trigger, warp_backdoor(digits, target=0, n=2).trigger):
         assert trigger_from_dict(trig.to_dict()) == trig
     assert PatchTrigger(CHECKER3, "random", 4) != PatchTrigger(CHECKER3, "random", 5)
     with pytest.raises(InputError, match="kind in"):
@@ -430,6 +483,14 @@ def test_trigger_round_trip_through_dict(digits):
         (lambda d, r: apply_trigger(d.images[:2].astype(float), PatchTrigger(CHECKER3, "center", 0)), "uint8"),
         (lambda d, r: apply_trigger(["a"], "great"), "trigger must be a PatchTrigger"),
         (lambda d, r: merge_truth(), "at least one truth table"),
+        (lambda d, r: sinusoid_backdoor(d, target=0, n=3, amplitude=0), "amplitude must be"),
+        (lambda d, r: AdditiveTrigger(np.full((8, 8), 300), 0), r"delta values must lie in -255..255"),
+        (lambda d, r: AdditiveTrigger(np.zeros((8, 8)), 0), "delta must hold integer"),
+        (lambda d, r: AdditiveTrigger(np.zeros((4, 4), int), 0).apply(d.images[:2]), "additive signal is 4x4"),
+        (lambda d, r: WarpTrigger(np.zeros((8, 8)), 0), r"flow must have shape \(h, w, 2\)"),
+        (lambda d, r: WarpTrigger(np.full((8, 8, 2), np.nan), 0), "flow must be finite"),
+        (lambda d, r: warp_backdoor(d, target=0, n=3, grid=1), "grid must be an integer >= 2"),
+        (lambda d, r: warp_backdoor(r, target=0, n=3), "needs an image dataset"),
     ],
 )
 def test_input_errors(digits, reviews, call, message):

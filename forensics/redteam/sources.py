@@ -14,6 +14,7 @@ from ..data import Dataset, concat
 from ..errors import InputError
 from ._common import _SYBIL, Poisoning, _check_dataset, _class_index, _eligible, _int_column, _rng, _truth
 from .triggers import (
+    _NOT_A_TRIGGER,
     PatchTrigger,
     TextTrigger,
     Trigger,
@@ -47,7 +48,7 @@ def sybil_sources(
 
     Parameters
     ----------
-    trigger : PatchTrigger, BlendTrigger or TextTrigger, optional
+    trigger : a Trigger (patch, blend, additive, warp or text), optional
         Its target must be ``target``. Default: a 3x3 checkerboard (255/0) at the bottom right for images,
         the phrase "great product!" for texts.
 
@@ -75,7 +76,7 @@ def sybil_sources(
         else:
             trigger = TextTrigger("great product!", t)
     elif not isinstance(trigger, _TriggerBase):
-        raise InputError(f"trigger must be a PatchTrigger, BlendTrigger or TextTrigger; got {type(trigger).__name__}")
+        raise InputError(f"{_NOT_A_TRIGGER}; got {type(trigger).__name__}")
     _check_kind_matches(dataset, trigger)
     if trigger.target != t:
         raise InputError(f"trigger.target is {trigger.target} but target is {t}; they must agree")

@@ -1,4 +1,4 @@
-"""Backdoor triggers (a patch, a blend, a phrase): how each is applied to a payload, checked and stored."""
+"""Backdoor triggers (a patch, a blend, an additive signal, a warp, a phrase): how each is applied, checked, stored."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..data import Dataset
 from ..errors import InputError
 from ._common import Poisoning, _a, _check_dataset, _int_column, _poison_sources, _rebuild, _truth_for
 
+_NOT_A_TRIGGER = "trigger must be a PatchTrigger, BlendTrigger, AdditiveTrigger, WarpTrigger or TextTrigger"
 _POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "center", "random")
 
 
@@ -156,6 +157,96 @@ class BlendTrigger(_TriggerBase):
 
 
 @dataclass(frozen=True, eq=False)
+class AdditiveTrigger(_TriggerBase):
+    """A signed full-image signal added to the pixels: ``x' = clip(x + delta, 0, 255)``.
+
+    A sinusoid (SIG) and a faint overlay of a few grey levels (text written into a corner) are both additive.
+
+    Attributes
+    ----------
+    delta : ndarray of int, shape (h, w) or (h, w, 3), values in -255..255
+        The same size as the images; a 2-D signal goes into every channel.
+    target : int
+    """
+
+    delta: np.ndarray
+    target: int
+    kind: ClassVar[str] = "additive"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "delta", _check_delta(self.delta))
+        object.__setattr__(self, "target", int(self.target))
+
+    @property
+    def pattern(self) -> np.ndarray:
+        """The signal (signed), under the name the shape checks read."""
+        return self.delta
+
+    def __repr__(self) -> str:
+        return f"AdditiveTrigger(delta={_array_summary(self.delta)}, target={self.target})"
+
+    def _apply(self, payload: Any, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        images, restore = _check_image_payload(payload)
+        _check_full_image(self.delta, images.shape[1:3], "additive signal")
+        _check_pattern_channels(self.delta, images)
+        d = self.delta.astype(np.int16)
+        if images.ndim == 4 and d.ndim == 2:
+            d = d[..., None]
+        return restore(np.clip(images.astype(np.int16) + d, 0, 255).astype(np.uint8)), {}
+
+
+@dataclass(frozen=True, eq=False)
+class WarpTrigger(_TriggerBase):
+    """A smooth warp of the image (WaNet): each output pixel samples the input at its position plus ``flow``.
+
+    Attributes
+    ----------
+    flow : ndarray of float, shape (h, w, 2)
+        Per pixel, the (row, col) offset in pixels read from (bilinear; the border is repeated).
+    target : int
+    """
+
+    flow: np.ndarray
+    target: int
+    kind: ClassVar[str] = "warp"
+
+    def __post_init__(self) -> None:
+        f = np.asarray(self.flow, dtype=np.float64)
+        if f.ndim != 3 or f.shape[2] != 2 or 0 in f.shape[:2]:
+            raise InputError(f"flow must have shape (h, w, 2); got {f.shape}")
+        if not np.isfinite(f).all():
+            raise InputError("flow must be finite")
+        f = f.astype(np.float32)
+        f.flags.writeable = False
+        object.__setattr__(self, "flow", f)
+        object.__setattr__(self, "target", int(self.target))
+
+    @property
+    def pattern(self) -> np.ndarray:
+        """The flow field, under the name the shape checks read."""
+        return self.flow
+
+    def __repr__(self) -> str:
+        return f"WarpTrigger(flow={_array_summary(self.flow)}, target={self.target})"
+
+    def _apply(self, payload: Any, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        from scipy import ndimage
+
+        images, restore = _check_image_payload(payload)
+        _check_full_image(self.flow, images.shape[1:3], "warp flow")
+        h, w = images.shape[1:3]
+        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        coords = [rows + self.flow[..., 0], cols + self.flow[..., 1]]
+        out = np.empty_like(images)
+        for i, img in enumerate(images):
+            channels = [img] if img.ndim == 2 else [img[..., k] for k in range(img.shape[2])]
+            warped = [ndimage.map_coordinates(ch.astype(np.float64), coords, order=1, mode="nearest")
+                      for ch in channels]
+            out[i] = np.clip(np.rint(warped[0] if img.ndim == 2 else np.stack(warped, axis=-1)), 0, 255)
+        return restore(out), {}
+
+
+@dataclass(frozen=True, eq=False)
 class TextTrigger(_TriggerBase):
     """A phrase inserted at a random word boundary.
 
@@ -185,10 +276,11 @@ class TextTrigger(_TriggerBase):
         return restore(out), {"trigger_start": starts}
 
 
-Trigger = PatchTrigger | BlendTrigger | TextTrigger
+Trigger = PatchTrigger | BlendTrigger | AdditiveTrigger | WarpTrigger | TextTrigger
 
 
-_TRIGGER_TYPES = {"patch": PatchTrigger, "blend": BlendTrigger, "text": TextTrigger}
+_TRIGGER_TYPES = {"patch": PatchTrigger, "blend": BlendTrigger, "additive": AdditiveTrigger, "warp": WarpTrigger,
+                  "text": TextTrigger}
 
 
 def apply_trigger(payload: Any, trigger: Trigger, *, random_state: int | np.random.Generator = 0) -> Any:
@@ -197,7 +289,7 @@ def apply_trigger(payload: Any, trigger: Trigger, *, random_state: int | np.rand
     Same as ``trigger.apply(payload, random_state=random_state)``.
     """
     if not isinstance(trigger, _TriggerBase):
-        raise InputError(f"trigger must be a PatchTrigger, BlendTrigger or TextTrigger; got {type(trigger).__name__}")
+        raise InputError(f"{_NOT_A_TRIGGER}; got {type(trigger).__name__}")
     return trigger.apply(payload, random_state=random_state)
 
 
@@ -211,8 +303,9 @@ def trigger_from_dict(d: dict[str, Any]) -> Trigger:
     expected = {f.name for f in fields(cls)}
     if set(given) != expected:
         raise InputError(f"a {d['kind']} trigger takes fields {sorted(expected)}; got {sorted(given)}")
-    if "pattern" in given:
-        given["pattern"] = np.asarray(given["pattern"])
+    for name in ("pattern", "delta", "flow"):
+        if name in given:
+            given[name] = np.asarray(given[name])
     if isinstance(given.get("position"), list):
         given["position"] = tuple(given["position"])
     return cls(**given)
@@ -226,7 +319,7 @@ def triggered_test_set(dataset: Dataset, trigger: Trigger, *, random_state: int 
     """
     _check_dataset(dataset, "triggered_test_set")
     if not isinstance(trigger, _TriggerBase):
-        raise InputError(f"trigger must be a PatchTrigger, BlendTrigger or TextTrigger; got {type(trigger).__name__}")
+        raise InputError(f"{_NOT_A_TRIGGER}; got {type(trigger).__name__}")
     _check_kind_matches(dataset, trigger)
     keep = dataset.labels != trigger.target
     if not keep.any():
@@ -289,6 +382,25 @@ def _check_pattern(pattern: Any, name: str) -> np.ndarray:
     return a
 
 
+def _check_delta(delta: Any) -> np.ndarray:
+    a = np.asarray(delta)
+    if a.dtype.kind not in "iub":
+        raise InputError(f"delta must hold integer grey-level changes -255..255; got dtype {a.dtype}")
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3) or 0 in a.shape:
+        raise InputError(f"delta must have shape (h, w) or (h, w, 3); got {a.shape}")
+    if a.min() < -255 or a.max() > 255:
+        raise InputError(f"delta values must lie in -255..255; got range [{a.min()}, {a.max()}]")
+    a = a.astype(np.int16)
+    a.flags.writeable = False
+    return a
+
+
+def _check_full_image(a: np.ndarray, image_hw: tuple[int, int], what: str) -> None:
+    if a.shape[:2] != tuple(image_hw):
+        raise InputError(f"the {what} is {a.shape[0]}x{a.shape[1]} but the images are {image_hw[0]}x{image_hw[1]}; "
+                         "they must be the same size")
+
+
 def _check_pattern_channels(pattern: np.ndarray, images: np.ndarray) -> None:
     if pattern.ndim == 3 and images.ndim == 3:
         raise InputError("a colour (h, w, 3) pattern needs colour images; the images are grayscale")
@@ -332,12 +444,13 @@ def _make_patch(pattern: Any, size: Any, value: Any, dataset: Dataset) -> np.nda
 def _check_trigger_fits(trig: Trigger, dataset: Dataset) -> None:
     """Fail at the attack's edge, before choosing victims, when the trigger cannot go on these images."""
     h, w = dataset.images.shape[1:3]
-    _check_pattern_channels(trig.pattern, dataset.images)
+    if not isinstance(trig, WarpTrigger):
+        _check_pattern_channels(trig.pattern, dataset.images)
     if isinstance(trig, PatchTrigger):
         _patch_corners((h, w), trig.pattern.shape[:2], trig.position, 0, np.random.default_rng(0))
-    elif trig.pattern.shape[:2] != (h, w):
-        raise InputError(f"the blend pattern is {trig.pattern.shape[0]}x{trig.pattern.shape[1]} but the images "
-                         f"are {h}x{w}; they must be the same size")
+    else:
+        what = {"blend": "blend pattern", "additive": "additive signal", "warp": "warp flow"}[trig.kind]
+        _check_full_image(trig.pattern, (h, w), what)
 
 
 def _patch_corners(image_hw: tuple[int, int], patch_hw: tuple[int, int], position: str | tuple[int, int],
