@@ -6,9 +6,10 @@ import logging
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from forensics.errors import InputError
-from forensics.signals.clustering import activation_clustering, cluster_classes
+from forensics.signals.clustering import activation_clustering, cluster_classes, cluster_evidence, split_p_values
 from forensics.signals.label_quality import label_issue_scores, out_of_fold_probs
 from forensics.signals.loss import high_loss, low_loss_within_class, robust_z_within_class
 from forensics.signals.neighbors import knn_distance_outlier, knn_label_disagreement
@@ -149,6 +150,30 @@ def test_activation_clustering_flags_exactly_the_planted_cluster(backdoor):
     assert table.loc[0, "small_cluster_size"] == N_PLANTED
     assert table.loc[0, "separation"] > 5
     np.testing.assert_array_equal(activation_clustering(features, labels), result.scores)
+
+
+def test_split_p_values_judge_a_class_against_the_others():
+    clean = np.array([3.0, 3.3, 3.1, 3.6, 2.9, 3.4, 3.2])
+    p = split_p_values(np.append(clean, [10.0, np.nan]))
+    assert p[-1] == 1.0  # a class that was not split
+    assert p[-2] < 1e-12  # far beyond the others' spread
+    assert (p[:-2] > 0.05).all()
+    # The spread has a floor, so classes that agree closely do not make a mild split look impossible.
+    same = split_p_values(np.array([3.3] * 8 + [4.4]))
+    assert same[-1] > 0.01
+    # With fewer classes than it takes to measure their spread, the reference null is used.
+    few = split_p_values(np.array([3.3, 3.3, 10.0]))
+    np.testing.assert_allclose(few[-1], stats.norm.sf(np.log(10 / 3.3) / 0.2))
+
+
+def test_cluster_evidence_gives_every_member_its_split_p_value(backdoor):
+    features, labels, planted = backdoor
+    result = cluster_classes(features, labels)
+    evidence = cluster_evidence(result, labels)
+    np.testing.assert_array_equal(np.flatnonzero(evidence > 0), planted)
+    p0 = float(result.table.set_index("label").loc[0, "p_value"])
+    np.testing.assert_allclose(evidence[planted], -np.log10(p0), atol=0.02)  # the tie-break moves no digit
+    assert np.argmax(evidence) == planted[np.argmax(result.scores[planted])]
 
 
 def test_activation_clustering_flags_nothing_on_clean_classes(clean):

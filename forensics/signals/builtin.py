@@ -53,11 +53,12 @@ def _targeted_flip(ctx: SignalContext, *, alpha: float) -> np.ndarray:
     return relabel.targeted_flip_scores(ctx.labels, oof, pairs=pairs, alpha=alpha)
 
 
-@register("activation_cluster", reason="in a small, separate activation cluster", tags=("backdoor",),
+@register("activation_cluster", reason="in a small, separate activation cluster", null="exact_p", tags=("backdoor",),
           params={"n_components": 10, "max_relative_size": 0.35, "min_separation": 5.0}, default=True)
 def _activation_cluster(ctx: SignalContext, **params: Any) -> np.ndarray:
-    """Two-way clustering of each class, gated on the smaller cluster's size and separation."""
-    return clustering.activation_clustering(ctx.features, ctx.labels, random_state=ctx.random_state, **params)
+    """-log10 chance of a class's small, separate cluster: its separation against the other classes' splits."""
+    found = clustering.cluster_classes(ctx.features, ctx.labels, random_state=ctx.random_state, **params)
+    return clustering.cluster_evidence(found, ctx.labels)
 
 
 @register("spectral", reason="spectral signature", tags=("backdoor",), default=True)

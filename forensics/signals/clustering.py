@@ -11,6 +11,18 @@ The separation of a split is Ashman's D along the line through the two centroids
 between the clusters in units of their own spread along it. k-means splitting one Gaussian in two gives about
 2.7; the splits of clean classes of a CNN's penultimate layer on Fashion-MNIST gave 2.7 to 4.0, a 3x3 patch
 backdoor at 1% and 5% of the data gave 6.7 and 7.5.
+
+How unusual a flagged split is comes from the other classes, which an attack on one class cannot move
+(:func:`split_p_values`): ``log D`` of the classes' splits has a median and a spread (MAD, at least
+``MIN_LOG_SPREAD``), and a split's p-value is the normal tail beyond its robust z. Over the 55 Fashion-MNIST
+training sets of the attack matrix's tuning seeds (``benchmarks/matrix.py --seeds 0-4``) the median ``log D`` of
+the classes was ``log 3.1`` to ``log 4.5`` (typically ``log 3.3``) and their MAD 0.08-0.27 (typically 0.15); all 22
+splits that passed the gates were in poisoned classes, with p-values from 1e-14 (a relabelled class, D = 10.7) to
+0.18 (random flips, where several classes split and widen the spread). The per-sample score, ``-log10`` of that
+p-value, is the same for every member of the cluster; it is what the combination reads (the signal's null is
+``exact_p``), so a gated signal whose non-zero scores are all poison no longer shapes its own
+null. With fewer than ``MIN_CLASSES_FOR_NULL`` split classes the reference is the clean Fashion-MNIST one
+(median 3.3, spread ``REFERENCE_LOG_SPREAD``).
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
@@ -31,6 +44,13 @@ logger = logging.getLogger(__name__)
 
 # Below this many samples a two-way split says nothing about the class.
 MIN_CLASS_SIZE = 10
+#: Smallest spread of ``log D`` over classes (a few classes can agree by chance far more closely than that).
+MIN_LOG_SPREAD = 0.15
+#: Below this many split classes their spread is not estimated; the reference null is used instead.
+MIN_CLASSES_FOR_NULL = 5
+#: The reference null of ``log D``: median ``log 3.3`` and this spread (clean Fashion-MNIST classes, above).
+REFERENCE_LOG_MEDIAN = float(np.log(3.3))
+REFERENCE_LOG_SPREAD = 0.2
 
 
 @dataclass(frozen=True)
@@ -45,7 +65,8 @@ class ActivationClusters:
         through the centroids (> 0); 0 for every other sample.
     table : pandas.DataFrame
         One row per class present: ``label``, ``n_samples``, ``small_cluster_size``, ``relative_size``,
-        ``separation`` (Ashman's D; NaN when the class was not split), ``flagged`` (bool) and ``reason`` (why
+        ``separation`` (Ashman's D; NaN when the class was not split), ``p_value`` (how often a class's split is
+        this separated, from the other classes: :func:`split_p_values`), ``flagged`` (bool) and ``reason`` (why
         the small cluster was or was not flagged, for a person to read).
     """
 
@@ -151,7 +172,47 @@ def cluster_classes(
                 f"{int(small.sum())} samples ({rel:.1%}) apart from the class with separation {separation:.2f}"
             )
             scores[members[small]] = position[small]
-    return ActivationClusters(scores=scores, table=pd.DataFrame(rows))
+    table = pd.DataFrame(rows)
+    table.insert(table.columns.get_loc("separation") + 1, "p_value", split_p_values(table["separation"].to_numpy()))
+    return ActivationClusters(scores=scores, table=table)
+
+
+def split_p_values(separations: np.ndarray) -> np.ndarray:
+    """How often a clean class's split is as separated as each one, judged against the other classes' splits.
+
+    ``log D`` is taken as normal around the median of the classes' ``log D`` with their MAD as spread (at least
+    ``MIN_LOG_SPREAD``); with fewer than ``MIN_CLASSES_FOR_NULL`` finite values, around the reference null. The
+    median and MAD ignore the one or two attacked classes. NaN (a class not split) gives 1.
+    """
+    d = np.asarray(separations, dtype=np.float64)
+    ok = np.isfinite(d) & (d > 0)
+    p = np.ones(len(d))
+    if not ok.any():
+        return p
+    logs = np.log(d[ok])
+    if len(logs) >= MIN_CLASSES_FOR_NULL:
+        center = float(np.median(logs))
+        spread = max(1.4826 * float(np.median(np.abs(logs - center))), MIN_LOG_SPREAD)
+    else:
+        center, spread = REFERENCE_LOG_MEDIAN, REFERENCE_LOG_SPREAD
+    p[ok] = np.clip(stats.norm.sf((logs - center) / spread), 1e-300, 1.0)
+    return p
+
+
+def cluster_evidence(clusters: ActivationClusters, labels: np.ndarray) -> np.ndarray:
+    """Per sample, ``-log10`` of its flagged cluster's :func:`split_p_values` (0 outside flagged clusters).
+
+    Members deeper in the cluster rank a hair higher (a thousandth of their position), so the order within a
+    cluster follows the split without changing its p-value in any printed digit.
+    """
+    y = np.asarray(labels)
+    out = np.zeros(len(y))
+    inside = clusters.scores > 0
+    for row in clusters.table.itertuples():
+        if row.flagged:
+            rows = inside & (y == row.label)
+            out[rows] = -np.log10(max(float(row.p_value), 1e-300)) + 1e-3 * clusters.scores[rows]
+    return out
 
 
 def activation_clustering(
@@ -183,4 +244,5 @@ def activation_clustering(
     ).scores
 
 
-__all__ = ["MIN_CLASS_SIZE", "ActivationClusters", "activation_clustering", "cluster_classes"]
+__all__ = ["MIN_CLASSES_FOR_NULL", "MIN_CLASS_SIZE", "MIN_LOG_SPREAD", "ActivationClusters", "activation_clustering",
+           "cluster_classes", "cluster_evidence", "split_p_values"]
