@@ -8,6 +8,11 @@ memory of the process, with the command that produced it.
     python benchmarks/speed_signals.py [--n 60000] [--dim 128] [--classes 10] [--threads 2] [--seed 0]
     python benchmarks/speed_signals.py --npz activations.npz   # real arrays: features, labels, probs (optional)
     python benchmarks/speed_signals.py --marks                 # shared marks on Fashion-MNIST's 60,000 images
+    python benchmarks/speed_signals.py --n 20000 --cleanlab    # and cleanlab's own label quality, same features
+
+``--cleanlab`` also times cleanlab's reference run on the same features in the same process: its own
+cross-validated probabilities (``estimate_cv_predicted_probabilities``, 3 folds of scikit-learn's
+``LogisticRegression``) and ``get_label_quality_scores``; ``label_quality`` should stay within twice that.
 
 The signals run on features alone (no payloads): duplicates are then found on the features, and shared marks,
 the one signal that reads pixels, are skipped; ``--marks`` times them alone on real images.
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--npz", help="real arrays instead: features (n, d), labels (n,), probs (n, k) optional")
+    parser.add_argument("--cleanlab", action="store_true",
+                        help="also time cleanlab's own cross-validated label quality on the same features")
     parser.add_argument("--marks", action="store_true",
                         help="time shared_marks alone on the 60,000 Fashion-MNIST training images")
     args = parser.parse_args(argv)
@@ -107,8 +114,28 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if info["skipped"]:
         lines.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in info["skipped"].items()))
+    if args.cleanlab:
+        seconds = _cleanlab_reference(x, labels, args.threads, args.seed)
+        ours = info["seconds"].get("label_quality", float("nan"))
+        lines += ["", f"cleanlab's own label quality on the same features (3-fold logistic regression, then "
+                      f"get_label_quality_scores): {seconds:.1f} s; label_quality here: {ours:.1f} s "
+                      f"({ours / seconds:.2f}x)."]
     print("\n".join(lines))
     return 0
+
+
+def _cleanlab_reference(x: np.ndarray, labels: np.ndarray, threads: int, seed: int) -> float:
+    """Seconds of cleanlab's reference label-quality run on ``x``: its own out-of-fold probabilities, then scores."""
+    from cleanlab.count import estimate_cv_predicted_probabilities
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.linear_model import LogisticRegression
+
+    t = time.perf_counter()
+    with threadpool_limits(threads):
+        probs = estimate_cv_predicted_probabilities(x, labels, clf=LogisticRegression(max_iter=1000),
+                                                    cv_n_folds=3, seed=seed)
+        get_label_quality_scores(labels, probs)
+    return time.perf_counter() - t
 
 
 def _marks(command: str, threads: int) -> int:

@@ -31,3 +31,11 @@ def quality() -> ModuleType:
 def sweep() -> ModuleType:
     """``benchmarks/triggers_sweep.py``."""
     return _load_benchmark("triggers_sweep")
+
+
+@pytest.fixture(scope="session")
+def matrix() -> ModuleType:
+    """``benchmarks/matrix.py`` (it imports ``quality`` from its own folder, as when run as a script)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return _load_benchmark("matrix")

@@ -1,8 +1,10 @@
-"""The quality benchmark's metric tables, on a tiny planted scenario (no model, no anchors run)."""
+"""The quality benchmark's metric tables on a tiny planted scenario, and the attack matrix's draws and tables."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pytest
 
 
 def _results(q, n_poison: int = 2, n: int = 10):
@@ -54,3 +56,40 @@ def test_markdown_tables_name_crashes_and_the_clean_control(quality):
     assert "| patch_5 | 1.00 (1.000) |" in quality.signals_markdown(tables, ["spectral"])
     targets = quality.targets_markdown(tables)
     assert "| patch_5 | >= 0.95 | 1.000 ok |" in targets and "20.00% SHORT" in targets
+
+
+def test_matrix_draws_each_family_from_its_ranges_and_repeats_itself(matrix):
+    for seed in (0, 1, 100):
+        for family in matrix.FAMILIES:
+            cell = matrix.draw(family, seed)
+            assert cell.params == matrix.draw(family, seed).params and cell.name == f"{family}-seed{seed}"
+            p = cell.params
+            if "rate" in p and family not in ("flips", "pair_flip", "clean_label"):
+                assert 0.003 <= p["rate"] <= 0.10
+            if family == "patch":
+                assert 1 <= p["size"] <= 5 and (p["value"] == 255 or 16 <= p["value"] <= 96)
+            if family == "blend":
+                assert 0.05 <= p["alpha"] <= 0.2
+            if family == "flips":
+                assert 0.02 <= p["rate"] <= 0.2
+            if family == "pair_flip":
+                assert 0.1 <= p["rate"] <= 0.4 and p["from_class"] != p["to_class"]
+            if family == "text":
+                assert 1 <= len(p["phrase"].split()) <= 4
+    # Different seeds draw different attacks.
+    assert matrix.draw("patch", 0).params != matrix.draw("patch", 1).params
+
+
+def test_matrix_family_table_counts_only_attacks_that_took(matrix):
+    def rows(seed, asr, combined, best):
+        base = {"family": "blend", "seed": seed, "n_poison": 50, "attack_success": asr, "auroc": 0.9,
+                "params": "{}", "confirmed": ""}
+        methods = {"combined": combined, "signals_only": combined - 0.1, "spectral": best,
+                   **{a: 0.5 for a in matrix.q.ANCHORS}}
+        return [{**base, "method": m, "recall_at_2x": r} for m, r in methods.items()]
+
+    table = pd.DataFrame(rows(0, 0.95, 0.9, 1.0) + rows(1, 0.2, 0.1, 0.2) + rows(2, 0.99, 1.0, 0.8))
+    out = matrix.family_table(table).set_index("family").loc["blend"]
+    assert (out["cells"], out["took"]) == (3, 2)
+    assert out["after find_triggers: median"] == 0.95 and out["worst "] == 0.9
+    assert out["worst gap"] == pytest.approx(-0.1) and out["gap to best signal: median"] == pytest.approx(0.05)
