@@ -265,11 +265,19 @@ def _took(row: pd.Series) -> bool:
     return bool(row["attack_success"] >= bar)
 
 
+def _signals(methods) -> list[str]:
+    """The summed signals among ``methods``: not an anchor, not the suspicion, not a context-only signal (those
+    are shown beside the suspicion and never summed into it, by design)."""
+    from forensics.signals.registry import registered_signals
+
+    context = {s.name for s in registered_signals() if s.context_only}
+    return [m for m in methods if m not in q.ANCHORS and m not in ("combined", "signals_only") and m not in context]
+
+
 def family_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per family (poisoned cells whose attack took): median and worst r@2x of the suspicion before and after
     ``find_triggers``, its gap to the best single signal, the ASR, and the anchors' medians."""
-    signals = [m for m in rows["method"].unique()
-               if m not in q.ANCHORS and m not in ("combined", "signals_only")]
+    signals = _signals(rows["method"].unique())
     out = []
     for family, g in rows[rows["n_poison"] > 0].groupby("family", sort=False):
         wide = g.pivot_table(index="seed", columns="method", values="recall_at_2x")
@@ -281,7 +289,10 @@ def family_table(rows: pd.DataFrame) -> pd.DataFrame:
         best_auc = a[[s for s in signals if s in a]].max(axis=1)
         ac = w[[c for c in w if c.startswith("art_ac_")]].max(axis=1)
         target = TARGETS.get(family, (None, None))
+        every = wide["combined"] - wide[[s for s in signals if s in wide]].max(axis=1)
         row = {"family": family, "cells": len(meta), "took": int(took.sum()),
+               "all cells: median": wide["combined"].median(), "worst  ": wide["combined"].min(),
+               "worst gap  ": every.min(),
                "median ASR": meta["attack_success"].median(),
                "signals only: median": w["signals_only"].median(), "worst": w["signals_only"].min(),
                "after find_triggers: median": w["combined"].median(), "worst ": w["combined"].min(),
@@ -307,7 +318,7 @@ def cells_table(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (family, seed), g in rows[rows["n_poison"] > 0].groupby(["family", "seed"], sort=False):
         by = g.set_index("method")
-        sig = by.loc[[m for m in by.index if m not in q.ANCHORS and m not in ("combined", "signals_only")]]
+        sig = by.loc[_signals(by.index)]
         anc = by.loc[[m for m in by.index if m in q.ANCHORS]]
         bs, ba = sig["recall_at_2x"].idxmax(), anc["recall_at_2x"].idxmax()
         out.append({"family": family, "seed": seed, "params": by["params"].iloc[0],
@@ -326,7 +337,10 @@ def report(rows: pd.DataFrame, command: str, total: float) -> str:
         "# Attack matrix",
         f"Command: `{command}`  \nMachine: {q._machine(1)}  \nSeeds: {', '.join(map(str, seeds))}; "
         f"{rows.groupby(['family', 'seed']).ngroups} cells; {total:.0f} s (cached cells are not recomputed)",
-        "## Per family (poisoned cells whose attack took; r@2x)\n\n" + q.frame_markdown(family_table(rows)),
+        "## Per family (r@2x)\n\nFirst over every cell of the family (the suspicion after `find_triggers`, and its "
+        "worst gap to the best single signal), then over the cells whose attack took (ASR >= 0.9; the overlay's "
+        ">= 0.5; label and source attacks always count). Context-only signals (`knn_outlier`) are not counted as "
+        "signals: they are never summed into the suspicion.\n\n" + q.frame_markdown(family_table(rows)),
         "## Clean controls: share flagged at t = 2\n\n" + q.frame_markdown(control_table(rows)),
         "## Every cell\n\n" + q.frame_markdown(cells_table(rows)),
     ])
