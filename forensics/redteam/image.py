@@ -64,10 +64,7 @@ def patch_backdoor(
     _check_dataset(dataset, "patch_backdoor", kind="image")
     t = _class_index(dataset, target, "target")
     trig = PatchTrigger(_make_patch(pattern, size, value, dataset), position, t)
-    _check_trigger_fits(trig, dataset)
-    eligible = _eligible(dataset, exclude, dataset.labels != t)
-    victims = _choose(eligible, rate, n, _rng(random_state, _SELECT), what=f"samples not of target {t}")
-    return _trigger_attack(dataset, victims, trig, "patch", random_state, t, source, sources)
+    return _relabelled_attack(dataset, trig, "patch", t, rate, n, exclude, source, sources, random_state)
 
 
 def clean_label_patch(
@@ -136,10 +133,7 @@ def blend_backdoor(
     else:
         pat = pattern
     trig = BlendTrigger(pat, alpha, t)
-    _check_trigger_fits(trig, dataset)
-    eligible = _eligible(dataset, exclude, dataset.labels != t)
-    victims = _choose(eligible, rate, n, _rng(random_state, _SELECT), what=f"samples not of target {t}")
-    return _trigger_attack(dataset, victims, trig, "blend", random_state, t, source, sources)
+    return _relabelled_attack(dataset, trig, "blend", t, rate, n, exclude, source, sources, random_state)
 
 
 def _relabelled_attack(dataset: Dataset, trig, kind: str, target: int, rate, n, exclude, source, sources,
