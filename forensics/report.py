@@ -540,7 +540,8 @@ def _source_section(inv: Investigation, suspicion: np.ndarray, threshold: float)
         st = source_table(ds.sources, ds.labels, n_classes=len(ds.class_names), predictions=pred,
                           scores=suspicion, flagged=flagged)
         keep = [c for c in ("source_suspicion", "evidence", "dominant_label", "dominant_share") if c in st]
-        st["suspicion_among_sources"] = suspicion_among_sources(st["source_suspicion"].to_numpy())
+        st["suspicion_among_sources"] = suspicion_among_sources(st["source_suspicion"].to_numpy(),
+                                                                st["n_samples"].to_numpy())
         table = table.join(st[["suspicion_among_sources", *keep]])
         if "dominant_label" in table:
             table["dominant_label"] = [ds.class_names[int(v)] if pd.notna(v) else "" for v in table["dominant_label"]]

@@ -104,3 +104,55 @@ def test_a_confirmed_trigger_is_exact_evidence_whatever_share_carries_it():
     assert np.all(np.diff(c.suspicion[~carriers][order]) <= 1e-12)
     with pytest.raises(InputError, match=r"scores\['trigger'\] are -log10 p-values"):
         combine({**scores, "trigger": np.full(10_000, -1.0)}, labels)
+
+
+def _calibrated_label_probs(n, k, rng):
+    """The probability a calibrated model gives each sample's label, the label drawn from its prediction."""
+    probs = rng.dirichlet(np.full(k, 0.3), size=n)
+    labels = np.array([rng.choice(k, p=row) for row in probs])
+    return probs[np.arange(n), labels], labels
+
+
+def test_label_signals_read_the_model_probability_of_the_label():
+    rng = np.random.default_rng(4)
+    q, labels = _calibrated_label_probs(20_000, 10, rng)
+    c = combine({"high_loss": -np.log(q), "label_quality": 1.0 - q}, labels, n_classes=10)
+    for name in ("high_loss", "label_quality"):
+        np.testing.assert_allclose(c.tail_p[name], np.clip(10 * q, 1e-300, 1.0))
+        assert np.mean(c.tail_p[name] < 0.01) <= 0.01  # P(q <= t) <= k t for a clean label
+    assert np.mean(c.suspicion >= DEFAULT_THRESHOLD) <= 0.01
+    with pytest.raises(InputError, match=r"scores\['label_quality'\] are one minus a probability"):
+        combine({"label_quality": np.r_[1.5, np.zeros(9)]}, np.zeros(10, dtype=np.int64))
+    with pytest.raises(InputError, match=r"scores\['high_loss'\] are losses"):
+        combine({"high_loss": np.r_[-1.0, np.zeros(9)]}, np.zeros(10, dtype=np.int64))
+
+
+def test_one_signal_that_sees_the_attack_is_not_drowned_by_silent_ones():
+    rng = np.random.default_rng(5)
+    scores, _ = _null(n=10_000, seed=5)
+    # Silent signals of the kinds the built-in ones are: gated (mostly 0), discrete, heavy-tailed.
+    silent = {name: scores[name] for name in ("gated", "discrete", "heavy")}
+    q, labels = _calibrated_label_probs(10_000, 10, rng)
+    flips = rng.choice(10_000, 200, replace=False)  # 2% of the labels flipped, which the model did not learn
+    q[flips] = rng.uniform(1e-6, 1e-4, size=200)
+    loss = -np.log(q)
+    c = combine({**silent, "high_loss": loss}, labels, n_classes=10)
+    budget = np.argsort(-c.suspicion, kind="stable")[:400]
+    alone = np.argsort(-loss, kind="stable")[:400]
+    assert np.isin(flips, alone).mean() == 1.0
+    assert np.isin(flips, budget).mean() >= 0.98
+    assert np.mean(np.delete(c.suspicion, flips) >= DEFAULT_THRESHOLD) <= 0.01
+
+
+def test_signals_of_one_group_count_once():
+    scores, labels = _null(n=5000, seed=6)
+    x = scores.pop("normal")
+    twin = x + 1e-9  # a second estimate of the same evidence
+    grouped = combine({**scores, "spectral": x, "robust_spectral": twin}, labels)
+    alone = combine({**scores, "spectral": x}, labels)
+    double = combine({**scores, "spectral": x, "twin": twin}, labels)  # "twin" is not in the group
+    # Counted once (the smaller p times two), the twin does not double the evidence of the same samples.
+    top = np.argsort(-x)[:50]
+    assert np.abs(grouped.suspicion[top] - alone.suspicion[top]).max() < 0.1
+    assert np.all(double.suspicion[top] > grouped.suspicion[top] + 0.2)
+    assert list(grouped.tail_p.columns)[-2:] == ["spectral", "robust_spectral"]  # each still has its own reasons

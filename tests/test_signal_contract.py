@@ -228,5 +228,5 @@ def test_old_names_still_work_with_a_warning():
     with pytest.warns(DeprecationWarning, match="SIGNAL_TEXT is deprecated"):
         assert combine.SIGNAL_TEXT["spectral"] == "spectral signature"
     with pytest.warns(DeprecationWarning, match="EXACT_P_SIGNALS is deprecated"):
-        assert set(combine.EXACT_P_SIGNALS) == {"activation_cluster", "shared_mark", "trigger"}
+        assert set(combine.EXACT_P_SIGNALS) == {"activation_cluster", "shared_mark", "source", "trigger"}
     assert analysis.find_triggers is forensics.triggers.discover.find_triggers

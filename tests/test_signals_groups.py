@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
@@ -23,7 +24,7 @@ from forensics.signals.duplicates import (
     normalize_text,
 )
 from forensics.signals.ensemble import ensemble_disagreement, ensemble_table
-from forensics.signals.sources import source_scores, source_table
+from forensics.signals.sources import source_scores, source_table, suspicion_among_sources
 
 
 @pytest.fixture(scope="module")
@@ -357,13 +358,45 @@ def test_source_table_hand_computed_statistics():
     assert table.loc["b", "source_suspicion"] == pytest.approx(-np.log10(min(1.0, m * best)))
 
 
-def test_source_scores_broadcast(contributors):
+def test_source_scores_broadcast_each_source_against_the_bulk_of_the_sources(contributors):
     d, n_classes = contributors
     table = source_table(d["source"], d["label"], n_classes=n_classes, predictions=d["pred"])
+    among = pd.Series(suspicion_among_sources(table["source_suspicion"].to_numpy(), table["n_samples"].to_numpy()),
+                      index=table.index)
     per_sample = source_scores(d["source"], d["label"], n_classes=n_classes, predictions=d["pred"])
     assert per_sample.shape == d["label"].shape
-    assert np.all(per_sample[d["source"] == "bot"] == table.loc["bot", "source_suspicion"])
+    for name in ("bot", "flipper", "clean0"):
+        assert np.all(per_sample[d["source"] == name] == among[name])
     assert per_sample.argmax() == int(np.flatnonzero(d["source"] == "bot")[0])
+    # The attackers stand out; a clean source, and the sybils whose only mark is their shared copies (not given
+    # here), do not. Never above a source's own corrected test.
+    assert among["bot"] > 3 and among["flipper"] > among["backdoor"] > 0.5
+    assert among[[f"clean{c}" for c in range(8)]].max() == 0
+    assert (among <= table["source_suspicion"]).all()
+
+
+def test_a_large_honest_source_with_a_class_preference_is_not_read_as_an_attacker():
+    rng = np.random.default_rng(3)
+    labels, sources = [], []
+    # 30 honest contributors, each with a mild class preference of its own; one of them holds 3,000 samples.
+    for s, size in enumerate([3000] + [200] * 29):
+        labels += list(rng.choice(10, size, p=rng.dirichlet(np.full(10, 3.0))))
+        sources += [f"honest{s}"] * size
+    labels += [5] * 150  # a bot labelling 150 samples of any class "5"
+    sources += ["bot"] * 150
+    y, src = np.array(labels), np.array(sources)
+    table = source_table(src, y, n_classes=10)
+    assert table.loc["honest0", "source_suspicion"] > 50  # its raw test: far beyond any threshold
+    per_sample = pd.Series(source_scores(src, y, n_classes=10), index=src)
+    assert per_sample["honest0"].iloc[0] < 2 < per_sample["bot"].iloc[0]
+
+
+def test_few_sources_keep_their_own_test():
+    table_sizes = np.array([100, 100, 100])
+    raw = np.array([0.0, 3.0, 50.0])
+    assert np.array_equal(suspicion_among_sources(raw, table_sizes), raw)
+    with pytest.raises(InputError, match="n_samples must hold one positive count per source"):
+        suspicion_among_sources(raw, np.array([100, 0, 100]))
 
 
 def test_source_table_errors():

@@ -13,7 +13,6 @@ from ..errors import InputError
 from ..html import escape_html
 from ..signals.combine import DEFAULT_THRESHOLD
 from ..signals.registry import score_column
-from ..signals.sources import suspicion_among_sources
 from ._common import Columns, Panel, fmt, plural, review_status, table_html
 from .state import Change, PanelState
 
@@ -114,7 +113,8 @@ class SourcePanel(Panel):
 
     def summary(self) -> pd.DataFrame:
         """:func:`source_summary` with the current review, and, when the ``source`` signal ran, each source's
-        ``suspicion_among_sources`` (:func:`forensics.signals.sources.suspicion_among_sources`)."""
+        ``suspicion_among_sources``: the signal's score, which every sample of the source carries
+        (:func:`forensics.signals.sources.suspicion_among_sources`)."""
         if not self.available:
             raise InputError("this dataset has no sources")
         marked = np.isin(review_status(self.inv), _FLAGGED)
@@ -122,10 +122,9 @@ class SourcePanel(Panel):
                                n_classes=len(self.columns.class_names))
         column = score_column("source")
         if column in self.inv.signals:
-            # Every sample of a source carries the source's score: one value per source, calibrated among them.
             per_source = pd.Series(self.inv.signals[column].to_numpy(dtype=np.float64),
                                    index=self.columns.sources).groupby(level=0).max().reindex(table.index)
-            table["suspicion_among_sources"] = suspicion_among_sources(per_source.fillna(0.0).to_numpy())
+            table["suspicion_among_sources"] = per_source.fillna(0.0)
         return table
 
     def choose(self, source: str) -> None:

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from . import clustering, duplicates, ensemble, label_quality, loss, marks, neighbors, relabel, sources, spectral
 from .registry import SignalContext, SignalSkipped, register
 
 _KNN = {"k": 10, "metric": "cosine", "n_components": 32}
 
 
-@register("high_loss", reason="high loss", needs=("probs",), tags=("label",), default=True)
+@register("high_loss", reason="high loss", null="label_loss", needs=("probs",), tags=("label",), default=True)
 def _high_loss(ctx: SignalContext) -> np.ndarray:
     """Cross-entropy of the given label under the model: flipped labels the model did not memorize."""
     return ctx.loss
@@ -36,10 +37,13 @@ def _low_loss(ctx: SignalContext) -> np.ndarray:
     return loss.low_loss_within_class(ctx.loss, ctx.labels)
 
 
-@register("label_quality", reason="label disagrees with out-of-fold prediction", tags=("label",),
+@register("label_quality", reason="label disagrees with out-of-fold prediction", null="label_doubt", tags=("label",),
           params={"method": "self_confidence"}, default=True)
 def _label_quality(ctx: SignalContext, *, method: str) -> np.ndarray:
     """cleanlab's label quality on out-of-fold probabilities of a linear probe on the activations."""
+    if method != "self_confidence":  # the combination reads the score as one minus a probability
+        raise InputError(f"the label_quality signal scores self_confidence (one minus the out-of-fold probability of "
+                         f"the label); got method={method!r}: call label_issue_scores for the other methods")
     return label_quality.label_issue_scores(ctx.labels, pred_probs=ctx.out_of_fold(), method=method)
 
 
@@ -61,13 +65,13 @@ def _activation_cluster(ctx: SignalContext, **params: Any) -> np.ndarray:
     return clustering.cluster_evidence(found, ctx.labels)
 
 
-@register("spectral", reason="spectral signature", tags=("backdoor",), default=True)
+@register("spectral", reason="spectral signature", group="spectral", tags=("backdoor",), default=True)
 def _spectral(ctx: SignalContext) -> np.ndarray:
     """Squared projection on the class's top singular direction, over its bulk spread."""
     return spectral.spectral_signature(ctx.features, ctx.labels, random_state=ctx.random_state)
 
 
-@register("robust_spectral", reason="robust spectral signature", tags=("backdoor",),
+@register("robust_spectral", reason="robust spectral signature", group="spectral", tags=("backdoor",),
           params={"n_components": 10, "keep": 0.5, "alpha": 4.0, "max_iter": 20}, default=True)
 def _robust_spectral(ctx: SignalContext, **params: Any) -> np.ndarray:
     """Quantum-entropy score after robust whitening of each class (SPECTRE)."""
@@ -111,10 +115,10 @@ def _shared_mark(ctx: SignalContext, **params: Any) -> np.ndarray:
     return marks.shared_mark_scores(ctx.shared_marks(**params), ctx.n)
 
 
-@register("source", reason="its source is suspicious", null="log_p", needs=("sources",), tags=("source",),
+@register("source", reason="its source is suspicious", null="exact_p", needs=("sources",), tags=("source",),
           default=True)
 def _source(ctx: SignalContext) -> np.ndarray:
-    """-log10 of the source's corrected p-value: class mix, disagreement with the model, duplicate groups."""
+    """-log10 p of the source against the other sources: class mix, disagreement with the model, duplicate groups."""
     return sources.source_scores(ctx.sources, ctx.labels, n_classes=ctx.n_classes, predictions=ctx.predictions,
                                  groups=ctx.duplicate_groups())
 

@@ -2,9 +2,11 @@
 
 A signal is a :class:`Signal`: its name, the words the reasons use for it, how the combination models its null
 (``"fitted"``: a tail fitted to the bulk of its scores; ``"log_p"``: its scores are -log10 p-values whose tail is
-exponential; ``"exact_p"``: -log10 p-values of an exact test, taken as they are), whether it only gives context
-(shown, never summed into the suspicion), its tags (``backdoor``, ``label``, ``source``), what it needs
-(``probs``, ``images``, ``texts``, ``sources``), its parameters with their defaults, and its scoring function
+exponential; ``"exact_p"``: -log10 p-values of an exact test, taken as they are; ``"label_loss"`` and
+``"label_doubt"``: ``-ln q`` and ``1 - q`` for ``q`` the probability a model gives the sample's label, read as
+``p = min(1, k q)`` for ``k`` classes), the group of signals that read the same evidence (counted once), whether
+it only gives context (shown, never summed into the suspicion), its tags (``backdoor``, ``label``, ``source``), what
+it needs (``probs``, ``images``, ``texts``, ``sources``), its parameters with their defaults, and its scoring function
 ``score(ctx, **params) -> ndarray (n,)``, **higher = more suspicious**.
 
 :func:`register` adds one (the built-in ones are in :mod:`forensics.signals.builtin`); a user's own signal,
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from .neighbors import Metric
 
 #: How the combination models a signal's null (see :mod:`forensics.signals.combine`).
-NULL_KINDS = ("fitted", "log_p", "exact_p")
+NULL_KINDS = ("fitted", "log_p", "exact_p", "label_loss", "label_doubt")
 #: What a signal may need beyond the features and labels; a signal whose needs are not met is skipped with a reason.
 NEEDS = {
     "probs": "needs the model's predicted probabilities",
@@ -68,6 +70,7 @@ class Signal:
     score: ScoreFn | None
     null: str = "fitted"
     context_only: bool = False
+    group: str | None = None
     tags: frozenset[str] = frozenset()
     needs: frozenset[str] = frozenset()
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -89,6 +92,7 @@ def register(
     reason: str,
     null: str = "fitted",
     context_only: bool = False,
+    group: str | None = None,
     tags: Iterable[str] = (),
     needs: Iterable[str] = (),
     params: Mapping[str, Any] | None = None,
@@ -103,10 +107,13 @@ def register(
         Letters, digits and underscores; the table column is ``<name>_score``.
     reason : str
         How a sample's reasons name the signal ("its neighbours carry other labels").
-    null : {"fitted", "log_p", "exact_p"}
+    null : {"fitted", "log_p", "exact_p", "label_loss", "label_doubt"}
         How the combination turns its scores into tail probabilities.
     context_only : bool
         Shown beside the suspicion, never summed into it.
+    group : str, optional
+        Signals that read the same evidence (two estimates of one spectral direction) share a group; the
+        combination counts a group once, as its smallest tail probability times its size.
     tags : iterable of str
         Families the signal speaks for (``backdoor``: used by text trigger discovery; ``label``; ``source``).
     needs : iterable of str
@@ -137,8 +144,8 @@ def register(
             if missing:
                 raise InputError(f"signal {name!r} declares parameters {missing} that its function does not take")
         _REGISTRY[name] = Signal(name=name, reason=str(reason), score=fn, null=null, context_only=bool(context_only),
-                                 tags=frozenset(tags), needs=frozenset(needs),
-                                 params=MappingProxyType(defaults), default=bool(default))
+                                 group=None if group is None else str(group), tags=frozenset(tags),
+                                 needs=frozenset(needs), params=MappingProxyType(defaults), default=bool(default))
         return fn
 
     return add  # type: ignore[return-value]
@@ -182,6 +189,12 @@ def null_kind(name: str) -> str:
     """How the combination models a signal's null (``"fitted"`` when it is not registered)."""
     spec = _REGISTRY.get(name)
     return spec.null if spec is not None else "fitted"
+
+
+def evidence_group(name: str) -> str:
+    """The group a signal's evidence is counted in (its own name when it shares none, or is not registered)."""
+    spec = _REGISTRY.get(name)
+    return spec.group if spec is not None and spec.group is not None else name
 
 
 def score_column(name: str) -> str:
@@ -396,5 +409,5 @@ class SignalContext:
 
 
 __all__ = ["NEEDS", "NULL_KINDS", "SCORE_SUFFIX", "Signal", "SignalContext", "SignalSkipped", "default_signals",
-           "get_signal", "null_kind", "reason_text", "register", "registered_signals", "resolve", "score_column",
-           "score_columns", "signals_tagged", "unregister"]
+           "evidence_group", "get_signal", "null_kind", "reason_text", "register", "registered_signals", "resolve",
+           "score_column", "score_columns", "signals_tagged", "unregister"]

@@ -24,6 +24,8 @@ says how unlikely the source's excess would be if it behaved like the baseline:
 so a source of 3 samples cannot reach a high suspicion by chance, while a 300-sample bot that labels
 everything one class reaches hundreds. ``evidence`` names the test behind it; ``q_value``
 (Benjamini-Hochberg over sources) says which sources stand out once the number of sources is accounted for.
+The per-sample ``source`` signal (:func:`source_scores`) reads each source against the bulk of the sources
+instead (:func:`suspicion_among_sources`), since honest contributors differ too.
 
 P-values say how sure, not how much: read the effect columns beside them. The binomial tests assume that
 sources differ only by chance; real annotators differ in skill, so a very large clean source can be
@@ -44,6 +46,8 @@ from ..errors import InputError
 from .duplicates import _check_sources, check_groups
 
 _LN10 = float(np.log(10.0))
+#: Below this many sources their bulk is no null: each source's own corrected test is its score.
+MIN_SOURCES_FOR_NULL = 5
 
 #: The evidence names, in the order they are reported and tie-broken.
 EVIDENCE = ("label", "disagreement", "score", "flagged", "shared")
@@ -276,10 +280,11 @@ def source_scores(
     flagged: np.ndarray | None = None,
     groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Each sample's source suspicion (see :func:`source_table`); higher = more suspicious.
+    """Each sample's source suspicion against the bulk of the sources (see :func:`suspicion_among_sources`);
+    higher = more suspicious.
 
-    Every sample of a source gets the same score, ``-log10`` of the source's Bonferroni-corrected smallest
-    p-value (0 for a source like the others).
+    Every sample of a source gets the same score, ``-log10`` of a p-value (0 for a source like the others): what the
+    combination reads as the ``source`` signal's tail probability.
 
     Returns
     -------
@@ -287,23 +292,34 @@ def source_scores(
     """
     table = source_table(sources, labels, n_classes=n_classes, predictions=predictions, scores=scores,
                          flagged=flagged, groups=groups)
+    among = pd.Series(suspicion_among_sources(table["source_suspicion"].to_numpy(), table["n_samples"].to_numpy()),
+                      index=table.index)
     src = np.asarray(sources, dtype=object).astype(str)
-    return table["source_suspicion"].reindex(src).to_numpy(dtype=np.float64)
+    return among.reindex(src).to_numpy(dtype=np.float64)
 
 
-def suspicion_among_sources(source_suspicion: np.ndarray) -> np.ndarray:
-    """Each source's ``source_suspicion`` measured against the bulk of the sources, on the scale of the sample
-    suspicion (``-log10`` of an exponential tail fitted to the sources' own scores, as
-    :func:`forensics.signals.combine.combine` reads a ``log_p`` signal): 2 = about 1% of clean sources reach it.
+def suspicion_among_sources(source_suspicion: np.ndarray, n_samples: np.ndarray) -> np.ndarray:
+    """Each source's ``source_suspicion`` measured against the bulk of the sources: ``-log10`` of a p-value on the
+    scale of the sample suspicion (2 = about 1% of clean sources are this unusual).
 
-    The raw tests are -log10 p-values against the other sources, which honest contributors with a class mix of their
-    own also pass by far on large data (11 to 56 on the bundled images); against the bulk of the sources a clean
-    contributor reads as clean (at most 1.2 there) and the attackers stand out (5.2).
+    The raw tests are -log10 p-values against the other sources, and their power grows with a source's size: an
+    honest contributor with a mild class preference of its own passes them by far once it holds a few hundred
+    samples (11 to 56 on the bundled images). Read per sample, a single such source holding 6-21% of a training set
+    then put every one of its samples below p = 0.01 on the attack matrix's tuning seeds (``benchmarks/matrix.py
+    --seeds 0-4``), the most frequent reason for a clean sample to be flagged. So the statistic is the source's
+    excess **per sample**, ``source_suspicion / n_samples``, for the sources whose raw test is significant
+    (``source_suspicion >= 2``; 0 for the others), calibrated with an exponential tail fitted to the bulk of the
+    sources (:func:`forensics.signals.combine.tail_probability`). On those seeds a clean source then put at most
+    15% of a text set and 3% of an image set below 0.01 (from 21% and 15%), while a bot labelling 1-5% of the data
+    one class and a lone backdoor contributor still reached 5 to 7.6. The result is never above the source's own
+    corrected test, and with fewer than ``MIN_SOURCES_FOR_NULL`` sources it is that test.
 
     Parameters
     ----------
     source_suspicion : ndarray of float, shape (n_sources,)
-        One score per source.
+        Each source's ``-log10`` corrected p-value (:func:`source_table`).
+    n_samples : ndarray of int, shape (n_sources,)
+        Each source's number of samples.
 
     Returns
     -------
@@ -311,7 +327,16 @@ def suspicion_among_sources(source_suspicion: np.ndarray) -> np.ndarray:
     """
     from .combine import tail_probability
 
-    return -np.log10(tail_probability(check_scores(source_suspicion, name="source_suspicion"), max_shape=0.0)) + 0.0
+    raw = check_scores(source_suspicion, name="source_suspicion")
+    size = np.asarray(n_samples, dtype=np.float64)
+    if size.shape != raw.shape or not (size > 0).all():
+        raise InputError(f"n_samples must hold one positive count per source ({len(raw)}); got {n_samples!r}")
+    raw = np.nan_to_num(raw, nan=0.0)
+    if len(raw) < MIN_SOURCES_FOR_NULL:
+        return raw + 0.0
+    effect = np.where(raw >= 2.0, raw / size, 0.0)
+    among = -np.log10(tail_probability(effect, max_shape=0.0))
+    return np.minimum(among, raw) + 0.0
 
 
-__all__ = ["EVIDENCE", "source_scores", "source_table", "suspicion_among_sources"]
+__all__ = ["EVIDENCE", "MIN_SOURCES_FOR_NULL", "source_scores", "source_table", "suspicion_among_sources"]

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 # Above this width the exact d x d eigendecomposition gets slow; a randomized SVD finds the top direction.
 _EXACT_MAX_DIM = 2048
+#: Smallest variance of the kept half along a direction, as a share of the whole class's (see :func:`robust_spectral`).
+RIDGE_SHARE = 0.01
 
 
 def _inputs(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,19 +96,20 @@ def spectral_signature(features: np.ndarray, labels: np.ndarray, *, random_state
 
 
 def _trimmed_mean_cov(
-    z: np.ndarray, keep: float, max_iter: int, ridge: float
+    z: np.ndarray, keep: float, max_iter: int, ridge: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and covariance of the ``keep`` fraction of rows closest to them (concentration steps, as in FastMCD).
 
     Starting from all rows, each step keeps the rows of smallest Mahalanobis distance under the current
-    estimate and re-estimates from them, until the kept set stops changing. Returns (mean, cov, kept mask).
+    estimate and re-estimates from them, until the kept set stops changing. ``ridge`` (k,) is added to the
+    covariance's diagonal. Returns (mean, cov, kept mask).
     """
     m, k = z.shape
     h = max(k + 1, int(np.ceil(keep * m)))
     kept = np.ones(m, dtype=bool)
     for _ in range(max_iter):
         mu = z[kept].mean(axis=0)
-        cov = np.cov(z[kept], rowvar=False).reshape(k, k) + ridge * np.eye(k)
+        cov = np.cov(z[kept], rowvar=False).reshape(k, k) + np.diag(ridge)
         chol = np.linalg.cholesky(cov)
         dist = np.sum(np.linalg.solve(chol, (z - mu).T) ** 2, axis=0)
         new = np.zeros(m, dtype=bool)
@@ -115,7 +118,7 @@ def _trimmed_mean_cov(
             break
         kept = new
     mu = z[kept].mean(axis=0)
-    cov = np.cov(z[kept], rowvar=False).reshape(k, k) + ridge * np.eye(k)
+    cov = np.cov(z[kept], rowvar=False).reshape(k, k) + np.diag(ridge)
     return mu, cov, kept
 
 
@@ -196,8 +199,10 @@ def robust_spectral(
         if z.shape[1] == 0:
             logger.warning("robust_spectral: class %d has no spread; it scores 0", y[members[0]])
             continue
-        # A tiny ridge keeps the Cholesky factor defined when the kept rows are (nearly) degenerate.
-        ridge = 1e-9 * float(np.mean(z**2))
+        # The kept half is never taken as tighter than RIDGE_SHARE of the whole class's spread along a direction:
+        # where most of a class sits at one value (a dead unit of a small network), whitening by the kept half
+        # alone would blow the other half up to millions of spreads.
+        ridge = RIDGE_SHARE * np.mean(z**2, axis=0) + 1e-12 * float(np.mean(z**2))
         mu, cov, _ = _trimmed_mean_cov(z, keep, int(max_iter), ridge)
         white = np.linalg.solve(np.linalg.cholesky(cov), (z - mu).T).T
         root = np.sqrt(_que_scores(white, alpha))
