@@ -39,3 +39,9 @@ def matrix() -> ModuleType:
     if str(BENCHMARKS) not in sys.path:
         sys.path.insert(0, str(BENCHMARKS))
     return _load_benchmark("matrix")
+
+
+@pytest.fixture(scope="session")
+def fusion_lab(matrix) -> ModuleType:
+    """``benchmarks/fusion_lab.py`` (it imports ``matrix``)."""
+    return _load_benchmark("fusion_lab")

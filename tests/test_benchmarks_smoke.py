@@ -93,3 +93,34 @@ def test_matrix_family_table_counts_only_attacks_that_took(matrix):
     assert (out["cells"], out["took"]) == (3, 2)
     assert out["after find_triggers: median"] == 0.95 and out["worst "] == 0.9
     assert out["worst gap"] == pytest.approx(-0.1) and out["gap to best signal: median"] == pytest.approx(0.05)
+
+
+def test_fusion_lab_compares_fusions_on_cached_cells(fusion_lab, tmp_path):
+    rng = np.random.default_rng(0)
+    n = 2000
+    labels = rng.integers(0, 10, n)
+    poison = np.zeros(n, dtype=bool)
+    poison[:40] = True
+
+    def cell(name, is_poison):
+        table = pd.DataFrame({
+            "high_loss_score": np.where(is_poison, 12.0, rng.exponential(0.2, n)),  # the model gives them ~1e-5
+            "spectral_score": rng.exponential(1.0, n),
+            "duplicates_score": np.zeros(n),
+            "knn_outlier_score": np.where(is_poison, 0.0, rng.normal(size=n)),  # context only: never counted
+            "suspicion": rng.random(n), "is_poison": is_poison, "label": labels,
+        })
+        (tmp_path / name).mkdir()
+        table.to_parquet(tmp_path / name / "signals.parquet")
+        return fusion_lab.Cell(tmp_path / name, tmp_path, refresh=[])
+
+    attacked = cell("flips-seed0", poison)
+    assert attacked.signals == ["high_loss", "spectral", "duplicates"]
+    row = fusion_lab.compare(attacked)
+    assert row["best signal"] == "1.00 high_loss"
+    assert row["shipped"] == "+0.00 (1.00)"  # the one signal that sees them is not drowned
+    clean = fusion_lab.compare(cell("clean-seed0", np.zeros(n, dtype=bool)))
+    assert clean["shipped"].endswith("% flagged") and float(clean["shipped"].split("%")[0]) <= 1.0
+    table = fusion_lab.summary(pd.DataFrame([row, clean]).fillna(""))
+    shipped = table.set_index("fusion").loc["shipped"]
+    assert shipped["worst gap"] == "+0.00" and shipped["cells below -0.02"] == "0 of 1"
