@@ -89,7 +89,7 @@ def compute_signals(
     if not scores:
         raise InputError(f"no signal could run: {'; '.join(f'{k} {v}' for k, v in skipped.items())}")
     t = time.perf_counter()
-    combined = _combine.combine(scores, ctx.labels)
+    combined = _combine.combine(scores, ctx.labels, n_classes=ctx.n_classes)
     seconds["combine"] = round(time.perf_counter() - t, 3)
     table = pd.DataFrame({score_column(k): v for k, v in scores.items()})
     table["suspicion"] = combined.suspicion

@@ -193,7 +193,7 @@ def find_triggers(
         column = score_column("trigger")
         signals = inv.signals.drop(columns=["suspicion", "reasons"] + ([column] if column in inv.signals else []))
         signals[column] = scores
-        combined = _combine.combine(score_columns(signals), ds.labels)
+        combined = _combine.combine(score_columns(signals), ds.labels, n_classes=len(ds.class_names))
         signals["suspicion"] = combined.suspicion
         signals["reasons"] = combined.reasons
         inv.replace_signals(signals)
