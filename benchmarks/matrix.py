@@ -30,9 +30,10 @@ Tune on seeds 0-4, report on seeds 100-109::
     python benchmarks/matrix.py --seeds 100-109        # report cells; writes _work/matrix.md
     python benchmarks/matrix.py --seeds 100-109 --families blend warp --report-only
 
-Each cell's model, activations, signal table and metric rows are cached under ``benchmarks/_work/matrix/`` keyed
-by family, seed, the data's content hash and the model code, so an interrupted run resumes where it stopped and a
-change to the signals or the fusion recomputes only the scoring (``--rescore``).
+Each cell's model, activations, anchor results, signal table and metric rows are cached under
+``benchmarks/_work/matrix/`` keyed by family, seed, the data's content hash and the model code, so an interrupted run
+resumes where it stopped and a change to the signals or the fusion recomputes only the signals, the triggers and the
+metrics (``--rescore``; the anchors are kept).
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ def score_cell(cell: Cell, work: Path, *, rescore: bool = False) -> pd.DataFrame
     }
     for s in info["signals"]:
         results[s] = q.MethodResult(scores=table[f"{s}_score"].to_numpy(), seconds=info["seconds"].get(s, 0.0))
-    results.update(q.run_anchors(f.features, labels, f.probs, seed=cell.seed))
+    results.update(_anchors(cell, f, labels, folder, {k: key[k] for k in ("content_hash", "models")}))
     metrics = q.metric_table(results, is_poison)
     metrics.insert(0, "family", cell.family)
     metrics.insert(1, "seed", cell.seed)
@@ -241,6 +242,28 @@ def score_cell(cell: Cell, work: Path, *, rescore: bool = False) -> pd.DataFrame
     metrics.to_csv(rows_file, index=False)
     key_file.write_text(json.dumps(key))
     return metrics
+
+
+def _anchors(cell: Cell, f: Any, labels: np.ndarray, folder: Path, key: dict[str, str]) -> dict[str, q.MethodResult]:
+    """The anchors' results on the cell's activations, cached apart from the signals: they depend only on the data
+    and the model, so a change to the signals or the fusion rescores a cell without rerunning ART and cleanlab."""
+    meta_file, arrays_file = folder / "anchors.json", folder / "anchors.npz"
+    if meta_file.is_file() and arrays_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("key") == key:
+            arrays = np.load(arrays_file)
+            return {name: q.MethodResult(scores=arrays[f"{name}.scores"] if f"{name}.scores" in arrays else None,
+                                         flags=arrays[f"{name}.flags"] if f"{name}.flags" in arrays else None,
+                                         error=m["error"], seconds=m["seconds"])
+                    for name, m in meta["methods"].items()}
+    results = q.run_anchors(f.features, labels, f.probs, seed=cell.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{name}.{part}": value for name, r in results.items()
+              for part, value in (("scores", r.scores), ("flags", r.flags)) if value is not None}
+    np.savez(arrays_file, **arrays)
+    meta_file.write_text(json.dumps({"key": key, "methods": {name: {"error": r.error, "seconds": r.seconds}
+                                                             for name, r in results.items()}}))
+    return results
 
 
 def _signals_digest() -> str:
