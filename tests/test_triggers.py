@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy.stats import binom, hypergeom
 from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
 
 import forensics.triggers
 from forensics import redteam
@@ -23,6 +24,7 @@ from forensics.models import predict_proba, train_reference_model
 from forensics.triggers import (
     Confirmation,
     ImageTriggerCandidate,
+    carries_difference,
     confirm_image_candidates,
     confirm_image_trigger,
     confirm_text_candidates,
@@ -441,6 +443,51 @@ def test_blend_has_no_local_box(digits):
     assert cand.difference.shape == (8, 8) and cand.description.startswith("no local pattern")
     [pattern] = trigger_patterns([cand]).values()
     assert pattern.dtype == np.uint8 and pattern.shape == (8, 8)
+
+
+def _cosine(a, b) -> float:
+    a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+@pytest.fixture(scope="module")
+def sinusoid(digits):
+    """An image-wide sinusoid (30 grey levels) added to 8% of the digits, relabelled 0."""
+    p = redteam.sinusoid_backdoor(digits, target=0, rate=0.08, amplitude=30, frequency=2.0, random_state=1)
+    return p, _poison(p)
+
+
+def test_an_image_wide_trigger_is_reconstructed_against_look_alikes_not_label_peers(sinusoid):
+    p, group = sinusoid
+    ds = p.dataset
+    cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    assert not cand.local and cand.target == 0 and "the images it looks like" in cand.description
+    delta = np.asarray(p.trigger.delta, dtype=float)
+    # Against the label peers (zeros) the mean difference is the shapes of the other digits, not the sinusoid.
+    naive = ds.images[group].astype(float).mean(axis=0) - cand.peer_mean
+    assert abs(_cosine(naive, delta)) < 0.2
+    assert _cosine(cand.difference, delta) > 0.7
+    assert cand.strength == pytest.approx(np.abs(cand.difference).mean() / 255)
+
+
+def test_carriers_of_an_image_wide_difference_are_found_by_their_deviation_from_look_alikes(sinusoid):
+    p, group = sinusoid
+    ds = p.dataset
+    cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    alignment = carries_difference(ds.images, cand.difference)
+    assert alignment.shape == (len(ds),) and alignment.min() >= 0 and alignment.max() <= 1
+    assert roc_auc_score(group, alignment) > 0.95
+    assert carries_difference(ds.images, np.zeros((8, 8))).max() == 0  # nothing to follow
+    # Confirmed, its evidence is graded by how closely each image follows it, never above the confirmation's.
+    confirmed = dataclasses.replace(cand, confirmation=Confirmation(0, 80, 85, 150, 200, 2, 85, 2, 200, "confirmed",
+                                                                    "confirmed"))
+    evidence = trigger_evidence([confirmed], images=ds.images)
+    assert evidence.max() <= confirmation_log10_p(confirmed.confirmation) + 1e-9
+    assert roc_auc_score(group, evidence) > 0.95
+    [carriers] = forensics.triggers.confirmed_carriers([confirmed], images=ds.images)
+    # The carriers listed are those beyond chance at 1%: few clean images among them; the rest are ranked above.
+    assert group[carriers].mean() >= 0.95 and carriers.sum() >= 10
+    assert trigger_scores([confirmed], images=ds.images) == pytest.approx(alignment)
 
 
 def test_clean_digits_and_model_yield_no_confirmed_trigger(digits):

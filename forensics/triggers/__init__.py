@@ -4,10 +4,11 @@
   class, with redundant sub- and super-n-grams pruned.
 - :func:`image_trigger_candidate`: the pattern a group of images shares and its label peers lack: a fixed
   patch (box and reconstructed pattern), a moving patch (``moves=True``, with its place in each image), or
-  no local pattern (``local=False``, with the mean difference image).
+  no local pattern (``local=False``, with the mean difference to the images the group looks like).
 - :func:`confirm_text_candidates`, :func:`confirm_image_candidates`: remove the candidate from its carriers
   and add it to clean samples of other classes, beside random controls of the same size, and give a verdict.
-- :func:`search_text`, :func:`search_image`, :func:`trigger_scores`: find every sample that carries a trigger;
+- :func:`search_text`, :func:`search_image`, :func:`carries_difference`, :func:`trigger_scores`: find every sample
+  that carries a trigger;
   :func:`trigger_evidence`: the confirmed triggers' carriers scored by the strength of the confirmation
   (:func:`confirmation_log10_p`), the ``trigger`` signal of an investigation.
 - :func:`triggers_table`, :func:`trigger_patterns` (:mod:`.findings`): the findings, one row per candidate.
@@ -36,7 +37,14 @@ from .findings import (
     trigger_scores,
     triggers_table,
 )
-from .image import ImageTriggerCandidate, image_trigger_candidate, label_peers, locate_pattern, search_image
+from .image import (
+    ImageTriggerCandidate,
+    carries_difference,
+    image_trigger_candidate,
+    label_peers,
+    locate_pattern,
+    search_image,
+)
 from .text import remove_ngram, search_text, suspicious_set, text_trigger_candidates, tokenize
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "confirmation_log10_p",
     "confirmed_carriers",
     "holdout_set",
+    "carries_difference",
     "image_trigger_candidate",
     "label_peers",
     "locate_pattern",

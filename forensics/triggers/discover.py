@@ -90,7 +90,8 @@ def find_triggers(
 
     Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
-    least ``min_group``) share and the rest of the class lacks; and every shared mark
+    least ``min_group``) share and the rest of the class lacks (a fixed or moving patch), else their image-wide
+    difference from the images they look like (a blend, a sinusoid); and every shared mark
     (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. Texts are searched three
     times, up to ``top_text`` candidates each: among the most suspicious samples overall, among those that look
     backdoored (:func:`backdoor_suspicion`, so that label noise cannot hide them), and by the class test alone (a

@@ -13,8 +13,12 @@ from scipy import stats
 from .._validate import check_images
 from ..errors import InputError
 from .confirm import CONFIRMATION_COLUMNS, Confirmation
-from .image import ImageTriggerCandidate, search_image
+from .image import ImageTriggerCandidate, carries_difference, search_image
 from .text import _check_texts, search_text
+
+#: An image carries a confirmed image-wide difference when its alignment with it (:func:`carries_difference`)
+#: would be reached by at most this share of the images by chance (a tail fitted to the bulk of the alignments).
+DIFFERENCE_P = 0.01
 
 
 def _items(found: Iterable[Any]) -> list[tuple[str, Any]]:
@@ -198,7 +202,12 @@ def trigger_evidence(
     for (kind, item), mask in zip(items, masks):
         if mask is not None:
             strength = confirmation_log10_p(item if kind == "text" else item.confirmation)
-            out = np.maximum(out, np.where(mask, strength, 0.0))
+            if kind == "image" and not item.local:
+                # Carrying an image-wide difference is a matter of degree, for every image: the weaker of the two
+                # pieces of evidence (the trigger is real, this image follows it).
+                out = np.maximum(out, np.minimum(strength, _alignment_log10_p(_carries(kind, item, texts, images))))
+            else:
+                out = np.maximum(out, np.where(mask, strength, 0.0))
     return out
 
 
@@ -211,11 +220,29 @@ def confirmed_carriers(
 ) -> list[np.ndarray | None]:
     """For each candidate, in order: which samples of the whole dataset carry it when it is confirmed (a boolean
     mask of shape (n,)), else None. A confirmed patch found from a group of the most suspicious images is searched
-    in every image, so its carriers are all that hold it, not only the group's."""
+    in every image, so its carriers are all that hold it, not only the group's; an image-wide difference is carried
+    by the images whose deviation from their look-alikes follows it more closely than chance would make all but
+    ``DIFFERENCE_P`` of the images (:func:`~forensics.triggers.image.carries_difference`)."""
     if not 0 < match_threshold <= 1:
         raise InputError(f"match_threshold must be in (0, 1]; got {match_threshold!r}")
-    return [_carries(kind, item, texts, images) >= match_threshold if _verdict(kind, item) == "confirmed" else None
-            for kind, item in _items(found)]
+    out: list[np.ndarray | None] = []
+    for kind, item in _items(found):
+        if _verdict(kind, item) != "confirmed":
+            out.append(None)
+        elif kind == "image" and not item.local:
+            out.append(_alignment_log10_p(_carries(kind, item, texts, images)) >= -np.log10(DIFFERENCE_P))
+        else:
+            out.append(_carries(kind, item, texts, images) >= match_threshold)
+    return out
+
+
+def _alignment_log10_p(alignment: np.ndarray) -> np.ndarray:
+    """-log10 of how rarely an image aligns this well with an image-wide difference by chance: the tail of the
+    alignments over all images, fitted to their bulk (most images carry nothing), as the combination fits a
+    signal's null (:func:`forensics.signals.combine.tail_probability`)."""
+    from ..signals.combine import tail_probability
+
+    return np.clip(-np.log10(tail_probability(alignment, max_gain=float(len(alignment)))), 0.0, 300.0)
 
 
 def trigger_scores(
@@ -229,8 +256,9 @@ def trigger_scores(
 
     For each candidate whose verdict is in ``verdicts`` (all candidates with ``verdicts=None``), a sample scores
     1.0 when it carries the n-gram (text), or the share of the patch's pixels it matches (image, in [0, 1]);
-    the signal is the maximum over the candidates, 0.0 where none applies. Image candidates without a local
-    pattern (blends) cannot be searched and are skipped.
+    the signal is the maximum over the candidates, 0.0 where none applies. For an image candidate without a local
+    pattern (a blend, a sinusoid) the score is how closely the image's deviation from its look-alikes follows the
+    candidate's image-wide difference (:func:`~forensics.triggers.image.carries_difference`, in [0, 1]).
 
     Parameters
     ----------
@@ -275,7 +303,7 @@ def _carries(kind: str, item: Any, texts: Sequence[str] | None, images: np.ndarr
         return search_text(texts, tuple(item["tokens"])).astype(float)
     if images is None:
         raise InputError("an image candidate needs images= to be searched")
-    if not item.local:  # an image-wide difference has no pattern to search for
-        return np.zeros(len(images))
+    if not item.local:  # an image-wide difference: how closely each image's deviation from its look-alikes follows it
+        return carries_difference(images, item.difference)
     return search_image(images, item.pattern, box=None if item.moves else item.box, moves=item.moves,
                         tolerance=item.tolerance)
