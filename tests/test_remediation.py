@@ -1,0 +1,222 @@
+"""Remediation plans: which rule decides each sample, the dry run's costs, and applying a plan to the right data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forensics.data import Dataset
+from forensics.errors import InputError, IntegrityError
+from forensics.investigation import Investigation
+from forensics.remediation import ACTIONS, PLAN_COLUMNS, plan_remediation
+from forensics.versions import VersionStore
+
+N = 40
+
+
+class _Map:
+    """A map builder with fixed clusters: samples 15 and 16 form cluster 7."""
+
+    def __call__(self, features, labels, *, ids, sources, suspicion, class_names):
+        from forensics.embedding import cluster_table
+
+        clusters = np.zeros(len(labels), dtype=np.int64)
+        clusters[[15, 16]] = 7
+        coords = np.c_[np.arange(len(labels), dtype=float), np.zeros(len(labels))]
+        return SimpleNamespace(coords=coords, clusters=clusters,
+                               table=cluster_table(clusters, labels, ids=ids, sources=sources, suspicion=suspicion,
+                                                   space=coords, class_names=class_names))
+
+
+def _investigation() -> Investigation:
+    """40 images of "cat" (even) and "dog" (odd). Planted: 0-4 flipped labels (the model gives their label 1e-6 and
+    predicts the other class), 5-7 off the spectral direction, 8-9 carry a confirmed trigger, 12-14 come from a bot,
+    15-16 form cluster 7; the analyst confirms 10, suspects 11 and clears 0."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(N) % 2
+    images = rng.integers(0, 200, (N, 8, 8), dtype=np.uint8)
+    sources = np.where(np.arange(N) % 3 == 0, "alice", "bob").astype(object)
+    sources[12:15] = "bot"
+    ids = [f"s{i:02d}" for i in range(N)]
+    ds = Dataset.from_numpy(images, labels, ids=ids, class_names=["cat", "dog"], sources=sources)
+    loss = rng.uniform(0.01, 0.3, N)
+    loss[:5] = -np.log(1e-6)
+    spectral = rng.exponential(1.0, N)
+    spectral[5:8] = 1e3
+    suspicion = np.zeros(N)
+    suspicion[:8] = 5.0
+    signals = pd.DataFrame({"high_loss_score": loss, "spectral_score": spectral, "suspicion": suspicion,
+                            "reasons": ["high loss"] * 5 + ["spectral signature"] * 3 + [""] * (N - 8)},
+                           index=pd.Index(ids))
+    samples = ds.to_frame()
+    samples["prediction"] = np.where(np.arange(N) < 5, 1 - labels, labels)
+    inv = Investigation(ds, signals=signals, samples=samples, features=rng.random((N, 4)).astype(np.float32),
+                        map_builder=_Map())
+    inv.triggers = pd.DataFrame({
+        "trigger_id": ["image-1", "image-2"], "kind": ["image", "image"], "description": ["a patch", "weak one"],
+        "evidence": ["", ""], "remove_flip_rate": [0.9, 0.3], "add_flip_rate": [0.9, 0.1],
+        "verdict": ["confirmed", "weak"], "sample_ids": [["s08", "s09"], ["s20", "s21"]],
+    })
+    inv.confirm("s10", note="poison", who="ana")
+    inv.flag("s11", who="ana")
+    inv.clear("s00", who="ben")
+    return inv
+
+
+@pytest.fixture()
+def inv() -> Investigation:
+    return _investigation()
+
+
+def test_each_sample_takes_the_first_rule_that_applies(inv):
+    plan = plan_remediation(inv, sources=["bot"], clusters=[7])
+    t = plan.table
+    assert list(t.columns) == list(PLAN_COLUMNS) and t.index.name == "sample_id"
+    expected = {"s01": "relabel", "s02": "relabel", "s03": "relabel", "s04": "relabel",
+                "s05": "remove", "s06": "remove", "s07": "remove", "s08": "remove", "s09": "remove",
+                "s10": "remove", "s11": "quarantine", "s12": "remove", "s13": "remove", "s14": "remove",
+                "s15": "remove", "s16": "remove"}
+    assert t["action"].to_dict() == expected  # s00 was cleared by a person: never touched; weak triggers ignored
+    assert t.loc["s01", "new_label"] == "cat" and t.loc["s01", "label"] == "dog"
+    assert t.loc["s02", "new_label"] == "dog" and pd.isna(t.loc["s05", "new_label"])
+    assert t.loc["s10", "decided_by"] == "review by ana" and t.loc["s10", "rule"] == "review: confirmed poison"
+    assert t.loc["s11", "decided_by"] == "review by ana"
+    assert t.loc["s08", "rule"] == "trigger: carries the confirmed trigger image-1"
+    assert t.loc["s12", "rule"] == "source: every sample of bot" and t.loc["s15", "rule"].startswith("cluster")
+    assert t.loc["s05", "rule"] == "suspicion: >= 2" and t.loc["s05", "decided_by"] == "rule"
+    assert t.loc["s03", "reasons"] == "high loss"
+
+
+def test_policies_switch_off_and_removal_replaces_relabelling(inv):
+    plan = plan_remediation(inv, relabel=False, review=False, triggers=False, threshold=None)
+    assert len(plan.table) == 0 and plan.counts().to_dict() == dict.fromkeys(ACTIONS, 0)
+    plan = plan_remediation(inv, relabel=False, review=False, triggers=False)
+    assert set(plan.table.index) == {f"s{i:02d}" for i in range(8)}  # the cleared s00 is back: review is off
+    assert (plan.table["action"] == "remove").all()
+
+
+def test_the_dry_run_says_what_the_plan_costs(inv):
+    plan = plan_remediation(inv, sources=["bot"], clusters=[7])
+    d = plan.dry_run()
+    assert d["n"] == N and d["counts"] == {"remove": 11, "relabel": 4, "quarantine": 1}
+    assert d["kept"] == N - 12
+    assert d["by_rule"].to_dict() == {"suspicion": 7, "source": 3, "trigger": 2, "cluster": 2, "review": 2}
+    assert d["unreviewed"] == 14
+    assert d["estimated_clean_sacrificed"] == pytest.approx(N * 0.01)  # 1% of 40 at threshold 2
+    by_class = d["by_class"]
+    assert by_class.loc["dog", "n"] == 20 and by_class.loc["dog", "relabel"] == 2
+    assert by_class[list(ACTIONS)].to_numpy().sum() == 16
+    assert d["by_source"].index[0] == "bot" and d["by_source"].loc["bot", "share_affected"] == 1.0
+    text = plan.summary()
+    assert "remove 11, relabel 4, quarantine 1; 28 kept for training" in text and "rows no person reviewed: 14" in text
+
+
+def test_applying_a_plan_relabels_removes_and_sets_aside(inv):
+    plan = plan_remediation(inv, sources=["bot"], clusters=[7])
+    out = plan.apply(inv.dataset)
+    assert len(out.dataset) == N - 12 and out.quarantine is not None and list(out.quarantine.ids) == ["s11"]
+    kept = dict(zip(out.dataset.ids, out.dataset.labels))
+    assert kept["s01"] == 0 and kept["s02"] == 1 and kept["s00"] == 0  # relabelled; the cleared one as it was
+    assert "s05" not in kept and "s12" not in kept and "s11" not in kept
+    assert inv.dataset.labels[1] == 1  # the original data is untouched
+    frame = plan.to_frame()
+    assert '"sources": ["bot"]' in frame["policy"].iloc[0]
+
+
+def test_a_plan_refuses_data_that_changed_since_the_investigation(inv):
+    plan = plan_remediation(inv)
+    ds = inv.dataset
+    changed = ds.replace(labels=np.where(np.arange(N) == 3, 0, ds.labels))
+    with pytest.raises(InputError, match=r"1 changed \(content or label\) \('s03'\)"):
+        plan.apply(changed)
+    with pytest.raises(InputError, match=r"2 missing \('s38', 's39'\)"):
+        plan.apply(ds.subset(np.arange(N) < N - 2))
+    with pytest.raises(InputError, match="must be a forensics.Dataset"):
+        plan.apply(ds.images)
+
+
+def test_bad_policies_are_named(inv):
+    with pytest.raises(InputError, match=r"sources \['eve'\] are not in the data"):
+        plan_remediation(inv, sources=["eve"])
+    with pytest.raises(InputError, match="cluster 99 is not on the map"):
+        plan_remediation(inv, clusters=[99])
+    with pytest.raises(InputError, match="threshold must be a finite number or None"):
+        plan_remediation(inv, threshold=float("nan"))
+    with pytest.raises(InputError, match="column must be 'label' or 'source'"):
+        plan_remediation(inv).by("cluster")
+
+
+# ------------------------------------------------------------------------------------------------ versions
+def test_versions_keep_the_lineage_and_a_rollback_restores_a_version_exactly(inv, tmp_path):
+    store = VersionStore(tmp_path / "versions")
+    assert store.current is None and store.list().empty
+    v1 = store.commit(inv.dataset, note="as received", who="ana")
+    plan = plan_remediation(inv, sources=["bot"], clusters=[7])
+    v2 = store.commit(plan.apply(store.load(v1)), note="sanitized", who="ana")
+    assert (v1, v2, store.current) == ("v0001", "v0002", "v0002")
+    table = store.list()
+    assert table.loc["v0002", "parent"] == "v0001" and table.loc["v0002", "n"] == N - 12
+    assert table["current"].tolist() == [False, True]
+    assert store.info(v2)["counts"] == {"remove": 11, "relabel": 4, "quarantine": 1}
+    assert store.plan(v2).set_index("sample_id")["action"].to_dict() == plan.table["action"].to_dict()
+    assert store.plan(v1) is None
+    d = store.diff(v1, v2)
+    assert len(d.removed) == 12 and len(d.relabelled) == 4
+    restored = store.restore(v1, note="the plan removed too much", who="ben")
+    assert store.current == "v0001" and restored.content_hash == inv.dataset.content_hash
+    assert [e["action"] for e in store.audit] == ["version", "version", "restore"]
+    assert store.audit[2]["who"] == "ben" and store.audit[2]["payload"] == {"version": "v0001", "previous": "v0002"}
+    # Reopened, the store reads the same history and its log verifies.
+    again = VersionStore(tmp_path / "versions")
+    assert again.current == "v0001" and len(again.audit) == 3
+
+
+def test_an_altered_version_is_refused_by_name(inv, tmp_path):
+    store = VersionStore(tmp_path / "versions")
+    v1 = store.commit(inv.dataset)
+    images = tmp_path / "versions" / v1 / "images.npy"
+    data = bytearray(images.read_bytes())
+    data[-1] ^= 0xFF
+    images.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"version v0001 was altered after it was written: images\.npy"):
+        store.restore(v1)
+    with pytest.raises(IntegrityError, match="images.npy"):
+        store.load(v1)
+    with pytest.raises(InputError, match=r"no version 'v0009'"):
+        store.restore("v0009")
+    with pytest.raises(InputError, match="must be a forensics.Dataset or a plan applied to one"):
+        store.commit(inv.dataset.images)
+
+
+_COMMIT_AND_DIE = """
+import os, sys, numpy as np
+from forensics.data import Dataset
+from forensics import _io
+from forensics.versions import VersionStore
+store = VersionStore(sys.argv[1])
+ds = Dataset.from_numpy(np.zeros((5, 4, 4), np.uint8) + np.arange(5)[:, None, None].astype(np.uint8), [0, 1, 0, 1, 0])
+real_rename = os.rename
+def die(src, dst):  # killed after the version is written, before it is renamed into place
+    os.kill(os.getpid(), 9)
+os.rename = die
+store.commit(ds)
+"""
+
+
+def test_a_commit_killed_midway_leaves_the_previous_version_intact_and_current(inv, tmp_path):
+    root = tmp_path / "versions"
+    store = VersionStore(root)
+    v1 = store.commit(inv.dataset)
+    done = subprocess.run([sys.executable, "-c", _COMMIT_AND_DIE, str(root)], capture_output=True)
+    assert done.returncode == -9, done.stderr.decode()
+    store = VersionStore(root)
+    assert store.current == v1 and store.ids() == [v1] and len(store.audit) == 1
+    assert store.load().content_hash == inv.dataset.content_hash
+    assert any(p.name.startswith(".incoming-") for p in root.iterdir())  # the torn write, under no version name
+    assert store.commit(inv.dataset) == "v0002"
+    assert not any(p.name.startswith(".incoming-") for p in root.iterdir())
