@@ -1,4 +1,5 @@
-"""The ``forensics`` command line: ``forensics scan`` for data pipelines, ``forensics demo`` on the bundled data.
+"""The ``forensics`` command line: ``forensics scan`` for data pipelines, ``forensics demo`` on the bundled data,
+``forensics versions`` to list, diff and restore dataset versions (:mod:`forensics.versions`).
 
 ``forensics scan DATA`` runs the same analysis as a notebook (:func:`forensics.investigate`, then
 :func:`forensics.triggers.discover.find_triggers` when there is a model) and writes to ``--out``:
@@ -450,7 +451,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-map", action="store_true", help="skip the 2-D map and clusters (faster)")
     demo.add_argument("--fail-above", type=float, default=DEFAULT_FAIL_ABOVE, help=argparse.SUPPRESS)
     demo.set_defaults(func=_demo)
+    versions = sub.add_parser("versions", help="list, diff and restore the dataset versions of a version store",
+                              description="Dataset versions written by forensics.versions.VersionStore: list them, "
+                                          "show what changed between two, or make an earlier one current again "
+                                          "(a rollback, recorded in the store's audit log).")
+    versions.add_argument("store", metavar="STORE", help="the version store's folder")
+    versions.add_argument("action", nargs="?", choices=("list", "diff", "restore"), default="list",
+                          help="list (default); diff OLD NEW; restore VERSION")
+    versions.add_argument("version", nargs="*", metavar="VERSION", help="version ids (v0001, ...)")
+    versions.add_argument("--note", default="", help="why (recorded with a restore)")
+    versions.set_defaults(func=_versions)
     return parser
+
+
+def _versions(args: argparse.Namespace) -> int:
+    from .versions import VersionStore
+
+    if not Path(args.store).is_dir():
+        raise InputError(f"{args.store}: no such version store (a folder)")
+    store = VersionStore(args.store)
+    wanted = {"list": 0, "diff": 2, "restore": 1}[args.action]
+    if len(args.version) != wanted:
+        raise InputError(f"versions {args.action} takes {wanted} version id(s); got {len(args.version)}")
+    if args.action == "list":
+        table = store.list()
+        print("no versions yet" if table.empty else table.drop(columns=["content_hash"]).to_string())
+    elif args.action == "diff":
+        print(store.diff(*args.version).summary())
+    else:
+        previous = store.current
+        ds = store.restore(args.version[0], note=args.note)
+        print(f"{args.version[0]} is current again ({len(ds)} samples, content hash {ds.content_hash}); "
+              f"it was {previous}")
+    return EXIT_PASS
 
 
 def _scan_options(p: argparse.ArgumentParser) -> None:
@@ -507,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0), or a usage error (2: bad input), already explained on stderr
         return int(e.code or 0)
     args.argv = argv
-    if args.out is None:
+    if getattr(args, "out", "") is None:
         args.out = "forensics-scan"
     tty = sys.stderr.isatty()
     # Progress reaches a CI log too: stage lines with the time when the output is not a terminal (no progress bars

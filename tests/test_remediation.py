@@ -220,3 +220,23 @@ def test_a_commit_killed_midway_leaves_the_previous_version_intact_and_current(i
     assert any(p.name.startswith(".incoming-") for p in root.iterdir())  # the torn write, under no version name
     assert store.commit(inv.dataset) == "v0002"
     assert not any(p.name.startswith(".incoming-") for p in root.iterdir())
+
+
+def test_the_versions_command_lists_diffs_and_restores(inv, tmp_path, capsys):
+    from forensics.cli import main
+
+    root = tmp_path / "versions"
+    store = VersionStore(root)
+    v1 = store.commit(inv.dataset, note="as received", who="ana")
+    store.commit(plan_remediation(inv).apply(inv.dataset), note="sanitized", who="ana")
+    assert main(["versions", str(root)]) == 0
+    listing = capsys.readouterr().out
+    assert "v0001" in listing and "sanitized" in listing and "True" in listing
+    assert main(["versions", str(root), "diff", v1, "v0002"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert main(["versions", str(root), "restore", v1, "--note", "rollback"]) == 0
+    assert "v0001 is current again" in capsys.readouterr().out and VersionStore(root).current == v1
+    assert VersionStore(root).audit[-1]["note"] == "rollback"
+    assert main(["versions", str(root), "restore"]) == 2
+    assert "versions restore takes 1 version id(s); got 0" in capsys.readouterr().err
+    assert main(["versions", str(tmp_path / "nowhere")]) == 2
