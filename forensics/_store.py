@@ -9,6 +9,7 @@ A saved folder holds::
     audit.<g>.jsonl.seal      the log's last entry and size, rewritten after every decision (signed with the key
                               of FORENSICS_AUDIT_KEY when set): entries deleted from the end are caught
     samples.<g>.parquet  signals.<g>.parquet  triggers.<g>.parquet  [map.<g>.parquet  clusters.<g>.parquet]
+    [patterns.<g>.npz]        what each image trigger candidate adds to an image (patch or signed difference)
     [features.<g>.npy]        read back with allow_pickle=False
     [dataset.<g>.parquet  images.<g>.npy]   the dataset itself (ids, labels, sources, content hashes, texts),
                               unless saved with include_dataset=False
@@ -42,10 +43,10 @@ FORMAT = "poison-forensics investigation"
 FORMAT_VERSION = 1
 
 # Only names of this form are read or removed in a saved folder: a hostile manifest cannot point elsewhere.
-_MANAGED = re.compile(r"^(samples|signals|triggers|map|clusters|features|dataset|images|audit)\.(\d+)\."
-                      r"(parquet|npy|jsonl|jsonl\.seal)$")
-_MANAGED_TMP = re.compile(r"^\.((samples|signals|triggers|map|clusters|features|dataset|images|audit)\.\d+\."
-                          r"(parquet|npy|jsonl|jsonl\.seal)|" + re.escape(MANIFEST) + r")\.[0-9a-f]+\.tmp\.\w+$")
+_MANAGED = re.compile(r"^(samples|signals|triggers|patterns|map|clusters|features|dataset|images|audit)\.(\d+)\."
+                      r"(parquet|npy|npz|jsonl|jsonl\.seal)$")
+_MANAGED_TMP = re.compile(r"^\.((samples|signals|triggers|patterns|map|clusters|features|dataset|images|audit)\.\d+\."
+                          r"(parquet|npy|npz|jsonl|jsonl\.seal)|" + re.escape(MANIFEST) + r")\.[0-9a-f]+\.tmp\.\w+$")
 
 
 def verified_path(folder: Path, files: Mapping[str, Mapping[str, str]], key: str) -> Path:
@@ -79,6 +80,21 @@ def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
 def save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Named arrays, by position (``a0``, ``a1``, ...) with their names in ``names``: a trigger id is not a safe key."""
+    names = list(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, names=np.asarray(names, dtype=str), **{f"a{i}": np.ascontiguousarray(arrays[k])
+                                                           for i, k in enumerate(names)})
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """What :func:`save_npz` wrote, read without pickles."""
+    with np.load(path, allow_pickle=False) as z:
+        names = [str(n) for n in z["names"]]
+        return {name: z[f"a{i}"] for i, name in enumerate(names)}
 
 
 def dataset_table(ds: Dataset) -> pd.DataFrame:

@@ -211,6 +211,7 @@ class Investigation:
         self._map: pd.DataFrame | None = None
         self._clusters: pd.DataFrame | None = None
         self._triggers = _empty_triggers()
+        self._trigger_arrays: dict[str, np.ndarray] = {}
         self._status = np.zeros(n, dtype=np.int8)
         self._note = np.full(n, "", dtype=object)
         self._who = np.full(n, "", dtype=object)
@@ -348,6 +349,23 @@ class Investigation:
     def triggers(self, table: pd.DataFrame) -> None:
         self._triggers = _check_triggers(table)
 
+    @property
+    def trigger_arrays(self) -> dict[str, np.ndarray]:
+        """What each image trigger candidate adds to an image, by ``trigger_id``: its patch (uint8) or its signed
+        image-wide difference (float32); saved with the investigation (:func:`forensics.triggers.trigger_arrays`)."""
+        return dict(self._trigger_arrays)
+
+    @trigger_arrays.setter
+    def trigger_arrays(self, arrays: Mapping[str, Any]) -> None:
+        checked = {}
+        for key, value in dict(arrays).items():
+            a = np.asarray(value)
+            if not isinstance(key, str) or not key.isprintable() or a.dtype.kind not in "uif" or a.ndim not in (2, 3):
+                raise InputError(f"trigger_arrays maps trigger ids to 2-D or 3-D numeric images; got {key!r}: "
+                                 f"{a.dtype} of shape {a.shape}")
+            checked[key] = a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.uint8)
+        self._trigger_arrays = checked
+
     def replace_signals(self, table: pd.DataFrame) -> None:
         """Replace the signals table (same samples; ``suspicion`` and ``reasons`` required), e.g. after a new
         signal was added. A cluster table already built keeps the suspicion it was built with."""
@@ -358,6 +376,13 @@ class Investigation:
         from .triggers.discover import find_triggers
 
         return find_triggers(self, model, **options)
+
+    def plan(self, **policy: Any) -> Any:
+        """A remediation plan from this investigation: what to remove, relabel or quarantine, and why
+        (:func:`forensics.remediation.plan_remediation`, whose keyword arguments are the policy)."""
+        from .remediation import plan_remediation
+
+        return plan_remediation(self, **policy)
 
     # ------------------------------------------------------------------------------------------ review
     @property
@@ -684,6 +709,8 @@ class Investigation:
             put("clusters", "parquet", lambda tmp: self._clusters.to_parquet(tmp))
         if self._features is not None:
             put("features", "npy", lambda tmp: _store.save_npy(tmp, self._features))
+        if self._trigger_arrays:
+            put("patterns", "npz", lambda tmp: _store.save_npz(tmp, self._trigger_arrays))
         if attached_here:
             log_path = self._log.path
         else:
@@ -785,6 +812,8 @@ class Investigation:
             inv._log = log
             inv._replay(m)
             inv._triggers = _check_triggers(tables["triggers"])
+            if "patterns" in files:
+                inv.trigger_arrays = _store.load_npz(path_of("patterns"))
             if "map" in tables:
                 inv._map = _check_table(tables["map"], "map", inv._index)
                 inv._clusters = _as_str_columns(tables["clusters"])

@@ -114,6 +114,10 @@ def test_find_triggers_finds_the_planted_corner_patch(poisoned_digits):
     assert best["add_flip_rate"] >= 0.5 and best["verdict"] in ("confirmed", "weak")
     # no other class yields a confirmed trigger
     assert (table.drop(index=best.name)["verdict"] != "confirmed").all()
+    # What each candidate adds to an image is kept with the investigation: the patch itself for the best one.
+    arrays = inv.trigger_arrays
+    assert set(arrays) == set(table["trigger_id"])
+    assert arrays[best["trigger_id"]].shape == (2, 2) and arrays[best["trigger_id"]].dtype == np.uint8
 
 
 def test_find_triggers_feeds_the_model_as_investigate_did(poisoned_digits):

@@ -601,3 +601,27 @@ def test_log_of_a_saved_folder_is_a_plain_audit_log(inv, tmp_path):
     folder = inv.save(tmp_path / "inv")
     log = AuditLog.load(folder / "audit.1.jsonl")
     assert [e["action"] for e in log] == ["start", "flag"] and log.head == inv.audit.head
+
+
+def test_trigger_arrays_are_saved_and_checked(inv, tmp_path):
+    patch = np.full((2, 2), 255, np.uint8)
+    difference = np.linspace(-10, 10, 16, dtype=np.float64).reshape(4, 4)
+    inv.trigger_arrays = {"image-1": patch, "image-2": difference}
+    assert inv.trigger_arrays["image-2"].dtype == np.float32
+    inv.save(tmp_path / "inv")
+    back = Investigation.load(tmp_path / "inv")
+    assert set(back.trigger_arrays) == {"image-1", "image-2"}
+    np.testing.assert_array_equal(back.trigger_arrays["image-1"], patch)
+    np.testing.assert_allclose(back.trigger_arrays["image-2"], difference, rtol=1e-6)
+    assert back.trigger_arrays["image-1"].dtype == np.uint8
+    with pytest.raises(InputError, match="trigger_arrays maps trigger ids to 2-D or 3-D numeric images"):
+        inv.trigger_arrays = {"image-1": np.zeros(5)}
+    with pytest.raises(InputError, match="trigger_arrays maps trigger ids"):
+        inv.trigger_arrays = {"image-1": np.array([["a"]])}
+    files = json.loads((tmp_path / "inv" / MANIFEST).read_text())["files"]
+    patterns = tmp_path / "inv" / files["patterns"]["file"]
+    data = bytearray(patterns.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    patterns.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="does not match its checksum"):
+        Investigation.load(tmp_path / "inv")

@@ -419,6 +419,23 @@ def test_image_trigger_pattern_is_the_carriers_median_in_the_box():
     assert "data:image/png;base64," in dash.triggers.details.value
 
 
+def test_an_image_wide_trigger_shows_its_stored_difference():
+    inv = image_investigation()
+    inv.triggers = pd.DataFrame({
+        "trigger_id": ["image-1"], "kind": ["image"], "description": ["no local pattern"], "evidence": ["wide"],
+        "remove_flip_rate": [0.9], "add_flip_rate": [0.8], "verdict": ["confirmed"],
+        "sample_ids": [[f"img-{i:03d}" for i in range(10)]], "box": [None], "local": [False],
+    })
+    difference = np.sin(np.arange(64, dtype=np.float32)).reshape(8, 8) * 20
+    inv.trigger_arrays = {"image-1": difference}
+    dash = dashboard(inv)
+    dash.triggers.choose(0)
+    shown = dash.triggers.details.value
+    assert "image-wide difference from the images the group looks like" in shown
+    assert "data:image/png;base64," in shown
+    assert dash.triggers.patterns["image-1"].dtype == np.uint8 and dash.triggers.patterns["image-1"].min() < 128
+
+
 def test_loss_panel_selects_extremes_and_ranges():
     inv = image_investigation()
     dash = dashboard(inv)

@@ -64,6 +64,10 @@ class Dashboard(widgets.VBox):
         self.preview = PreviewPanel(inv, state, columns=columns)
         self.clusters = ClusterPanel(inv, state, columns=columns)
         self.losses = LossPanel(inv, state, columns=columns)
+        if patterns is None:  # what find_triggers stored: patches, and image-wide differences made visible
+            from ..triggers import display_pattern
+
+            patterns = {tid: display_pattern(a) for tid, a in inv.trigger_arrays.items()}
         self.triggers = TriggerPanel(inv, state, patterns=patterns, columns=columns)
         self.sources = SourcePanel(inv, state, columns=columns)
         self.review = ReviewPanel(inv, state, export_path=export_path, columns=columns)
@@ -133,7 +137,8 @@ def dashboard(inv: Investigation, *, truth: Any = None, page_size: int = DEFAULT
     page_size : int, default 24
         Samples per preview page.
     patterns : mapping of trigger_id to uint8 image, optional
-        Reconstructed trigger patterns (:func:`forensics.triggers.trigger_patterns`).
+        Reconstructed trigger patterns (:func:`forensics.triggers.trigger_patterns`); default: those
+        :meth:`~forensics.Investigation.find_triggers` stored (``inv.trigger_arrays``).
     export_path : str
         Proposed in the export box.
 

@@ -132,9 +132,12 @@ class TriggerPanel(Panel):
             if pattern is not None:
                 where = f" at rows {box[0]}..{box[0] + box[2] - 1}, columns {box[1]}..{box[1] + box[3] - 1}" \
                     if box is not None else ""
+                caption = ("image-wide difference from the images the group looks like (grey: none; brighter and "
+                           "darker: what it adds and takes away)" if _image_wide(row)
+                           else f"reconstructed pattern{where}")
                 shown = (f'<div style="margin:4px 0"><img src="{png_data_url(pattern, size=64)}" '
                          f'style="image-rendering:pixelated;border:1px solid #ccc" alt="pattern"> '
-                         f'<span style="font-size:12px">reconstructed pattern{escape_html(where)}</span></div>')
+                         f'<span style="font-size:12px">{escape_html(caption)}</span></div>')
         elif row["kind"] == "text":
             tokens = row.get("tokens")
             phrase = " ".join(map(str, tokens)) if tokens is not None and not _missing(tokens) else row["description"]
@@ -152,6 +155,12 @@ class TriggerPanel(Panel):
                 self.list.value = None
             finally:
                 self._quiet = False
+
+
+def _image_wide(row: pd.Series) -> bool:
+    """Whether an image candidate has no local pattern (``local`` False; None or missing for text and old tables)."""
+    local = row.get("local")
+    return local is not None and not _missing(local) and not bool(local)
 
 
 def _missing(v: Any) -> bool:

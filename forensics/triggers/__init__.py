@@ -11,7 +11,8 @@
   that carries a trigger;
   :func:`trigger_evidence`: the confirmed triggers' carriers scored by the strength of the confirmation
   (:func:`confirmation_log10_p`), the ``trigger`` signal of an investigation.
-- :func:`triggers_table`, :func:`trigger_patterns` (:mod:`.findings`): the findings, one row per candidate.
+- :func:`triggers_table`, :func:`trigger_patterns`, :func:`trigger_arrays` (:mod:`.findings`): the findings, one
+  row per candidate, and what each image candidate adds to an image.
 - :func:`find_triggers` (:mod:`.discover`): all of the above over an investigation.
 
 Nothing here imports torch: the model is reached through a ``predict_proba`` callable (payload batch ->
@@ -32,6 +33,8 @@ from .confirm import (
 from .findings import (
     confirmation_log10_p,
     confirmed_carriers,
+    display_pattern,
+    trigger_arrays,
     trigger_evidence,
     trigger_patterns,
     trigger_scores,
@@ -52,14 +55,15 @@ __all__ = [
     "Confirmation",
     "Holdout",
     "ImageTriggerCandidate",
+    "carries_difference",
     "confirm_image_candidates",
     "confirm_image_trigger",
     "confirm_text_candidates",
     "confirm_text_trigger",
     "confirmation_log10_p",
     "confirmed_carriers",
+    "display_pattern",
     "holdout_set",
-    "carries_difference",
     "image_trigger_candidate",
     "label_peers",
     "locate_pattern",
@@ -70,6 +74,7 @@ __all__ = [
     "text_trigger_candidates",
     "tokenize",
     "trigger_evidence",
+    "trigger_arrays",
     "trigger_patterns",
     "trigger_scores",
     "triggers_table",

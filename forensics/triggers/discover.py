@@ -189,6 +189,7 @@ def find_triggers(
             table.at[row, "sample_ids"] = ds.ids[mask].tolist()
             table.at[row, "n_carriers"] = int(mask.sum())
     inv.triggers = table
+    inv.trigger_arrays = tr.trigger_arrays(found)
     if carriers:
         scores = tr.trigger_evidence(found, carriers=carriers, **search_kw)
         column = score_column("trigger")

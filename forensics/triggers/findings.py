@@ -120,22 +120,32 @@ def triggers_table(found: Iterable[Any], *, ids: Sequence[Any] | np.ndarray | No
     return table
 
 
+def trigger_arrays(found: Iterable[Any]) -> dict[str, np.ndarray]:
+    """What each image candidate adds to an image, keyed by the ``trigger_id`` of :func:`triggers_table` (same order
+    of ``found``): the reconstructed patch (uint8) of a local candidate, the signed image-wide difference (float32,
+    grey levels) of one that is not local. Text candidates have none. What an investigation stores
+    (``inv.trigger_arrays``), to show and to paste the triggers again."""
+    items = _items(found)
+    return {tid: (np.asarray(item.pattern) if item.local else np.asarray(item.difference, dtype=np.float32))
+            for (kind, item), tid in zip(items, _ids(items)) if kind == "image"}
+
+
+def display_pattern(array: np.ndarray) -> np.ndarray:
+    """A trigger array as a uint8 image: a patch as it is; a signed difference mapped to 0..255, 128 = none."""
+    a = np.asarray(array)
+    if a.dtype == np.uint8:
+        return a
+    d = a.astype(np.float32)
+    scale = max(float(np.abs(d).max()), 1e-6)
+    return np.clip(np.rint(128 + 127 * d / scale), 0, 255).astype(np.uint8)
+
+
 def trigger_patterns(found: Iterable[Any]) -> dict[str, np.ndarray]:
     """Small uint8 images keyed by the ``trigger_id`` of :func:`triggers_table` (same order of ``found``):
     the reconstructed patch of a local image candidate, or its mean difference image mapped to 0..255
-    (128 = no difference) when it is not local. Text candidates have none."""
-    items = _items(found)
-    out = {}
-    for (kind, item), tid in zip(items, _ids(items)):
-        if kind != "image":
-            continue
-        if item.local:
-            out[tid] = item.pattern
-        else:
-            d = np.asarray(item.difference, dtype=np.float32)
-            scale = max(float(np.abs(d).max()), 1e-6)
-            out[tid] = np.clip(np.rint(128 + 127 * d / scale), 0, 255).astype(np.uint8)
-    return out
+    (128 = no difference) when it is not local (:func:`display_pattern` of :func:`trigger_arrays`). Text candidates
+    have none."""
+    return {tid: display_pattern(a) for tid, a in trigger_arrays(found).items()}
 
 
 def confirmation_log10_p(confirmation: Confirmation | Mapping[str, Any]) -> float:
