@@ -240,3 +240,9 @@ def test_the_versions_command_lists_diffs_and_restores(inv, tmp_path, capsys):
     assert main(["versions", str(root), "restore"]) == 2
     assert "versions restore takes 1 version id(s); got 0" in capsys.readouterr().err
     assert main(["versions", str(tmp_path / "nowhere")]) == 2
+
+
+def test_an_investigation_plans_with_the_same_policy(inv):
+    plan = inv.plan(sources=["bot"], relabel=False)
+    assert plan.table.equals(plan_remediation(inv, sources=["bot"], relabel=False).table)
+    assert plan.policy["sources"] == ["bot"] and plan.policy["investigation"] == inv.id
