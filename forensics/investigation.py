@@ -384,6 +384,13 @@ class Investigation:
 
         return plan_remediation(self, **policy)
 
+    def verify(self, sanitized: Any, *, holdout: Dataset, **options: Any) -> Any:
+        """Retrain on this investigation's data and on ``sanitized`` and compare clean accuracy and each confirmed
+        trigger's attack success rate on ``holdout`` (:func:`forensics.verify.verify`)."""
+        from .verify import verify
+
+        return verify(self, sanitized, holdout=holdout, **options)
+
     # ------------------------------------------------------------------------------------------ review
     @property
     def review(self) -> pd.DataFrame:

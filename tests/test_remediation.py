@@ -246,3 +246,67 @@ def test_an_investigation_plans_with_the_same_policy(inv):
     plan = inv.plan(sources=["bot"], relabel=False)
     assert plan.table.equals(plan_remediation(inv, sources=["bot"], relabel=False).table)
     assert plan.policy["sources"] == ["bot"] and plan.policy["investigation"] == inv.id
+
+
+# ------------------------------------------------------------------------------------------------ verify
+@pytest.fixture(scope="module")
+def backdoored_digits():
+    """1,400 digits with a 2x2 corner patch on 60 of them relabelled 0, and 397 held-out digits."""
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from sklearn.datasets import load_digits
+
+    from forensics.redteam import patch_backdoor
+
+    d = load_digits()
+    images = (d.images * 16).clip(0, 255).astype(np.uint8)
+    ids = [f"digit-{i:04d}" for i in range(len(images))]
+    full = Dataset.from_numpy(images, d.target, ids=ids, sources=[f"worker-{i % 12:02d}" for i in range(len(images))])
+    train, holdout = full.subset(np.arange(len(full)) < 1400), full.subset(np.arange(len(full)) >= 1400)
+    return patch_backdoor(train, target=0, n=60, size=2, source="worker-99", random_state=0), holdout
+
+
+def test_verify_retrains_and_shows_the_backdoor_gone_at_little_cost(backdoored_digits):
+    import functools
+
+    from forensics import investigate
+    from forensics.models import train_reference_model
+
+    poisoning, holdout = backdoored_digits
+    ds = poisoning.dataset
+    train = functools.partial(train_reference_model, epochs=8, random_state=0, progress=False)
+    inv = investigate(ds, train(ds), signals=("spectral", "robust_spectral", "activation_cluster", "low_loss",
+                                              "high_loss"), progress=False)
+    inv.find_triggers(holdout=holdout)
+    confirmed = inv.triggers[inv.triggers["verdict"] == "confirmed"]
+    assert len(confirmed) == 1 and confirmed.iloc[0]["box"] == (6, 6, 2, 2)
+    plan = inv.plan()
+    poison = poisoning.truth.loc[ds.ids, "is_poison"].to_numpy(bool)
+    assert np.isin(ds.ids[poison], plan.table.index).all()
+    result = inv.verify(plan.apply(ds), holdout=holdout, train_fn=train)
+    t = result.table
+    asr = f"asr {confirmed.iloc[0]['trigger_id']}"
+    assert list(t.index) == ["original", "sanitized"] and t.loc["original", "n_train"] == 1400
+    assert t.loc["original", asr] >= 0.5 and t.loc["sanitized", asr] <= 0.05
+    assert t.loc["sanitized", "accuracy"] >= t.loc["original", "accuracy"] - 0.03
+    assert result.per_class.shape == (10, 2)
+    assert "attack success of image-" in result.summary()
+
+
+def test_verify_names_a_bad_train_fn(backdoored_digits):
+    from forensics.verify import verify
+
+    poisoning, holdout = backdoored_digits
+    ds = poisoning.dataset
+    inv = Investigation(ds, signals=pd.DataFrame({"suspicion": np.zeros(len(ds)), "reasons": ""},
+                                                 index=pd.Index(ds.ids)), samples=ds.to_frame())
+
+    def broken(_):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(InputError, match="train_fn raised RuntimeError on the original data: out of memory"):
+        verify(inv, ds, holdout=holdout, train_fn=broken)
+    with pytest.raises(InputError, match="train_fn returned int on the original data"):
+        verify(inv, ds, holdout=holdout, train_fn=lambda _: 3)
+    with pytest.raises(InputError, match="holdout holds texts"):
+        verify(inv, ds, holdout=Dataset.from_texts(["a"], [0]), train_fn=broken)

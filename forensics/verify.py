@@ -1,0 +1,193 @@
+"""Did the remediation work? Retrain on the original and on the sanitized data and compare, side by side.
+
+:func:`verify` trains a model on each (with the caller's ``train_fn(dataset) -> model``, by default the reference
+model of :func:`forensics.models.train_reference_model`) and measures on held-out data:
+
+- **clean accuracy**, overall and per class: what the sanitizing cost;
+- the **attack success rate of every confirmed trigger** of the investigation: each trigger pasted into held-out
+  samples of other classes that the model gets right without it, and the share it then sends to the trigger's
+  target. A patch goes where it was found (a moving one at a random place), an image-wide difference is added, a
+  phrase is inserted before a random word. What each image trigger adds is the one
+  :meth:`~forensics.Investigation.find_triggers` stored (``inv.trigger_arrays``).
+
+So the answer to "is the backdoor gone, and what did it cost?" is two rows of one table.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ._validate import check_random_state
+from .data import Dataset
+from .errors import InputError
+from .remediation import Sanitized
+
+if TYPE_CHECKING:
+    from .investigation import Investigation
+
+#: Held-out samples each trigger is pasted into, at most.
+MAX_TRIED = 500
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Side by side, ``original`` and ``sanitized``: the training set's size, clean accuracy, and each confirmed
+    trigger's attack success rate (``asr <trigger_id>``); ``per_class`` holds the accuracy of every class."""
+
+    table: pd.DataFrame
+    per_class: pd.DataFrame
+
+    def summary(self) -> str:
+        """The comparison in a few lines of text."""
+        t = self.table
+        lines = [f"trained on {int(t.loc['original', 'n_train'])} original and {int(t.loc['sanitized', 'n_train'])} "
+                 f"sanitized samples; clean accuracy {t.loc['original', 'accuracy']:.3f} -> "
+                 f"{t.loc['sanitized', 'accuracy']:.3f}"]
+        for column in [c for c in t.columns if c.startswith("asr ")]:
+            lines.append(f"attack success of {column[4:]}: {t.loc['original', column]:.3f} -> "
+                         f"{t.loc['sanitized', column]:.3f}")
+        worst = (self.per_class["sanitized"] - self.per_class["original"]).sort_values().head(1)
+        for name, change in worst.items():
+            lines.append(f"largest loss of a class's accuracy: {name} {change:+.3f}")
+        return "\n".join(lines)
+
+
+def verify(
+    inv: Investigation,
+    sanitized: Sanitized | Dataset,
+    *,
+    holdout: Dataset,
+    train_fn: Callable[[Dataset], Any] | None = None,
+    preprocess: Any = None,
+    random_state: int | None = None,
+) -> Verification:
+    """Train on ``inv.dataset`` and on ``sanitized``, and compare clean accuracy and the attack success rate of each
+    confirmed trigger on ``holdout`` (see the module docstring).
+
+    Parameters
+    ----------
+    inv : Investigation
+        Its dataset is the original data; its confirmed triggers are measured.
+    sanitized : Sanitized or Dataset
+        :meth:`forensics.remediation.RemediationPlan.apply`'s result, or any dataset with the same classes.
+    holdout : Dataset
+        Held-out samples with the same classes (a test split).
+    train_fn : callable, optional
+        ``train_fn(dataset) -> model`` (a ``torch.nn.Module`` returning logits); default: the reference model
+        (:func:`forensics.models.train_reference_model`, seeded with ``random_state``).
+    preprocess : callable, optional
+        Payload batch -> model input, as for :func:`forensics.models.predict_proba`.
+    random_state : int, optional
+        Seeds the reference model and where triggers are pasted (default: the investigation's own seed).
+
+    Returns
+    -------
+    Verification
+    """
+    from .models import predict_proba, train_reference_model
+
+    original = inv.dataset
+    data = sanitized.dataset if isinstance(sanitized, Sanitized) else sanitized
+    for name, ds in (("sanitized", data), ("holdout", holdout)):
+        if not isinstance(ds, Dataset):
+            raise InputError(f"{name} must be a forensics.Dataset; got {type(ds).__name__}")
+        if ds.kind != original.kind or tuple(ds.class_names) != tuple(original.class_names):
+            raise InputError(f"{name} holds {ds.kind}s of classes {list(ds.class_names)}; the investigation holds "
+                             f"{original.kind}s of classes {list(original.class_names)}")
+    seed = check_random_state(inv.params.get("random_state", 0) if random_state is None else random_state)
+    if train_fn is None:
+        train_fn = functools.partial(train_reference_model, random_state=seed, progress=False)
+    elif not callable(train_fn):
+        raise InputError(f"train_fn must be a callable dataset -> model; got {type(train_fn).__name__}")
+    triggers = inv.triggers[inv.triggers["verdict"] == "confirmed"] if len(inv.triggers) else inv.triggers
+    payload = holdout.images if holdout.kind == "image" else list(holdout.texts)
+    rows, per_class = {}, {}
+    for name, ds in (("original", original), ("sanitized", data)):
+        model = _train(train_fn, ds, name)
+        predict = functools.partial(predict_proba, model, preprocess=preprocess)
+        pred = _predict(predict, payload, name)
+        right = pred == holdout.labels
+        row: dict[str, Any] = {"n_train": len(ds), "accuracy": float(right.mean())}
+        per_class[name] = pd.Series([right[holdout.labels == c].mean() if (holdout.labels == c).any() else np.nan
+                                     for c in range(len(holdout.class_names))], index=list(holdout.class_names))
+        for _, trig in triggers.iterrows():
+            row[f"asr {trig['trigger_id']}"] = _attack_success(predict, holdout, pred, trig, inv, seed)
+        rows[name] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    return Verification(table=table, per_class=pd.DataFrame(per_class))
+
+
+def _train(train_fn: Callable[[Dataset], Any], ds: Dataset, name: str) -> Any:
+    try:
+        model = train_fn(ds)
+    except Exception as e:  # the caller's code: say where it failed
+        raise InputError(f"train_fn raised {type(e).__name__} on the {name} data: {e}") from e
+    if not callable(model):
+        raise InputError(f"train_fn returned {type(model).__name__} on the {name} data; it must return a model "
+                         "(a torch.nn.Module returning logits)")
+    return model
+
+
+def _predict(predict: Callable[[Any], np.ndarray], payload: Any, name: str) -> np.ndarray:
+    try:
+        return np.asarray(predict(payload)).argmax(axis=1)
+    except Exception as e:
+        raise InputError(f"the model trained on the {name} data cannot predict the held-out samples: "
+                         f"{type(e).__name__}: {e}") from e
+
+
+def _attack_success(predict: Callable[[Any], np.ndarray], holdout: Dataset, pred: np.ndarray, trig: pd.Series,
+                    inv: Investigation, seed: int) -> float:
+    """Share of held-out samples of other classes, right without the trigger, sent to its target with it."""
+    target = int(trig["target"])
+    rows = np.flatnonzero((holdout.labels != target) & (pred == holdout.labels))
+    if not len(rows):
+        return float("nan")
+    rng = np.random.default_rng([seed, len(rows)])
+    rows = np.sort(rng.choice(rows, size=min(len(rows), MAX_TRIED), replace=False))
+    if trig["kind"] == "text":
+        from .triggers.confirm import _insert
+
+        phrase = " ".join(map(str, trig["tokens"]))
+        stamped: Any = [_insert(str(holdout.texts[i]), phrase, rng) for i in rows]
+    else:
+        stamped = _stamp(holdout.images[rows], trig, inv.trigger_arrays.get(str(trig["trigger_id"])), rng)
+    return float((np.asarray(predict(stamped)).argmax(axis=1) == target).mean())
+
+
+def _stamp(images: np.ndarray, trig: pd.Series, array: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """The images with an image trigger added: its patch at its box (at a random place when it moves), or its
+    image-wide difference added."""
+    if array is None:
+        raise InputError(f"the investigation holds no pattern for trigger {trig['trigger_id']!r}; run find_triggers "
+                         "again (patterns are kept since this version)")
+    out = images.copy()
+    a = np.asarray(array)
+    if a.dtype != np.uint8:  # an image-wide difference, in grey levels
+        diff = a.reshape(images.shape[1:]) if a.size == np.prod(images.shape[1:]) else None
+        if diff is None:
+            raise InputError(f"trigger {trig['trigger_id']!r} has a difference of shape {a.shape} but the images are "
+                             f"{images.shape[1:]}")
+        return np.clip(np.rint(out.astype(np.float32) + diff), 0, 255).astype(np.uint8)
+    ph, pw = a.shape[:2]
+    h, w = images.shape[1:3]
+    patch = a.reshape((ph, pw) + images.shape[3:])
+    box = trig.get("box")
+    fixed = box is not None and not (isinstance(box, float) and np.isnan(box)) and trig.get("moves") is not True \
+        and not (isinstance(trig.get("moves"), np.bool_) and bool(trig.get("moves")))
+    for j in range(len(out)):
+        if not fixed:
+            r, c = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
+        else:
+            r, c = int(box[0]), int(box[1])
+        out[j, r:r + ph, c:c + pw] = patch
+    return out
+
+
+__all__ = ["MAX_TRIED", "Verification", "verify"]
