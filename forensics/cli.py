@@ -1,5 +1,6 @@
 """The ``forensics`` command line: ``forensics scan`` for data pipelines, ``forensics demo`` on the bundled data,
-``forensics versions`` to list, diff and restore dataset versions (:mod:`forensics.versions`).
+``forensics sanitize`` to apply a remediation plan as a new dataset version (:mod:`forensics.remediation`), and
+``forensics versions`` to list, diff and restore those versions (:mod:`forensics.versions`).
 
 ``forensics scan DATA`` runs the same analysis as a notebook (:func:`forensics.investigate`, then
 :func:`forensics.triggers.discover.find_triggers` when there is a model) and writes to ``--out``:
@@ -451,6 +452,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-map", action="store_true", help="skip the 2-D map and clusters (faster)")
     demo.add_argument("--fail-above", type=float, default=DEFAULT_FAIL_ABOVE, help=argparse.SUPPRESS)
     demo.set_defaults(func=_demo)
+    sanitize = sub.add_parser(
+        "sanitize", help="plan what to remove, relabel or quarantine from a saved investigation; apply it as a new "
+                         "dataset version",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Turn a saved investigation (forensics scan --out DIR writes DIR/investigation) into a "
+                    "remediation plan, print its dry run, write the plan, and unless --dry-run apply it as a new "
+                    "version of a version store (the investigated data is committed first when the store is empty).",
+        epilog="exit status:\n  0  the plan was written (and applied unless --dry-run)\n"
+               "  2  bad input (missing investigation, changed data, unknown source or cluster); reason on stderr\n"
+               "  3  internal error")
+    sanitize.add_argument("investigation", metavar="INVESTIGATION", help="a saved investigation folder")
+    sanitize.add_argument("--versions", metavar="STORE", help="version store folder (required unless --dry-run)")
+    sanitize.add_argument("--plan-out", metavar="FILE", help="write the plan here (.csv, .parquet or .json)")
+    sanitize.add_argument("--threshold", type=float, default=_threshold_default(),
+                          help="relabel or remove samples whose suspicion reaches it (default %(default)s)")
+    sanitize.add_argument("--no-suspicion", action="store_true", help="the suspicion chooses nothing")
+    sanitize.add_argument("--source", action="append", default=[], metavar="NAME",
+                          help="remove every sample of this source (repeatable)")
+    sanitize.add_argument("--cluster", action="append", default=[], type=int, metavar="ID",
+                          help="remove every sample of this map cluster (repeatable)")
+    sanitize.add_argument("--no-triggers", action="store_true", help="keep the carriers of confirmed triggers")
+    sanitize.add_argument("--no-review", action="store_true", help="ignore the review decisions")
+    sanitize.add_argument("--no-relabel", action="store_true", help="remove instead of relabelling")
+    sanitize.add_argument("--dry-run", action="store_true", help="print the plan's cost; write no version")
+    sanitize.add_argument("--note", default="", help="why (recorded with the new version)")
+    sanitize.set_defaults(func=_sanitize)
     versions = sub.add_parser("versions", help="list, diff and restore the dataset versions of a version store",
                               description="Dataset versions written by forensics.versions.VersionStore: list them, "
                                           "show what changed between two, or make an earlier one current again "
@@ -462,6 +489,35 @@ def build_parser() -> argparse.ArgumentParser:
     versions.add_argument("--note", default="", help="why (recorded with a restore)")
     versions.set_defaults(func=_versions)
     return parser
+
+
+def _sanitize(args: argparse.Namespace) -> int:
+    from .export import export_table
+    from .investigation import Investigation
+    from .versions import VersionStore
+
+    if not args.dry_run and not args.versions:
+        raise InputError("sanitize needs --versions STORE to write the sanitized data to (or --dry-run)")
+    inv = Investigation.load(args.investigation)
+    plan = inv.plan(threshold=None if args.no_suspicion else args.threshold, triggers=not args.no_triggers,
+                    sources=args.source, clusters=args.cluster, review=not args.no_review,
+                    relabel=not args.no_relabel)
+    print(plan.summary())
+    if args.plan_out:
+        path = export_table(plan.to_frame(), args.plan_out, meta={"investigation": inv.id, "policy": plan.policy})
+        print(f"plan written to {path}")
+    if args.dry_run:
+        return EXIT_PASS
+    store = VersionStore(args.versions)
+    if store.current is None:
+        store.commit(inv.dataset, note="as investigated")
+    current = store.load()
+    if current.content_hash != inv.dataset.content_hash:
+        raise InputError(f"the current version {store.current} of {args.versions} is not the investigated data; "
+                         "investigate it, or restore the version that was investigated")
+    vid = store.commit(plan.apply(current), note=args.note or f"sanitized from investigation {inv.id[:12]}")
+    print(f"{vid} written to {args.versions} and made current ({len(store.load(vid))} samples)")
+    return EXIT_PASS
 
 
 def _versions(args: argparse.Namespace) -> int:

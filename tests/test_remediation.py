@@ -310,3 +310,28 @@ def test_verify_names_a_bad_train_fn(backdoored_digits):
         verify(inv, ds, holdout=holdout, train_fn=lambda _: 3)
     with pytest.raises(InputError, match="holdout holds texts"):
         verify(inv, ds, holdout=Dataset.from_texts(["a"], [0]), train_fn=broken)
+
+
+def test_the_sanitize_command_writes_the_plan_and_a_new_version(inv, tmp_path, capsys):
+    from forensics.cli import main
+
+    inv.save(tmp_path / "inv")
+    store = tmp_path / "versions"
+    assert main(["sanitize", str(tmp_path / "inv"), "--dry-run", "--source", "bot"]) == 0
+    assert "remove 9, relabel 4, quarantine 1; 30 kept" in capsys.readouterr().out and not store.exists()
+    assert main(["sanitize", str(tmp_path / "inv"), "--versions", str(store), "--source", "bot",
+                 "--plan-out", str(tmp_path / "plan.csv"), "--note", "first pass"]) == 0
+    out = capsys.readouterr().out
+    assert "v0002 written to" in out and "(30 samples)" in out
+    versions = VersionStore(store)
+    assert versions.list()["note"].tolist() == ["as investigated", "first pass"]
+    assert versions.load("v0001").content_hash == inv.dataset.content_hash
+    plan = pd.read_csv(tmp_path / "plan.csv")
+    assert len(plan) == 14 and set(plan["action"]) == {"remove", "relabel", "quarantine"}
+    # The store's current version is now the sanitized data, not the one investigated: refused.
+    assert main(["sanitize", str(tmp_path / "inv"), "--versions", str(store)]) == 2
+    assert "is not the investigated data" in capsys.readouterr().err
+    assert main(["sanitize", str(tmp_path / "inv")]) == 2
+    assert "needs --versions STORE" in capsys.readouterr().err
+    assert main(["sanitize", str(tmp_path / "inv"), "--dry-run", "--source", "eve"]) == 2
+    assert "sources ['eve'] are not in the data" in capsys.readouterr().err
