@@ -40,6 +40,7 @@ def investigate(
     device: Any = None,
     cache_dir: Any = None,
     signals: Selection = None,
+    trusted: Dataset | None = None,
     random_state: int = 0,
     progress: bool = True,
     map_builder: Any = None,
@@ -63,6 +64,11 @@ def investigate(
         Signals to run and their parameters, as in :func:`~forensics.signals.compute.compute_signals`:
         ``signals={"knn_disagreement": {"k": 20}, "spectral": {}}``. Default: the registered default signals. The
         effective parameters of each are kept in ``inv.params["signal_params"]`` (and saved with it).
+    trusted : Dataset, optional
+        A small set the user vouches for (same classes, never part of ``dataset``): its activations are extracted
+        from the same model and layer, and the signals ``trusted_disagreement`` (its labels around each sample) and
+        ``trusted_distance`` (how far each sample lies from every trusted sample of its label) run
+        (:mod:`forensics.signals.trusted`). Needs the model (not precomputed activations).
     random_state : int
         The seed of every step: the reference model, the signals, the map and its clusters.
 
@@ -108,8 +114,12 @@ def investigate(
         features = np.asarray(activations.feature(used_layer), dtype=np.float32)
         probs = np.asarray(activations.probs)
         meta = dict(activations.meta)
+    trusted_pair = None
+    if trusted is not None:
+        trusted_pair = _trusted_activations(trusted, dataset, model, layer=used_layer, pooling=pooling,
+                                            preprocess=preprocess, batch_size=batch_size, device=device)
     table, info = compute_signals(features, dataset.labels, probs=probs, dataset=dataset, signals=signals,
-                                  random_state=random_state)
+                                  trusted=trusted_pair, random_state=random_state)
     table.index = pd.Index(dataset.ids, name="sample_id", dtype=object)
     samples = dataset.to_frame()
     if probs is not None:
@@ -150,6 +160,27 @@ def investigate(
     inv.model = model
     inv.preprocess = preprocess
     return inv
+
+
+def _trusted_activations(trusted: Any, dataset: Dataset, model: Any, **extract: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The trusted set's activations (same model and layer) and labels, after checking it can be compared."""
+    from .activations import extract_activations
+
+    if not isinstance(trusted, Dataset):
+        raise InputError(f"trusted must be a forensics.Dataset; got {type(trusted).__name__}")
+    if trusted.kind != dataset.kind or tuple(trusted.class_names) != tuple(dataset.class_names):
+        raise InputError(f"trusted holds {trusted.kind}s of classes {list(trusted.class_names)}; the dataset holds "
+                         f"{dataset.kind}s of classes {list(dataset.class_names)}")
+    if model is None:
+        raise InputError("trusted needs the model, to see the trusted samples as it sees the data: pass model=, not "
+                         "precomputed activations")
+    shared = np.intersect1d(trusted.hashes, dataset.hashes)
+    if len(shared):
+        raise InputError(f"{len(shared)} trusted sample(s) are also in the dataset (same content); a trusted set must "
+                         "be kept apart from the data it vouches against")
+    layer = extract.pop("layer")
+    acts = extract_activations(model, trusted, layers=None if layer == "given" else layer, progress=False, **extract)
+    return np.asarray(acts.feature(layer if layer != "given" else acts.layer), dtype=np.float32), trusted.labels
 
 
 def __getattr__(name: str) -> Any:

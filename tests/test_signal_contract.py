@@ -95,10 +95,32 @@ def _planted(name: str) -> tuple[dict, np.ndarray]:
         y[poison] = rng.integers(0, 10, poison.sum())
         kw["source_ids"] = list(sources)
         kw["probs"] = _probs(y, wrong=poison & (y != load_digits().target))
+    elif name in ("trusted_disagreement", "trusted_distance"):
+        # The first poison: random flips; the second: a backdoor direction, relabelled 0. The trusted set: 150 clean
+        # digits, seen with other noise (not rows of the data).
+        if name == "trusted_disagreement":
+            poison[rng.choice(n, 90, replace=False)] = True
+            y = y.copy()
+            y[poison] = (y[poison] + rng.integers(1, 10, poison.sum())) % 10
+        else:
+            poison[rng.choice(np.flatnonzero(y != 0), 30, replace=False)] = True
+            y = y.copy()
+            y[poison] = 0
+            x = x.copy()
+            x[poison] += 3.0 * (np.arange(x.shape[1]) % 7 == 0)
+        kw["trusted"] = _trusted(rng)
     else:
         raise KeyError(name)
     kw["dataset"] = Dataset.from_numpy(images, y)
     return {"features": x, "labels": y, **kw}, poison
+
+
+def _trusted(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """150 clean digits with their true labels, the activations drawn with noise of their own."""
+    d = load_digits()
+    rows = rng.choice(len(d.target), 150, replace=False)
+    x = d.data[rows].astype(np.float32) / 16 + rng.normal(0, 0.05, (150, d.data.shape[1])).astype(np.float32)
+    return x, d.target[rows].astype(np.int64)
 
 
 @pytest.mark.parametrize("name", COMPUTED)
@@ -127,7 +149,7 @@ def mixed():
     images[1] = images[0]
     sources = [f"worker-{i % 5}" for i in range(len(y))]
     return {"features": x, "labels": y, "probs": _probs(y), "dataset": Dataset.from_numpy(images, y),
-            "source_ids": sources}
+            "source_ids": sources, "trusted": _trusted(np.random.default_rng(3))}
 
 
 @pytest.fixture(scope="module")

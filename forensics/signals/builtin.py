@@ -18,7 +18,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from . import clustering, duplicates, ensemble, label_quality, loss, marks, neighbors, relabel, sources, spectral
+from . import (
+    clustering,
+    duplicates,
+    ensemble,
+    label_quality,
+    loss,
+    marks,
+    neighbors,
+    relabel,
+    sources,
+    spectral,
+    trusted,
+)
 from .registry import SignalContext, SignalSkipped, register
 
 _KNN = {"k": 10, "metric": "cosine", "n_components": 32}
@@ -121,6 +133,23 @@ def _source(ctx: SignalContext) -> np.ndarray:
     """-log10 p of the source against the other sources: class mix, disagreement with the model, duplicate groups."""
     return sources.source_scores(ctx.sources, ctx.labels, n_classes=ctx.n_classes, predictions=ctx.predictions,
                                  groups=ctx.duplicate_groups())
+
+
+# Not in the default set: they run, beside it, whenever a trusted set is given (compute_signals).
+@register("trusted_disagreement", reason="trusted samples nearby carry other labels", needs=("trusted",),
+          tags=("label",), params={"k": 10})
+def _trusted_disagreement(ctx: SignalContext, *, k: int) -> np.ndarray:
+    """Share of the nearest trusted samples (activation space) whose label is not the sample's."""
+    assert ctx.trusted is not None  # needs=("trusted",)
+    return trusted.trusted_disagreement(ctx.features, ctx.labels, *ctx.trusted, k=k)
+
+
+@register("trusted_distance", reason="far from every trusted sample of its label", needs=("trusted",),
+          tags=("backdoor",))
+def _trusted_distance(ctx: SignalContext) -> np.ndarray:
+    """Distance to the nearest trusted sample of its label (robust z within the label)."""
+    assert ctx.trusted is not None
+    return trusted.trusted_distance(ctx.features, ctx.labels, *ctx.trusted)
 
 
 @register("ensemble", reason="reference models disagree with its label", tags=("label",),

@@ -13,7 +13,15 @@ from .._version import __version__
 from ..errors import InputError
 from . import builtin  # noqa: F401  (registers the built-in signals)
 from . import combine as _combine
-from .registry import SignalContext, SignalSkipped, get_signal, resolve, score_column
+from .registry import (
+    SignalContext,
+    SignalSkipped,
+    default_signals,
+    get_signal,
+    registered_signals,
+    resolve,
+    score_column,
+)
 
 if TYPE_CHECKING:
     from ..data import Dataset
@@ -29,6 +37,7 @@ def compute_signals(
     dataset: Dataset | None = None,
     source_ids: Sequence[str] | None = None,
     signals: Selection = None,
+    trusted: tuple[np.ndarray, np.ndarray] | None = None,
     random_state: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Run the signals and combine them.
@@ -50,6 +59,9 @@ def compute_signals(
         Which registered signals to run (:func:`~forensics.signals.registry.registered_signals`), and with which
         parameters: ``{"knn_disagreement": {"k": 20}, "spectral": {}}``. Default: every signal registered as a
         default (:func:`~forensics.signals.registry.default_signals`), with its default parameters.
+    trusted : (array (m, d), array of int (m,)), optional
+        Activations (same layer) and labels of samples the user vouches for: the ``trusted_*`` signals run beside
+        the default set when ``signals`` is not given (:mod:`forensics.signals.trusted`).
     random_state : int
         The seed of every signal.
 
@@ -65,8 +77,10 @@ def compute_signals(
         version, and the intermediates kept for an investigation (``duplicate_groups``, ``shared_marks``,
         ``relabelled_pairs``) when they were computed.
     """
+    if signals is None and trusted is not None:  # the default set, and what reads the trusted samples
+        signals = [*default_signals(), *(s.name for s in registered_signals() if "trusted" in s.needs)]
     selected = resolve(signals)
-    ctx = SignalContext(features, labels, probs=probs, dataset=dataset, sources=source_ids,
+    ctx = SignalContext(features, labels, probs=probs, dataset=dataset, sources=source_ids, trusted=trusted,
                         random_state=random_state)
     scores: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}

@@ -6,8 +6,8 @@ exponential; ``"exact_p"``: -log10 p-values of an exact test, taken as they are;
 ``"label_doubt"``: ``-ln q`` and ``1 - q`` for ``q`` the probability a model gives the sample's label, read as
 ``p = min(1, k q)`` for ``k`` classes), the group of signals that read the same evidence (counted once), whether
 it only gives context (shown, never summed into the suspicion), its tags (``backdoor``, ``label``, ``source``), what
-it needs (``probs``, ``images``, ``texts``, ``sources``), its parameters with their defaults, and its scoring function
-``score(ctx, **params) -> ndarray (n,)``, **higher = more suspicious**.
+it needs (``probs``, ``images``, ``texts``, ``sources``, ``trusted``), its parameters with their defaults, and its
+scoring function ``score(ctx, **params) -> ndarray (n,)``, **higher = more suspicious**.
 
 :func:`register` adds one (the built-in ones are in :mod:`forensics.signals.builtin`); a user's own signal,
 registered in a notebook, runs in :func:`forensics.compute_signals` and :func:`forensics.investigate` and shows in
@@ -50,6 +50,7 @@ NEEDS = {
     "images": "needs the images (a dataset of kind image)",
     "texts": "needs the texts (a dataset of kind text)",
     "sources": "needs at least two sources",
+    "trusted": "needs a trusted set (investigate(..., trusted=dataset))",
 }
 #: A signal's column in a signals table is its name with this suffix.
 SCORE_SUFFIX = "_score"
@@ -251,6 +252,8 @@ class SignalContext:
         The payload (images or texts) and content hashes.
     sources : sequence of str, optional
         Each sample's source; defaults to ``dataset.sources``.
+    trusted : (array (m, d), array of int (m,)), optional
+        Activations and labels of a trusted set, from the same layer (:mod:`forensics.signals.trusted`).
     random_state : int
         The seed of every step.
 
@@ -264,7 +267,8 @@ class SignalContext:
     """
 
     def __init__(self, features: Any, labels: Any, *, probs: Any = None, dataset: Dataset | None = None,
-                 sources: Sequence[Any] | None = None, random_state: int = 0) -> None:
+                 sources: Sequence[Any] | None = None, trusted: tuple[Any, Any] | None = None,
+                 random_state: int = 0) -> None:
         self.features = check_features(features)
         self.n = n = len(self.features)
         self.labels = check_labels(labels, n)
@@ -288,6 +292,9 @@ class SignalContext:
         if given is not None and len(given) != n:
             raise InputError(f"sources has {len(given)} entries but labels has {n} entries")
         self.sources = None if given is None else np.asarray(given, dtype=object)
+        if trusted is not None and (not isinstance(trusted, tuple) or len(trusted) != 2):
+            raise InputError("trusted must be a pair (activations of the trusted samples, their labels)")
+        self.trusted = trusted
         self.outputs: dict[str, Any] = {}
         self.seconds: dict[str, float] = {}
         self._cache: dict[Any, Any] = {}
@@ -299,6 +306,7 @@ class SignalContext:
             "images": self.dataset is not None and self.dataset.kind == "image",
             "texts": self.dataset is not None and self.dataset.kind == "text",
             "sources": self.sources is not None and len(set(self.sources.tolist())) >= 2,
+            "trusted": self.trusted is not None,
         }
         lacking = [NEEDS[k] for k in sorted(needs) if not have[k]]
         return "; ".join(lacking) or None

@@ -1,0 +1,96 @@
+"""A trusted set: its labels around each sample, and how far each sample lies from it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.metrics import roc_auc_score
+
+from forensics import investigate
+from forensics.data import Dataset
+from forensics.errors import InputError
+from forensics.redteam import patch_backdoor, random_label_flips
+from forensics.signals.trusted import trusted_disagreement, trusted_distance
+
+
+def test_trusted_neighbours_outvote_a_relabelled_cluster():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 5, (3, 8))
+    labels = np.repeat([0, 1, 2], 100)
+    x = centres[labels] + rng.normal(0, 1, (300, 8))
+    flipped = np.arange(0, 40)  # 40 of class 0 relabelled 1: enough to fill their own neighbourhood
+    given = labels.copy()
+    given[flipped] = 1
+    t_labels = np.repeat([0, 1, 2], 10)
+    t = centres[t_labels] + rng.normal(0, 1, (30, 8))
+    score = trusted_disagreement(x, given, t, t_labels, k=5)
+    assert score.shape == (300,) and score[flipped].min() >= 0.8
+    assert np.delete(score, flipped).mean() < 0.05
+    far = trusted_distance(x, given, t, t_labels)
+    assert roc_auc_score(np.isin(np.arange(300), flipped), far) > 0.95  # far from every trusted "1"
+    with pytest.raises(InputError, match="trusted activations have 4 dimensions but the data's have 8"):
+        trusted_disagreement(x, given, t[:, :4], t_labels)
+    with pytest.raises(InputError, match="the trusted set has 1 sample"):
+        trusted_distance(x, given, t[:1], t_labels[:1])
+    assert np.isnan(trusted_distance(x, given, t[t_labels != 2], t_labels[t_labels != 2])[labels == 2]).all()
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    d = load_digits()
+    images = (d.images * 16).clip(0, 255).astype(np.uint8)
+    full = Dataset.from_numpy(images, d.target, ids=[f"digit-{i:04d}" for i in range(len(images))])
+    held = np.zeros(len(full), dtype=bool)
+    held[np.random.default_rng(0).permutation(len(full))[:200]] = True
+    return full.subset(~held), full.subset(held)
+
+
+def test_investigate_with_a_trusted_set_finds_flips_through_it(digits_split):
+    from forensics.models import train_reference_model
+
+    data, trusted = digits_split
+    flips = random_label_flips(data, rate=0.1, random_state=0)
+    ds = flips.dataset
+    poison = flips.truth.loc[ds.ids, "is_poison"].to_numpy(bool)
+    model = train_reference_model(ds, epochs=8, random_state=0, progress=False)
+    inv = investigate(ds, model, signals=("trusted_disagreement", "trusted_distance", "spectral"), trusted=trusted,
+                      progress=False)
+    scores = inv.signals
+    assert roc_auc_score(poison, scores["trusted_disagreement_score"]) > 0.9
+    assert "trusted_disagreement" in inv.params["signals"]
+    without = investigate(ds, model, signals=("trusted_disagreement", "spectral"), progress=False)
+    assert without.params["skipped_signals"] == {
+        "trusted_disagreement": "needs a trusted set (investigate(..., trusted=dataset))"}
+    with pytest.raises(InputError, match="trusted sample\\(s\\) are also in the dataset"):
+        investigate(ds, model, signals=("spectral",), trusted=ds.subset(np.arange(len(ds)) < 5), progress=False)
+    other = Dataset.from_numpy(trusted.images, trusted.labels % 2, class_names=["a", "b"])
+    with pytest.raises(InputError, match="trusted holds images of classes \\['a', 'b'\\]"):
+        investigate(ds, model, signals=("spectral",), trusted=other, progress=False)
+    with pytest.raises(InputError, match="trusted needs the model"):
+        investigate(ds, activations=inv.features, signals=("spectral",), trusted=trusted, progress=False)
+
+
+def test_a_trusted_set_sees_a_patch_the_model_learned(digits_split):
+    from forensics.models import train_reference_model
+
+    data, trusted = digits_split
+    p = patch_backdoor(data, target=0, n=60, size=2, random_state=0)
+    ds = p.dataset
+    poison = p.truth.loc[ds.ids, "is_poison"].to_numpy(bool)
+    model = train_reference_model(ds, epochs=8, random_state=0, progress=False)
+    inv = investigate(ds, model, signals=("trusted_distance",), trusted=trusted, progress=False)
+    assert roc_auc_score(poison, inv.signals["trusted_distance_score"]) > 0.9
+
+
+def test_the_trusted_signals_join_the_default_set_only_when_a_trusted_set_is_given():
+    from forensics.analysis import compute_signals
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(60, 5)), np.repeat([0, 1, 2], 20)
+    _, info = compute_signals(x, y)
+    assert not any(name.startswith("trusted") for name in [*info["signals"], *info["skipped"]])
+    _, info = compute_signals(x, y, trusted=(rng.normal(size=(9, 5)), np.repeat([0, 1, 2], 3)))
+    assert {"trusted_disagreement", "trusted_distance"} <= set(info["signals"])
