@@ -1,0 +1,86 @@
+"""The remediation loop on the bundled data: investigate, plan, apply, retrain, verify, against a truly clean model.
+
+For each bundled dataset: :func:`forensics.investigate` with its shipped model, ``find_triggers`` on the test split,
+the default plan (review, confirmed triggers, suspicion >= 2; relabel where the label evidence leads), applied; then
+the reference model is trained three times with the same seed and settings, on the original data, on the sanitized
+data and on the truly clean data (the ground truth's clean samples, which no user has), and each is measured on the
+test split: clean accuracy and the attack success rate of every confirmed trigger (:func:`forensics.verify.verify`);
+the truly clean model's rate is what the trigger does without any poison (a phrase like "great product!" turns some
+negative reviews positive by itself).
+The plan's cost is read against the ground truth: poison removed or relabelled, clean samples sacrificed.
+
+    python benchmarks/remediation.py [--data image_backdoor text_trigger] [--seed 0]
+
+Prints a Markdown table with the command that produced it (the numbers go to ``benchmarks/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import platform
+import shlex
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+import forensics
+from forensics import sample_data
+from forensics.models import train_reference_model
+from forensics.verify import verify
+
+
+def run(name: str, seed: int) -> dict[str, object]:
+    t0 = time.perf_counter()
+    data = sample_data.load(name)
+    model, _ = data.model()
+    inv = forensics.investigate(data.train, model, random_state=seed, progress=False)
+    inv.find_triggers(holdout=data.test)
+    plan = inv.plan()
+    sanitized = plan.apply(data.train)
+    truth = sample_data.load_truth(name).loc[data.train.ids]
+    poison = truth["is_poison"].to_numpy(bool)
+    acted = np.isin(data.train.ids, plan.table.index)
+    train = functools.partial(train_reference_model, random_state=seed, progress=False)
+    result = verify(inv, sanitized, holdout=data.test, train_fn=train)
+    clean = verify(inv, data.train.subset(~poison), holdout=data.test, train_fn=train)
+    asr = [c for c in result.table.columns if c.startswith("asr ")]
+    counts = plan.counts()
+    return {
+        "data": name, "n": len(data.train), "poison": int(poison.sum()),
+        "confirmed triggers": ", ".join(c[4:] for c in asr) or "none",
+        "removed / relabelled / quarantined": f"{counts['remove']} / {counts['relabel']} / {counts['quarantine']}",
+        "poison acted on": f"{(acted & poison).sum() / max(1, poison.sum()):.3f}",
+        "clean sacrificed": f"{(acted & ~poison).sum() / (~poison).sum():.4f}",
+        "ASR original -> sanitized (truly clean)": "; ".join(
+            f"{result.table.loc['original', c]:.3f} -> {result.table.loc['sanitized', c]:.3f} "
+            f"({clean.table.loc['sanitized', c]:.3f})" for c in asr) or "-",
+        "accuracy original / sanitized / truly clean": (f"{result.table.loc['original', 'accuracy']:.4f} / "
+                                                        f"{result.table.loc['sanitized', 'accuracy']:.4f} / "
+                                                        f"{clean.table.loc['sanitized', 'accuracy']:.4f}"),
+        "seconds": round(time.perf_counter() - t0),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", nargs="+", default=["image_backdoor", "text_trigger"],
+                        choices=["image_backdoor", "text_trigger"])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rows = [run(name, args.seed) for name in args.data]
+    table = pd.DataFrame(rows)
+    print(f"Command: `python benchmarks/remediation.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ")
+    print(f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+          f"forensics {forensics.__version__}\n")
+    print("| " + " | ".join(table.columns) + " |")
+    print("|" + "---|" * len(table.columns))
+    for _, row in table.iterrows():
+        print("| " + " | ".join(str(v) for v in row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
