@@ -187,8 +187,8 @@ def plan_remediation(
     *,
     threshold: float | None = _combine.DEFAULT_THRESHOLD,
     triggers: bool = True,
-    sources: Iterable[str] = (),
-    clusters: Iterable[int] = (),
+    sources: Iterable[str] | str = (),
+    clusters: Iterable[int] | int = (),
     review: bool = True,
     relabel: bool = True,
 ) -> RemediationPlan:
@@ -219,12 +219,16 @@ def plan_remediation(
     n = len(ds)
     names = np.asarray(ds.class_names, dtype=object)
     src = np.asarray(ds.sources, dtype=object) if ds.sources is not None else np.full(n, None, dtype=object)
-    sources = [str(s) for s in sources]
+    sources = [sources] if isinstance(sources, str) else [str(s) for s in sources]
     unknown = sorted(set(sources) - set(map(str, src)))
     if unknown:
         raise InputError(f"sources {unknown} are not in the data")
+    clusters = [clusters] if isinstance(clusters, (int, np.integer)) else list(clusters)
+    if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in clusters):
+        raise InputError(f"clusters must be cluster numbers of the map; got {clusters!r}")
     clusters = [int(c) for c in clusters]
-    if threshold is not None and not np.isfinite(threshold):
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number))
+                                  or not np.isfinite(threshold)):
         raise InputError(f"threshold must be a finite number or None; got {threshold!r}")
 
     action = np.full(n, "", dtype=object)

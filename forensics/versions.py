@@ -50,7 +50,13 @@ class VersionStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         log = self.root / "audit.jsonl"
-        self.audit = AuditLog.load(log, sealed=True) if log.is_file() and log.stat().st_size else AuditLog(log)
+        if log.is_file() and log.stat().st_size:
+            self.audit = AuditLog.load(log, sealed=True)
+        elif self.ids():
+            raise IntegrityError(f"{self.root} holds versions {self.ids()} but its audit log {log.name} is missing or "
+                                 "empty: the history of who wrote and restored them was removed")
+        else:
+            self.audit = AuditLog(log)
 
     # ------------------------------------------------------------------------------------------ reading
     @property

@@ -149,6 +149,13 @@ def test_bad_policies_are_named(inv):
         plan_remediation(inv, threshold=float("nan"))
     with pytest.raises(InputError, match="column must be 'label' or 'source'"):
         plan_remediation(inv).by("cluster")
+    with pytest.raises(InputError, match="threshold must be a finite number or None; got '2'"):
+        plan_remediation(inv, threshold="2")
+    with pytest.raises(InputError, match="clusters must be cluster numbers of the map"):
+        plan_remediation(inv, clusters=["7"])
+    # A single source or cluster may be given bare.
+    assert plan_remediation(inv, sources="bot").policy["sources"] == ["bot"]
+    assert (plan_remediation(inv, clusters=7).table.loc[["s15", "s16"], "action"] == "remove").all()
 
 
 # ------------------------------------------------------------------------------------------------ versions
@@ -191,6 +198,9 @@ def test_an_altered_version_is_refused_by_name(inv, tmp_path):
         store.restore("v0009")
     with pytest.raises(InputError, match="must be a forensics.Dataset or a plan applied to one"):
         store.commit(inv.dataset.images)
+    (tmp_path / "versions" / "audit.jsonl").unlink()
+    with pytest.raises(IntegrityError, match=r"holds versions \['v0001'\] but its audit log audit.jsonl is missing"):
+        VersionStore(tmp_path / "versions")
 
 
 _COMMIT_AND_DIE = """
