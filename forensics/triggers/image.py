@@ -345,7 +345,7 @@ def _lookalike_residuals(x: np.ndarray, rows: np.ndarray, refs: np.ndarray) -> A
 
     ref_small = small(x[refs])
     ref_norm = (ref_small**2).sum(axis=1)
-    k = min(_LOOKALIKES, len(refs) - 1)
+    k = max(1, min(_LOOKALIKES, len(refs) - 1))
     for start in range(0, len(rows), _CHUNK):
         chunk = rows[start:start + _CHUNK]
         dist = ref_norm[None, :] - 2.0 * small(x[chunk]) @ ref_small.T  # + |image|^2, the same for every reference
