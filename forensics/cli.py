@@ -1,5 +1,6 @@
 """The ``forensics`` command line: ``forensics scan`` for data pipelines, ``forensics demo`` on the bundled data,
-``forensics sanitize`` to apply a remediation plan as a new dataset version (:mod:`forensics.remediation`), and
+``forensics sanitize`` to apply a remediation plan as a new dataset version (:mod:`forensics.remediation`),
+``forensics verify`` to retrain on it and check the backdoor is gone (:mod:`forensics.verify`), and
 ``forensics versions`` to list, diff and restore those versions (:mod:`forensics.versions`).
 
 ``forensics scan DATA`` runs the same analysis as a notebook (:func:`forensics.investigate`, then
@@ -478,6 +479,30 @@ def build_parser() -> argparse.ArgumentParser:
     sanitize.add_argument("--dry-run", action="store_true", help="print the plan's cost; write no version")
     sanitize.add_argument("--note", default="", help="why (recorded with the new version)")
     sanitize.set_defaults(func=_sanitize)
+    check = sub.add_parser(
+        "verify", help="retrain on the investigated data and on a sanitized version; fail when a confirmed trigger "
+                       "still works or clean accuracy dropped",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the reference model on the data a saved investigation examined and on a version of a "
+                    "version store (default: the current one), measure both on held-out data (clean accuracy, per "
+                    "class, and the attack success rate of every confirmed trigger), and print them side by side.",
+        epilog="exit status:\n  0  every confirmed trigger's attack success is at most --max-asr on the sanitized "
+               "model and\n     clean accuracy fell by at most --max-accuracy-drop\n  1  otherwise\n"
+               "  2  bad input; reason on stderr\n  3  internal error")
+    check.add_argument("investigation", metavar="INVESTIGATION", help="a saved investigation folder")
+    check.add_argument("--versions", metavar="STORE", required=True, help="the version store of the sanitized data")
+    check.add_argument("--version", metavar="V", help="the sanitized version (default: the current one)")
+    check.add_argument("--holdout", metavar="DATA", required=True,
+                       help="held-out samples with the same classes (same formats as scan's DATA)")
+    check.add_argument("--max-asr", type=float, default=0.05, help="largest attack success left (default 0.05)")
+    check.add_argument("--max-accuracy-drop", type=float, default=0.01,
+                       help="largest fall of clean accuracy (default 0.01, one point)")
+    check.add_argument("--table-out", metavar="FILE",
+                       help="write the side-by-side table here (.csv, .parquet or .json)")
+    check.add_argument("--seed", type=int, default=0, help="seed of the reference models (default 0)")
+    check.add_argument("--text-column", default="text", help="CSV/JSONL column of the texts (default text)")
+    check.add_argument("--label-column", default="label", help="CSV/JSONL column of the labels (default label)")
+    check.set_defaults(func=_verify)
     versions = sub.add_parser("versions", help="list, diff and restore the dataset versions of a version store",
                               description="Dataset versions written by forensics.versions.VersionStore: list them, "
                                           "show what changed between two, or make an earlier one current again "
@@ -517,6 +542,35 @@ def _sanitize(args: argparse.Namespace) -> int:
                          "investigate it, or restore the version that was investigated")
     vid = store.commit(plan.apply(current), note=args.note or f"sanitized from investigation {inv.id[:12]}")
     print(f"{vid} written to {args.versions} and made current ({len(store.load(vid))} samples)")
+    return EXIT_PASS
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .export import export_table
+    from .investigation import Investigation
+    from .verify import verify
+    from .versions import VersionStore
+
+    inv = Investigation.load(args.investigation)
+    if not Path(args.versions).is_dir():
+        raise InputError(f"{args.versions}: no such version store (a folder)")
+    sanitized = VersionStore(args.versions).load(args.version)
+    holdout = load_dataset(args.holdout, text_column=args.text_column, label_column=args.label_column)
+    result = verify(inv, sanitized, holdout=holdout, random_state=args.seed)
+    print(result.summary())
+    if args.table_out:
+        print(f"table written to {export_table(result.table.rename_axis('model'), args.table_out)}")
+    t = result.table
+    asr = [c for c in t.columns if c.startswith("asr ")]
+    still = [c[4:] for c in asr if t.loc["sanitized", c] > args.max_asr]
+    drop = float(t.loc["original", "accuracy"] - t.loc["sanitized", "accuracy"])
+    failures = [f"{name} still works (attack success above {args.max_asr:g})" for name in still]
+    if drop > args.max_accuracy_drop:
+        failures.append(f"clean accuracy fell by {drop:.3f}")
+    if failures:
+        print("FAIL: " + "; ".join(failures))
+        return EXIT_FAIL
+    print("PASS: no confirmed trigger works on the sanitized model and clean accuracy held")
     return EXIT_PASS
 
 

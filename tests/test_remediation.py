@@ -345,3 +345,33 @@ def test_the_sanitize_command_writes_the_plan_and_a_new_version(inv, tmp_path, c
     assert "needs --versions STORE" in capsys.readouterr().err
     assert main(["sanitize", str(tmp_path / "inv"), "--dry-run", "--source", "eve"]) == 2
     assert "sources ['eve'] are not in the data" in capsys.readouterr().err
+
+
+def test_the_verify_command_passes_a_sanitized_version_and_fails_the_original(backdoored_digits, tmp_path, capsys):
+    import functools
+
+    from forensics import investigate
+    from forensics.cli import main
+    from forensics.models import train_reference_model
+
+    poisoning, holdout = backdoored_digits
+    ds = poisoning.dataset
+    model = functools.partial(train_reference_model, epochs=8, random_state=0, progress=False)(ds)
+    inv = investigate(ds, model, signals=("spectral", "activation_cluster", "low_loss"), progress=False)
+    inv.find_triggers(holdout=holdout)
+    inv.save(tmp_path / "inv")
+    store = VersionStore(tmp_path / "versions")
+    v1 = store.commit(ds, note="as received")
+    store.commit(inv.plan().apply(ds), note="sanitized")
+    np.savez(tmp_path / "holdout.npz", images=holdout.images, labels=holdout.labels, ids=holdout.ids.astype(str),
+             class_names=np.asarray(holdout.class_names, dtype=str))
+    common = ["verify", str(tmp_path / "inv"), "--versions", str(tmp_path / "versions"), "--holdout",
+              str(tmp_path / "holdout.npz"), "--max-accuracy-drop", "0.03"]
+    assert main([*common, "--table-out", str(tmp_path / "verify.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "attack success of image-" in out
+    assert pd.read_csv(tmp_path / "verify.csv")["model"].tolist() == ["original", "sanitized"]
+    assert main([*common, "--version", v1]) == 1  # the unsanitized data: the patch still works
+    assert "still works" in capsys.readouterr().out
+    assert main([*common[:-2], "--version", "v0009"]) == 2
+    assert "no version 'v0009'" in capsys.readouterr().err
