@@ -10,13 +10,15 @@ A :class:`VersionStore` is a folder::
                                     dataset's content hash, and the blake2b checksum of every file below
         dataset.parquet [images.npy]              the dataset (as an investigation stores it)
         plan.parquet                              the plan applied to the parent (when there was one)
-        quarantine.parquet [quarantine.npy]       the samples set aside for review, with the plan's rows
+        quarantine.parquet [quarantine_images.npy]   the samples set aside for review (their evidence: the plan's
+                                                     rows)
 
-A version is written under a temporary name and renamed into place whole, then ``current`` is replaced, then the
-log records it: a process killed at any point leaves the previous version intact and current (a half-written
-folder has no version name and is removed by the next commit). Loading or restoring a version checks every file
-against its checksum and every sample against its content hash, and refuses, naming the files, when one was altered.
-"""
+Quarantined samples stay with the version that set them aside; :meth:`VersionStore.readmit` puts reviewed ones back
+as a new version (recorded as ``readmit``). A version is written under a temporary name and renamed into place
+whole, then ``current`` is replaced, then the log records it: a process killed at any point leaves the previous
+version intact and current (a half-written folder has no version name and is removed by the next commit). Loading or
+restoring a version checks every file against its checksum and every sample against its content hash, and refuses,
+naming the files, when one was altered."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ import pandas as pd
 
 from . import _io, _store
 from .audit import AuditLog, default_who, utc_now
-from .data import Dataset
+from .data import Dataset, concat
 from .errors import InputError, IntegrityError
 from .integrity import ManifestDiff, diff, make_manifest
 from .remediation import RemediationPlan, Sanitized
@@ -134,11 +137,46 @@ class VersionStore:
             raise InputError(f"data must be a forensics.Dataset or a plan applied to one; got {type(data).__name__}")
         who = default_who() if who is None else str(who)
         with _io.file_lock(self.root / ".lock", what=str(self.root)):  # two commits never interleave
-            return self._commit_locked(ds, sanitized, parent, note, who)
+            parent = self.current if parent is None else self._resolve(parent)
+            return self._commit_locked(ds, parent, note, who, plan=None if sanitized is None else sanitized.plan,
+                                       quarantine=None if sanitized is None else sanitized.quarantine)
 
-    def _commit_locked(self, ds: Dataset, sanitized: Sanitized | None, parent: str | None, note: str,
-                       who: str) -> str:
-        parent = self.current if parent is None else self._resolve(parent)
+    def quarantine(self, version: str | None = None) -> Dataset | None:
+        """The samples a version holds aside for review (default: the current version's), or None."""
+        version = self._resolve(version)
+        meta = self.info(version)
+        files = meta["files"]
+        if "quarantine" not in files:
+            return None
+        self._verify(version, meta)
+        folder = self._folder(version)
+        pixels = folder / files["quarantine_images"]["file"] if "quarantine_images" in files else None
+        return _store.read_dataset(meta, folder / files["quarantine"]["file"], pixels)
+
+    def readmit(self, ids: Any, *, note: str = "", who: str | None = None) -> str:
+        """Put quarantined samples back after review: a new version, the current one plus these samples (with their
+        original labels), the rest of the quarantine carried over; recorded in the audit log. Returns its id."""
+        wanted = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        if not wanted:
+            raise InputError("readmit needs at least one sample id")
+        who = default_who() if who is None else str(who)
+        with _io.file_lock(self.root / ".lock", what=str(self.root)):
+            current = self._resolve(None)
+            held = self.quarantine(current)
+            missing = sorted(set(wanted) - set(map(str, held.ids))) if held is not None else sorted(set(wanted))
+            if missing:
+                raise InputError(f"{len(missing)} sample(s) are not in the quarantine of {current}: "
+                                 f"{', '.join(map(repr, missing[:5]))}{', ...' if len(missing) > 5 else ''}")
+            assert held is not None
+            back = np.isin(held.ids.astype(str), wanted)
+            data = concat([self.load(current), held.subset(back)])
+            rest = held.subset(~back) if (~back).any() else None
+            return self._commit_locked(data, current, note or f"readmitted {len(wanted)} after review", who,
+                                       quarantine=rest, action="readmit", ids=wanted)
+
+    def _commit_locked(self, ds: Dataset, parent: str | None, note: str, who: str, *,
+                       plan: RemediationPlan | None = None, quarantine: Dataset | None = None,
+                       action: str = "version", ids: Sequence[str] | None = None) -> str:
         self._remove_incoming()
         existing = self.ids()
         vid = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
@@ -148,10 +186,13 @@ class VersionStore:
             meta: dict[str, Any] = {"format": FORMAT, "id": vid, "parent": parent, "created": utc_now(), "who": who,
                                     "note": str(note), "n": len(ds), "content_hash": ds.content_hash,
                                     "kind": ds.kind, "class_names": list(ds.class_names)}
-            if sanitized is not None:
-                files.update(self._write_plan(tmp, sanitized))
-                meta["policy"] = dict(sanitized.plan.policy)
-                meta["counts"] = {k: int(v) for k, v in sanitized.plan.counts().items()}
+            if plan is not None:
+                files["plan"] = {"file": "plan.parquet", "blake2b": _io.atomic_write_with(
+                    tmp / "plan.parquet", lambda path: _plan_frame(plan).to_parquet(path))}
+                meta["policy"] = dict(plan.policy)
+                meta["counts"] = {k: int(v) for k, v in plan.counts().items()}
+            if quarantine is not None:
+                files.update(self._write_dataset(tmp, "quarantine", "quarantine_images", quarantine))
             meta["files"] = files
             meta["dataset"] = {"kind": ds.kind, "class_names": list(ds.class_names)}  # what read_dataset reads
             _io.atomic_write_text(tmp / "version.json", json.dumps(meta, indent=1, ensure_ascii=True) + "\n")
@@ -162,8 +203,8 @@ class VersionStore:
             raise
         _io.fsync_dir(self.root)
         _io.atomic_write_text(self.root / "current", vid + "\n")
-        self.audit.append("version", ids=None, payload={"version": vid, "parent": parent, "n": len(ds),
-                                                       "content_hash": ds.content_hash}, note=note, who=who)
+        self.audit.append(action, ids=ids, payload={"version": vid, "parent": parent, "n": len(ds),
+                                                   "content_hash": ds.content_hash}, note=note, who=who)
         return vid
 
     def restore(self, version: str, *, note: str = "", who: str | None = None) -> Dataset:
@@ -213,14 +254,6 @@ class VersionStore:
             files[images] = {"file": f"{images}.npy",
                              "blake2b": _io.atomic_write_with(folder / f"{images}.npy",
                                                               lambda tmp: _store.save_npy(tmp, pixels))}
-        return files
-
-    def _write_plan(self, folder: Path, sanitized: Sanitized) -> dict[str, dict[str, str]]:
-        plan: RemediationPlan = sanitized.plan
-        files = {"plan": {"file": "plan.parquet", "blake2b": _io.atomic_write_with(
-            folder / "plan.parquet", lambda tmp: _plan_frame(plan).to_parquet(tmp))}}
-        if sanitized.quarantine is not None:
-            files.update(self._write_dataset(folder, "quarantine", "quarantine_images", sanitized.quarantine))
         return files
 
     def _remove_incoming(self) -> None:

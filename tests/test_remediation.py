@@ -375,3 +375,23 @@ def test_the_verify_command_passes_a_sanitized_version_and_fails_the_original(ba
     assert "still works" in capsys.readouterr().out
     assert main([*common[:-2], "--version", "v0009"]) == 2
     assert "no version 'v0009'" in capsys.readouterr().err
+
+
+def test_a_quarantined_sample_readmitted_after_review_is_a_recorded_version(inv, tmp_path):
+    store = VersionStore(tmp_path / "versions")
+    v1 = store.commit(inv.dataset)
+    v2 = store.commit(plan_remediation(inv).apply(store.load(v1)), note="sanitized")
+    held = store.quarantine()
+    assert held is not None and list(held.ids) == ["s11"] and store.quarantine(v1) is None
+    with pytest.raises(InputError, match=r"1 sample\(s\) are not in the quarantine of v0002: 's05'"):
+        store.readmit(["s05"])
+    v3 = store.readmit("s11", note="reviewed: a clean cat", who="ben")
+    assert store.current == v3 and store.info(v3)["parent"] == v2
+    back = store.load(v3)
+    assert len(back) == len(store.load(v2)) + 1 and "s11" in set(back.ids)
+    assert back.labels[list(back.ids).index("s11")] == inv.dataset.labels[11]  # its own label, as received
+    entry = store.audit[-1]
+    assert entry["action"] == "readmit" and entry["ids"] == ["s11"] and entry["who"] == "ben"
+    assert store.quarantine(v3) is None
+    with pytest.raises(InputError, match="not in the quarantine of v0003"):
+        store.readmit(["s11"])
