@@ -10,6 +10,9 @@ model of :func:`forensics.models.train_reference_model`) and measures on held-ou
   phrase is inserted before a random word. What each image trigger adds is the one
   :meth:`~forensics.Investigation.find_triggers` stored (``inv.trigger_arrays``).
 
+- with ``reinvestigate`` (default), the **suspicion profile of what remains**: each training set investigated again
+  with the model trained on it, and the share of it that still reaches suspicion 2.
+
 So the answer to "is the backdoor gone, and what did it cost?" is two rows of one table.
 """
 
@@ -27,6 +30,7 @@ from ._validate import check_random_state
 from .data import Dataset
 from .errors import InputError
 from .remediation import Sanitized
+from .signals.combine import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from .investigation import Investigation
@@ -37,8 +41,9 @@ MAX_TRIED = 500
 
 @dataclass(frozen=True)
 class Verification:
-    """Side by side, ``original`` and ``sanitized``: the training set's size, clean accuracy, and each confirmed
-    trigger's attack success rate (``asr <trigger_id>``); ``per_class`` holds the accuracy of every class."""
+    """Side by side, ``original`` and ``sanitized``: the training set's size, clean accuracy, the share flagged when
+    investigated again (``flagged``), and each confirmed trigger's attack success rate (``asr <trigger_id>``);
+    ``per_class`` holds the accuracy of every class."""
 
     table: pd.DataFrame
     per_class: pd.DataFrame
@@ -49,6 +54,9 @@ class Verification:
         lines = [f"trained on {int(t.loc['original', 'n_train'])} original and {int(t.loc['sanitized', 'n_train'])} "
                  f"sanitized samples; clean accuracy {t.loc['original', 'accuracy']:.3f} -> "
                  f"{t.loc['sanitized', 'accuracy']:.3f}"]
+        if "flagged" in t:
+            lines.append(f"share reaching suspicion {DEFAULT_THRESHOLD:g} when investigated again: "
+                         f"{100 * t.loc['original', 'flagged']:.2f}% -> {100 * t.loc['sanitized', 'flagged']:.2f}%")
         for column in [c for c in t.columns if c.startswith("asr ")]:
             lines.append(f"attack success of {column[4:]}: {t.loc['original', column]:.3f} -> "
                          f"{t.loc['sanitized', column]:.3f}")
@@ -65,6 +73,7 @@ def verify(
     holdout: Dataset,
     train_fn: Callable[[Dataset], Any] | None = None,
     preprocess: Any = None,
+    reinvestigate: bool = True,
     random_state: int | None = None,
 ) -> Verification:
     """Train on ``inv.dataset`` and on ``sanitized``, and compare clean accuracy and the attack success rate of each
@@ -83,6 +92,10 @@ def verify(
         (:func:`forensics.models.train_reference_model`, seeded with ``random_state``).
     preprocess : callable, optional
         Payload batch -> model input, as for :func:`forensics.models.predict_proba`.
+    reinvestigate : bool
+        Also investigate each training set again with the model trained on it (:func:`forensics.investigate`, the
+        default signals) and report the share of it reaching suspicion 2 (``flagged``): the suspicion profile of
+        what remains.
     random_state : int, optional
         Seeds the reference model and where triggers are pasted (default: the investigation's own seed).
 
@@ -116,6 +129,11 @@ def verify(
         row: dict[str, Any] = {"n_train": len(ds), "accuracy": float(right.mean())}
         per_class[name] = pd.Series([right[holdout.labels == c].mean() if (holdout.labels == c).any() else np.nan
                                      for c in range(len(holdout.class_names))], index=list(holdout.class_names))
+        if reinvestigate:
+            from .analysis import investigate
+
+            again = investigate(ds, model, preprocess=preprocess, random_state=seed, progress=False)
+            row["flagged"] = float(np.mean(again.signals["suspicion"].to_numpy() >= DEFAULT_THRESHOLD))
         for _, trig in triggers.iterrows():
             row[f"asr {trig['trigger_id']}"] = _attack_success(predict, holdout, pred, trig, inv, seed)
         rows[name] = row

@@ -299,6 +299,7 @@ def test_verify_retrains_and_shows_the_backdoor_gone_at_little_cost(backdoored_d
     assert list(t.index) == ["original", "sanitized"] and t.loc["original", "n_train"] == 1400
     assert t.loc["original", asr] >= 0.5 and t.loc["sanitized", asr] <= 0.05
     assert t.loc["sanitized", "accuracy"] >= t.loc["original", "accuracy"] - 0.03
+    assert 0 <= t.loc["sanitized", "flagged"] < t.loc["original", "flagged"]  # the patched group is gone
     assert result.per_class.shape == (10, 2)
     assert "attack success of image-" in result.summary()
 
