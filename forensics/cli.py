@@ -508,10 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "show what changed between two, or make an earlier one current again "
                                           "(a rollback, recorded in the store's audit log).")
     versions.add_argument("store", metavar="STORE", help="the version store's folder")
-    versions.add_argument("action", nargs="?", choices=("list", "diff", "restore"), default="list",
-                          help="list (default); diff OLD NEW; restore VERSION")
-    versions.add_argument("version", nargs="*", metavar="VERSION", help="version ids (v0001, ...)")
-    versions.add_argument("--note", default="", help="why (recorded with a restore)")
+    versions.add_argument("action", nargs="?", choices=("list", "diff", "restore", "readmit"), default="list",
+                          help="list (default); diff OLD NEW; restore VERSION; readmit SAMPLE_ID... (quarantined "
+                               "samples reviewed and found clean, back in as a new version)")
+    versions.add_argument("version", nargs="*", metavar="ARG", help="version ids (v0001, ...), or sample ids")
+    versions.add_argument("--note", default="", help="why (recorded with a restore or a readmission)")
     versions.set_defaults(func=_versions)
     return parser
 
@@ -580,6 +581,12 @@ def _versions(args: argparse.Namespace) -> int:
     if not Path(args.store).is_dir():
         raise InputError(f"{args.store}: no such version store (a folder)")
     store = VersionStore(args.store)
+    if args.action == "readmit":
+        if not args.version:
+            raise InputError("versions readmit takes the ids of the quarantined samples to put back")
+        vid = store.readmit(args.version, note=args.note)
+        print(f"{vid} written and made current: {len(args.version)} sample(s) readmitted from the quarantine")
+        return EXIT_PASS
     wanted = {"list": 0, "diff": 2, "restore": 1}[args.action]
     if len(args.version) != wanted:
         raise InputError(f"versions {args.action} takes {wanted} version id(s); got {len(args.version)}")

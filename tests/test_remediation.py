@@ -244,6 +244,11 @@ def test_the_versions_command_lists_diffs_and_restores(inv, tmp_path, capsys):
     assert "v0001" in listing and "sanitized" in listing and "True" in listing
     assert main(["versions", str(root), "diff", v1, "v0002"]) == 0
     assert "removed" in capsys.readouterr().out
+    assert main(["versions", str(root), "readmit", "s11", "--note", "clean after all"]) == 0
+    assert "v0003 written and made current" in capsys.readouterr().out
+    assert "s11" in set(VersionStore(root).load().ids) and VersionStore(root).audit[-1]["action"] == "readmit"
+    assert main(["versions", str(root), "readmit"]) == 2
+    assert "takes the ids of the quarantined samples" in capsys.readouterr().err
     assert main(["versions", str(root), "restore", v1, "--note", "rollback"]) == 0
     assert "v0001 is current again" in capsys.readouterr().out and VersionStore(root).current == v1
     assert VersionStore(root).audit[-1]["note"] == "rollback"
