@@ -10,6 +10,7 @@ negative reviews positive by itself).
 The plan's cost is read against the ground truth: poison removed or relabelled, clean samples sacrificed.
 
     python benchmarks/remediation.py [--data image_backdoor text_trigger] [--seed 0]
+    python benchmarks/remediation.py --data --matrix blend-seed102 pair_flip-seed100   # cells of the attack matrix
 
 Prints a Markdown table with the command that produced it (the numbers go to ``benchmarks/RESULTS.md``).
 """
@@ -22,34 +23,34 @@ import platform
 import shlex
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 import forensics
 from forensics import sample_data
+from forensics.data import Dataset
 from forensics.models import train_reference_model
 from forensics.verify import verify
 
 
-def run(name: str, seed: int) -> dict[str, object]:
+def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.DataFrame, seed: int) -> dict[str, object]:
+    """The loop on one dataset with its model and ground truth: one row of the table."""
     t0 = time.perf_counter()
-    data = sample_data.load(name)
-    model, _ = data.model()
-    inv = forensics.investigate(data.train, model, random_state=seed, progress=False)
-    inv.find_triggers(holdout=data.test)
+    inv = forensics.investigate(train_data, model, random_state=seed, progress=False)
+    inv.find_triggers(holdout=test)
     plan = inv.plan()
-    sanitized = plan.apply(data.train)
-    truth = sample_data.load_truth(name).loc[data.train.ids]
-    poison = truth["is_poison"].to_numpy(bool)
-    acted = np.isin(data.train.ids, plan.table.index)
+    sanitized = plan.apply(train_data)
+    poison = truth.loc[train_data.ids, "is_poison"].to_numpy(bool)
+    acted = np.isin(train_data.ids, plan.table.index)
     train = functools.partial(train_reference_model, random_state=seed, progress=False)
-    result = verify(inv, sanitized, holdout=data.test, train_fn=train)
-    clean = verify(inv, data.train.subset(~poison), holdout=data.test, train_fn=train)
+    result = verify(inv, sanitized, holdout=test, train_fn=train, reinvestigate=False)
+    clean = verify(inv, train_data.subset(~poison), holdout=test, train_fn=train, reinvestigate=False)
     asr = [c for c in result.table.columns if c.startswith("asr ")]
     counts = plan.counts()
     return {
-        "data": name, "n": len(data.train), "poison": int(poison.sum()),
+        "data": name, "n": len(train_data), "poison": int(poison.sum()),
         "confirmed triggers": ", ".join(c[4:] for c in asr) or "none",
         "removed / relabelled / quarantined": f"{counts['remove']} / {counts['relabel']} / {counts['quarantine']}",
         "poison acted on": f"{(acted & poison).sum() / max(1, poison.sum()):.3f}",
@@ -64,13 +65,36 @@ def run(name: str, seed: int) -> dict[str, object]:
     }
 
 
+def bundled(name: str, seed: int) -> dict[str, object]:
+    data = sample_data.load(name)
+    model, _ = data.model()
+    return run(name, data.train, data.test, model, sample_data.load_truth(name), seed)
+
+
+def matrix_cell(name: str) -> dict[str, object]:
+    """A cell of the attack matrix (``family-seedN``), with the model the matrix trained and cached for it."""
+    import matrix
+
+    from forensics.models import load_model
+
+    family, seed = name.rsplit("-seed", 1)
+    built = matrix.draw(family, int(seed)).build()
+    folder = matrix.WORK / f"matrix-{name}" / "model"
+    if not folder.with_suffix(".safetensors").is_file():
+        raise SystemExit(f"no cached model for {name}: run python benchmarks/matrix.py first")
+    model, _ = load_model(folder)
+    return run(f"matrix {name}", built.train, built.test, model, built.truth, int(seed))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", nargs="+", default=["image_backdoor", "text_trigger"],
+    parser.add_argument("--data", nargs="*", default=["image_backdoor", "text_trigger"],
                         choices=["image_backdoor", "text_trigger"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--matrix", nargs="*", default=[], metavar="CELL",
+                        help="cells of the attack matrix too, e.g. blend-seed102 pair_flip-seed100 (cached models)")
     args = parser.parse_args(argv)
-    rows = [run(name, args.seed) for name in args.data]
+    rows = [bundled(name, args.seed) for name in args.data] + [matrix_cell(name) for name in args.matrix]
     table = pd.DataFrame(rows)
     print(f"Command: `python benchmarks/remediation.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ")
     print(f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
