@@ -499,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest fall of clean accuracy (default 0.01, one point)")
     check.add_argument("--table-out", metavar="FILE",
                        help="write the side-by-side table here (.csv, .parquet or .json)")
+    check.add_argument("--report", metavar="FILE", help="write an HTML report with the before/after section")
     check.add_argument("--seed", type=int, default=0, help="seed of the reference models (default 0)")
     check.add_argument("--text-column", default="text", help="CSV/JSONL column of the texts (default text)")
     check.add_argument("--label-column", default="label", help="CSV/JSONL column of the labels (default label)")
@@ -561,6 +562,12 @@ def _verify(args: argparse.Namespace) -> int:
     print(result.summary())
     if args.table_out:
         print(f"table written to {export_table(result.table.rename_axis('model'), args.table_out)}")
+    if args.report:
+        from .report import render_report
+
+        page = render_report(inv, title="Remediation verified", include_map=False, verification=result)
+        _io.atomic_write_text(args.report, page)
+        print(f"report written to {args.report}")
     t = result.table
     asr = [c for c in t.columns if c.startswith("asr ")]
     still = [c[4:] for c in asr if t.loc["sanitized", c] > args.max_asr]

@@ -139,6 +139,7 @@ def render_report(
     top: int = DEFAULT_TOP,
     run_info: Mapping[str, Any] | None = None,
     notes: Sequence[str] = (),
+    verification: Any = None,
 ) -> str:
     """A self-contained HTML page of an investigation's findings.
 
@@ -168,6 +169,9 @@ def render_report(
         Extra facts about the run (command line, input paths, seconds), shown beside ``inv.params``.
     notes : sequence of str
         Remarks shown under the summary (e.g. why trigger search was skipped).
+    verification : Verification, optional
+        A retraining on the original and the sanitized data (:func:`forensics.verify.verify`): shown before and
+        after, side by side.
 
     Returns
     -------
@@ -203,6 +207,8 @@ def render_report(
                  "suspicion, with the signals behind it. All flagged samples are in <code>flagged.csv</code>.</p>")
     parts.append(_samples_table(inv, order, changed, pattern))
     parts.append(_trigger_section(inv))
+    if verification is not None:
+        parts.append(_verification_section(verification))
     parts.append(_source_section(inv, suspicion, threshold))
     parts.append(_params_section(inv, run_info))
     parts.append("</body></html>\n")
@@ -485,7 +491,8 @@ def _trigger_section(inv: Investigation) -> str:
     head = ["", "trigger", "description", "evidence", "carriers", "target", "remove", "add", "verdict"]
     rows = []
     for _, t in trig.iterrows():
-        thumb = _trigger_thumbnail(ds, t) if ds.kind == "image" else ""
+        thumb = _trigger_thumbnail(ds, t, inv.trigger_arrays.get(str(t.get("trigger_id")))) if ds.kind == "image" \
+            else ""
         verdict = str(t["verdict"])
         target = t.get("target")
         if target is not None and not (isinstance(target, float) and np.isnan(target)):
@@ -505,8 +512,39 @@ def _trigger_section(inv: Investigation) -> str:
     return "\n".join(out)
 
 
-def _trigger_thumbnail(ds: Any, t: pd.Series) -> str:
-    """The reconstructed patch (carriers' median inside the box) of a fixed image trigger, else one carrier."""
+def _verification_section(verification: Any) -> str:
+    t = verification.table
+    rows = []
+    for column in t.columns:
+        label = {"n_train": "training samples", "accuracy": "clean accuracy (held out)",
+                 "flagged": "share reaching suspicion 2, investigated again"}.get(
+            column, f"attack success of {column[4:]}" if column.startswith("asr ") else column)
+        fmt = (lambda v: f"{int(v):,}") if column == "n_train" else _pct
+        rows.append(f"<tr><td>{escape_html(label)}</td>"
+                    + "".join(f"<td class=num>{fmt(t.loc[m, column])}</td>" for m in ("original", "sanitized"))
+                    + "</tr>")
+    per_class = verification.per_class
+    worst = (per_class["sanitized"] - per_class["original"]).sort_values().head(3)
+    out = ["<h2 id=verification>Retrained: before and after</h2>",
+           "<p>A model trained on the original data and one trained on the sanitized data, measured on held-out "
+           "samples: what the remediation cost, and whether each confirmed trigger still works.</p>",
+           "<table><tr><th></th><th>original</th><th>sanitized</th></tr>" + "".join(rows) + "</table>",
+           "<p>Classes whose accuracy fell most: " + ", ".join(
+               f"{escape_html(str(name))} {100 * change:+.1f} points" for name, change in worst.items()) + "</p>"]
+    return "\n".join(out)
+
+
+def _trigger_thumbnail(ds: Any, t: pd.Series, array: np.ndarray | None = None) -> str:
+    """What find_triggers stored for the candidate (its patch, or its image-wide difference made visible), else the
+    reconstructed patch (carriers' median inside the box) of a fixed image trigger, else one carrier."""
+    if array is not None:
+        from .triggers import display_pattern
+
+        wide = np.asarray(array).dtype != np.uint8
+        what = ("image-wide difference from the images the group looks like (grey: none)" if wide
+                else "reconstructed pattern")
+        return (f"<img class=thumb title='{escape_html(what)}' alt='' "
+                f"src='{png_data_url(display_pattern(array), size=64)}'>")
     ids = list(t["sample_ids"])
     if not ids:
         return ""

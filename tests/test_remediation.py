@@ -373,9 +373,10 @@ def test_the_verify_command_passes_a_sanitized_version_and_fails_the_original(ba
              class_names=np.asarray(holdout.class_names, dtype=str))
     common = ["verify", str(tmp_path / "inv"), "--versions", str(tmp_path / "versions"), "--holdout",
               str(tmp_path / "holdout.npz"), "--max-accuracy-drop", "0.03"]
-    assert main([*common, "--table-out", str(tmp_path / "verify.csv")]) == 0
+    assert main([*common, "--table-out", str(tmp_path / "verify.csv"), "--report", str(tmp_path / "r.html")]) == 0
     out = capsys.readouterr().out
     assert "PASS" in out and "attack success of image-" in out
+    assert "Retrained: before and after" in (tmp_path / "r.html").read_text(encoding="utf-8")
     assert pd.read_csv(tmp_path / "verify.csv")["model"].tolist() == ["original", "sanitized"]
     assert main([*common, "--version", v1]) == 1  # the unsanitized data: the patch still works
     assert "still works" in capsys.readouterr().out

@@ -155,6 +155,31 @@ def test_image_thumbnails_are_png_data_urls_and_a_patch_is_reconstructed():
     assert "reconstructed patch at row 6, column 6" in page
 
 
+def test_an_image_wide_trigger_and_a_retraining_are_shown_before_and_after():
+    from forensics.verify import Verification
+
+    rng = np.random.default_rng(2)
+    ds = Dataset.from_numpy(rng.integers(0, 120, size=(40, 8, 8), dtype=np.uint8), rng.integers(0, 2, 40),
+                            class_names=list(HOSTILE))
+    signals = pd.DataFrame({"suspicion": np.zeros(40), "reasons": ""}, index=pd.Index(ds.ids, name="sample_id"))
+    inv = Investigation(ds, signals=signals)
+    inv.triggers = pd.DataFrame({
+        "trigger_id": ["image-1"], "kind": ["image"], "description": ["no local pattern"], "evidence": ["e"],
+        "remove_flip_rate": [1.0], "add_flip_rate": [1.0], "verdict": ["confirmed"],
+        "sample_ids": [list(ds.ids[:5])], "box": [None], "local": [False],
+    })
+    inv.trigger_arrays = {"image-1": np.sin(np.arange(64, dtype=np.float32)).reshape(8, 8) * 10}
+    table = pd.DataFrame({"n_train": [40, 35], "accuracy": [0.9, 0.91], "flagged": [0.05, 0.004],
+                          "asr image-1": [0.99, 0.01]}, index=["original", "sanitized"])
+    per_class = pd.DataFrame({"original": [0.9, 0.9], "sanitized": [0.95, 0.87]}, index=list(HOSTILE))
+    page = render_report(inv, include_map=False, top=5, verification=Verification(table, per_class))
+    assert "image-wide difference from the images the group looks like" in page
+    assert "Retrained: before and after" in page and "attack success of image-1" in page
+    assert "99.0%" in page and "1.0%" in page
+    _assert_only_escaped(page)  # the class names are hostile strings
+    assert "-3.0 points" in page
+
+
 def test_scan_verdict_counts_exactly_and_checks_its_options():
     inv = _investigation(_hostile_text_dataset())
     v = scan_verdict(inv, threshold=2, fail_above=0.05, fail_on_trigger=False)
