@@ -31,6 +31,7 @@ from .confirm import (
     verdict,
 )
 from .findings import (
+    carrier_evidence,
     confirmation_log10_p,
     confirmed_carriers,
     display_pattern,
@@ -55,6 +56,7 @@ __all__ = [
     "Confirmation",
     "Holdout",
     "ImageTriggerCandidate",
+    "carrier_evidence",
     "carries_difference",
     "confirm_image_candidates",
     "confirm_image_trigger",

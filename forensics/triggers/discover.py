@@ -183,7 +183,8 @@ def find_triggers(
     table = tr.triggers_table(found, ids=ds.ids)
     # A confirmed trigger's carriers are every sample that holds it, not only the group it was found in; searched
     # once, for the table and the trigger signal.
-    carriers = tr.confirmed_carriers(found, **search_kw) if (table["verdict"] == "confirmed").any() else []
+    evidence = tr.carrier_evidence(found, **search_kw) if (table["verdict"] == "confirmed").any() else []
+    carriers = tr.confirmed_carriers(found, evidence=evidence, **search_kw) if evidence else []
     for row, mask in zip(table.index, carriers):
         if mask is not None:
             table.at[row, "sample_ids"] = ds.ids[mask].tolist()
@@ -191,7 +192,7 @@ def find_triggers(
     inv.triggers = table
     inv.trigger_arrays = tr.trigger_arrays(found)
     if carriers:
-        scores = tr.trigger_evidence(found, carriers=carriers, **search_kw)
+        scores = tr.trigger_evidence(found, evidence=evidence, **search_kw)
         column = score_column("trigger")
         signals = inv.signals.drop(columns=["suspicion", "reasons"] + ([column] if column in inv.signals else []))
         signals[column] = scores

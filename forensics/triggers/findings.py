@@ -175,20 +175,48 @@ def confirmation_log10_p(confirmation: Confirmation | Mapping[str, Any]) -> floa
     return float(min(300.0, -np.log10(max(max(ps), 1e-300))))
 
 
+def carrier_evidence(
+    found: Iterable[Any],
+    *,
+    texts: Sequence[str] | None = None,
+    images: np.ndarray | None = None,
+    match_threshold: float = 0.9,
+) -> list[np.ndarray | None]:
+    """For each candidate, in order: when it is confirmed, how surely each sample of the whole dataset carries it,
+    as ``-log10`` of a p-value (shape (n,)); else None. A phrase, or a patch matched on at least ``match_threshold``
+    of its pixels (at its place, or anywhere for a moving one), is carried for sure (+inf) or not at all (0); an
+    image-wide difference is carried by degree: how rarely an image's deviation from its look-alikes follows it this
+    closely among all the images (:func:`~forensics.triggers.image.carries_difference`). Computed once and shared by
+    :func:`confirmed_carriers` and :func:`trigger_evidence` (``evidence=``)."""
+    if not 0 < match_threshold <= 1:
+        raise InputError(f"match_threshold must be in (0, 1]; got {match_threshold!r}")
+    out: list[np.ndarray | None] = []
+    for kind, item in _items(found):
+        if _verdict(kind, item) != "confirmed":
+            out.append(None)
+        elif kind == "image" and not item.local:
+            out.append(_alignment_log10_p(_carries(kind, item, texts, images)))
+        else:
+            out.append(np.where(_carries(kind, item, texts, images) >= match_threshold, np.inf, 0.0))
+    return out
+
+
 def trigger_evidence(
     found: Iterable[Any],
     *,
     texts: Sequence[str] | None = None,
     images: np.ndarray | None = None,
     match_threshold: float = 0.9,
-    carriers: list[np.ndarray | None] | None = None,
+    evidence: list[np.ndarray | None] | None = None,
 ) -> np.ndarray:
     """Per-sample evidence of carrying a **confirmed** trigger: **higher = more suspicious**.
 
     A sample that carries a confirmed candidate (the n-gram, or at least ``match_threshold`` of the patch's pixels
     at its place) scores the candidate's :func:`confirmation_log10_p`, the strongest when it carries several;
-    every other sample scores 0. The score is a ``-log10`` p-value from the model's own ablation tests, not a
-    rank among the data, which is how :func:`forensics.signals.combine.combine` reads its ``trigger`` signal.
+    every other sample scores 0. An image-wide difference is carried by degree, by every image: the weaker of the
+    two pieces of evidence (the trigger is real, this image follows it). The score is a ``-log10`` p-value from the
+    model's own ablation tests, not a rank among the data, which is how
+    :func:`forensics.signals.combine.combine` reads its ``trigger`` signal.
 
     Parameters
     ----------
@@ -196,8 +224,8 @@ def trigger_evidence(
         As for :func:`trigger_scores`.
     match_threshold : float in (0, 1]
         Share of an image patch's pixels a sample must match to carry it.
-    carriers : list, optional
-        :func:`confirmed_carriers` of ``found`` when the caller has it already (the search is not run again).
+    evidence : list, optional
+        :func:`carrier_evidence` of ``found`` when the caller has it already (the search is not run again).
 
     Returns
     -------
@@ -205,19 +233,14 @@ def trigger_evidence(
     """
     items = _items(found)
     out = np.zeros(_n_scored(texts, images))
-    masks = carriers if carriers is not None else confirmed_carriers(found, texts=texts, images=images,
+    carried = evidence if evidence is not None else carrier_evidence(found, texts=texts, images=images,
                                                                      match_threshold=match_threshold)
-    if len(masks) != len(items):
-        raise InputError(f"carriers has {len(masks)} entries but there are {len(items)} candidates")
-    for (kind, item), mask in zip(items, masks):
-        if mask is not None:
+    if len(carried) != len(items):
+        raise InputError(f"evidence has {len(carried)} entries but there are {len(items)} candidates")
+    for (kind, item), e in zip(items, carried):
+        if e is not None:
             strength = confirmation_log10_p(item if kind == "text" else item.confirmation)
-            if kind == "image" and not item.local:
-                # Carrying an image-wide difference is a matter of degree, for every image: the weaker of the two
-                # pieces of evidence (the trigger is real, this image follows it).
-                out = np.maximum(out, np.minimum(strength, _alignment_log10_p(_carries(kind, item, texts, images))))
-            else:
-                out = np.maximum(out, np.where(mask, strength, 0.0))
+            out = np.maximum(out, np.minimum(strength, e))
     return out
 
 
@@ -227,23 +250,16 @@ def confirmed_carriers(
     texts: Sequence[str] | None = None,
     images: np.ndarray | None = None,
     match_threshold: float = 0.9,
+    evidence: list[np.ndarray | None] | None = None,
 ) -> list[np.ndarray | None]:
     """For each candidate, in order: which samples of the whole dataset carry it when it is confirmed (a boolean
     mask of shape (n,)), else None. A confirmed patch found from a group of the most suspicious images is searched
     in every image, so its carriers are all that hold it, not only the group's; an image-wide difference is carried
     by the images whose deviation from their look-alikes follows it more closely than chance would make all but
-    ``DIFFERENCE_P`` of the images (:func:`~forensics.triggers.image.carries_difference`)."""
-    if not 0 < match_threshold <= 1:
-        raise InputError(f"match_threshold must be in (0, 1]; got {match_threshold!r}")
-    out: list[np.ndarray | None] = []
-    for kind, item in _items(found):
-        if _verdict(kind, item) != "confirmed":
-            out.append(None)
-        elif kind == "image" and not item.local:
-            out.append(_alignment_log10_p(_carries(kind, item, texts, images)) >= -np.log10(DIFFERENCE_P))
-        else:
-            out.append(_carries(kind, item, texts, images) >= match_threshold)
-    return out
+    ``DIFFERENCE_P`` of the images (:func:`carrier_evidence`, which ``evidence=`` passes when already computed)."""
+    carried = evidence if evidence is not None else carrier_evidence(found, texts=texts, images=images,
+                                                                     match_threshold=match_threshold)
+    return [None if e is None else e >= -np.log10(DIFFERENCE_P) for e in carried]
 
 
 def _alignment_log10_p(alignment: np.ndarray) -> np.ndarray:
