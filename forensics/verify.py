@@ -185,27 +185,22 @@ def _stamp(images: np.ndarray, trig: pd.Series, array: np.ndarray | None, rng: n
     if array is None:
         raise InputError(f"the investigation holds no pattern for trigger {trig['trigger_id']!r}; run find_triggers "
                          "again (patterns are kept since this version)")
-    out = images.copy()
     a = np.asarray(array)
     if a.dtype != np.uint8:  # an image-wide difference, in grey levels
-        diff = a.reshape(images.shape[1:]) if a.size == np.prod(images.shape[1:]) else None
-        if diff is None:
+        if a.size != np.prod(images.shape[1:]):
             raise InputError(f"trigger {trig['trigger_id']!r} has a difference of shape {a.shape} but the images are "
                              f"{images.shape[1:]}")
-        return np.clip(np.rint(out.astype(np.float32) + diff), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(images.astype(np.float32) + a.reshape(images.shape[1:])), 0, 255).astype(np.uint8)
+    out = images.copy()
     ph, pw = a.shape[:2]
     h, w = images.shape[1:3]
     patch = a.reshape((ph, pw) + images.shape[3:])
-    box = trig.get("box")
-    fixed = box is not None and not (isinstance(box, float) and np.isnan(box)) and trig.get("moves") is not True \
-        and not (isinstance(trig.get("moves"), np.bool_) and bool(trig.get("moves")))
+    box, moves = trig.get("box"), trig.get("moves")
+    fixed = box is not None and not (isinstance(box, float) and np.isnan(box)) \
+        and not (isinstance(moves, (bool, np.bool_)) and moves)
     for j in range(len(out)):
-        if not fixed:
-            r, c = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
-        else:
-            r, c = int(box[0]), int(box[1])
+        r, c = (int(box[0]), int(box[1])) if fixed else (int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1)))
         out[j, r:r + ph, c:c + pw] = patch
     return out
-
 
 __all__ = ["MAX_TRIED", "Verification", "verify"]
