@@ -1,6 +1,7 @@
 """poison-forensics: find poisoned samples, their sources and their triggers in a training set.
 
-The public API. Names that need torch (``extract_activations``, ``list_layers``, ``Activations``) are imported
+The public API. Names that need torch (``extract_activations``, ``list_layers``, ``Activations``,
+``image_preprocess``, ``encoder_activations``) are imported
 on first use, so that ``import forensics`` and the data loaders stay fast.
 """
 
@@ -14,7 +15,8 @@ from .data import Dataset  # noqa: E402
 from .errors import ForensicsError, InputError, IntegrityError, UnsafeFileError  # noqa: E402
 from .investigation import Investigation  # noqa: E402
 
-_LAZY = {"extract_activations": "activations", "list_layers": "activations", "Activations": "activations"}
+_LAZY = {"extract_activations": "activations", "list_layers": "activations", "Activations": "activations",
+         "image_preprocess": "activations", "encoder_activations": "encoders"}
 
 
 def __getattr__(name: str) -> Any:
@@ -27,5 +29,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Activations", "Dataset", "ForensicsError", "InputError", "IntegrityError", "Investigation", "UnsafeFileError",
-    "__version__", "compute_signals", "extract_activations", "investigate", "list_layers",
+    "__version__", "compute_signals", "encoder_activations", "extract_activations", "image_preprocess", "investigate",
+    "list_layers",
 ]

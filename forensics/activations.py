@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -41,7 +42,12 @@ from .errors import InputError
 logger = logging.getLogger(__name__)
 
 #: Named ways of turning a layer's output into one vector per sample.
-POOLINGS = ("flatten", "avg", "max")
+POOLINGS = ("flatten", "avg", "max", "cls")
+#: Arithmetic of the forward pass: float32, or autocast to bfloat16 / float16 (features are stored as float32).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: ImageNet's channel means and standard deviations, the normalization most pretrained vision networks expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Suffix of a layer name that reads the input of a module instead of its output.
 INPUT_SUFFIX = ":input"
 
@@ -365,6 +371,7 @@ def list_layers(
             run.handles.append(modules[default].register_forward_pre_hook(
                 lambda _m, a, k: on_output(default + INPUT_SUFFIX, _input_of(a, k)), with_kwargs=True))
         args, kwargs = _model_inputs(batch, run.device)
+        _check_call(model, args, kwargs)
         model(*args, **kwargs)
 
     rows = []
@@ -398,6 +405,49 @@ def default_image_preprocess(images: np.ndarray) -> torch.Tensor:
     return x.contiguous()
 
 
+def image_preprocess(
+    mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """A preprocess for networks trained on normalized images: ``(x / 255 - mean) / std`` per channel.
+
+    Parameters
+    ----------
+    mean, std : sequences of floats, one per channel (3 for RGB, 1 for grayscale)
+        The normalization the model was trained with, e.g. :data:`IMAGENET_MEAN` and :data:`IMAGENET_STD` for
+        most pretrained torchvision and timm networks. Resizing and cropping belong to the dataset
+        (:meth:`~forensics.data.Dataset.from_image_folder` ``size=`` and ``fit=``), so that previews show what
+        the model saw.
+
+    Returns
+    -------
+    callable
+        ``preprocess(images)`` for :func:`extract_activations` and :func:`~forensics.investigate`, with a
+        ``cache_key`` naming the normalization.
+    """
+    if (mean is None) != (std is None):
+        raise InputError("give both mean and std (one value per channel), or neither")
+    m = s = None
+    if mean is not None and std is not None:
+        m = np.asarray(mean, dtype=np.float64).reshape(-1)
+        s = np.asarray(std, dtype=np.float64).reshape(-1)
+        if len(m) != len(s) or len(m) not in (1, 3) or not np.isfinite(m).all() or not (s > 0).all():
+            raise InputError(f"mean and std must be 1 or 3 finite values each, std positive; got {mean!r}, {std!r}")
+
+    def preprocess(images: np.ndarray) -> torch.Tensor:
+        x = default_image_preprocess(images)
+        if m is None or s is None:
+            return x
+        if x.shape[1] != len(m):
+            raise InputError(f"the images have {x.shape[1]} channel(s) but mean and std give {len(m)}")
+        shape = (1, len(m), 1, 1)
+        return (x - torch.tensor(m, dtype=x.dtype).view(shape)) / torch.tensor(s, dtype=x.dtype).view(shape)
+
+    preprocess.cache_key = (  # type: ignore[attr-defined]
+        "image_preprocess" if m is None or s is None else f"image_preprocess(mean={m.tolist()}, std={s.tolist()})"
+    )
+    return preprocess
+
+
 def _resolve_preprocess(model: nn.Module, kind: str, preprocess: Preprocess | None) -> Preprocess:
     if preprocess is not None:
         if not callable(preprocess):
@@ -419,11 +469,21 @@ def _payload(dataset: Dataset, start: int, stop: int) -> np.ndarray | list[str]:
     return dataset.images[start:stop] if dataset.kind == "image" else list(dataset.texts[start:stop])
 
 
-def _model_inputs(batch: Any, device: torch.device) -> tuple[tuple, dict]:
-    """Positional and keyword arguments of the model call, on ``device``."""
+def _model_inputs(batch: Any, device: torch.device, *, channels_last: bool = False) -> tuple[tuple, dict]:
+    """Positional and keyword arguments of the model call, on ``device``.
+
+    For a GPU, tensors are copied from pinned (page-locked) memory without blocking the host.
+    """
+    pinned = device.type == "cuda"
 
     def to(v: Any) -> Any:
-        return v.to(device) if isinstance(v, torch.Tensor) else v
+        if not isinstance(v, torch.Tensor):
+            return v
+        if channels_last and v.ndim == 4:
+            v = v.contiguous(memory_format=torch.channels_last)
+        if pinned and v.device.type == "cpu":
+            return v.pin_memory().to(device, non_blocking=True)
+        return v.to(device)
 
     if isinstance(batch, torch.Tensor):
         return (to(batch),), {}
@@ -435,6 +495,32 @@ def _model_inputs(batch: Any, device: torch.device) -> tuple[tuple, dict]:
         "preprocess must return a torch.Tensor, a tuple of tensors (passed as model(*args)) or a dict "
         f"(passed as model(**kwargs)); got {type(batch).__name__}"
     )
+
+
+def _check_call(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Name the mismatch between the prepared batch and the model before running it: a forward that needs
+    other arguments, or images with another number of channels than the first convolution takes."""
+    try:
+        inspect.signature(model.forward).bind(*args, **kwargs)
+    except TypeError as e:
+        parts = [f"{len(args)} positional argument(s)"] * bool(args) + [f"keywords {sorted(kwargs)}"] * bool(kwargs)
+        given = ", ".join(parts)
+        raise InputError(
+            f"{type(model).__name__}.forward{inspect.signature(model.forward)} cannot take what the preprocess gave "
+            f"({given or 'nothing'}): {e}. Make preprocess return a tensor (forward(x)), a tuple (forward(*args)) or "
+            "a dict (forward(**kwargs)) that fits, or wrap the model"
+        ) from None
+    except ValueError:  # a forward without an inspectable signature (a builtin): let the call itself tell
+        return
+    x = args[0] if args else None
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if isinstance(x, torch.Tensor) and x.ndim == 4 and conv is not None and x.shape[1] != conv.in_channels:
+        name = next(n for n, m in model.named_modules() if m is conv)
+        raise InputError(
+            f"the images have {x.shape[1]} channel(s) but the model's first convolution {name!r} takes "
+            f"{conv.in_channels}: load the images with the channels the model was trained on (e.g. "
+            "Dataset.from_image_folder(..., mode='RGB' or 'L')) or give a preprocess that converts them"
+        )
 
 
 def _logits_of(out: Any, n_rows: int) -> torch.Tensor:
@@ -478,8 +564,9 @@ class _Running:
     moved to ``device`` is moved back (``Module.to`` keeps the parameter objects, so an optimizer stays valid).
     """
 
-    def __init__(self, model: nn.Module, device: str | torch.device | None) -> None:
+    def __init__(self, model: nn.Module, device: str | torch.device | None, *, channels_last: bool = False) -> None:
         self.model = model
+        self.channels_last = channels_last
         self.handles: list[Any] = []  # hooks registered inside the context, removed on exit
         self.modes = {m: m.training for m in model.modules()}
         first, devices = _model_device(model)
@@ -507,6 +594,8 @@ class _Running:
         try:
             if self.home is not None:
                 self.model.to(self.device)
+            if self.channels_last:
+                self.model.to(memory_format=torch.channels_last)
             self.model.eval()
         except BaseException:
             self.__exit__(None, None, None)
@@ -518,31 +607,71 @@ class _Running:
             h.remove()
         for m, training in self.modes.items():
             m.train(training)
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
         if self.home is not None:
             self.model.to(self.home)
         self._grad.__exit__(*exc)
 
 
-def _pool(t: torch.Tensor, how: str) -> torch.Tensor:
+def _compiled(model: nn.Module, compile: bool | str) -> Callable[..., Any]:
+    """The model's forward, through ``torch.compile`` when asked (hooks on its modules still fire)."""
+    if compile is False:
+        return model
+    try:
+        return torch.compile(model) if compile is True else torch.compile(model, backend=compile)
+    except Exception as e:  # an unknown backend, or no compiler on this machine: say which
+        raise InputError(f"torch.compile(backend={compile!r}) failed: {type(e).__name__}: {e}") from e
+
+
+def _pool(t: torch.Tensor, how: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One vector per sample. ``mask`` (batch, tokens), 1 for real tokens, keeps padding out of a token average."""
     if t.ndim == 1:
         return t[:, None]
+    if how == "cls":
+        if t.ndim != 3:
+            raise InputError(
+                f"pooling='cls' takes the first token of a (batch, tokens, dim) sequence; this layer gave shape "
+                f"{tuple(t.shape)}: use 'avg' or 'max' for a convolution map, or a layer of the token sequence"
+            )
+        return t[:, 0]
     if t.ndim == 2 or how == "flatten":
         return t.reshape(t.shape[0], -1)
+    if t.ndim == 3 and mask is not None and tuple(mask.shape) == tuple(t.shape[:2]):
+        keep = mask.to(dtype=torch.bool, device=t.device)[:, :, None]
+        if how == "avg":
+            return (t * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
+        return t.masked_fill(~keep, float("-inf")).amax(dim=1)
     # (batch, tokens, dim) -> over tokens; (batch, channels, *spatial) -> over the spatial dims.
     dims = (1,) if t.ndim == 3 else tuple(range(2, t.ndim))
     return t.mean(dim=dims) if how == "avg" else t.amax(dim=dims)
 
 
-def _resolve_pooling(pooling: Pooling) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+def _resolve_pooling(pooling: Pooling) -> tuple[Callable[..., torch.Tensor], str, bool]:
+    """The pooling function, its cache key, and whether it takes the batch's attention mask."""
     if isinstance(pooling, str):
         if pooling not in POOLINGS:
             raise InputError(
                 f"pooling must be one of {list(POOLINGS)} or a function tensor -> (batch, d); got {pooling!r}"
             )
-        return functools.partial(_pool, how=pooling), pooling
+        return functools.partial(_pool, how=pooling), pooling, True
     if callable(pooling):
-        return pooling, _callable_key(pooling)
+        return pooling, _callable_key(pooling), False
     raise InputError(f"pooling must be one of {list(POOLINGS)} or a function tensor -> (batch, d); got {pooling!r}")
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is torch.float16 and device.type == "cpu":
+        # float16 autocast on CPU is slow where it runs at all; bfloat16 is the CPU's reduced precision.
+        raise InputError("precision='fp16' needs a GPU; on the CPU use precision='bf16' or 'fp32'")
+    return dtype
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
 
 
 def extract_activations(
@@ -556,6 +685,9 @@ def extract_activations(
     preprocess: Preprocess | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool | str = False,
 ) -> Activations:
     """Features of chosen layers, logits, probabilities, predictions and per-sample loss for every sample.
 
@@ -570,16 +702,20 @@ def extract_activations(
         Names from :func:`list_layers`: a module name reads its output, ``"<name>:input"`` its input. The first
         is the result's default layer. None: the input of the last ``nn.Linear``, i.e. the penultimate
         representation (see :func:`default_layer`).
-    pooling : {"flatten", "avg", "max"} or callable
+    pooling : {"flatten", "avg", "max", "cls"} or callable
         How an output that is not (batch, d) becomes one vector per sample. ``"flatten"`` keeps everything
         (a (B, C, H, W) map gives C*H*W columns). ``"avg"`` / ``"max"`` reduce (B, C, *spatial) over the spatial
-        dims to (B, C) and a 3-D (B, T, D) token sequence over the tokens to (B, D). 3-D outputs are read as
-        batch-first token sequences: for a Conv1d map (B, C, L), or a masked mean, pass a function
-        ``tensor -> (batch, d)``. A layer that returns a tuple is read from its element 0.
+        dims to (B, C) and a 3-D (B, T, D) token sequence over the tokens to (B, D); when the batch carries an
+        ``attention_mask`` (a tokenizer's output), padding tokens are left out. ``"cls"`` takes the first token of
+        a token sequence (a BERT's [CLS], a ViT's class token). 3-D outputs are read as batch-first token
+        sequences: for a Conv1d map (B, C, L) pass a function ``tensor -> (batch, d)``. A layer that returns a
+        tuple is read from its element 0.
     batch_size : int
+        Samples per forward pass. On a GPU that runs out of memory, the batch is halved and the same samples
+        run again (down to one sample); the size that worked is kept in ``meta["batch_size"]``.
     device : "cpu", "cuda", torch.device or None
         None runs the model where its parameters are. Otherwise the model is moved there for the call and moved
-        back afterwards.
+        back afterwards. On a GPU the input batches are copied from pinned memory.
     preprocess : callable, optional
         ``preprocess(payload)`` -> model input, where the payload is a uint8 image array (batch, h, w[, c]) or a
         list of texts. It may return a tensor, a tuple of tensors (``model(*args)``) or a dict
@@ -594,6 +730,16 @@ def extract_activations(
         the module structure is not seen: use another folder then.
     progress : bool
         Show a progress bar (notebook or terminal).
+    precision : {"fp32", "bf16", "fp16"}
+        The forward pass in float32, or under autocast to bfloat16 (CPU or GPU) or float16 (GPU only): faster
+        on hardware made for it, features within about 1e-2 relative of float32. Features, logits and losses
+        are stored as float32 either way.
+    channels_last : bool
+        Run a convolutional network with channels-last tensors (the model's parameters are converted for the
+        call and converted back); often faster on GPUs and recent CPUs.
+    compile : bool or str
+        Run the forward pass through ``torch.compile`` (``True``, or the name of a backend such as
+        ``"inductor"`` or ``"eager"``). The first batch pays the compilation.
 
     Returns
     -------
@@ -612,9 +758,13 @@ def extract_activations(
     _check_dataset(dataset)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
-    pool, pooling_key = _resolve_pooling(pooling)
+    pool, pooling_key, takes_mask = _resolve_pooling(pooling)
     prep = _resolve_preprocess(model, dataset.kind, preprocess)
     names = _resolve_layers(model, layers)
+    if not isinstance(channels_last, bool):
+        raise InputError(f"channels_last must be True or False; got {channels_last!r}")
+    if not isinstance(compile, (bool, str)):
+        raise InputError(f"compile must be True, False or the name of a torch.compile backend; got {compile!r}")
     model_key = model_hash(model)
     meta: dict[str, Any] = {
         "model_hash": model_key,
@@ -624,6 +774,9 @@ def extract_activations(
         "pooling": pooling_key,
         "preprocess": _callable_key(prep),
     }
+    if precision != "fp32":
+        # Only a reduced precision changes the numbers (and the key); fp32 keeps the keys of earlier caches.
+        meta["precision"] = precision
     key = _hash_json({"format": _CACHE_FORMAT, **meta})
     entry = None if cache_dir is None else Path(cache_dir).expanduser() / key
     if entry is not None:
@@ -634,21 +787,25 @@ def extract_activations(
     n = len(dataset)
     modules = _named_layers(model)
     captured: dict[str, list[torch.Tensor]] = {}
+    mask: list[torch.Tensor | None] = [None]  # the running batch's attention mask, for masked token pooling
 
     def keep(name: str, out: Any) -> None:
         t = _first_tensor(out)
         if t is None:
             raise InputError(f"layer {name!r} returned {type(out).__name__}, not a tensor; choose another layer")
-        captured.setdefault(name, []).append(pool(t.detach()))
+        t = t.detach()
+        captured.setdefault(name, []).append(pool(t, mask=mask[0]) if takes_mask else pool(t))
 
     feats: dict[str, np.ndarray] = {}
     logits = probs = loss = predictions = None
     labels = torch.from_numpy(dataset.labels.copy())
-    with _Running(model, device) as run, tqdm(
+    with _Running(model, device, channels_last=channels_last) as run, tqdm(
         total=n, unit="sample", desc="activations", disable=not progress
     ) as bar:
         dev = run.device
+        autocast_dtype = _resolve_precision(precision, dev)
         meta["device"] = str(dev)
+        forward = _compiled(model, compile)
         for name in names:
             if name.endswith(INPUT_SUFFIX):
                 run.handles.append(modules[name[: -len(INPUT_SUFFIX)]].register_forward_pre_hook(
@@ -656,12 +813,30 @@ def extract_activations(
             else:
                 run.handles.append(modules[name].register_forward_hook(
                     functools.partial(lambda nm, _m, _a, o: keep(nm, o), name)))
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
+        start, size = 0, batch_size
+        while start < n:
+            stop = min(start + size, n)
             b = stop - start
             captured.clear()
-            args, kwargs = _model_inputs(prep(_payload(dataset, start, stop)), dev)
-            out = _logits_of(model(*args, **kwargs), b).cpu()
+            args, kwargs = _model_inputs(prep(_payload(dataset, start, stop)), dev, channels_last=channels_last)
+            if start == 0:
+                _check_call(model, args, kwargs)
+            mask[0] = kwargs.get("attention_mask")
+            try:
+                with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    out = _logits_of(forward(*args, **kwargs), b).cpu()
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not _is_out_of_memory(e) or size == 1:
+                    raise
+                # Free what the failed batch held, then run the same samples in halves.
+                del args, kwargs
+                captured.clear()
+                mask[0] = None
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                size = max(1, size // 2)
+                logger.warning("out of memory at a batch of %d samples on %s; retrying with %d", b, dev, size)
+                continue
             if logits is None:
                 n_classes = out.shape[1]
                 if int(dataset.labels.max()) >= n_classes:
@@ -679,6 +854,8 @@ def extract_activations(
             for name in names:
                 feats[name] = _store(feats.get(name), name, captured.get(name, []), start, stop, n)
             bar.update(b)
+            start = stop
+        meta["batch_size"] = size
 
     _warn_not_finite(dataset.ids, {"logits": logits, **{f"features[{k!r}]": v for k, v in feats.items()}})
     for a in (logits, probs, predictions, loss, *feats.values()):

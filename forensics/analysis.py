@@ -36,6 +36,8 @@ def investigate(
     layer: str | None = None,
     pooling: str = "flatten",
     preprocess: Any = None,
+    tokenizer: Any = None,
+    precision: str = "fp32",
     batch_size: int = 256,
     device: Any = None,
     cache_dir: Any = None,
@@ -56,10 +58,15 @@ def investigate(
     activations : Activations or array of shape (n, d), optional
         Precomputed activations (in ``dataset`` order); skips extraction. A bare array has no probabilities,
         so the loss signals are skipped.
-    layer, pooling, preprocess, batch_size, device, cache_dir
+    layer, pooling, preprocess, batch_size, device, cache_dir, precision
         Passed to :func:`forensics.activations.extract_activations` (``layer=None``: the input of the last
         ``nn.Linear``). ``cache_dir`` also keeps the map and its clusters (:func:`forensics.embedding.build_map`),
         so that a rerun on the same data and model reads both back.
+    tokenizer : Hugging Face tokenizer, optional
+        For a text classifier such as an ``AutoModelForSequenceClassification``: the texts are tokenized by it
+        (:func:`forensics.models.tokenizer_preprocess`, padded per batch, cut at 256 tokens or the model's
+        position limit) and passed to the model
+        as keywords. Checked against the model's embedding table. Give it or ``preprocess``, not both.
     signals : sequence of names, or mapping of name to parameters, optional
         Signals to run and their parameters, as in :func:`~forensics.signals.compute.compute_signals`:
         ``signals={"knn_disagreement": {"k": 20}, "spectral": {}}``. Default: the registered default signals. The
@@ -89,6 +96,14 @@ def investigate(
     trained = False
     probs = None
     meta: dict[str, Any] = {}
+    if tokenizer is not None:
+        from .models.hf import check_tokenizer, max_length_for, tokenizer_preprocess
+
+        if preprocess is not None:
+            raise InputError("give tokenizer= or preprocess=, not both (a tokenizer is turned into a preprocess)")
+        if model is not None:
+            check_tokenizer(model, tokenizer)
+        preprocess = tokenizer_preprocess(tokenizer, max_length=max_length_for(model, tokenizer))
     if activations is None:
         from .activations import extract_activations
 
@@ -100,7 +115,7 @@ def investigate(
             trained = True
         activations = extract_activations(model, dataset, layers=layer, pooling=pooling, preprocess=preprocess,
                                           batch_size=batch_size, device=device, cache_dir=cache_dir,
-                                          progress=progress)
+                                          progress=progress, precision=precision)
     if isinstance(activations, np.ndarray):
         features = check_features(activations)
         if len(features) != len(dataset):

@@ -280,8 +280,9 @@ def test_train_model_input_errors(digits):
         train_model(model, digits, epochs=1, lr="fast")
     with pytest.raises(InputError, match="random_state must be an integer in \\[0, 4294967295\\]"):
         train_model(model, digits, epochs=1, random_state=-1)
-    with pytest.raises(InputError, match="has no preprocess"):
-        train_model(torch.nn.Linear(64, 10), digits, epochs=1)
+    texts = Dataset.from_texts(["good", "bad"], [0, 1])
+    with pytest.raises(InputError, match="a text dataset needs a preprocess"):
+        train_model(torch.nn.Linear(64, 2), texts, epochs=1)
     three = Dataset.from_numpy(digits.images[:20], np.arange(20) % 3)
     with pytest.raises(InputError, match="lr_schedule must be"):
         train_model(build_reference_model(three, random_state=0), three, epochs=1, lr_schedule="step")

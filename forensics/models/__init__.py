@@ -5,6 +5,7 @@ Only this package and :mod:`forensics.activations` import torch.
 
 from __future__ import annotations
 
+from .hf import check_tokenizer, tokenizer_preprocess
 from .image import ImageCNN
 from .io import ARCHITECTURES, load_model, load_state_dict_file, save_model
 from .text import TextClassifier, hash_ngrams, ngram_bucket, tokenize
@@ -27,6 +28,7 @@ __all__ = [
     "accuracy",
     "attack_success_rate",
     "build_reference_model",
+    "check_tokenizer",
     "hash_ngrams",
     "load_model",
     "load_state_dict_file",
@@ -34,6 +36,7 @@ __all__ = [
     "predict_proba",
     "save_model",
     "tokenize",
+    "tokenizer_preprocess",
     "train_ensemble",
     "train_model",
     "train_reference_model",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -37,11 +37,6 @@ REFERENCE_DEFAULTS: dict[str, dict[str, Any]] = {
 def _check_model(model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch nn.Module; got {type(model).__name__}")
-    if not callable(getattr(model, "preprocess", None)):
-        raise InputError(
-            f"model ({type(model).__name__}) has no preprocess(payload_batch) method; give it one that turns a "
-            "batch of images (uint8 array) or texts (list of str) into the model's input"
-        )
     return model
 
 
@@ -81,10 +76,18 @@ def _batch(payload: np.ndarray, idx: np.ndarray | slice) -> np.ndarray | list[st
     return list(payload[idx]) if payload.dtype == object else payload[idx]
 
 
-def _to_device(inputs: torch.Tensor | tuple[torch.Tensor, ...], device: torch.device):
-    if isinstance(inputs, torch.Tensor):
-        return (inputs.to(device),)
-    return tuple(t.to(device) for t in inputs)
+def _training_logits(out: Any) -> torch.Tensor:
+    """The logits of a forward pass, with their gradient: a tensor, element 0 of a tuple, or ``.logits``."""
+    if isinstance(out, Mapping) and "logits" in out:
+        out = out["logits"]
+    elif not isinstance(out, torch.Tensor) and isinstance(getattr(out, "logits", None), torch.Tensor):
+        out = out.logits
+    elif isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise InputError("the model must return logits of shape (batch, n_classes) (a tensor, element 0 of a "
+                         f"tuple, or a .logits attribute); got {type(out).__name__}")
+    return out
 
 
 def _is_number(value: Any) -> bool:
@@ -105,6 +108,7 @@ def train_model(
     lr_schedule: Literal["cosine", "constant"] = "cosine",
     device: str | torch.device = "cpu",
     progress: bool = True,
+    preprocess: Any = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` on ``dataset`` in place with AdamW and the cross-entropy loss.
 
@@ -114,7 +118,9 @@ def train_model(
 
     Parameters
     ----------
-    model : nn.Module with a ``preprocess(payload_batch)`` method
+    model : nn.Module
+        Any module whose call on a preprocessed batch returns logits (a tensor, element 0 of a tuple, or a
+        ``.logits`` attribute, as a Hugging Face classifier's output).
     dataset : Dataset
         Its ``labels`` are the targets; payloads are ``dataset.images[idx]`` or ``list(dataset.texts[idx])``.
     epochs, batch_size : int
@@ -129,6 +135,11 @@ def train_model(
         The model is moved there.
     progress : bool
         Show a progress bar (``tqdm.auto``: a widget in notebooks).
+    preprocess : callable, optional
+        Payload batch -> model input (a tensor, a tuple for ``model(*args)``, a dict for ``model(**kwargs)``);
+        default ``model.preprocess``, else for images
+        :func:`~forensics.activations.default_image_preprocess` (texts need one, e.g.
+        :func:`~forensics.models.tokenizer_preprocess`).
 
     Returns
     -------
@@ -136,8 +147,11 @@ def train_model(
         ``loss`` (mean training loss), ``train_accuracy`` (on the batches as seen during the epoch),
         ``samples_seen`` and ``seconds``.
     """
+    from ..activations import _model_inputs, _resolve_preprocess
+
     model = _check_model(model)
     dataset = _check_dataset(dataset, model)
+    prep = _resolve_preprocess(model, dataset.kind, preprocess)
     epochs = check_int(epochs, "epochs", low=1)
     batch_size = check_int(batch_size, "batch_size", low=1)
     if not _is_number(lr) or not lr > 0:
@@ -169,9 +183,9 @@ def train_model(
             total_loss, correct, seen = 0.0, 0, 0
             for b in range(n_batches):
                 idx = order[b * batch_size:(b + 1) * batch_size]
-                inputs = _to_device(model.preprocess(_batch(payload, idx.numpy())), device)
+                args, kwargs = _model_inputs(prep(_batch(payload, idx.numpy())), device)
                 y = labels[idx].to(device)
-                logits = model(*inputs)
+                logits = _training_logits(model(*args, **kwargs))
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 (loss / len(idx)).backward()

@@ -142,13 +142,18 @@ def find_triggers(
         searched = [tr.text_trigger_candidates(texts, suspicion=s, **kw)
                     for s in (backdoor_suspicion(inv.signals, ds.labels), suspicion)]
         # A trigger on 1% of the texts may be too rare for any signal to gather; it still shows as an n-gram whose
-        # carriers are all predicted as one class, and confirmation tells it from a genuine class phrase.
-        by_class = tr.text_trigger_candidates(texts, suspicion=None, **kw)
+        # carriers are all predicted as one class, and confirmation tells it from a genuine class phrase. Its
+        # carriers are also all *labelled* as one class (the attacker's target, dirty or clean label), which
+        # tells it apart where a weak model leaves a few of them unlearned while natural class words are
+        # predicted purely: labels are noisier than predictions for every phrase but a planted one.
         top = tr.suspicious_set(suspicion, len(ds))
-        by_class["count_suspicious"] = [int(top[np.isin(ds.ids, c)].sum()) for c in by_class["carrier_ids"]]
-        by_class["suspicious_share"] = by_class["count_suspicious"] / by_class["count"]
+        by_class = [tr.text_trigger_candidates(texts, suspicion=None, **{**kw, "predictions": p})
+                    for p in (pred, ds.labels)]
+        for c in by_class:
+            c["count_suspicious"] = [int(top[np.isin(ds.ids, ids)].sum()) for ids in c["carrier_ids"]]
+            c["suspicious_share"] = c["count_suspicious"] / c["count"]
         # The first search that found an n-gram describes it (its suspicious counts are the telling ones).
-        cands = pd.concat([*searched, by_class]).drop_duplicates("ngram").reset_index(drop=True)
+        cands = pd.concat([*searched, *by_class]).drop_duplicates("ngram").reset_index(drop=True)
         if len(cands):
             confirmed = tr.confirm_text_candidates(cands, texts, predict_proba=predict, labels=ds.labels,
                                                    predictions=pred, holdout=held, random_state=random_state)
