@@ -628,7 +628,7 @@ def _pool(t: torch.Tensor, how: str, mask: torch.Tensor | None = None) -> torch.
     """One vector per sample. ``mask`` (batch, tokens), 1 for real tokens, keeps padding out of a token average."""
     if t.ndim == 1:
         return t[:, None]
-    if how == "cls":
+    if how == "cls" and t.ndim != 2:
         if t.ndim != 3:
             raise InputError(
                 f"pooling='cls' takes the first token of a (batch, tokens, dim) sequence; this layer gave shape "

@@ -202,6 +202,45 @@ def _check_sources(sources: Sequence[Any] | None, n: int) -> np.ndarray | None:
     return out
 
 
+def _torch_items(dataset: Any) -> Iterable[tuple[Any, Any]]:
+    """(x, label) pairs of a map-style torch dataset, or of a DataLoader's batches taken apart, in order."""
+    if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+        for i in range(len(dataset)):
+            item = dataset[i]
+            if not isinstance(item, (tuple, list)) or len(item) < 2:
+                raise InputError(f"item {i} of the torch dataset is not an (x, label) pair")
+            yield item[0], item[1]
+        return
+    if not hasattr(dataset, "__iter__") or not hasattr(dataset, "batch_size"):
+        raise InputError(f"from_torch takes a torch Dataset (len and indexing) or a DataLoader; got "
+                         f"{type(dataset).__name__}")
+    sampler = getattr(dataset, "sampler", None)
+    if type(sampler).__name__ in ("RandomSampler", "SubsetRandomSampler", "WeightedRandomSampler"):
+        raise InputError(f"the DataLoader draws its samples in random order ({type(sampler).__name__}); ids would "
+                         "not stay attached to their samples: build it with shuffle=False, or pass its dataset")
+    for b, batch in enumerate(dataset):
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise InputError(f"batch {b} of the DataLoader is not an (x, labels) pair")
+        x, y = batch[0], batch[1]
+        ys = y.tolist() if hasattr(y, "tolist") else list(y)
+        if len(x) != len(ys):
+            raise InputError(f"batch {b} of the DataLoader has {len(x)} inputs but {len(ys)} labels")
+        yield from zip(x, ys)
+
+
+def _fit_image(im: Any, size: tuple[int, int], fit: str) -> Any:
+    """A PIL image brought to ``size`` (height, width): stretched, or covered and centre-cropped."""
+    from PIL import Image
+
+    if fit == "stretch":
+        return im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    scale = max(size[0] / im.height, size[1] / im.width)
+    w, h = max(size[1], round(im.width * scale)), max(size[0], round(im.height * scale))
+    im = im.resize((w, h), Image.Resampling.BILINEAR)
+    left, top = (w - size[1]) // 2, (h - size[0]) // 2
+    return im.crop((left, top, left + size[1], top + size[0]))
+
+
 class Dataset:
     """An immutable set of samples keyed by ``sample_id``.
 
@@ -390,6 +429,7 @@ class Dataset:
         sources: dict[str, str] | None = None,
         mode: Literal["L", "RGB"] | None = None,
         size: tuple[int, int] | None = None,
+        fit: Literal["stretch", "crop"] = "stretch",
         max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> Dataset:
         """Images from a folder with one sub-folder per class (``root/<class>/<file>``).
@@ -407,6 +447,11 @@ class Dataset:
         size : (height, width), optional
             Resize every image of another size to this one (bilinear), as the model expects; declared, never
             guessed.
+        fit : {"stretch", "crop"}
+            How an image of another shape reaches ``size``: ``"stretch"`` resizes it to ``size`` as it is;
+            ``"crop"`` keeps its proportions, resizing it until it covers ``size`` and cutting the centre out (as
+            torchvision's ``Resize`` then ``CenterCrop`` do for most pretrained networks). Normalization is the
+            preprocess's (:func:`forensics.image_preprocess`).
         """
         from PIL import Image, UnidentifiedImageError
 
@@ -414,6 +459,8 @@ class Dataset:
             if not isinstance(size, (tuple, list)) or len(size) != 2:
                 raise InputError(f"size must be (height, width); got {size!r}")
             size = (check_int(size[0], "size[0]", low=1), check_int(size[1], "size[1]", low=1))
+        if fit not in ("stretch", "crop"):
+            raise InputError(f"fit must be 'stretch' or 'crop'; got {fit!r}")
         root = Path(root)
         if not root.is_dir():
             raise InputError(f"image folder {root} does not exist or is not a folder")
@@ -447,7 +494,7 @@ class Dataset:
                                 f"{f}: colour mode {im_mode!r}; pass mode='L' or mode='RGB' to convert images"
                             )
                         if size is not None and (h, w) != size:
-                            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                            im = _fit_image(im, size, fit)
                             h, w = size
                         arr = np.asarray(im, dtype=np.uint8)
                 except Image.DecompressionBombError as e:
@@ -496,22 +543,20 @@ class Dataset:
         ids: Sequence[Any] | None = None,
         sources: Sequence[Any] | None = None,
     ) -> Dataset:
-        """Samples from a torch-style dataset whose items are ``(x, label)``.
+        """Samples from a torch-style dataset whose items are ``(x, label)``, or from a ``DataLoader`` over one.
 
-        ``x`` may be a string (text), a uint8 image, or a float image in [0, 1]; images in channels-first layout
-        (``(1|3, h, w)``) are moved to channels-last. Float pixels are scaled by 255 and rounded.
+        ``x`` may be a string (text), a uint8 image (a PIL image too, as a torchvision dataset without a transform
+        gives), or a float image in [0, 1] (``ToTensor()``; a normalizing transform must be left out, as
+        normalization belongs to the preprocess); images in channels-first layout (``(1|3, h, w)``) are moved to
+        channels-last. Float pixels are scaled by 255 and rounded. A ``DataLoader`` is read batch by batch in its
+        order, which must be fixed (``shuffle=False``) so that the ids stay attached to their samples.
         """
-        n = len(dataset)
-        if n == 0:
-            raise InputError("the torch dataset is empty")
         xs, ys = [], []
-        for i in range(n):
-            item = dataset[i]
-            if not isinstance(item, (tuple, list)) or len(item) < 2:
-                raise InputError(f"item {i} of the torch dataset is not an (x, label) pair")
-            x, y = item[0], item[1]
+        for x, y in _torch_items(dataset):
             xs.append(x)
             ys.append(int(y) if not isinstance(y, str) else y)
+        if not xs:
+            raise InputError("the torch dataset is empty")
         if all(isinstance(x, str) for x in xs):
             return cls.from_texts(xs, ys, ids=ids, class_names=class_names, sources=sources)
         arrays = []
