@@ -38,6 +38,8 @@ def investigate(
     preprocess: Any = None,
     tokenizer: Any = None,
     precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool | str = False,
     batch_size: int = 256,
     device: Any = None,
     cache_dir: Any = None,
@@ -58,7 +60,7 @@ def investigate(
     activations : Activations or array of shape (n, d), optional
         Precomputed activations (in ``dataset`` order); skips extraction. A bare array has no probabilities,
         so the loss signals are skipped.
-    layer, pooling, preprocess, batch_size, device, cache_dir, precision
+    layer, pooling, preprocess, batch_size, device, cache_dir, precision, channels_last, compile
         Passed to :func:`forensics.activations.extract_activations` (``layer=None``: the input of the last
         ``nn.Linear``). ``cache_dir`` also keeps the map and its clusters (:func:`forensics.embedding.build_map`),
         so that a rerun on the same data and model reads both back.
@@ -115,7 +117,8 @@ def investigate(
             trained = True
         activations = extract_activations(model, dataset, layers=layer, pooling=pooling, preprocess=preprocess,
                                           batch_size=batch_size, device=device, cache_dir=cache_dir,
-                                          progress=progress, precision=precision)
+                                          progress=progress, precision=precision, channels_last=channels_last,
+                                          compile=compile)
     if isinstance(activations, np.ndarray):
         features = check_features(activations)
         if len(features) != len(dataset):

@@ -124,3 +124,15 @@ def test_fusion_lab_compares_fusions_on_cached_cells(fusion_lab, tmp_path):
     table = fusion_lab.summary(pd.DataFrame([row, clean]).fillna(""))
     shipped = table.set_index("fusion").loc["shipped"]
     assert shipped["worst gap"] == "+0.00" and shipped["cells below -0.02"] == "0 of 1"
+
+
+def test_own_models_speed_table_measures_both_loops(matrix, capsys):
+    import own_models
+
+    assert own_models.main(["speed", "--n", "96", "--batch", "32"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| 96 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["96", "32", "cpu"] and float(cells[5]) > 0  # the ratio of the two loops' times
+    assert cells[7] == "0 MiB" and cells[8] == "0.4 MiB"  # 96 x (512 + 3 x 10 + 2) float32 values; 32 images
+    assert "`python benchmarks/own_models.py speed --n 96 --batch 32`" in out

@@ -153,11 +153,16 @@ def test_normalization_and_channel_mismatch(resnet, colour):
 def test_torchvision_and_timm_layouts_train_and_investigate(resnet, vit, colour, nets):
     """A few training steps each, then a whole investigation with the default layer, on colour images."""
     part = colour.subset(colour.ids[:400])
-    for model in (nets.resnet18(num_classes=10), vit):
+    for model, options in ((nets.resnet18(num_classes=10), {"precision": "bf16", "channels_last": True}),
+                           (vit, {"layer": "blocks.3", "pooling": "cls"})):
         history = train_model(model, part, epochs=1, batch_size=50, lr=1e-3, preprocess=PREP, progress=False)
         assert np.isfinite(history["loss"]).all()
-        inv = forensics.investigate(part, model, preprocess=PREP, progress=False)
+        inv = forensics.investigate(part, model, preprocess=PREP, progress=False, **options)
         assert inv.signals["suspicion"].notna().all() and len(inv.signals) == 400
+        meta = inv.params["activation_meta"]
+        assert meta.get("precision", "fp32") == options.get("precision", "fp32")
+        assert meta["layers"] == str([options.get("layer", "fc:input")]) and meta["pooling"] == options.get(
+            "pooling", "flatten")
 
 
 @pytest.mark.slow
