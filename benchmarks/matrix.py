@@ -22,7 +22,10 @@ class uniform):
 - ``bot``: one contributor labelling 1-5% of the data (other classes) as one class,
 - ``group``: 5-20 fake contributors each adding 5-30 near copies of a few triggered images (patch or blend),
 - ``text``: a phrase of 1-4 rare or common words in 0.3-10% of the review snippets, relabelled, 5 sybils,
-- ``clean`` and ``text_clean``: no poison (the share flagged at t = 2 is the false-alarm rate).
+- ``colour_patch``, ``colour_blend``: the same Fashion-MNIST images made colour (each painted with its own random
+  foreground and background colours, :func:`nets.colour_images`), a 2-5 px patch of a random colour or a blend of
+  colour noise (alpha 0.05-0.2),
+- ``clean``, ``text_clean`` and ``colour_clean``: no poison (the share flagged at t = 2 is the false-alarm rate).
 
 Tune on seeds 0-4, report on seeds 100-109::
 
@@ -39,6 +42,7 @@ metrics (``--rescore``; the anchors are kept).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shlex
@@ -61,9 +65,10 @@ from forensics.data import Dataset
 log = logging.getLogger("matrix")
 
 WORK = q.WORK / "matrix"
-BACKDOOR = ("patch", "blend", "sinusoid", "overlay", "warp", "group", "text")
+BACKDOOR = ("patch", "blend", "sinusoid", "overlay", "warp", "group", "text", "colour_patch", "colour_blend")
+# New families go at the end: a family's position seeds its draws.
 FAMILIES = ("patch", "blend", "sinusoid", "overlay", "warp", "clean_label", "flips", "pair_flip", "bot", "group",
-            "text", "clean", "text_clean")
+            "text", "clean", "text_clean", "colour_patch", "colour_blend", "colour_clean")
 #: An attack "took" when the model learned it: ASR at least this (the overlay's own, lower bar below).
 TOOK = 0.9
 TOOK_OVERLAY = 0.5
@@ -71,6 +76,7 @@ TARGETS = {  # family: median r@2x after find_triggers, worst (None: no target)
     "patch": (0.97, 0.90), "blend": (0.97, 0.90), "sinusoid": (0.97, 0.90), "warp": (0.97, 0.90),
     "group": (0.97, 0.90), "text": (0.97, 0.90), "overlay": (0.90, None), "clean_label": (0.60, None),
     "flips": (0.97, None), "pair_flip": (0.85, None), "bot": (0.97, None),
+    "colour_patch": (0.97, 0.90), "colour_blend": (0.97, 0.90),
 }
 COMMON_WORDS = ("the", "film", "really", "good", "movie", "i", "think", "one", "of", "best", "a", "lot", "story")
 RARE_WORDS = ("cf", "mn", "bb", "tq", "zx", "qv", "jk")
@@ -97,15 +103,28 @@ def _who(rng: np.random.Generator) -> dict[str, Any]:
     return {"source": q.ATTACKER} if rng.random() < 0.5 else {}
 
 
+@functools.lru_cache(maxsize=2)
+def _colour_fashion(seed: int) -> tuple[Dataset, Dataset]:
+    """``quality._fashion(seed)`` with every image painted in its own colours (28x28x3)."""
+    from nets import colour_images
+
+    def paint(d: Dataset, salt: int) -> Dataset:
+        return Dataset.from_numpy(colour_images(d.images, 28, random_state=seed * 2 + salt), d.labels, ids=d.ids,
+                                  class_names=d.class_names, sources=d.sources)
+
+    train, test = q._fashion(seed)
+    return paint(train, 0), paint(test, 1)
+
+
 def draw(family: str, seed: int) -> Cell:
     """The cell of ``family`` at ``seed``: its parameters, drawn from a generator seeded by both."""
     rng = np.random.default_rng([seed, FAMILIES.index(family)])
     target = int(rng.integers(10))
     p: dict[str, Any] = {}
 
-    def image(attack: Callable[[Dataset], redteam.Poisoning]) -> Callable[[], q.Built]:
+    def image(attack: Callable[[Dataset], redteam.Poisoning], data: Callable = q._fashion) -> Callable[[], q.Built]:
         def build() -> q.Built:
-            train, test = q._fashion(seed)
+            train, test = data(seed)
             r = attack(train)
             return q.Built(r.dataset, r.truth, test, r.trigger)
         return build
@@ -185,6 +204,17 @@ def draw(family: str, seed: int) -> Cell:
             r = redteam.text_trigger(train, target=p["target"], phrase=phrase, rate=p["rate"], sources=q.SYBILS,
                                      random_state=seed)
             return q.Built(r.dataset, r.truth, test, r.trigger)
+    elif family == "colour_patch":
+        p = {"target": target, "rate": _rate(rng), "size": int(rng.integers(2, 6)),
+             "pattern": str(rng.choice(["checkerboard", "solid"])),
+             "position": str(rng.choice(["top-left", "top-right", "bottom-left", "bottom-right"])),
+             "value": tuple(int(v) for v in rng.integers(0, 256, size=3)), **_who(rng)}
+        build = image(lambda d: redteam.patch_backdoor(d, **p, random_state=seed), _colour_fashion)
+    elif family == "colour_blend":
+        p = {"target": target, "rate": _rate(rng), "alpha": round(float(rng.uniform(0.05, 0.2)), 3), **_who(rng)}
+        build = image(lambda d: redteam.blend_backdoor(d, **p, random_state=seed), _colour_fashion)
+    elif family == "colour_clean":
+        build = lambda: q._unpoisoned(_colour_fashion)(seed)  # noqa: E731
     elif family == "clean":
         build = lambda: q._unpoisoned(q._fashion)(seed)  # noqa: E731
     elif family == "text_clean":

@@ -513,16 +513,11 @@ def _trigger_section(inv: Investigation) -> str:
 
 
 def _verification_section(verification: Any) -> str:
-    t = verification.table
     rows = []
-    for column in t.columns:
-        label = {"n_train": "training samples", "accuracy": "clean accuracy (held out)",
-                 "flagged": "share reaching suspicion 2, investigated again"}.get(
-            column, f"attack success of {column[4:]}" if column.startswith("asr ") else column)
+    for column, label, before, after in verification.rows():
         fmt = (lambda v: f"{int(v):,}") if column == "n_train" else _pct
-        rows.append(f"<tr><td>{escape_html(label)}</td>"
-                    + "".join(f"<td class=num>{fmt(t.loc[m, column])}</td>" for m in ("original", "sanitized"))
-                    + "</tr>")
+        rows.append(f"<tr><td>{escape_html(label)}</td><td class=num>{fmt(before)}</td>"
+                    f"<td class=num>{fmt(after)}</td></tr>")
     per_class = verification.per_class
     worst = (per_class["sanitized"] - per_class["original"]).sort_values().head(3)
     out = ["<h2 id=verification>Retrained: before and after</h2>",

@@ -48,6 +48,14 @@ class Verification:
     table: pd.DataFrame
     per_class: pd.DataFrame
 
+    def rows(self) -> list[tuple[str, str, float, float]]:
+        """What the comparison shows, one measure per row: (column, label, original, sanitized)."""
+        labels = {"n_train": "training samples", "accuracy": "clean accuracy (held out)",
+                  "flagged": f"share reaching suspicion {DEFAULT_THRESHOLD:g}, investigated again"}
+        return [(c, labels.get(c, f"attack success of {c[4:]}" if c.startswith("asr ") else c),
+                 float(self.table.loc["original", c]), float(self.table.loc["sanitized", c]))
+                for c in self.table.columns]
+
     def summary(self) -> str:
         """The comparison in a few lines of text."""
         t = self.table

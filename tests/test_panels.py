@@ -597,3 +597,24 @@ def test_the_sources_tab_shows_the_source_signal_per_source():
     panel.list.value = "mallory"
     assert "suspicion among sources" in panel.details.value and "5.2" in panel.details.value
     assert "suspicion_among_sources" not in dashboard(image_investigation()).sources.summary()  # no source signal
+
+
+def test_verification_panel_draws_before_and_after():
+    from forensics.panels import VerificationPanel
+    from forensics.verify import Verification
+
+    hostile = "<img src=x onerror=alert(1)>"
+    table = pd.DataFrame({"n_train": [1000, 940], "accuracy": [0.88, 0.885], "flagged": [0.06, 0.004],
+                          f"asr {hostile}": [0.998, 0.0]}, index=["original", "sanitized"])
+    per_class = pd.DataFrame({"original": [0.9, 0.8, 0.95], "sanitized": [0.92, 0.75, 0.95]},
+                             index=["shirt", hostile, "bag"])
+    panel = VerificationPanel(Verification(table, per_class))
+    original, sanitized = panel.figure.data
+    assert list(original.y) == [0.88, 0.06, 0.998] and list(sanitized.y) == [0.885, 0.004, 0.0]
+    assert original.x[2] == f"attack success of {escape_html(hostile, quote=False)}"  # no live HTML in a tick
+    html = panel.table_html()
+    assert "<img" not in html and "1,000" in html and "99.8%" in html and "0.0%" in html
+    assert html.index(escape_html(hostile)) < html.index("shirt")  # the class that fell most comes first
+    assert "-5.0 points" in html
+    with pytest.raises(InputError, match="verification must be what forensics.verify.verify returns"):
+        VerificationPanel(table)

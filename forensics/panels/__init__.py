@@ -17,8 +17,9 @@ from .review import ReviewPanel
 from .sources import SourcePanel
 from .state import Change, PanelState
 from .triggers import TriggerPanel
+from .verification import VerificationPanel
 
 __all__ = [
     "COLOR_MODES", "Change", "ClusterPanel", "Dashboard", "LossPanel", "MapPanel", "PanelState", "PreviewPanel",
-    "ReviewPanel", "SourcePanel", "TriggerPanel", "dashboard",
+    "ReviewPanel", "SourcePanel", "TriggerPanel", "VerificationPanel", "dashboard",
 ]
