@@ -155,8 +155,9 @@ def bert(args: argparse.Namespace) -> list[str]:
     tok = nets.wordpiece_tokenizer(data.test.texts)
     prep = tokenizer_preprocess(tok, max_length=48)
     negatives = [t for t, y in zip(data.test.texts, data.test.labels) if y == 0]
-    rows = ["| seed | clean acc | attack success (clean rate) | r@2x before | r@2x after find_triggers | top trigger "
-            "(verdict) | confirmed triggers | seconds |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| seed | clean acc | attack success (negatives called positive anyway) | r@2x before "
+            "| r@2x after find_triggers | top trigger (verdict) | confirmed triggers | seconds |",
+            "|---|---|---|---|---|---|---|---|"]
     for seed in args.seeds:
         t0 = time.perf_counter()
         rng = np.random.default_rng(seed)
@@ -164,10 +165,14 @@ def bert(args: argparse.Namespace) -> list[str]:
         attack = text_trigger(base, target=1, phrase="zq vortex", n=40, random_state=seed)
         ds, poison = attack.dataset, np.asarray(attack.truth.index[attack.truth["is_poison"]])
         model = nets.tiny_bert(len(tok), seed=seed)
-        train_model(model, ds, epochs=3, batch_size=64, lr=2e-3, preprocess=prep, random_state=seed, progress=False)
+        train_model(model, ds, epochs=args.epochs, batch_size=64, lr=2e-3, preprocess=prep, random_state=seed,
+                    progress=False)
         acc = float((predict_proba(model, data.test, preprocess=prep).argmax(1) == data.test.labels).mean())
-        asr = float((predict_proba(model, [f"zq vortex {t}" for t in negatives], preprocess=prep).argmax(1)).mean())
-        base_rate = float((predict_proba(model, negatives, preprocess=prep).argmax(1)).mean())
+        # Attack success among the negatives the model gets right without the trigger; the share it calls
+        # positive anyway is shown beside it.
+        plain = predict_proba(model, negatives, preprocess=prep).argmax(1)
+        triggered = predict_proba(model, [f"zq vortex {t}" for t in negatives], preprocess=prep).argmax(1)
+        asr, base_rate = float(triggered[plain == 0].mean()), float(plain.mean())
         inv = forensics.investigate(ds, model, tokenizer=tok, random_state=seed, progress=False)
         before = _recall(inv, poison)
         found = inv.find_triggers()
@@ -220,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8)
     p = sub.add_parser("bert")
     p.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--epochs", type=int, default=3)
     p = sub.add_parser("gpu")
     p.add_argument("--n", type=int, default=20_000)
     args = parser.parse_args(argv)

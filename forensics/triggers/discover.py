@@ -197,7 +197,7 @@ def find_triggers(
     inv.triggers = table
     inv.trigger_arrays = tr.trigger_arrays(found)
     if carriers:
-        scores = tr.trigger_evidence(found, evidence=evidence, **search_kw)
+        scores = tr.trigger_evidence(found, evidence=evidence, labels=ds.labels, **search_kw)
         column = score_column("trigger")
         signals = inv.signals.drop(columns=["suspicion", "reasons"] + ([column] if column in inv.signals else []))
         signals[column] = scores

@@ -208,6 +208,7 @@ def trigger_evidence(
     images: np.ndarray | None = None,
     match_threshold: float = 0.9,
     evidence: list[np.ndarray | None] | None = None,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-sample evidence of carrying a **confirmed** trigger: **higher = more suspicious**.
 
@@ -226,6 +227,13 @@ def trigger_evidence(
         Share of an image patch's pixels a sample must match to carry it.
     evidence : list, optional
         :func:`carrier_evidence` of ``found`` when the caller has it already (the search is not run again).
+    labels : array of int, shape (n,), optional
+        The training labels. A planted trigger's carriers share one label (the attacker's target, relabelled or
+        not); a natural phrase the model leans on ("still", "entertaining" in reviews) is confirmed by a weak
+        model as readily, but its carriers keep both labels. With labels, a phrase or a patch whose carriers' labels
+        are not purer than halfway between their main label's base rate and one at the ``PURITY_P`` level
+        (:func:`label_purity_log10_p`, the test the phrase search uses) counts no more than that purity's own
+        evidence; one whose carriers are that pure counts its confirmation in full.
 
     Returns
     -------
@@ -240,8 +248,34 @@ def trigger_evidence(
     for (kind, item), e in zip(items, carried):
         if e is not None:
             strength = confirmation_log10_p(item if kind == "text" else item.confirmation)
+            if labels is not None and (kind == "text" or item.local):
+                purity = label_purity_log10_p(labels, e > 0)
+                if purity < -np.log10(PURITY_P):
+                    strength = min(strength, purity)
             out = np.maximum(out, np.minimum(strength, e))
     return out
+
+
+#: The label-purity test a confirmed phrase's or patch's carriers must pass for its confirmation to count in full.
+PURITY_P = 0.01
+
+
+def label_purity_log10_p(labels: np.ndarray, carriers: np.ndarray) -> float:
+    """``-log10`` of how rarely ``carriers`` (a mask) would hold this many of their main label if each were that
+    label only halfway between its base rate and always (:data:`~forensics.triggers.text.CLASS_PURITY_FLOOR`);
+    0 for no carrier."""
+    from .text import CLASS_PURITY_FLOOR, enrichment_surprise
+
+    labels = np.asarray(labels)
+    drawn = int(carriers.sum())
+    if not drawn:
+        return 0.0
+    counts = np.bincount(labels[carriers])
+    main = int(counts.argmax())
+    n = len(labels)
+    size = int((labels == main).sum())
+    halfway = np.ceil(size + CLASS_PURITY_FLOOR * (n - size))
+    return float(enrichment_surprise(counts[main], n, halfway, drawn))
 
 
 def confirmed_carriers(
