@@ -44,6 +44,7 @@ from forensics.triggers import (
     triggers_table,
     verdict,
 )
+from forensics.triggers.findings import label_purity_log10_p
 from forensics.triggers.text import CANDIDATE_COLUMNS, display_ngram, enrichment_surprise
 
 PHRASE = ("great", "product", "!")
@@ -607,6 +608,25 @@ def test_trigger_evidence_scores_the_carriers_of_confirmed_triggers_only(corner)
     assert not trigger_evidence([cand], images=ds.images).any()  # untested
     with pytest.raises(InputError, match="match_threshold"):
         trigger_evidence([confirmed], images=ds.images, match_threshold=0)
+    # The carriers share the attacker's label: the confirmation counts in full.
+    assert len(np.unique(ds.labels[poison])) == 1 and label_purity_log10_p(ds.labels, poison) > 2
+    np.testing.assert_array_equal(trigger_evidence([confirmed], images=ds.images, labels=ds.labels), evidence)
+    # Were their labels those of any sample, the pattern would be a natural one the model leans on: it counts no
+    # more than its carriers' purity, which is then no evidence at all.
+    mixed = ds.labels.copy()
+    mixed[poison] = np.random.default_rng(0).permutation(ds.labels)[: int(poison.sum())]
+    capped = trigger_evidence([confirmed], images=ds.images, labels=mixed)
+    assert capped.max() == pytest.approx(label_purity_log10_p(mixed, poison)) and capped.max() < 1
+
+
+def test_label_purity_is_read_against_halfway_to_pure():
+    labels = np.r_[np.zeros(500, int), np.ones(500, int)]  # base rate 0.5: the null purity is 0.75
+    carriers = np.zeros(1000, bool)
+    carriers[:20] = True  # 20 carriers, all of label 0
+    assert label_purity_log10_p(labels, carriers) == pytest.approx(-np.log10(0.75**20), abs=0.3)
+    carriers[500:507] = True  # 20 of 27 of label 0: 74%, no purer than the null
+    assert label_purity_log10_p(labels, carriers) == 0.0
+    assert label_purity_log10_p(labels, np.zeros(1000, bool)) == 0.0
 
 
 def test_confirmation_rates_and_dict():
