@@ -112,8 +112,10 @@ def round_residuals(sketches: np.ndarray, *, n_components: int = 10) -> np.ndarr
     res = s - np.median(s, axis=0)
     q = min(n_components, min(res.shape) - 1) if len(res) > 1 else 0
     if q > 0:
-        _, _, vt = np.linalg.svd(res, full_matrices=False)
-        res = (res @ vt[:q].T) @ vt[:q]
+        # The top right singular vectors, from the k x k scatter matrix (k is small; the clients may be many).
+        _, vecs = np.linalg.eigh(res.T @ res)
+        top = vecs[:, ::-1][:, :q]
+        res = (res @ top) @ top.T
     scale = np.median(np.linalg.norm(res, axis=1))
     return res / scale if scale > 0 else res
 
