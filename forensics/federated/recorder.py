@@ -149,15 +149,21 @@ class UpdateRecorder:
         if not keep:
             raise InputError(f"round {r} has no update of the expected size ({n_params} parameters)")
         ids_k = [ids[i] for i in keep]
-        x = np.stack([flats[i] for i in keep])
-        finite_mask = np.isfinite(x)
-        finite = finite_mask.all(axis=1)
+        # A 2-D array is used as it is (no copy of 400 x 100k values); mappings are stacked.
+        if isinstance(updates, np.ndarray) and len(keep) == len(flats):
+            x = updates if updates.dtype.kind == "f" else updates.astype(np.float64)
+        else:
+            x = np.stack([flats[i] for i in keep])
+        finite = np.isfinite(x).all(axis=1)
         for row in np.flatnonzero(~finite).tolist():
-            bad = int((~finite_mask[row]).sum())
+            bad = int((~np.isfinite(x[row])).sum())
             anomalies.append(dict(round=r, client_id=ids_k[row], kind="non_finite",
                                   detail=f"{bad} NaN or infinite value(s) of {x.shape[1]}"))
-        clean = np.where(finite_mask, x, 0.0)
-        norms = np.where(finite, np.linalg.norm(clean, axis=1), np.nan)
+        clean = x if finite.all() else np.where(np.isfinite(x), x, 0)
+        # Exact norms, accumulated in float64 a few rows at a time.
+        norms = np.concatenate([np.linalg.norm(clean[s:s + 16].astype(np.float64), axis=1)
+                                for s in range(0, len(clean), 16)])
+        norms = np.where(finite, norms, np.nan)
         sk = sketch(clean, k=self.k, random_state=self.random_state)
         digests = np.array([hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in x], dtype=object)
         rec = RoundRecord(round=r, client_ids=np.array(ids_k, dtype=object), sketches=sk, norms=norms,
@@ -195,7 +201,9 @@ class UpdateRecorder:
             if arr.dtype.kind not in "fiub":
                 raise InputError(f"updates must be numeric; got dtype {arr.dtype}")
             ids = [str(c) for c in client_ids]
-            pairs = [(row.astype(np.float64), [("", (arr.shape[1],))]) for row in arr]
+            if arr.dtype.kind != "f":
+                arr = arr.astype(np.float64)
+            pairs = [(row, [("", (arr.shape[1],))]) for row in arr]  # views of arr
         if not ids:
             raise InputError("updates is empty; a round needs at least one client update")
         if len(set(ids)) != len(ids):
