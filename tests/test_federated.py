@@ -308,3 +308,23 @@ def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
     expected = params + updates[honest_rows].mean(axis=0)
     got = np.concatenate([a.ravel() for a in parameters_to_ndarrays(new)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_guard_leaves_out_non_finite_and_wrong_size_updates_and_keeps_recording(tmp_path):
+    rng = np.random.default_rng(3)
+    guard = AggregationGuard(UpdateRecorder(tmp_path / "rec", k=16), analysis={"min_group": 3})
+    ids = [f"c{i}" for i in range(12)]
+    for r in range(3):
+        updates = {c: rng.standard_normal(40) for c in ids}
+        if r == 1:
+            updates["c3"] = np.full(40, np.nan)
+            updates["c5"] = rng.standard_normal(41)
+        kept = guard.screen(r, updates)
+        if r == 1:
+            assert "c3" not in kept and "c5" not in kept
+            assert set(guard.excluded[1]) >= {"c3", "c5"}
+    # Once sent, a non-finite update keeps its client out; the recording has every round on disk.
+    assert "c3" in guard.excluded[2] and "c3" in guard.flagged
+    back = UpdateRecorder.load(tmp_path / "rec")
+    assert back.rounds == [0, 1, 2]
+    assert back.anomalies["kind"].tolist() == ["bad_shape", "non_finite"]
