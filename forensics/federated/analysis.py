@@ -6,8 +6,8 @@ Each signal of :mod:`forensics.federated.signals` becomes a tail probability (lo
   the clients outside any significant sybil group (:func:`forensics.signals.combine.tail_probability`, a
   generalized Pareto tail above the 87.5th percentile, so an eighth of the clients cannot shape their own null;
   a sybil group, alike by design, would make every honest non-IID client look far from the rest);
-- ``sybil``: its closeness under that of the clients outside its HDBSCAN group (:func:`~.signals.sybil_groups`;
-  a group may be half of the federation);
+- ``sybil``: its closeness under that of the clients outside its HDBSCAN group and of the other groups
+  (:func:`~.signals.sybil_groups`; a group may be half of the federation);
 - ``stale``: each all-zero update, or one byte-identical to an earlier update of the same client, counts
   ``STALE_P`` (local training never repeats 100k floats to the bit);
 - ``anomaly``: a non-finite update or one of the wrong size, anywhere in the recording, is ``ANOMALY_P``.

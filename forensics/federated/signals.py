@@ -21,7 +21,10 @@ Over rounds:
   a client's statistic is the smaller of its closeness and the median closeness of its nearest neighbours (an
   honest client that happens to sit near a few others is not a group), and its tail probability comes from a
   normal fitted robustly (median, MAD) to the statistic of the clients *outside* its HDBSCAN group (everyone
-  for an unclustered client), so a group that is half of the federation does not hide in its own null. A normal,
+  for an unclustered client), and, where there are others, of the clients of the other groups (the group must
+  stand out against both), so a group that is half of the federation does not hide in its own null. A member
+  that is itself unusual (p < ``GROUP_MEMBER_P``, at least half the group's median statistic) carries the
+  group's evidence, that of its median statistic. A normal,
   not a fitted generalized Pareto tail: on 400 honest Fashion-MNIST clients (Dirichlet 0.1) the honest closeness
   ended lighter than exponential (the largest of 400 at 2.9 robust standard deviations), and an exponential tail
   left 100 sybils with added noise at p ~ 1e-3, short of the threshold after the correction for the signals;
