@@ -1,0 +1,208 @@
+"""Federated forensics: find 100 fake devices among 100-400 honest non-IID clients, and what excluding them buys.
+
+Quality (``quality``): each cell is a Fashion-MNIST federation (``forensics.redteam.federated``: a 784-32-10 MLP,
+25k parameters; local SGD, 10 steps of 32 at lr 0.2; FedAvg) with ``--honest`` honest clients on a
+Dirichlet(``alpha``) split and 100 sybils joining at round 3, each training on a draw from one attacker's pool (half
+of it carrying a 4x4 white corner patch relabelled as class 0), with or without added noise of the honest updates'
+norm (``noise`` 1.0). Ten rounds. Per cell the same federation runs under:
+
+- ``fedavg``: no defence (the attack's reach);
+- ``guard``: :class:`forensics.federated.guard.AggregationGuard` in the loop (record, analyse the last 3 rounds,
+  leave the flagged clients out of FedAvg); its report at round 5 (the third round of the sybils) gives the sybil
+  recall and the share of honest clients flagged;
+- ``krum``, ``median``, ``trimmed``: Flower's own ``aggregate_krum`` (told the true number of attackers),
+  ``aggregate_median`` and ``aggregate_trimmed_avg`` (cut 0.2), from ``flwr.server.strategy.aggregate``;
+- ``clean``: FedAvg without any attacker (the honest accuracy to keep).
+
+Attack success (ASR) = share of triggered test images (2,000 test images, those not of class 0) predicted as 0;
+accuracy on the 2,000 clean test images, both after the last round.
+
+Speed (``speed``): 400 clients x 50 rounds of 100k-parameter updates (random, with a 100-client group sharing a
+direction), recorded (sketched) round by round and analysed every round as the guard does, then once more over
+all rounds; the wall time of recording + analysis is reported (generating the updates is not counted).
+
+Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 101::
+
+    python benchmarks/federated.py quality --seeds 100 101     # writes _work/federated/<cell>.json
+    python benchmarks/federated.py quality --seeds 100 --aggregators fedavg guard clean   # a part of each cell
+    python benchmarks/federated.py speed
+    python benchmarks/federated.py report --seeds 100 101      # the markdown tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forensics.federated import UpdateRecorder, analyze_clients
+from forensics.federated.guard import AggregationGuard
+from forensics.redteam.federated import FederatedScenario, fedavg, simulate_federation
+
+WORK = Path(__file__).resolve().parent / "_work" / "federated"
+AGGREGATORS = ("fedavg", "guard", "krum", "median", "trimmed", "clean")
+JOIN = 3
+N_SYBILS = 100
+
+
+def fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from forensics.sample_data._sources import read_fashion_mnist
+
+    d = read_fashion_mnist()
+    return (d["train_images"], d["train_labels"].astype(np.int64), d["test_images"][:2000],
+            d["test_labels"][:2000].astype(np.int64))
+
+
+def scenario(honest: int, alpha: float, noise: float, seed: int, *, attack: bool = True) -> FederatedScenario:
+    return FederatedScenario(n_honest=honest, alpha=alpha, n_rounds=10, n_sybils=N_SYBILS if attack else 0,
+                             sybil_join=JOIN, sybil_noise=noise, target=0, patch=4, poison_share=0.5,
+                             pool_size=2000, hidden=32, local_steps=10, batch_size=32, lr=0.2, random_state=seed)
+
+
+def flower_aggregate(kind: str, n_attackers: int):
+    try:
+        from flwr.server.strategy import aggregate as fa
+    except ImportError as e:
+        raise SystemExit("the robust anchors need Flower: pip install poison-forensics[bench]") from e
+
+    def agg(r: int, ids: list[str], updates: np.ndarray, n_ex: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        results = [([u], int(n)) for u, n in zip(updates, n_ex)]
+        if kind == "krum":
+            out = fa.aggregate_krum(results, num_malicious=min(n_attackers, (len(ids) - 3) // 2), to_keep=0)
+        elif kind == "median":
+            out = fa.aggregate_median(results)
+        else:
+            out = fa.aggregate_trimmed_avg(results, proportiontocut=0.2)
+        return np.asarray(out[0], dtype=np.float32), []
+
+    return agg
+
+
+def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
+             aggregators: tuple[str, ...] = AGGREGATORS) -> dict[str, Any]:
+    """Run the cell's missing aggregators; the results are kept per cell so that a later call adds to them."""
+    path = WORK / f"h{honest}_a{alpha}_n{noise}_s{seed}.json"
+    out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else dict(
+        honest=honest, alpha=alpha, noise=noise, seed=seed)
+    for kind in aggregators:
+        if kind in out:
+            continue
+        t0 = time.perf_counter()
+        sc = scenario(honest, alpha, noise, seed, attack=kind != "clean")
+        guard = None
+        if kind == "guard":
+            guard = AggregationGuard(UpdateRecorder())
+
+            def aggregate(r, ids, updates, n_ex, guard=guard):
+                kept = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+                rows = [ids.index(c) for c in kept]
+                return fedavg(r, kept, updates[rows], n_ex[rows])[0], [c for c in ids if c not in kept]
+            run = simulate_federation(sc, *data, aggregate=aggregate)
+        elif kind in ("fedavg", "clean"):
+            run = simulate_federation(sc, *data)
+        else:
+            run = simulate_federation(sc, *data, aggregate=flower_aggregate(kind, N_SYBILS))
+        last = run.history.iloc[-1]
+        out[kind] = dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"]),
+                         seconds=round(time.perf_counter() - t0, 1))
+        if guard is not None:
+            sybils = set(run.truth.index[run.truth["role"] == "sybil"])
+            honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
+            for r in (JOIN, JOIN + 1, JOIN + 2):
+                flagged = set(guard.reports[r].flagged)
+                out["guard"][f"recall_r{r - JOIN + 1}"] = len(flagged & sybils) / len(sybils)
+                out["guard"][f"honest_flagged_r{r - JOIN + 1}"] = len(flagged & honest_ids) / len(honest_ids)
+            out["guard"]["max_honest_excluded"] = max(len(set(ex) & honest_ids) for ex in guard.excluded.values())
+        print(f"  {kind:8s} {out[kind]}", flush=True)
+        WORK.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def quality(args: argparse.Namespace) -> None:
+    data = fashion()
+    for seed in args.seeds:
+        for honest in args.honest:
+            for alpha in args.alphas:
+                for noise in args.noise:
+                    print(f"cell honest={honest} alpha={alpha} noise={noise} seed={seed}", flush=True)
+                    run_cell(honest, alpha, noise, seed, data, tuple(args.aggregators))
+
+
+def speed(args: argparse.Namespace) -> None:
+    n_clients, n_rounds, n_params, k_group = 400, 50, 100_000, 100
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((20, n_params)).astype(np.float32)
+    mix = rng.standard_normal((n_clients, 20)).astype(np.float32)
+    shared = rng.standard_normal(n_params).astype(np.float32)
+    ids = [f"c{i:03d}" for i in range(n_clients)]
+    rec = UpdateRecorder()
+    t_rec = t_ana = 0.0
+    for r in range(n_rounds):
+        updates = mix @ basis + 0.5 * rng.standard_normal((n_clients, n_params), dtype=np.float32)
+        updates[:k_group] = shared + 0.3 * rng.standard_normal((k_group, n_params), dtype=np.float32)
+        t0 = time.perf_counter()
+        rec.record_round(r, updates, client_ids=ids)
+        t1 = time.perf_counter()
+        report = analyze_clients(rec)
+        t_ana += time.perf_counter() - t1
+        t_rec += t1 - t0
+    t0 = time.perf_counter()
+    full = analyze_clients(rec, window=None)
+    t_full = time.perf_counter() - t0
+    found = set(full.flagged) & set(ids[:k_group])
+    line = (f"400 clients x 50 rounds x 100k params: record {t_rec:.1f} s, analyse every round {t_ana:.1f} s, "
+            f"total {t_rec + t_ana:.1f} s; one analysis of all 50 rounds {t_full:.1f} s; group found "
+            f"{len(found)}/{k_group} (last window: {len(set(report.flagged) & set(ids[:k_group]))}), others "
+            f"flagged {len(set(full.flagged) - set(ids[:k_group]))}")
+    print(line)
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "speed.txt").write_text(line + "\n")
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = []
+    for f in sorted(WORK.glob("h*_s*.json")):
+        d = json.loads(f.read_text())
+        if d["seed"] in args.seeds and "guard" in d:
+            rows.append(d)
+    rows.sort(key=lambda d: (d["honest"], d["alpha"], d["noise"], d["seed"]))
+    print("| honest | alpha | noise | seed | recall r1 / r2 / r3 | honest flagged r3 | max honest excluded | "
+          "ASR fedavg | guard | krum | median | trimmed | acc clean | fedavg | guard | krum | median | trimmed |")
+    print("|" + "---|" * 18)
+    for d in rows:
+        g = d["guard"]
+        print(f"| {d['honest']} | {d['alpha']} | {d['noise']} | {d['seed']} | {g['recall_r1']:.2f} / "
+              f"{g['recall_r2']:.2f} / {g['recall_r3']:.2f} | {100 * g['honest_flagged_r3']:.1f}% | "
+              f"{g['max_honest_excluded']} | "
+              + " | ".join(_cell(d, k, "asr") for k in ("fedavg", "guard", "krum", "median", "trimmed")) + " | "
+              + " | ".join(_cell(d, k, "accuracy") for k in ("clean", "fedavg", "guard", "krum", "median",
+                                                            "trimmed")) + " |")
+
+
+def _cell(d: dict[str, Any], kind: str, key: str) -> str:
+    return f"{d[kind][key]:.3f}" if kind in d else "not run"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("quality", "report"):
+        s = sub.add_parser(name)
+        s.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+        s.add_argument("--honest", type=int, nargs="+", default=[100, 400])
+        s.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+        s.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
+        s.add_argument("--aggregators", nargs="+", choices=AGGREGATORS, default=list(AGGREGATORS))
+    sub.add_parser("speed")
+    args = p.parse_args(argv)
+    {"quality": quality, "speed": speed, "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

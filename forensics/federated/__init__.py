@@ -1,0 +1,42 @@
+"""Federated-learning forensics: which clients' model updates look like fake devices, attackers or free-riders.
+
+The analyst sees each client's model update per round. :class:`UpdateRecorder` keeps a fixed random sketch and
+the exact norm of every update (saved round by round to a folder, atomically); :func:`analyze_clients` scores
+every client on the recorded rounds (norm outliers, dissent from the robust aggregate, Krum distance, sybil
+groups far more alike than honest non-IID clients, stale and non-finite updates) into one calibrated suspicion
+with reasons; :func:`group_effect` measures what a flagged group's mean update does to the global model (attack
+success of a trigger with and without it, and which classes gain predictions). The Flower strategy wrapper
+(:func:`forensics.federated.flower.ForensicStrategy`) records every round and can leave flagged clients out of
+the aggregation; it imports flwr on first use.
+
+Examples
+--------
+>>> from forensics.federated import UpdateRecorder, analyze_clients
+>>> rec = UpdateRecorder("runs/fl-audit")
+>>> rec.record_round(0, {"phone-1": delta_1, "phone-2": delta_2})
+>>> report = analyze_clients(rec)
+>>> report.table[["suspicion", "is_flagged", "reasons"]].head()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .analysis import DEFAULT_THRESHOLD, ClientReport, analyze_clients
+from .confirm import apply_update, group_effect
+from .recorder import RoundRecord, UpdateRecorder
+from .sketch import SKETCH_DIM, flatten_update, sketch
+
+_LAZY = {"ForensicStrategy": "flower"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'forensics.federated' has no attribute {name!r}")
+
+
+__all__ = ["ClientReport", "DEFAULT_THRESHOLD", "ForensicStrategy", "RoundRecord", "SKETCH_DIM", "UpdateRecorder",
+           "analyze_clients", "apply_update", "flatten_update", "group_effect", "sketch"]

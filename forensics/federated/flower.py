@@ -1,0 +1,127 @@
+"""Flower integration: a FedAvg strategy that records every round's client updates and can leave flagged clients
+out of the aggregation.
+
+Needs flwr (``pip install poison-forensics[bench]``); the rest of :mod:`forensics.federated` does not.
+
+:class:`ForensicStrategy` is Flower's ``FedAvg`` with one change in ``aggregate_fit``: each client's update (its
+returned weights minus the global weights it was sent, which the strategy remembers from ``initialize_parameters``,
+``configure_fit`` and its own previous aggregate) goes through an
+:class:`~forensics.federated.guard.AggregationGuard` (record, analyse, exclude), and FedAvg then averages the clients
+the guard keeps. The round's report is in ``strategy.guard.reports``; the metrics returned to the server add
+``forensics_excluded`` and ``forensics_flagged``.
+
+Examples
+--------
+>>> from forensics.federated import UpdateRecorder
+>>> from forensics.federated.flower import ForensicStrategy
+>>> strategy = ForensicStrategy(UpdateRecorder("runs/fl-audit"), initial_parameters=params, min_fit_clients=10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+try:
+    from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import FedAvg
+except ImportError as e:  # pragma: no cover - exercised only without flwr
+    raise ImportError("forensics.federated.flower needs Flower (flwr): install the extra with "
+                      "pip install poison-forensics[bench]") from e
+
+from .guard import AggregationGuard
+from .recorder import UpdateRecorder
+
+
+def _default_client_id(proxy: Any, fit_res: Any) -> str:
+    """The client's own id if it reports one in its metrics (``client_id``), else the proxy's ``cid``."""
+    metrics = getattr(fit_res, "metrics", None) or {}
+    return str(metrics.get("client_id", getattr(proxy, "cid", None)))
+
+
+class ForensicStrategy(FedAvg):
+    """FedAvg that records every round into ``recorder`` and excludes the clients the analysis flags.
+
+    Parameters
+    ----------
+    recorder : UpdateRecorder
+    exclude : bool
+        False: record and analyse only.
+    sticky : bool
+        Leave a client out of every later round once it was flagged (default: only while it is flagged).
+    analysis : dict, optional
+        Keyword arguments of :func:`~forensics.federated.analyze_clients`.
+    client_id : callable, optional
+        ``(client_proxy, fit_res) -> str``; default: ``fit_res.metrics["client_id"]`` if present, else the proxy's
+        ``cid``.
+    **fedavg_kwargs
+        Passed to Flower's ``FedAvg`` (``initial_parameters``, ``min_fit_clients``, ...).
+    """
+
+    def __init__(self, recorder: UpdateRecorder, *, exclude: bool = True, sticky: bool = False,
+                 analysis: Mapping[str, Any] | None = None, client_id: Callable[[Any, Any], str] | None = None,
+                 **fedavg_kwargs: Any):
+        super().__init__(**fedavg_kwargs)
+        self.guard = AggregationGuard(recorder, exclude=exclude, sticky=sticky, analysis=analysis)
+        self.client_id = _default_client_id if client_id is None else client_id
+        initial = fedavg_kwargs.get("initial_parameters")
+        self._global: list[np.ndarray] | None = None if initial is None else parameters_to_ndarrays(initial)
+
+    def __repr__(self) -> str:
+        return f"ForensicStrategy(exclude={self.guard.exclude}, flagged={len(self.guard.flagged)})"
+
+    def set_global_parameters(self, parameters: Parameters | list[np.ndarray]) -> None:
+        """Tell the strategy the global weights the next round's clients start from."""
+        arrays = parameters_to_ndarrays(parameters) if isinstance(parameters, Parameters) else list(parameters)
+        self._global = [np.asarray(a) for a in arrays]
+
+    def initialize_parameters(self, client_manager: Any) -> Parameters | None:
+        params = super().initialize_parameters(client_manager)
+        if params is not None:
+            self.set_global_parameters(params)
+        return params
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
+        self.set_global_parameters(parameters)
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[Any, Any]],
+                      failures: list[Any]) -> tuple[Parameters | None, dict[str, Any]]:
+        if not results:
+            return None, {}
+        if self._global is None:
+            raise InputError("ForensicStrategy does not know the global weights the clients started from: give "
+                             "initial_parameters, or call set_global_parameters before aggregate_fit")
+        base = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in self._global])
+        updates: dict[str, Any] = {}
+        n_examples: dict[str, int] = {}
+        by_id: dict[str, tuple[Any, Any]] = {}
+        for proxy, fit_res in results:
+            cid = self.client_id(proxy, fit_res)
+            if cid in updates:
+                raise InputError(f"two results of round {server_round} come from client {cid!r}")
+            arrays = parameters_to_ndarrays(fit_res.parameters)
+            flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) if arrays else (
+                np.zeros(0))
+            # A wrong-size update is recorded as an anomaly by the guard; its delta cannot be taken.
+            updates[cid] = flat - base if flat.size == base.size else flat
+            n_examples[cid] = int(fit_res.num_examples)
+            by_id[cid] = (proxy, fit_res)
+        kept = self.guard.screen(server_round, updates, n_examples=n_examples)
+        kept_results = [by_id[c] for c in kept]
+        if not kept_results:
+            return None, {"forensics_excluded": len(results), "forensics_flagged": len(self.guard.flagged)}
+        params, metrics = super().aggregate_fit(server_round, kept_results, failures)
+        if params is not None:
+            self.set_global_parameters(params)
+        metrics = dict(metrics)
+        metrics["forensics_excluded"] = len(results) - len(kept)
+        metrics["forensics_flagged"] = len(self.guard.flagged)
+        return params, metrics
+
+
+__all__ = ["ForensicStrategy", "ndarrays_to_parameters"]

@@ -1,0 +1,330 @@
+"""Federated forensics: sketches, the recorder, the client signals, the guard, group effects and the red team."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from forensics.errors import InputError, IntegrityError
+from forensics.federated import (
+    UpdateRecorder,
+    analyze_clients,
+    apply_update,
+    flatten_update,
+    group_effect,
+    sketch,
+)
+from forensics.federated.guard import AggregationGuard
+from forensics.redteam.federated import (
+    FederatedScenario,
+    build_model,
+    dirichlet_partition,
+    fedavg,
+    load_digits_split,
+    simulate_federation,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_split()
+
+
+def _record(scenario, digits, recorder=None, keep_last=None):
+    rec = UpdateRecorder() if recorder is None else recorder
+
+    def on_round(r, ids, updates, n_ex, params):
+        rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+        if keep_last is not None:
+            keep_last.update(round=r, ids=list(ids), updates=updates.copy(), params=params.copy())
+
+    run = simulate_federation(scenario, *digits, on_round=on_round)
+    return rec, run
+
+
+@pytest.fixture(scope="module")
+def planted(digits):
+    """10 sybils sharing a backdoor (joining at round 2) among 40 honest Dirichlet(0.5) clients, 5 rounds."""
+    last: dict = {}
+    scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=5, n_sybils=10, sybil_join=2, random_state=0)
+    rec, run = _record(scenario, digits, keep_last=last)
+    return rec, run, last
+
+
+# ------------------------------------------------------------------------------------------------ sketches
+def test_sketch_keeps_norms_and_does_not_depend_on_the_batch():
+    x = np.random.default_rng(0).standard_normal((6, 20_000))
+    s = sketch(x, k=256, random_state=3)
+    assert s.shape == (6, 256) and s.dtype == np.float32
+    np.testing.assert_allclose(sketch(x[2], k=256, random_state=3), s[2], rtol=1e-4, atol=1e-3)
+    ratio = np.linalg.norm(s, axis=1) / np.linalg.norm(x, axis=1)
+    assert np.all(np.abs(ratio - 1) < 0.15)
+    # Another seed is another projection.
+    assert not np.allclose(sketch(x[:1], random_state=4), s[:1])
+    # Inner products are kept: near-parallel updates stay near-parallel.
+    y = x[0] + 0.1 * x[1]
+    sy = sketch(y, random_state=3)
+    assert sy @ s[0] / np.linalg.norm(sy) / np.linalg.norm(s[0]) > 0.97
+
+
+def test_flatten_update_reads_arrays_lists_and_state_dict_deltas():
+    flat, layout = flatten_update({"w": torch.ones(2, 3), "b": np.arange(3.0)})
+    assert layout == [("w", (2, 3)), ("b", (3,))]
+    np.testing.assert_array_equal(flat, [1, 1, 1, 1, 1, 1, 0, 1, 2])
+    flat2, layout2 = flatten_update([np.ones((2, 2)), np.zeros(1)])
+    assert flat2.size == 5 and layout2 == [("0", (2, 2)), ("1", (1,))]
+    with pytest.raises(InputError, match="must be an array, a sequence of arrays"):
+        flatten_update(3.5)
+    with pytest.raises(InputError, match=r"update\['w'\] must be numeric"):
+        flatten_update({"w": np.array(["a"])})
+
+
+# ------------------------------------------------------------------------------------------------ recorder
+def test_recorder_rejects_bad_input_and_keeps_what_was_recorded(tmp_path):
+    rec = UpdateRecorder(tmp_path / "rec", k=16)
+    rec.record_round(0, {"a": np.ones(10), "b": np.arange(10.0)})
+    with pytest.raises(InputError, match="round 0 is already recorded"):
+        rec.record_round(0, {"a": np.ones(10)})
+    with pytest.raises(InputError, match="client 'a' sent 7 parameters in round 1 but 10 before"):
+        rec.record_round(1, {"a": np.ones(7), "b": np.ones(10)})
+    with pytest.raises(InputError, match="the update of client 'c' in round 1 has 12 parameters; expected 10"):
+        rec.record_round(1, {"b": np.ones(10), "c": np.ones(12)})
+    with pytest.raises(InputError, match="client_ids must name each of the 2 rows"):
+        rec.record_round(1, np.ones((2, 10)), client_ids=["a"])
+    with pytest.raises(InputError, match="must be a mapping client_id -> update or a 2-D array"):
+        rec.record_round(1, np.ones(10), client_ids=["a"])
+    with pytest.raises(InputError, match="round must be an integer >= 0; got -1"):
+        rec.record_round(-1, {"a": np.ones(10)})
+    # Nothing of the failed rounds was kept, on disk either.
+    assert rec.rounds == [0]
+    assert UpdateRecorder.load(tmp_path / "rec").rounds == [0]
+    # A wrong-size update can be recorded as an anomaly instead, and a NaN update is recorded as evidence.
+    bad = np.ones(10)
+    bad[3] = np.nan
+    r1 = rec.record_round(1, {"a": np.ones(10), "b": bad, "c": np.ones(12)}, bad_shape="record")
+    assert list(r1.client_ids) == ["a", "b"] and list(r1.finite) == [True, False]
+    assert np.isnan(r1.norms[1]) and np.isfinite(r1.sketches).all()
+    an = rec.anomalies
+    assert an[["client_id", "kind"]].values.tolist() == [["c", "bad_shape"], ["b", "non_finite"]]
+    assert "1 NaN or infinite value(s) of 10" in an["detail"].iloc[1]
+
+
+def test_recorder_save_load_round_trip_and_checksums(tmp_path):
+    rng = np.random.default_rng(1)
+    rec = UpdateRecorder(k=32, random_state=5)
+    for r in range(3):
+        rec.record_round(r, rng.standard_normal((4, 50)), client_ids=["a", "b", "c", "d"], n_examples=[1, 2, 3, 4],
+                         metadata={"a": {"device": "phone", "region": "EU"}})
+    folder = rec.save(tmp_path / "saved")
+    back = UpdateRecorder.load(folder)
+    assert back.rounds == [0, 1, 2] and back.k == 32 and back.random_state == 5 and back.n_params == 50
+    for r in range(3):
+        np.testing.assert_array_equal(back.round(r).sketches, rec.round(r).sketches)
+        np.testing.assert_array_equal(back.round(r).norms, rec.round(r).norms)
+        assert list(back.round(r).client_ids) == ["a", "b", "c", "d"]
+    assert back.clients.loc["a", "region"] == "EU" and back.clients.loc["a", "n_rounds"] == 3
+    # Continuing a loaded recording writes to the same folder.
+    back.record_round(3, rng.standard_normal((4, 50)), client_ids=["a", "b", "c", "d"])
+    assert UpdateRecorder.load(folder).rounds == [0, 1, 2, 3]
+    with pytest.raises(InputError, match="already holds a recording"):
+        UpdateRecorder(folder)
+    # A damaged round file is caught.
+    f = folder / "rounds" / "round-000001.npz"
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(IntegrityError, match="does not match its checksum"):
+        UpdateRecorder.load(folder)
+    man = json.loads((folder / "recorder.json").read_text())
+    assert man["format_version"] == 1 and set(man["rounds"]) == {"0", "1", "2", "3"}
+
+
+# ------------------------------------------------------------------------------------------------ signals
+def test_planted_sybils_are_all_flagged_and_no_honest_client_is(planted):
+    rec, run, _ = planted
+    report = analyze_clients(rec)
+    t = report.table.join(run.truth)
+    sybils = t["role"] == "sybil"
+    assert sybils.sum() == 10
+    assert t.loc[sybils, "is_flagged"].all()
+    assert not t.loc[~sybils, "is_flagged"].any()
+    assert set(report.flagged) == set(t.index[sybils])
+    assert t.loc[sybils, "top_signal"].eq("sybil").all()
+    assert t.loc[sybils, "reasons"].str.contains("far more alike than the others").all()
+    # The sybils form one HDBSCAN group of their own.
+    g = t.loc[sybils, "sybil_group"].unique()
+    assert len(g) == 1 and g[0] >= 0
+    assert set(report.groups.loc[g[0], "members"]) == set(t.index[sybils])
+    assert report.params["rounds"] == [2, 3, 4]
+
+
+def test_free_riders_and_a_boosted_attacker_are_flagged_with_their_reasons(digits):
+    scenario = FederatedScenario(n_honest=30, alpha=1.0, n_rounds=4, boost=10.0, sybil_join=1, n_free_riders=2,
+                                 free_rider="stale", random_state=2)
+    rec, run = _record(scenario, digits)
+    t = analyze_clients(rec).table.join(run.truth)
+    riders = t["role"] == "free_rider"
+    assert t.loc[riders, "is_flagged"].all()
+    assert t.loc[riders, "reasons"].str.contains("all-zero or repeated update").all()
+    assert t.loc[riders, "stale_score"].eq(3).all()  # rounds 1-3 (the window) repeat round 0's update
+    boosted = t.loc["boosted-0000"]
+    assert boosted["is_flagged"] and boosted["top_signal"] in ("norm", "krum")
+    assert not t.loc[t["role"] == "honest", "is_flagged"].any()
+
+
+def test_a_nan_update_flags_its_client_and_the_analysis_goes_on(planted):
+    rec, _, last = planted
+    copy = UpdateRecorder(k=rec.k, random_state=rec.random_state)
+    for r in rec.rounds:
+        src = rec.round(r)
+        copy._rounds[r] = src
+        for c in src.client_ids:
+            copy._clients.setdefault(c, dict(client_id=c, n_params=rec.n_params, first_round=r))
+    copy.n_params = rec.n_params
+    updates = last["updates"].copy()
+    updates[5, :3] = np.nan
+    copy.record_round(5, updates, client_ids=last["ids"])
+    t = analyze_clients(copy).table
+    cid = last["ids"][5]
+    assert t.loc[cid, "is_flagged"] and t.loc[cid, "top_signal"] == "anomaly"
+    assert "a non-finite update in round 5" in t.loc[cid, "reasons"]
+
+
+def test_analyze_clients_checks_its_input():
+    with pytest.raises(InputError, match="recorder holds no round yet"):
+        analyze_clients(UpdateRecorder())
+    with pytest.raises(InputError, match="recorder must be an UpdateRecorder; got dict"):
+        analyze_clients({})  # type: ignore[arg-type]
+    rec = UpdateRecorder(k=8)
+    rec.record_round(0, np.ones((3, 5)), client_ids=["a", "b", "c"])
+    with pytest.raises(InputError, match="min_group must be an integer >= 2; got 1"):
+        analyze_clients(rec, min_group=1)
+    with pytest.raises(InputError, match=r"trusted\[0\] must be a sketch of shape \(8,\)"):
+        analyze_clients(rec, trusted={0: np.ones(3)})
+
+
+# ------------------------------------------------------------------------------------------------ guard + effect
+def test_guard_in_the_loop_excludes_the_sybils_and_stops_the_backdoor(digits):
+    scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=8, n_sybils=10, sybil_join=2, random_state=0)
+    baseline = simulate_federation(scenario, *digits)
+    guard = AggregationGuard(UpdateRecorder())
+
+    def aggregate(r, ids, updates, n_ex):
+        kept = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+        rows = [ids.index(c) for c in kept]
+        step, _ = fedavg(r, kept, updates[rows], n_ex[rows])
+        return step, [c for c in ids if c not in kept]
+
+    guarded = simulate_federation(scenario, *digits, aggregate=aggregate)
+    sybils = {c for c in guarded.truth.index if c.startswith("sybil")}
+    # Every sybil is left out of every round from the one it joined in (round 2); an honest client now and then.
+    assert [r for r, ex in guard.excluded.items() if sybils <= set(ex)] == [2, 3, 4, 5, 6, 7]
+    assert all(len(set(ex) - sybils) <= 2 for ex in guard.excluded.values())
+    assert sybils <= guard.flagged
+    assert guarded.history["attack_success"].iloc[-1] < baseline.history["attack_success"].iloc[-1] - 0.1
+    assert guarded.history["accuracy"].iloc[-1] >= baseline.history["accuracy"].iloc[-1] - 0.05
+
+
+def test_group_effect_confirms_the_sybils_backdoor(planted):
+    _, run, last = planted
+    model = build_model(last["params"], run.layout)
+    ids = np.array(last["ids"])
+    sybil_update = last["updates"][np.char.startswith(ids.astype(str), "sybil")].mean(axis=0)
+    honest_update = last["updates"][np.char.startswith(ids.astype(str), "honest")][:10].mean(axis=0)
+    _, _, xte, yte = load_digits_split()
+    eff = group_effect(model, sybil_update, xte, labels=yte, trigger=run.trigger)
+    assert eff["asr_with"] > eff["asr_without"] + 0.3
+    assert eff["gaining_class"] == run.trigger.target
+    honest = group_effect(model, honest_update, xte, labels=yte, trigger=run.trigger)
+    assert honest["asr_rise"] < eff["asr_rise"] - 0.3
+    # apply_update moves the parameters by exactly the update and leaves the model alone.
+    moved = apply_update(model, sybil_update)
+    flat = np.concatenate([v.numpy().ravel() for v in moved.state_dict().values()])
+    np.testing.assert_allclose(flat, last["params"] + sybil_update, atol=1e-5)
+    with pytest.raises(InputError, match="update has 3 values; the model has"):
+        apply_update(model, np.ones(3))
+
+
+# ------------------------------------------------------------------------------------------------ red team
+def test_dirichlet_partition_is_a_partition_and_skews_with_alpha():
+    y = np.repeat(np.arange(10), 100)
+    parts = dirichlet_partition(y, 20, 0.1, random_state=0)
+    allidx = np.concatenate(parts)
+    assert len(allidx) == 1000 and len(np.unique(allidx)) == 1000 and min(len(p) for p in parts) >= 2
+    dominant = lambda ps: np.mean([np.bincount(y[p]).max() / len(p) for p in ps])  # noqa: E731
+    assert dominant(parts) > dominant(dirichlet_partition(y, 20, 100.0, random_state=0)) + 0.3
+    with pytest.raises(InputError, match="alpha must be a finite number > 0; got 0"):
+        dirichlet_partition(y, 20, 0)
+
+
+def test_scenario_validates_and_truth_lists_every_client(planted):
+    _, run, _ = planted
+    truth = run.truth
+    assert truth["role"].value_counts().to_dict() == {"honest": 40, "sybil": 10}
+    assert truth.loc[truth["role"] == "sybil", "joins_round"].eq(2).all()
+    assert isinstance(run.history, pd.DataFrame) and list(run.history.index) == [0, 1, 2, 3, 4]
+    with pytest.raises(InputError, match="free_rider must be one of"):
+        FederatedScenario(free_rider="lazy")
+    with pytest.raises(InputError, match="n_sybils must be an integer >= 0; got -1"):
+        FederatedScenario(n_sybils=-1)
+
+
+def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
+    flwr = pytest.importorskip("flwr", reason="the Flower wrapper needs the bench extra (flwr)")
+    from types import SimpleNamespace
+
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from forensics.federated.flower import ForensicStrategy
+
+    assert flwr is not None
+    rec, run, _ = planted
+    # Replay the recorded federation's real updates of rounds 0-4 through the strategy, from one global model.
+    scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=5, n_sybils=10, sybil_join=2, random_state=0)
+    rounds: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+    simulate_federation(scenario, *load_digits_split(),
+                        on_round=lambda r, ids, u, n, p: rounds.append((list(ids), u.copy(), p.copy())))
+    shapes = [s for _, s in run.layout]
+
+    def to_arrays(flat):
+        cuts = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+        return [a.reshape(s) for a, s in zip(np.split(flat.astype(np.float32), cuts), shapes)]
+
+    strategy = ForensicStrategy(UpdateRecorder(), initial_parameters=ndarrays_to_parameters(to_arrays(rounds[0][2])))
+    for r, (ids, updates, params) in enumerate(rounds):
+        strategy.set_global_parameters(to_arrays(params))
+        results = [(SimpleNamespace(cid=c), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(to_arrays(params + u)),
+                                                   20, {})) for c, u in zip(ids, updates)]
+        new, metrics = strategy.aggregate_fit(r, results, [])
+        assert new is not None and metrics["forensics_excluded"] == len(strategy.guard.excluded[r])
+    sybils = {c for c in run.truth.index if c.startswith("sybil")}
+    assert strategy.guard.flagged == sybils
+    assert set(strategy.guard.excluded[4]) == sybils
+    # The aggregate of the last round is the mean of the honest clients' weights only.
+    ids, updates, params = rounds[4]
+    honest_rows = [i for i, c in enumerate(ids) if c not in sybils]
+    expected = params + updates[honest_rows].mean(axis=0)
+    got = np.concatenate([a.ravel() for a in parameters_to_ndarrays(new)])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_guard_leaves_out_non_finite_and_wrong_size_updates_and_keeps_recording(tmp_path):
+    rng = np.random.default_rng(3)
+    guard = AggregationGuard(UpdateRecorder(tmp_path / "rec", k=16), analysis={"min_group": 3})
+    ids = [f"c{i}" for i in range(12)]
+    for r in range(3):
+        updates = {c: rng.standard_normal(40) for c in ids}
+        if r == 1:
+            updates["c3"] = np.full(40, np.nan)
+            updates["c5"] = rng.standard_normal(41)
+        kept = guard.screen(r, updates)
+        if r == 1:
+            assert "c3" not in kept and "c5" not in kept
+            assert set(guard.excluded[1]) >= {"c3", "c5"}
+    # Once sent, a non-finite update keeps its client out; the recording has every round on disk.
+    assert "c3" in guard.excluded[2] and "c3" in guard.flagged
+    back = UpdateRecorder.load(tmp_path / "rec")
+    assert back.rounds == [0, 1, 2]
+    assert back.anomalies["kind"].tolist() == ["bad_shape", "non_finite"]
