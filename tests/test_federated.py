@@ -272,14 +272,12 @@ def test_scenario_validates_and_truth_lists_every_client(planted):
 
 
 def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
-    flwr = pytest.importorskip("flwr", reason="the Flower wrapper needs the bench extra (flwr)")
     from types import SimpleNamespace
 
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
     from forensics.federated.flower import ForensicStrategy
 
-    assert flwr is not None
     rec, run, _ = planted
     # Replay the recorded federation's real updates of rounds 0-4 through the strategy, from one global model.
     scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=5, n_sybils=10, sybil_join=2, random_state=0)
