@@ -35,12 +35,13 @@ from forensics.models import train_reference_model
 from forensics.verify import verify
 
 
-def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.DataFrame, seed: int) -> dict[str, object]:
+def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.DataFrame, seed: int, *,
+        pairs: bool = False) -> dict[str, object]:
     """The loop on one dataset with its model and ground truth: one row of the table."""
     t0 = time.perf_counter()
     inv = forensics.investigate(train_data, model, random_state=seed, progress=False)
     inv.find_triggers(holdout=test)
-    plan = inv.plan()
+    plan = inv.plan(pairs=pairs)
     sanitized = plan.apply(train_data)
     poison = truth.loc[train_data.ids, "is_poison"].to_numpy(bool)
     acted = np.isin(train_data.ids, plan.table.index)
@@ -65,13 +66,13 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
     }
 
 
-def bundled(name: str, seed: int) -> dict[str, object]:
+def bundled(name: str, seed: int, pairs: bool) -> dict[str, object]:
     data = sample_data.load(name)
     model, _ = data.model()
-    return run(name, data.train, data.test, model, sample_data.load_truth(name), seed)
+    return run(name, data.train, data.test, model, sample_data.load_truth(name), seed, pairs=pairs)
 
 
-def matrix_cell(name: str) -> dict[str, object]:
+def matrix_cell(name: str, pairs: bool) -> dict[str, object]:
     """A cell of the attack matrix (``family-seedN``), with the model the matrix trained and cached for it."""
     import matrix
 
@@ -83,7 +84,7 @@ def matrix_cell(name: str) -> dict[str, object]:
     if not folder.with_suffix(".safetensors").is_file():
         raise SystemExit(f"no cached model for {name}: run python benchmarks/matrix.py first")
     model, _ = load_model(folder)
-    return run(f"matrix {name}", built.train, built.test, model, built.truth, int(seed))
+    return run(f"matrix {name}", built.train, built.test, model, built.truth, int(seed), pairs=pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--matrix", nargs="*", default=[], metavar="CELL",
                         help="cells of the attack matrix too, e.g. blend-seed102 pair_flip-seed100 (cached models)")
+    parser.add_argument("--pairs", action="store_true", help="the plan relabels back one-way relabellings as a whole")
     args = parser.parse_args(argv)
-    rows = [bundled(name, args.seed) for name in args.data] + [matrix_cell(name) for name in args.matrix]
+    rows = ([bundled(name, args.seed, args.pairs) for name in args.data]
+            + [matrix_cell(name, args.pairs) for name in args.matrix])
     table = pd.DataFrame(rows)
     print(f"Command: `python benchmarks/remediation.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ")
     print(f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "

@@ -476,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     sanitize.add_argument("--no-triggers", action="store_true", help="keep the carriers of confirmed triggers")
     sanitize.add_argument("--no-review", action="store_true", help="ignore the review decisions")
     sanitize.add_argument("--no-relabel", action="store_true", help="remove instead of relabelling")
+    sanitize.add_argument("--pairs", action="store_true",
+                          help="relabel back the samples of each one-way relabelling found (the most likely ones)")
     sanitize.add_argument("--dry-run", action="store_true", help="print the plan's cost; write no version")
     sanitize.add_argument("--note", default="", help="why (recorded with the new version)")
     sanitize.set_defaults(func=_sanitize)
@@ -528,7 +530,7 @@ def _sanitize(args: argparse.Namespace) -> int:
     inv = Investigation.load(args.investigation)
     plan = inv.plan(threshold=None if args.no_suspicion else args.threshold, triggers=not args.no_triggers,
                     sources=args.source, clusters=args.cluster, review=not args.no_review,
-                    relabel=not args.no_relabel)
+                    relabel=not args.no_relabel, pairs=args.pairs)
     print(plan.summary())
     if args.plan_out:
         path = export_table(plan.to_frame(), args.plan_out, meta={"investigation": inv.id, "policy": plan.policy})

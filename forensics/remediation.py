@@ -9,7 +9,10 @@ takes the first that applies, in this order:
    removed; one *suspected* but not decided is quarantined;
 2. the carriers of a confirmed trigger (``triggers=True``) are removed;
 3. every sample of a chosen source, then of a chosen map cluster, is removed;
-4. a suspicion at or above ``threshold``: relabelled to the model's prediction when a label signal is the strongest
+4. a one-way relabelling (``pairs=True``): for each pair of classes the investigation found relabelled in excess
+   (``inv.params["relabelled_pairs"]``: label ``a`` holds about ``excess`` samples that look like ``b``), the
+   ``excess`` samples of ``a`` most likely relabelled from ``b`` (``targeted_flip``) are relabelled ``b``;
+5. a suspicion at or above ``threshold``: relabelled to the model's prediction when a label signal is the strongest
    evidence and the model predicts another class (``relabel=True``), removed otherwise.
 
 The plan is a value: nothing is applied until :meth:`RemediationPlan.apply`. Its dry run
@@ -191,6 +194,7 @@ def plan_remediation(
     clusters: Iterable[int] | int = (),
     review: bool = True,
     relabel: bool = True,
+    pairs: bool = False,
 ) -> RemediationPlan:
     """A remediation plan from an investigation (see the module docstring for the order of the rules).
 
@@ -210,6 +214,10 @@ def plan_remediation(
     relabel : bool
         Relabel, rather than remove, a sample the suspicion rule chose when a label signal is its strongest evidence
         and the model predicts another class.
+    pairs : bool
+        Act on each one-way relabelling the investigation found as a whole: relabel back the ``excess`` samples most
+        likely relabelled (many of them stay below the suspicion threshold, their relabelling being a matter of
+        degree). Needs the ``targeted_flip`` signal.
 
     Returns
     -------
@@ -261,6 +269,20 @@ def plan_remediation(
             if not (cluster_of == c).any():
                 raise InputError(f"cluster {c} is not on the map; choose from {sorted(set(cluster_of.tolist()))}")
             take(cluster_of == c, "remove", f"cluster: every sample of cluster {c}")
+    if pairs:
+        found = inv.params.get("relabelled_pairs") or []
+        column = "targeted_flip_score"
+        if found and column not in inv.signals:
+            raise InputError("pairs=True needs the targeted_flip signal's scores; investigate with it")
+        for pair in found:
+            a, b, excess = int(pair["label"]), int(pair["looks_like"]), int(pair["excess"])
+            score = inv.signals[column].to_numpy(dtype=np.float64)
+            rows = np.flatnonzero((ds.labels == a) & ~done & (score > 0))
+            chosen = np.zeros(n, dtype=bool)
+            chosen[rows[np.argsort(-score[rows], kind="stable")[:excess]]] = True
+            new_label[chosen] = names[b]
+            take(chosen, "relabel", f"pair: {names[a]} holds about {excess} relabelled {names[b]}; among the most "
+                                    f"{names[b]}-like")
     suspicion = inv.signals["suspicion"].to_numpy(dtype=np.float64)
     if threshold is not None:
         high = suspicion >= threshold
@@ -284,7 +306,7 @@ def plan_remediation(
         "reasons": inv.signals["reasons"].to_numpy(dtype=object)[rows] if "reasons" in inv.signals else "",
     }, index=pd.Index(ds.ids[rows], name="sample_id", dtype=object))
     policy = {"threshold": threshold, "triggers": triggers, "sources": sources, "clusters": clusters,
-              "review": review, "relabel": relabel, "investigation": inv.id}
+              "review": review, "relabel": relabel, "pairs": pairs, "investigation": inv.id}
     return RemediationPlan(table=table, policy=policy, class_names=tuple(ds.class_names), ids=ds.ids.copy(),
                            hashes=np.asarray(ds.hashes).copy(), labels=ds.labels.copy(),
                            sources=None if ds.sources is None else src.copy())

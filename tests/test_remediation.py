@@ -33,7 +33,7 @@ class _Map:
                                                    space=coords, class_names=class_names))
 
 
-def _investigation() -> Investigation:
+def _investigation(params: dict | None = None) -> Investigation:
     """40 images of "cat" (even) and "dog" (odd). Planted: 0-4 flipped labels (the model gives their label 1e-6 and
     predicts the other class), 5-7 off the spectral direction, 8-9 carry a confirmed trigger, 12-14 come from a bot,
     15-16 form cluster 7; the analyst confirms 10, suspects 11 and clears 0."""
@@ -56,7 +56,7 @@ def _investigation() -> Investigation:
     samples = ds.to_frame()
     samples["prediction"] = np.where(np.arange(N) < 5, 1 - labels, labels)
     inv = Investigation(ds, signals=signals, samples=samples, features=rng.random((N, 4)).astype(np.float32),
-                        map_builder=_Map())
+                        map_builder=_Map(), params=params)
     inv.triggers = pd.DataFrame({
         "trigger_id": ["image-1", "image-2"], "kind": ["image", "image"], "description": ["a patch", "weak one"],
         "evidence": ["", ""], "remove_flip_rate": [0.9, 0.3], "add_flip_rate": [0.9, 0.1],
@@ -90,6 +90,28 @@ def test_each_sample_takes_the_first_rule_that_applies(inv):
     assert t.loc["s12", "rule"] == "source: every sample of bot" and t.loc["s15", "rule"].startswith("cluster")
     assert t.loc["s05", "rule"] == "suspicion: >= 2" and t.loc["s05", "decided_by"] == "rule"
     assert t.loc["s03", "reasons"] == "high loss"
+
+
+def test_a_one_way_relabelling_is_relabelled_back_as_a_whole():
+    """The investigation found "dog" holding about 3 relabelled "cat"s: the 3 most cat-like dogs not yet decided
+    are relabelled cat, whatever their suspicion; the review still comes first."""
+    pair = {"label": 1, "looks_like": 0, "count": 9, "mirror": 6, "excess": 3, "p_value": 1e-4, "label_name": "dog",
+            "looks_like_name": "cat"}
+    inv = _investigation({"relabelled_pairs": [pair]})  # as investigate() records what it found
+    scores = np.zeros(N)
+    scores[[21, 23, 25, 27, 29]] = [0.9, 0.8, 0.7, 0.6, 0.2]  # dogs (odd), by how surely they were cats
+    scores[11] = 0.95  # a dog the analyst suspects: the review decides it
+    inv.signals["targeted_flip_score"] = scores
+    assert "pair" not in set(plan_remediation(inv).table["rule"].str.split(":").str[0])  # off by default
+    plan = plan_remediation(inv, pairs=True)
+    pair = plan.table[plan.table["rule"].str.startswith("pair:")]
+    assert list(pair.index) == ["s21", "s23", "s25"] and set(pair["new_label"]) == {"cat"}
+    assert set(pair["action"]) == {"relabel"} and plan.table.loc["s11", "action"] == "quarantine"
+    assert pair["rule"].iloc[0] == "pair: dog holds about 3 relabelled cat; among the most cat-like"
+    assert plan.policy["pairs"] is True
+    del inv.signals["targeted_flip_score"]
+    with pytest.raises(InputError, match="pairs=True needs the targeted_flip signal"):
+        plan_remediation(inv, pairs=True)
 
 
 def test_policies_switch_off_and_removal_replaces_relabelling(inv):
