@@ -517,7 +517,41 @@ def build_parser() -> argparse.ArgumentParser:
     versions.add_argument("version", nargs="*", metavar="ARG", help="version ids (v0001, ...), or sample ids")
     versions.add_argument("--note", default="", help="why (recorded with a restore or a readmission)")
     versions.set_defaults(func=_versions)
+    clients = sub.add_parser(
+        "clients", help="score the clients of a recorded federated run; exit 1 when any is flagged",
+        description="The clients of a federation recorded by forensics.federated.UpdateRecorder (a folder): each "
+                    "one's suspicion and reasons over the last rounds (norm, dissent, Krum distance, sybil groups, "
+                    "stale and non-finite updates). Exit 0 when no client reaches the threshold, 1 when one does.")
+    clients.add_argument("recording", metavar="RECORDING", help="the recorder's folder")
+    clients.add_argument("--window", type=int, default=3, help="rounds analysed, counted back from the last (3)")
+    clients.add_argument("--threshold", type=float, default=2.0, help="suspicion that flags a client (2)")
+    clients.add_argument("--min-group", type=int, default=10, help="smallest sybil group (10)")
+    clients.add_argument("--table-out", metavar="FILE", help="write the per-client table (.csv, .parquet, .json)")
+    clients.add_argument("--top", type=int, default=15, help="clients printed (15)")
+    clients.set_defaults(func=_clients)
     return parser
+
+
+def _clients(args: argparse.Namespace) -> int:
+    from .export import export_table
+    from .federated import UpdateRecorder, analyze_clients
+
+    rec = UpdateRecorder.load(args.recording, attach=False)
+    report = analyze_clients(rec, window=args.window, threshold=args.threshold, min_group=args.min_group)
+    table = report.table
+    flagged = report.flagged
+    rounds = report.params.get("rounds", [])
+    print(f"{len(table)} clients over round(s) {', '.join(map(str, rounds))}: {len(flagged)} flagged at suspicion "
+          f">= {args.threshold:g}")
+    suspects = report.groups[report.groups["n_flagged"] > 0] if len(report.groups) else report.groups
+    for g, row in suspects.iterrows():
+        print(f"sybil group {g}: {int(row['size'])} clients since round {int(row['first_round'])}")
+    shown = table.head(args.top)[["suspicion", "is_flagged", "reasons"]]
+    print(shown.to_string(max_colwidth=90))
+    if args.table_out:
+        path = export_table(table, args.table_out, meta={"recording": str(args.recording), "params": report.params})
+        print(f"table written to {path}")
+    return EXIT_FAIL if flagged else EXIT_PASS
 
 
 def _sanitize(args: argparse.Namespace) -> int:

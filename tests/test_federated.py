@@ -326,3 +326,20 @@ def test_guard_leaves_out_non_finite_and_wrong_size_updates_and_keeps_recording(
     back = UpdateRecorder.load(tmp_path / "rec")
     assert back.rounds == [0, 1, 2]
     assert back.anomalies["kind"].tolist() == ["bad_shape", "non_finite"]
+
+
+def test_the_clients_command_reads_a_recording_and_fails_on_flagged_clients(digits, tmp_path, capsys):
+    from forensics.cli import main
+
+    scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=5, n_sybils=10, sybil_join=2, random_state=0)
+    _, run = _record(scenario, digits, recorder=UpdateRecorder(tmp_path / "fl"))
+    out = tmp_path / "clients.csv"
+    assert main(["clients", str(tmp_path / "fl"), "--table-out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "50 clients over round(s) 2, 3, 4: 10 flagged at suspicion >= 2" in printed
+    assert "sybil group" in printed and "10 clients since round 2" in printed
+    table = pd.read_csv(out, index_col=0)
+    sybils = set(run.truth.index[run.truth["role"] == "sybil"])
+    assert set(table.index[table["is_flagged"]]) == sybils
+    assert main(["clients", str(tmp_path / "nothing")]) == 2
+    assert "holds no recording" in capsys.readouterr().err

@@ -202,7 +202,7 @@ def test_from_torch_reads_a_dataloader_in_order_and_refuses_a_shuffled_one(colou
 
     images = colour.images[:10]
     chw = torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float() / 255  # what ToTensor() gives
-    loader = DataLoader(TensorDataset(chw, torch.from_numpy(colour.labels[:10])), batch_size=4)
+    loader = DataLoader(TensorDataset(chw, torch.from_numpy(colour.labels[:10].copy())), batch_size=4)
     ds = Dataset.from_torch(loader, ids=[f"img-{i}" for i in range(10)])
     assert ds.images.shape == (10, 32, 32, 3) and np.array_equal(ds.images, images)
     assert ds.labels.tolist() == colour.labels[:10].tolist()
