@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -372,7 +373,10 @@ def list_layers(
                 lambda _m, a, k: on_output(default + INPUT_SUFFIX, _input_of(a, k)), with_kwargs=True))
         args, kwargs = _model_inputs(batch, run.device)
         _check_call(model, args, kwargs)
-        model(*args, **kwargs)
+        try:
+            model(*args, **kwargs)
+        except RuntimeError as e:
+            raise (_channel_mismatch(e, args) or e) from e
 
     rows = []
     for name, m in modules.items():
@@ -498,8 +502,7 @@ def _model_inputs(batch: Any, device: torch.device, *, channels_last: bool = Fal
 
 
 def _check_call(model: nn.Module, args: tuple, kwargs: dict) -> None:
-    """Name the mismatch between the prepared batch and the model before running it: a forward that needs
-    other arguments, or images with another number of channels than the first convolution takes."""
+    """Name a forward that needs other arguments than the prepared batch gives, before running it."""
     try:
         inspect.signature(model.forward).bind(*args, **kwargs)
     except TypeError as e:
@@ -512,15 +515,19 @@ def _check_call(model: nn.Module, args: tuple, kwargs: dict) -> None:
         ) from None
     except ValueError:  # a forward without an inspectable signature (a builtin): let the call itself tell
         return
+
+
+def _channel_mismatch(e: RuntimeError, args: tuple) -> InputError | None:
+    """torch's "expected input[...] to have 3 channels, but got 1 channels instead", said for images."""
+    found = re.search(r"to have (\d+) channels, but got (\d+) channels", str(e))
     x = args[0] if args else None
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if isinstance(x, torch.Tensor) and x.ndim == 4 and conv is not None and x.shape[1] != conv.in_channels:
-        name = next(n for n, m in model.named_modules() if m is conv)
-        raise InputError(
-            f"the images have {x.shape[1]} channel(s) but the model's first convolution {name!r} takes "
-            f"{conv.in_channels}: load the images with the channels the model was trained on (e.g. "
-            "Dataset.from_image_folder(..., mode='RGB' or 'L')) or give a preprocess that converts them"
-        )
+    if found is None or not isinstance(x, torch.Tensor) or x.ndim != 4:
+        return None
+    return InputError(
+        f"the images have {found.group(2)} channel(s) but the model takes {found.group(1)}: load the images with the "
+        "channels the model was trained on (e.g. Dataset.from_image_folder(..., mode='RGB' or 'L')) or give a "
+        f"preprocess that converts them (torch said: {e})"
+    )
 
 
 def _logits_of(out: Any, n_rows: int) -> torch.Tensor:
@@ -827,7 +834,7 @@ def extract_activations(
                     out = _logits_of(forward(*args, **kwargs), b).cpu()
             except (torch.OutOfMemoryError, RuntimeError) as e:
                 if not _is_out_of_memory(e) or size == 1:
-                    raise
+                    raise (_channel_mismatch(e, args) or e) from e
                 # Free what the failed batch held, then run the same samples in halves.
                 del args, kwargs
                 captured.clear()

@@ -138,9 +138,10 @@ def test_normalization_and_channel_mismatch(resnet, colour):
     assert np.allclose(x[:, 0, 0, 0].numpy(), expected, atol=1e-6)
     assert "mean=[0.485" in PREP.cache_key and image_preprocess().cache_key == "image_preprocess"
     gray = Dataset.from_numpy(colour.images[:8].mean(axis=3).astype(np.uint8), colour.labels[:8])
-    with pytest.raises(InputError, match="the images have 1 channel\\(s\\) but the model's first convolution "
-                                         "'conv1' takes 3"):
+    with pytest.raises(InputError, match="the images have 1 channel\\(s\\) but the model takes 3"):
         extract_activations(resnet, gray, progress=False)
+    with pytest.raises(InputError, match="the images have 1 channel\\(s\\) but the model takes 3"):
+        list_layers(resnet, gray)
     with pytest.raises(InputError, match="the images have 1 channel\\(s\\) but mean and std give 3"):
         extract_activations(ImageCNN(1, 10, (32, 32)), gray, preprocess=PREP, progress=False)
     with pytest.raises(InputError, match="give both mean and std"):
