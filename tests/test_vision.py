@@ -207,7 +207,7 @@ def test_from_torch_reads_a_dataloader_in_order_and_refuses_a_shuffled_one(colou
     ds = Dataset.from_torch(loader, ids=[f"img-{i}" for i in range(10)])
     assert ds.images.shape == (10, 32, 32, 3) and np.array_equal(ds.images, images)
     assert ds.labels.tolist() == colour.labels[:10].tolist()
-    shuffled = DataLoader(TensorDataset(chw, torch.from_numpy(colour.labels[:10])), batch_size=4, shuffle=True)
+    shuffled = DataLoader(TensorDataset(chw, torch.from_numpy(colour.labels[:10].copy())), batch_size=4, shuffle=True)
     with pytest.raises(InputError, match="random order \\(RandomSampler\\).*shuffle=False"):
         Dataset.from_torch(shuffled)
 
