@@ -343,3 +343,30 @@ def test_the_clients_command_reads_a_recording_and_fails_on_flagged_clients(digi
     assert set(table.index[table["is_flagged"]]) == sybils
     assert main(["clients", str(tmp_path / "nothing")]) == 2
     assert "holds no recording" in capsys.readouterr().err
+
+
+def test_client_panel_maps_the_clients_and_draws_their_suspicion_round_by_round(planted):
+    from forensics.panels import ClientPanel
+    from forensics.panels.clients import suspicion_timeline
+
+    rec, run, _ = planted
+    report = analyze_clients(rec)
+    sybils = set(run.truth.index[run.truth["role"] == "sybil"])
+    panel = ClientPanel(report, rec, reports={r: analyze_clients(rec) for r in (3, 4)})
+    points = panel.points
+    assert len(points) == 50 and set(points.index[points["is_flagged"]]) == sybils
+    assert set(points.loc[sorted(sybils), "group"]) == {points.loc[sorted(sybils)[0], "group"]} != {"none"}
+    assert set(points.drop(index=sorted(sybils))["group"]) == {"none"}
+    # The sybils sit together on the map: far closer to one another than the honest clients are.
+    xy = points[["x", "y"]].to_numpy()
+    is_sybil = points.index.isin(sybils)
+    spread = lambda m: np.linalg.norm(xy[m] - xy[m].mean(axis=0), axis=1).mean()  # noqa: E731
+    assert spread(is_sybil) < 0.5 * spread(~is_sybil)
+    assert panel.timeline.shape == (2, 50) and list(panel.timeline.index) == [3, 4]
+    assert "10 client(s)" in panel.table.value
+    panel.select(["honest-0001"])
+    assert "honest-0001" in panel.table.value and "1 client(s)" in panel.table.value
+    with pytest.raises(InputError, match="reports is empty"):
+        suspicion_timeline({})
+    with pytest.raises(InputError, match="ClientPanel takes a ClientReport"):
+        ClientPanel(report.table, rec)

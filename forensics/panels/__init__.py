@@ -8,6 +8,7 @@ Each panel also works alone (``MapPanel(inv)``, ``PreviewPanel(inv, state)``, ..
 (``select``, ``choose``, ``decide``, ``export``) that the widgets call, so it runs without a browser.
 """
 
+from .clients import ClientPanel
 from .clusters import ClusterPanel
 from .dashboard import Dashboard, dashboard
 from .losses import LossPanel
@@ -20,6 +21,6 @@ from .triggers import TriggerPanel
 from .verification import VerificationPanel
 
 __all__ = [
-    "COLOR_MODES", "Change", "ClusterPanel", "Dashboard", "LossPanel", "MapPanel", "PanelState", "PreviewPanel",
-    "ReviewPanel", "SourcePanel", "TriggerPanel", "VerificationPanel", "dashboard",
+    "COLOR_MODES", "Change", "ClientPanel", "ClusterPanel", "Dashboard", "LossPanel", "MapPanel", "PanelState",
+    "PreviewPanel", "ReviewPanel", "SourcePanel", "TriggerPanel", "VerificationPanel", "dashboard",
 ]

@@ -1,0 +1,127 @@
+"""Federated clients: a map of their updates coloured by suspicion with the sybil groups marked, and the suspicion
+of each client round by round (:mod:`forensics.federated`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from ..errors import InputError
+from ..html import escape_html
+from ._common import Panel
+
+
+def client_points(report: Any, recorder: Any) -> pd.DataFrame:
+    """One row per client of the report: ``x``, ``y`` (the first two principal components of its mean sketch over
+    the analysed rounds), ``suspicion``, ``is_flagged``, ``group`` ("sybil group <n>" for a group with a flagged
+    member, else "none") and ``reasons``."""
+    from sklearn.decomposition import PCA
+
+    rounds = report.params.get("rounds") or [max(recorder.rounds)]
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for r in rounds:
+        rec = recorder.round(r)
+        for cid, sk, ok in zip(rec.client_ids, rec.sketches, rec.finite):
+            if ok:
+                cid = str(cid)
+                sums[cid] = sums.get(cid, 0) + np.asarray(sk, dtype=np.float64)
+                counts[cid] = counts.get(cid, 0) + 1
+    ids = [c for c in report.table.index.astype(str) if c in sums]
+    if len(ids) < 2:
+        raise InputError("the map needs at least two clients with finite updates in the analysed rounds")
+    mean = np.stack([sums[c] / counts[c] for c in ids])
+    xy = PCA(n_components=2, random_state=0).fit_transform(mean)
+    table = report.table.loc[ids]
+    suspect = set(report.groups.index[report.groups["n_flagged"] > 0]) if len(report.groups) else set()
+    group = np.where(table["sybil_group"].isin(suspect), "sybil group " + table["sybil_group"].astype(str), "none")
+    return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "suspicion": table["suspicion"].to_numpy(),
+                         "is_flagged": table["is_flagged"].to_numpy(bool), "group": group,
+                         "reasons": table["reasons"].to_numpy(dtype=object)}, index=pd.Index(ids, name="client_id"))
+
+
+def suspicion_timeline(reports: Mapping[int, Any]) -> pd.DataFrame:
+    """Each client's suspicion after every round screened (rounds as rows, clients as columns; NaN before a client
+    was seen), from the reports an :class:`~forensics.federated.guard.AggregationGuard` keeps."""
+    if not reports:
+        raise InputError("reports is empty: screen at least one round (AggregationGuard.reports)")
+    return pd.DataFrame({int(r): rep.table["suspicion"] for r, rep in sorted(reports.items())}).T.rename_axis("round")
+
+
+class ClientPanel(Panel):
+    """The clients of a federated investigation: their map, the flagged ones with their reasons, and, given the
+    reports of every round, how each one's suspicion rose.
+
+    Parameters
+    ----------
+    report : ClientReport
+        :func:`forensics.federated.analyze_clients`' result.
+    recorder : UpdateRecorder
+        The recording it was computed from (the map is drawn from its sketches).
+    reports : mapping round -> ClientReport, optional
+        One report per round (``AggregationGuard.reports``): adds the timeline.
+    """
+
+    def __init__(self, report: Any, recorder: Any, *, reports: Mapping[int, Any] | None = None) -> None:
+        from ..federated import ClientReport, UpdateRecorder
+
+        if not isinstance(report, ClientReport) or not isinstance(recorder, UpdateRecorder):
+            raise InputError("ClientPanel takes a ClientReport (analyze_clients) and the UpdateRecorder it read")
+        self.report = report
+        self.points = client_points(report, recorder)
+        self.timeline = None if reports is None else suspicion_timeline(reports)
+        self.map = go.FigureWidget(self._map())
+        self.table = widgets.HTML(self.flagged_html())
+        self.table.add_class("forensics-clients")
+        parts: list[widgets.Widget] = [self.map]
+        if self.timeline is not None:
+            self.timeline_figure = go.FigureWidget(self._timeline(self.timeline))
+            parts.append(self.timeline_figure)
+        self.widget = widgets.VBox([*parts, self.table])
+
+    def _map(self) -> go.Figure:
+        p = self.points
+        # Client ids and reasons come from the federation: escaped before plotly renders them as HTML.
+        hover = [f"{escape_html(c, quote=False)}<br>suspicion {s:.1f}<br>{escape_html(r, quote=False)}"
+                 for c, s, r in zip(p.index, p["suspicion"], p["reasons"])]
+        fig = go.Figure()
+        for group in sorted(set(p["group"]), key=lambda g: (g == "none", g)):
+            rows = np.flatnonzero(p["group"].to_numpy() == group)
+            fig.add_scattergl(x=p["x"].to_numpy()[rows], y=p["y"].to_numpy()[rows], mode="markers", name=group,
+                              text=[hover[i] for i in rows], hoverinfo="text",
+                              marker=dict(color=np.minimum(p["suspicion"].to_numpy()[rows], 10), cmin=0, cmax=10,
+                                          colorscale="Reds", size=9, symbol="circle" if group == "none" else "diamond",
+                                          line=dict(width=1, color="#333")))
+        fig.update_layout(height=380, margin=dict(l=30, r=10, t=30, b=30),
+                          title="Clients by their updates (principal components of the sketches)")
+        return fig
+
+    def _timeline(self, t: pd.DataFrame) -> go.Figure:
+        fig = go.Figure()
+        flagged = set(self.points.index[self.points["is_flagged"]])
+        for c in t.columns:
+            fig.add_scatter(x=t.index, y=np.minimum(t[c].to_numpy(dtype=float), 10), mode="lines",
+                            name=escape_html(str(c), quote=False), showlegend=False,
+                            line=dict(color="#b2182b" if str(c) in flagged else "#bbbbbb", width=1))
+        fig.update_layout(height=260, margin=dict(l=30, r=10, t=30, b=30), xaxis_title="round",
+                          yaxis_title="suspicion (capped at 10)", title="Suspicion round by round (red: flagged now)")
+        return fig
+
+    def flagged_html(self, clients: Iterable[str] | None = None) -> str:
+        """The flagged clients (or the ones given), with their suspicion and reasons; every cell escaped."""
+        p = self.points
+        rows = p[p["is_flagged"]] if clients is None else p.loc[[str(c) for c in clients]]
+        body = "".join(f"<tr><td>{escape_html(c)}</td><td style='text-align:right'>{s:.1f}</td>"
+                       f"<td>{escape_html(g)}</td><td>{escape_html(r)}</td></tr>"
+                       for c, s, g, r in zip(rows.index, rows["suspicion"], rows["group"], rows["reasons"]))
+        return ("<table style='font-size:12px'><tr><th>client</th><th>suspicion</th><th>group</th><th>reasons</th>"
+                f"</tr>{body}</table><p style='font-size:12px'>{len(rows)} client(s)</p>")
+
+    def select(self, clients: Iterable[str]) -> None:
+        """Show these clients in the table."""
+        self.table.value = self.flagged_html(clients)
