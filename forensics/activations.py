@@ -531,6 +531,12 @@ def _channel_mismatch(e: RuntimeError, args: tuple) -> InputError | None:
 
 
 def _logits_of(out: Any, n_rows: int) -> torch.Tensor:
+    """The logits of a forward pass as float32, detached (see :func:`_logits_tensor`)."""
+    return _logits_tensor(out, n_rows).detach().to(torch.float32)
+
+
+def _logits_tensor(out: Any, n_rows: int) -> torch.Tensor:
+    """The logits a model returned (a tensor, element 0 of a tuple, or ``.logits``), checked to be (n_rows, k)."""
     if isinstance(out, Mapping) and "logits" in out:
         out = out["logits"]
     elif not isinstance(out, torch.Tensor) and isinstance(getattr(out, "logits", None), torch.Tensor):
@@ -542,7 +548,7 @@ def _logits_of(out: Any, n_rows: int) -> torch.Tensor:
             f"the model must return logits of shape (batch, n_classes) (a tensor, element 0 of a tuple, or "
             f"a .logits attribute); for a batch of {n_rows} samples it returned {got}"
         )
-    return t.detach().to(torch.float32)
+    return t
 
 
 def _check_model(model: Any) -> None:

@@ -274,9 +274,9 @@ def plan_remediation(
         column = "targeted_flip_score"
         if found and column not in inv.signals:
             raise InputError("pairs=True needs the targeted_flip signal's scores; investigate with it")
+        score = inv.signals[column].to_numpy(dtype=np.float64) if found else None
         for pair in found:
             a, b, excess = int(pair["label"]), int(pair["looks_like"]), int(pair["excess"])
-            score = inv.signals[column].to_numpy(dtype=np.float64)
             rows = np.flatnonzero((ds.labels == a) & ~done & (score > 0))
             chosen = np.zeros(n, dtype=bool)
             chosen[rows[np.argsort(-score[rows], kind="stable")[:excess]]] = True

@@ -518,8 +518,7 @@ def _verification_section(verification: Any) -> str:
         fmt = (lambda v: f"{int(v):,}") if column == "n_train" else _pct
         rows.append(f"<tr><td>{escape_html(label)}</td><td class=num>{fmt(before)}</td>"
                     f"<td class=num>{fmt(after)}</td></tr>")
-    per_class = verification.per_class
-    worst = (per_class["sanitized"] - per_class["original"]).sort_values().head(3)
+    worst = verification.worst_classes(3)
     out = ["<h2 id=verification>Retrained: before and after</h2>",
            "<p>A model trained on the original data and one trained on the sanitized data, measured on held-out "
            "samples: what the remediation cost, and whether each confirmed trigger still works.</p>",

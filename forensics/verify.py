@@ -56,6 +56,10 @@ class Verification:
                  float(self.table.loc["original", c]), float(self.table.loc["sanitized", c]))
                 for c in self.table.columns]
 
+    def worst_classes(self, k: int = 3) -> pd.Series:
+        """The ``k`` classes whose accuracy changed least favourably, sanitized minus original, lowest first."""
+        return (self.per_class["sanitized"] - self.per_class["original"]).sort_values().head(k)
+
     def summary(self) -> str:
         """The comparison in a few lines of text."""
         t = self.table
@@ -68,8 +72,7 @@ class Verification:
         for column in [c for c in t.columns if c.startswith("asr ")]:
             lines.append(f"attack success of {column[4:]}: {t.loc['original', column]:.3f} -> "
                          f"{t.loc['sanitized', column]:.3f}")
-        worst = (self.per_class["sanitized"] - self.per_class["original"]).sort_values().head(1)
-        for name, change in worst.items():
+        for name, change in self.worst_classes(1).items():
             lines.append(f"largest loss of a class's accuracy: {name} {change:+.3f}")
         return "\n".join(lines)
 

@@ -72,13 +72,9 @@ def apply_update(model: Any, update: Any, *, scale: float = 1.0) -> Any:
 
 
 def _predict(model: Any, images: np.ndarray, preprocess: Callable[[np.ndarray], Any], batch_size: int) -> np.ndarray:
-    import torch
+    from ..models import predict_proba
 
-    preds = []
-    with torch.no_grad():
-        for s in range(0, len(images), batch_size):
-            preds.append(model(preprocess(images[s:s + batch_size])).argmax(dim=1).cpu().numpy())
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    return predict_proba(model, images, preprocess=preprocess, batch_size=batch_size).argmax(axis=1)
 
 
 def group_effect(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -76,20 +76,6 @@ def _batch(payload: np.ndarray, idx: np.ndarray | slice) -> np.ndarray | list[st
     return list(payload[idx]) if payload.dtype == object else payload[idx]
 
 
-def _training_logits(out: Any) -> torch.Tensor:
-    """The logits of a forward pass, with their gradient: a tensor, element 0 of a tuple, or ``.logits``."""
-    if isinstance(out, Mapping) and "logits" in out:
-        out = out["logits"]
-    elif not isinstance(out, torch.Tensor) and isinstance(getattr(out, "logits", None), torch.Tensor):
-        out = out.logits
-    elif isinstance(out, (tuple, list)) and out:
-        out = out[0]
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise InputError("the model must return logits of shape (batch, n_classes) (a tensor, element 0 of a "
-                         f"tuple, or a .logits attribute); got {type(out).__name__}")
-    return out
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
         and bool(np.isfinite(value))
@@ -147,7 +133,7 @@ def train_model(
         ``loss`` (mean training loss), ``train_accuracy`` (on the batches as seen during the epoch),
         ``samples_seen`` and ``seconds``.
     """
-    from ..activations import _model_inputs, _resolve_preprocess
+    from ..activations import _logits_tensor, _model_inputs, _resolve_preprocess
 
     model = _check_model(model)
     dataset = _check_dataset(dataset, model)
@@ -185,7 +171,7 @@ def train_model(
                 idx = order[b * batch_size:(b + 1) * batch_size]
                 args, kwargs = _model_inputs(prep(_batch(payload, idx.numpy())), device)
                 y = labels[idx].to(device)
-                logits = _training_logits(model(*args, **kwargs))
+                logits = _logits_tensor(model(*args, **kwargs), len(idx))
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 (loss / len(idx)).backward()

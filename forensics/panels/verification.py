@@ -58,8 +58,7 @@ class VerificationPanel(Panel):
             + "".join(f"<td style='text-align:right'>{int(v):,}</td>" if column == "n_train" else
                       f"<td style='text-align:right'>{100 * v:.1f}%</td>" for v in (before, after)) + "</tr>"
             for column, label, before, after in self.verification.rows())
-        per_class = self.verification.per_class
-        worst = (per_class["sanitized"] - per_class["original"]).sort_values().head(3)
-        classes = ", ".join(f"{escape_html(str(name))} {100 * change:+.1f} points" for name, change in worst.items())
+        classes = ", ".join(f"{escape_html(str(name))} {100 * change:+.1f} points"
+                            for name, change in self.verification.worst_classes(3).items())
         return ("<table style='font-size:12px'><tr><th></th><th>original</th><th>sanitized</th></tr>" + body
                 + f"</table><p style='font-size:12px'>Classes whose accuracy fell most: {classes}</p>")
