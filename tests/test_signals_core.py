@@ -296,6 +296,24 @@ def test_knn_distance_outlier_flags_isolated_samples_per_class(clean, caplog):
     assert scores[-1] == 0
 
 
+def test_neighbours_beyond_the_exact_limit_are_approximate_but_close(flipped, monkeypatch):
+    from forensics.signals import neighbors
+
+    features, labels, flips = flipped
+    x = neighbors.reduce_features(features, metric="euclidean", n_components=None)
+    exact_d, exact_i = neighbors.nearest_neighbors(x, 10)
+    monkeypatch.setattr(neighbors, "EXACT_MAX_ROWS", 100)
+    d, i = neighbors.nearest_neighbors(x, 10)
+    assert d.shape == i.shape == (len(x), 10)
+    assert not (i == np.arange(len(x))[:, None]).any()  # never its own neighbour
+    assert np.all(np.diff(d, axis=1) >= 0)  # nearest first
+    found = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, exact_i)])
+    assert found > 0.9
+    # The signal on the approximate graph still ranks the flips first.
+    scores = knn_label_disagreement(features, labels, k=10, metric="euclidean")
+    np.testing.assert_array_equal(_top(scores, len(flips)), np.sort(flips))
+
+
 # ---------------------------------------------------------------- shared contract
 
 

@@ -105,7 +105,8 @@ def _knn_disagreement(ctx: SignalContext, *, k: int, metric: neighbors.Metric, n
 def _knn_outlier(ctx: SignalContext, *, k: int, metric: neighbors.Metric, n_components: int | None) -> np.ndarray:
     """Distance to the k-th nearest classmate, robust z within the class (context only: atypical is not poison)."""
     neighbors.check_options(k, metric, n_components)
-    return neighbors.distance_outlier(ctx.reduced(metric=metric, n_components=n_components), ctx.labels, int(k))
+    return neighbors.distance_outlier(ctx.reduced(metric=metric, n_components=n_components), ctx.labels, int(k),
+                                      random_state=ctx.random_state)
 
 
 @register("duplicates", reason="near-duplicate group (conflicting labels or several sources)", tags=("source",),

@@ -1,7 +1,9 @@
 """Nearest-neighbour signals in activation space.
 
-Neighbours are found by scikit-learn's ``NearestNeighbors``, which works through the rows in chunks: memory
-stays O(n k), never n x n. Both functions return one float64 per sample, **higher = more suspicious**.
+Neighbours are found exactly by scikit-learn's ``NearestNeighbors``, which works through the rows in chunks (memory
+O(n k), never n x n), up to :data:`EXACT_MAX_ROWS` rows; beyond, where an exact search's O(n^2 d) cost runs to
+hours, by pynndescent's approximate NN-descent (a dependency of umap-learn). Both signals return one float64 per
+sample, **higher = more suspicious**.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from .loss import check_labels_against, class_members, robust_z_within_class
 logger = logging.getLogger(__name__)
 
 Metric = Literal["cosine", "euclidean"]
+
+#: The largest search that stays exact: 200,000 rows of 32 columns take about a minute on 2 cores, a million
+#: about 20 (quadratic), against about 2 minutes for the approximate graph (benchmarks/scale.py measures both).
+EXACT_MAX_ROWS = 200_000
 
 
 def check_options(k: int, metric: str, n_components: int | None) -> None:
@@ -49,13 +55,32 @@ def reduce_features(
     return x.astype(np.float32, copy=False)
 
 
-def nearest_neighbors(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbors(x: np.ndarray, k: int, *, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Distances and positions of each row's ``k`` nearest other rows (the row itself excluded, duplicates kept),
-    both of shape (n, k), nearest first."""
+    both of shape (n, k), nearest first: exact up to :data:`EXACT_MAX_ROWS` rows, approximate beyond."""
     if k >= len(x):
         raise InputError(f"k = {k} needs at least {k + 1} samples; features has {len(x)} rows")
+    if len(x) > EXACT_MAX_ROWS:
+        return _approximate_neighbors(x, int(k), random_state)
     nn = NearestNeighbors(n_neighbors=int(k), algorithm="brute", metric="euclidean").fit(x)
     return nn.kneighbors()
+
+
+def _approximate_neighbors(x: np.ndarray, k: int, random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """NN-descent's graph with ``k + 1`` neighbours per row, the row itself taken out (or, where a duplicate
+    displaced it, the farthest)."""
+    from pynndescent import NNDescent
+
+    index = NNDescent(np.ascontiguousarray(x, dtype=np.float32), n_neighbors=k + 1, metric="euclidean",
+                      random_state=random_state, low_memory=True, compressed=True, verbose=False)
+    idx, dist = index.neighbor_graph
+    rows = np.arange(len(x))[:, None]
+    is_self = idx == rows
+    # Drop one column per row: the row itself where it was found, else the last (the farthest) neighbour.
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
+    keep = np.ones(idx.shape, dtype=bool)
+    keep[np.arange(len(x)), drop] = False
+    return dist[keep].reshape(len(x), k).astype(np.float64), idx[keep].reshape(len(x), k).astype(np.int64)
 
 
 def label_disagreement(neighbors: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -63,7 +88,7 @@ def label_disagreement(neighbors: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.mean(labels[neighbors] != labels[:, None], axis=1, dtype=np.float64)
 
 
-def distance_outlier(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+def distance_outlier(x: np.ndarray, labels: np.ndarray, k: int, *, random_state: int = 0) -> np.ndarray:
     """Robust z-score within its class of each row's distance to its ``k``-th nearest classmate in ``x``."""
     dist = np.zeros(len(x), dtype=np.float64)
     for members in class_members(labels):
@@ -76,7 +101,7 @@ def distance_outlier(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
             logger.warning(
                 "knn_distance_outlier: class %d has %d samples; using neighbour rank %d", labels[members[0]], m, k_c
             )
-        d, _ = nearest_neighbors(x[members], k_c)
+        d, _ = nearest_neighbors(x[members], k_c, random_state=random_state)
         dist[members] = d[:, -1]
     return robust_z_within_class(dist, labels)
 
@@ -128,7 +153,7 @@ def knn_label_disagreement(
     check_options(k, metric, n_components)
     x = reduce_features(features, metric=metric, n_components=n_components, random_state=random_state)
     y = check_labels_against(labels, len(x), "features")
-    _, idx = nearest_neighbors(x, int(k))
+    _, idx = nearest_neighbors(x, int(k), random_state=random_state)
     return label_disagreement(idx, y)
 
 
@@ -179,7 +204,7 @@ def knn_distance_outlier(
     check_options(k, metric, n_components)
     x = reduce_features(features, metric=metric, n_components=n_components, random_state=random_state)
     y = check_labels_against(labels, len(x), "features")
-    return distance_outlier(x, y, int(k))
+    return distance_outlier(x, y, int(k), random_state=random_state)
 
 
 __all__ = ["distance_outlier", "knn_distance_outlier", "knn_label_disagreement", "label_disagreement",

@@ -403,7 +403,7 @@ class SignalContext:
         if graph is None or graph[0].shape[1] < k:
             self._cache.pop(key, None)
             x = self.reduced(metric=metric, n_components=n_components)
-            graph = self.shared(key, lambda: nearest_neighbors(x, k))
+            graph = self.shared(key, lambda: nearest_neighbors(x, k, random_state=self.random_state))
         return graph[0][:, :k], graph[1][:, :k]
 
     def shared_marks(self, **params: Any) -> pd.DataFrame:
