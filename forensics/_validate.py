@@ -91,6 +91,12 @@ def check_features(features: Any, *, name: str = "features", min_rows: int = 1) 
         raise InputError(f"{name} has {x.shape[0]} rows; at least {min_rows} are needed")
     if x.shape[1] == 0:
         raise InputError(f"{name} has no columns")
+    if x.dtype.itemsize > 4 and x.dtype.kind == "f" and x.size:
+        # Finite float64 beyond float32's range would become inf below and be reported as such: say what it is.
+        top = float(np.nanmax(np.abs(np.where(np.isfinite(x), x, 0))))
+        if top > float(np.finfo(np.float32).max):
+            raise InputError(f"{name} has values up to {top:.3g} in size, beyond float32's range (about 3.4e38) "
+                             "in which activations are kept; scale them down")
     x = x.astype(np.float32, copy=False)
     bad = ~np.isfinite(x)
     if bad.any():

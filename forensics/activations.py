@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._io import atomic_write_bytes, atomic_write_with
+from ._chunkstore import ChunkStore, MemorySink
+from ._io import atomic_write_bytes
 from ._validate import check_labels
 from ._version import __version__
 from .data import Dataset, check_ids
@@ -701,6 +702,8 @@ def extract_activations(
     precision: str = "fp32",
     channels_last: bool = False,
     compile: bool | str = False,
+    chunk_size: int = 65_536,
+    client: Any = None,
 ) -> Activations:
     """Features of chosen layers, logits, probabilities, predictions and per-sample loss for every sample.
 
@@ -736,7 +739,8 @@ def extract_activations(
         :func:`default_image_preprocess`; texts need one. Give it a ``cache_key`` attribute (str) when its
         behaviour depends on state (a vocabulary, a normalization) that the cache key cannot see.
     cache_dir : path, optional
-        Folder of cached results (``~`` is expanded), keyed by a hash of the model (class, structure, ``config``
+        Folder of cached results, which is also the on-disk store an extraction writes into chunk by chunk
+        (``~`` is expanded), keyed by a hash of the model (class, structure, ``config``
         and weights), the dataset's ``content_hash``, the layers, the pooling and the preprocess. A hit returns
         memory-mapped arrays without running the model; a cache file that does not match its checksum is reported
         in a warning and recomputed. A change in ``forward`` code that shows neither in the weights, the config nor
@@ -753,6 +757,15 @@ def extract_activations(
     compile : bool or str
         Run the forward pass through ``torch.compile`` (``True``, or the name of a backend such as
         ``"inductor"`` or ``"eager"``). The first batch pays the compilation.
+    chunk_size : int
+        Rows computed and stored together (and, with a ``client``, per task). With ``cache_dir``, each finished
+        chunk is written to disk at once, so that the rows never all sit in memory and a run that stops (a
+        killed process, a worker lost, a full disk) resumes from the chunks it finished; the free space is
+        checked against the whole result before the first chunk is written.
+    client : dask.distributed.Client, optional
+        Run the chunks as tasks on the cluster's workers (:mod:`forensics.distributed`): the model is sent once
+        to each worker, each task gets its chunk of the dataset; the result equals a local run (within float
+        rounding). The rows come back to this process (and, with ``cache_dir``, into its store).
 
     Returns
     -------
@@ -771,7 +784,9 @@ def extract_activations(
     _check_dataset(dataset)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer; got {batch_size!r}")
-    pool, pooling_key, takes_mask = _resolve_pooling(pooling)
+    _, pooling_key, _ = _resolve_pooling(pooling)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise InputError(f"chunk_size must be a positive integer; got {chunk_size!r}")
     prep = _resolve_preprocess(model, dataset.kind, preprocess)
     names = _resolve_layers(model, layers)
     if not isinstance(channels_last, bool):
@@ -798,6 +813,58 @@ def extract_activations(
             return hit
 
     n = len(dataset)
+    chunks = [(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    if entry is not None:
+        try:
+            (entry / "partial").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            # The extraction can still run: hand its result over rather than fail on an unwritable folder.
+            logger.warning("could not write the activation cache to %s (%s); the result is not cached", entry, e)
+            entry = None
+    sink: MemorySink | ChunkStore
+    sink = MemorySink(n) if entry is None else ChunkStore(entry / "partial", key=key, chunks=chunks)
+    todo = [i for i in range(len(chunks)) if not sink.done(i)]
+    options = {"names": names, "pooling": pooling, "prep": prep, "batch_size": batch_size, "device": device,
+               "precision": precision, "channels_last": channels_last, "compile": compile}
+    with tqdm(total=n, initial=n - sum(b - a for i, (a, b) in enumerate(chunks) if i in todo), unit="sample",
+              desc="activations", disable=not progress) as bar:
+        if client is None:
+            done = _forward_chunks(model, dataset, chunks, todo, meta=meta, **options)
+        else:
+            from .distributed import forward_chunks_on
+
+            done = forward_chunks_on(client, model, dataset, chunks, todo, meta=meta, options=options)
+        for index, arrays in done:
+            shown = {"logits": arrays["logits"], **{f"features[{layer!r}]": arrays[f"feature_{i}"]
+                                                    for i, layer in enumerate(names)}}
+            _warn_not_finite(dataset.ids[chunks[index][0] : chunks[index][1]], shown)
+            sink.put(index, chunks[index][0], arrays)
+            bar.update(chunks[index][1] - chunks[index][0])
+    meta.setdefault("batch_size", batch_size)
+    meta.setdefault("device", str(device) if device is not None else "cpu")
+    meta.update(_versions(), from_cache=False)
+    layer_files = {layer: f"feature_{i}" for i, layer in enumerate(names)}
+    if isinstance(sink, MemorySink):
+        arrays = sink.finish()
+        return Activations(ids=dataset.ids, features={k: arrays[f] for k, f in layer_files.items()},
+                           layer=names[0], **{name: arrays[name] for name in _ARRAYS}, meta=meta)
+    files = sink.finish()
+    _commit_store(entry, key, files, layer_files, names[0], meta)
+    sink.remove()
+    hit = _read_cache(entry, key, dataset)
+    if hit is None:
+        raise OSError(f"the activation cache {entry} could not be read back after writing it")
+    return dataclasses.replace(hit, meta={**hit.meta, "from_cache": False})
+
+
+def _forward_chunks(
+    model: nn.Module, dataset: Dataset, chunks: Sequence[tuple[int, int]], todo: Sequence[int], *,
+    names: list[str], pooling: Pooling, prep: Preprocess, batch_size: int, device: Any, precision: str,
+    channels_last: bool, compile: bool | str, meta: dict[str, Any],
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Run the model over the chunks listed in ``todo``; yield each one's arrays (``feature_<i>`` per layer,
+    logits, probs, predictions, loss) as it finishes. ``meta`` gets the device and the batch size that worked."""
+    pool, _, takes_mask = _resolve_pooling(pooling)
     modules = _named_layers(model)
     captured: dict[str, list[torch.Tensor]] = {}
     mask: list[torch.Tensor | None] = [None]  # the running batch's attention mask, for masked token pooling
@@ -809,12 +876,9 @@ def extract_activations(
         t = t.detach()
         captured.setdefault(name, []).append(pool(t, mask=mask[0]) if takes_mask else pool(t))
 
-    feats: dict[str, np.ndarray] = {}
-    logits = probs = loss = predictions = None
     labels = torch.from_numpy(dataset.labels.copy())
-    with _Running(model, device, channels_last=channels_last) as run, tqdm(
-        total=n, unit="sample", desc="activations", disable=not progress
-    ) as bar:
+    n_classes = None
+    with _Running(model, device, channels_last=channels_last) as run:
         dev = run.device
         autocast_dtype = _resolve_precision(precision, dev)
         meta["device"] = str(dev)
@@ -826,63 +890,74 @@ def extract_activations(
             else:
                 run.handles.append(modules[name].register_forward_hook(
                     functools.partial(lambda nm, _m, _a, o: keep(nm, o), name)))
-        start, size = 0, batch_size
-        while start < n:
-            stop = min(start + size, n)
-            b = stop - start
-            captured.clear()
-            args, kwargs = _model_inputs(prep(_payload(dataset, start, stop)), dev, channels_last=channels_last)
-            if start == 0:
-                _check_call(model, args, kwargs)
-            mask[0] = kwargs.get("attention_mask")
-            try:
-                with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    out = _logits_of(forward(*args, **kwargs), b).cpu()
-            except (torch.OutOfMemoryError, RuntimeError) as e:
-                if not _is_out_of_memory(e) or size == 1:
-                    raise (_channel_mismatch(e, args) or e) from e
-                # Free what the failed batch held, then run the same samples in halves.
-                del args, kwargs
+        size, checked = batch_size, False
+        for index in todo:
+            first, last = chunks[index]
+            m = last - first
+            feats: dict[str, np.ndarray] = {}
+            out_arrays: dict[str, np.ndarray] = {}
+            start = first
+            while start < last:
+                stop = min(start + size, last)
+                b = stop - start
                 captured.clear()
-                mask[0] = None
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                size = max(1, size // 2)
-                logger.warning("out of memory at a batch of %d samples on %s; retrying with %d", b, dev, size)
-                continue
-            if logits is None:
-                n_classes = out.shape[1]
-                if int(dataset.labels.max()) >= n_classes:
-                    raise InputError(
-                        f"the dataset has labels up to {int(dataset.labels.max())} but the model returns "
-                        f"{n_classes} logits per sample"
-                    )
-                logits = np.empty((n, n_classes), np.float32)
-                probs = np.empty((n, n_classes), np.float32)
-                predictions = np.empty(n, np.int64)
-                loss = np.empty(n, np.float32)
-            p, pred, lo = _outputs_of_logits(out, labels[start:stop])
-            logits[start:stop], probs[start:stop] = out.numpy(), p.numpy()
-            predictions[start:stop], loss[start:stop] = pred.numpy(), lo.numpy()
-            for name in names:
-                feats[name] = _store(feats.get(name), name, captured.get(name, []), start, stop, n)
-            bar.update(b)
-            start = stop
-        meta["batch_size"] = size
+                args, kwargs = _model_inputs(prep(_payload(dataset, start, stop)), dev, channels_last=channels_last)
+                if not checked:
+                    _check_call(model, args, kwargs)
+                    checked = True
+                mask[0] = kwargs.get("attention_mask")
+                try:
+                    with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        out = _logits_of(forward(*args, **kwargs), b).cpu()
+                except (torch.OutOfMemoryError, RuntimeError) as e:
+                    if not _is_out_of_memory(e) or size == 1:
+                        raise (_channel_mismatch(e, args) or e) from e
+                    # Free what the failed batch held, then run the same samples in halves.
+                    del args, kwargs
+                    captured.clear()
+                    mask[0] = None
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    size = max(1, size // 2)
+                    logger.warning("out of memory at a batch of %d samples on %s; retrying with %d", b, dev, size)
+                    continue
+                if n_classes is None:
+                    n_classes = out.shape[1]
+                    if int(dataset.labels.max()) >= n_classes:
+                        raise InputError(
+                            f"the dataset has labels up to {int(dataset.labels.max())} but the model returns "
+                            f"{n_classes} logits per sample"
+                        )
+                if not out_arrays:
+                    out_arrays = {"logits": np.empty((m, n_classes), np.float32),
+                                  "probs": np.empty((m, n_classes), np.float32),
+                                  "predictions": np.empty(m, np.int64), "loss": np.empty(m, np.float32)}
+                p, pred, lo = _outputs_of_logits(out, labels[start:stop])
+                rows = slice(start - first, stop - first)
+                out_arrays["logits"][rows], out_arrays["probs"][rows] = out.numpy(), p.numpy()
+                out_arrays["predictions"][rows], out_arrays["loss"][rows] = pred.numpy(), lo.numpy()
+                for i, name in enumerate(names):
+                    key = f"feature_{i}"
+                    feats[key] = _store(feats.get(key), name, captured.get(name, []), start - first, stop - first, m)
+                start = stop
+            meta["batch_size"] = size
+            yield index, {**feats, **out_arrays}
 
-    _warn_not_finite(dataset.ids, {"logits": logits, **{f"features[{k!r}]": v for k, v in feats.items()}})
-    for a in (logits, probs, predictions, loss, *feats.values()):
-        a.flags.writeable = False
-    meta.update(_versions(), from_cache=False)
-    result = Activations(ids=dataset.ids, features={k: feats[k] for k in names}, layer=names[0], logits=logits,
-                         probs=probs, predictions=predictions, loss=loss, meta=meta)
-    if entry is not None:
-        try:
-            _write_cache(entry, key, result)
-        except OSError as e:
-            # The extraction itself succeeded: hand it over rather than lose it to a full or read-only disk.
-            logger.warning("could not write the activation cache to %s (%s); the result is not cached", entry, e)
-    return result
+
+def _commit_store(entry: Path, key: str, files: Mapping[str, Path], layer_files: Mapping[str, str], layer: str,
+                  meta: Mapping[str, Any]) -> None:
+    """Move a finished store's files into the cache entry and write its manifest (the entry is trusted after)."""
+    (entry / "manifest.json").unlink(missing_ok=True)
+    specs = {}
+    for name, src in files.items():
+        a = np.load(src, mmap_mode="r", allow_pickle=False)
+        path = entry / f"{name}.npy"
+        os.replace(src, path)
+        specs[name] = {"file": path.name, "shape": list(a.shape), "dtype": a.dtype.str, "blake2b": _file_digest(path)}
+        del a
+    manifest = {"format": _CACHE_FORMAT, "key": key, "layer": layer, "features": dict(layer_files),
+                "arrays": specs, "meta": dict(meta)}
+    atomic_write_bytes(entry / "manifest.json", json.dumps(manifest, indent=1, default=repr).encode())
 
 
 def _store(
@@ -1013,25 +1088,6 @@ def _file_digest(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------------- cache
 
 _ARRAYS = ("logits", "probs", "predictions", "loss")
-
-
-def _write_cache(entry: Path, key: str, act: Activations) -> None:
-    """One .npy per array, then the manifest; every file written to a temporary name and renamed into place."""
-    entry.mkdir(parents=True, exist_ok=True)
-    # Without a manifest the entry is not trusted, so a reader never mixes old and new files.
-    (entry / "manifest.json").unlink(missing_ok=True)
-    layer_files = {layer: f"feature_{i}" for i, layer in enumerate(act.features)}
-    arrays = {**{f: act.features[layer] for layer, f in layer_files.items()},
-              **{name: getattr(act, name) for name in _ARRAYS}}
-    specs = {}
-    for name, a in arrays.items():
-        path = entry / f"{name}.npy"
-        specs[name] = {"file": path.name, "shape": list(a.shape), "dtype": a.dtype.str,
-                       "blake2b": atomic_write_with(path, lambda tmp, a=a: np.save(tmp, a, allow_pickle=False))}
-    manifest = {"format": _CACHE_FORMAT, "key": key, "layer": act.layer, "features": layer_files,
-                "arrays": specs, "meta": act.meta}
-    text = json.dumps(manifest, indent=1, default=repr).encode()
-    atomic_write_bytes(entry / "manifest.json", text)
 
 
 def _read_cache(entry: Path, key: str, dataset: Dataset) -> Activations | None:

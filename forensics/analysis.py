@@ -48,6 +48,8 @@ def investigate(
     random_state: int = 0,
     progress: bool = True,
     map_builder: Any = None,
+    client: Any = None,
+    chunk_size: int = 65_536,
 ) -> Investigation:
     """Open an investigation of ``dataset``: one call from data (and model) to ranked, explained suspicion.
 
@@ -80,6 +82,13 @@ def investigate(
         (:mod:`forensics.signals.trusted`). Needs the model (not precomputed activations).
     random_state : int
         The seed of every step: the reference model, the signals, the map and its clusters.
+    client : dask.distributed.Client, optional
+        Run the extraction (a task per chunk, the model sent once to each worker) and the signals (a task per
+        group of signals) on a Dask cluster (:mod:`forensics.distributed`); the result equals a local run's
+        within float rounding. The reference model, when one is trained, and the map are computed here.
+    chunk_size : int
+        Rows per extraction chunk: per task with a ``client``, per write into the ``cache_dir`` store (which a
+        stopped run resumes from).
 
     Returns
     -------
@@ -118,7 +127,7 @@ def investigate(
         activations = extract_activations(model, dataset, layers=layer, pooling=pooling, preprocess=preprocess,
                                           batch_size=batch_size, device=device, cache_dir=cache_dir,
                                           progress=progress, precision=precision, channels_last=channels_last,
-                                          compile=compile)
+                                          compile=compile, chunk_size=chunk_size, client=client)
     if isinstance(activations, np.ndarray):
         features = check_features(activations)
         if len(features) != len(dataset):
@@ -137,7 +146,7 @@ def investigate(
         trusted_pair = _trusted_activations(trusted, dataset, model, layer=used_layer, pooling=pooling,
                                             preprocess=preprocess, batch_size=batch_size, device=device)
     table, info = compute_signals(features, dataset.labels, probs=probs, dataset=dataset, signals=signals,
-                                  trusted=trusted_pair, random_state=random_state)
+                                  trusted=trusted_pair, random_state=random_state, client=client)
     table.index = pd.Index(dataset.ids, name="sample_id", dtype=object)
     samples = dataset.to_frame()
     if probs is not None:

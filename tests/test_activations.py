@@ -256,6 +256,7 @@ def test_cache_invalidated_by_weights_labels_and_layer(cnn, digits, tmp_path):
 def test_corrupted_cache_file_is_detected_and_recomputed(cnn, digits, tmp_path, caplog, damage):
     calls = _count_forwards(cnn)
     good = extract_activations(cnn, digits, batch_size=1000, cache_dir=tmp_path, progress=False)
+    good_feature = np.array(good.feature())  # the result is memory-mapped from the file damaged below
     (entry,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     target = entry / "feature_0.npy"
     data = bytearray(target.read_bytes())
@@ -269,11 +270,11 @@ def test_corrupted_cache_file_is_detected_and_recomputed(cnn, digits, tmp_path, 
         again = extract_activations(cnn, digits, batch_size=1000, cache_dir=tmp_path, progress=False)
     assert calls[0] == 2 and not again.meta["from_cache"]
     assert any("feature_0.npy" in r.getMessage() and "checksum" in r.getMessage() for r in caplog.records)
-    np.testing.assert_array_equal(again.feature(), good.feature())
+    np.testing.assert_array_equal(again.feature(), good_feature)
 
     healed = extract_activations(cnn, digits, batch_size=1000, cache_dir=tmp_path, progress=False)
     assert calls[0] == 2 and healed.meta["from_cache"]
-    np.testing.assert_array_equal(healed.feature(), good.feature())
+    np.testing.assert_array_equal(healed.feature(), good_feature)
 
 
 def test_cache_files_are_plain_npy_and_leave_no_temp_files(cnn, digits, tmp_path):

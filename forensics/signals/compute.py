@@ -14,6 +14,7 @@ from ..errors import InputError
 from . import builtin  # noqa: F401  (registers the built-in signals)
 from . import combine as _combine
 from .registry import (
+    Signal,
     SignalContext,
     SignalSkipped,
     default_signals,
@@ -39,6 +40,7 @@ def compute_signals(
     signals: Selection = None,
     trusted: tuple[np.ndarray, np.ndarray] | None = None,
     random_state: int = 0,
+    client: Any = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Run the signals and combine them.
 
@@ -64,6 +66,9 @@ def compute_signals(
         the default set when ``signals`` is not given (:mod:`forensics.signals.trusted`).
     random_state : int
         The seed of every signal.
+    client : dask.distributed.Client, optional
+        Run the signals as tasks on the cluster (:func:`forensics.distributed.score_on`: signals that share an
+        intermediate together, the others apart); the scores equal a local run's. The combination runs here.
 
     Returns
     -------
@@ -80,13 +85,51 @@ def compute_signals(
     if signals is None and trusted is not None:  # the default set, and what reads the trusted samples
         signals = [*default_signals(), *(s.name for s in registered_signals() if "trusted" in s.needs)]
     selected = resolve(signals)
-    ctx = SignalContext(features, labels, probs=probs, dataset=dataset, sources=source_ids, trusted=trusted,
-                        random_state=random_state)
+    context: dict[str, Any] = {"probs": probs, "dataset": dataset, "sources": source_ids, "trusted": trusted,
+                               "random_state": random_state}
+    ctx = SignalContext(features, labels, **context)  # checks every input here, before any work
+    if client is None:
+        scores, seconds, skipped = score_signals(ctx, selected)
+        shared_seconds, outputs = dict(ctx.seconds), ctx.outputs
+    else:
+        from ..distributed import score_on
+
+        scores, seconds, skipped, shared_seconds, outputs = {}, {}, {}, {}, {}
+        for part in score_on(client, ctx.features, ctx.labels, selected, context):
+            scores.update(part["scores"])
+            seconds.update(part["seconds"])
+            skipped.update(part["skipped"])
+            shared_seconds.update(part["shared_seconds"])
+            outputs.update(part["outputs"])
+        # The order asked for, whatever order the tasks finished in.
+        scores = {name: scores[name] for name in selected if name in scores}
+        skipped = {name: skipped[name] for name in selected if name in skipped}
+    if not scores:
+        raise InputError(f"no signal could run: {'; '.join(f'{k} {v}' for k, v in skipped.items())}")
+    t = time.perf_counter()
+    combined = _combine.combine(scores, ctx.labels, n_classes=ctx.n_classes)
+    seconds["combine"] = round(time.perf_counter() - t, 3)
+    table = pd.DataFrame({score_column(k): v for k, v in scores.items()})
+    table["suspicion"] = combined.suspicion
+    table["reasons"] = combined.reasons
+    info = {"seconds": seconds, "shared_seconds": shared_seconds, "skipped": skipped, "signals": list(scores),
+            "signal_params": selected, "threshold": _combine.DEFAULT_THRESHOLD, "random_state": ctx.random_state,
+            "toolkit_version": __version__, **outputs}
+    return table, info
+
+
+def score_signals(ctx: SignalContext, selected: Mapping[str, Mapping[str, Any]], *,
+                  specs: Mapping[str, Signal] | None = None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, str]]:
+    """Each selected signal's scores over one context, the seconds each took, and why the others were skipped.
+
+    ``specs`` gives the signals' declarations where the registry may not hold them (a worker of a cluster does
+    not see a signal registered in a notebook)."""
     scores: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     skipped: dict[str, str] = {}
     for name, params in selected.items():
-        spec = get_signal(name)
+        spec = specs[name] if specs is not None else get_signal(name)
         assert spec.score is not None  # resolve() refuses signals computed by a later step
         why = ctx.missing(spec.needs)
         if why is not None:
@@ -100,18 +143,7 @@ def compute_signals(
             continue
         scores[name] = _checked_output(name, values, ctx.n)
         seconds[name] = round(time.perf_counter() - t, 3)
-    if not scores:
-        raise InputError(f"no signal could run: {'; '.join(f'{k} {v}' for k, v in skipped.items())}")
-    t = time.perf_counter()
-    combined = _combine.combine(scores, ctx.labels, n_classes=ctx.n_classes)
-    seconds["combine"] = round(time.perf_counter() - t, 3)
-    table = pd.DataFrame({score_column(k): v for k, v in scores.items()})
-    table["suspicion"] = combined.suspicion
-    table["reasons"] = combined.reasons
-    info = {"seconds": seconds, "shared_seconds": dict(ctx.seconds), "skipped": skipped, "signals": list(scores),
-            "signal_params": selected, "threshold": _combine.DEFAULT_THRESHOLD, "random_state": ctx.random_state,
-            "toolkit_version": __version__, **ctx.outputs}
-    return table, info
+    return scores, seconds, skipped
 
 
 def _checked_output(name: str, values: Any, n: int) -> np.ndarray:
@@ -126,4 +158,4 @@ def _checked_output(name: str, values: Any, n: int) -> np.ndarray:
     return s
 
 
-__all__ = ["compute_signals"]
+__all__ = ["compute_signals", "score_signals"]

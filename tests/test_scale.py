@@ -1,0 +1,219 @@
+"""Out of core and on a cluster: the chunked activation store (resume, full disk) and ``client=`` on a LocalCluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import forensics
+from forensics import _chunkstore
+from forensics.activations import extract_activations
+from forensics.data import Dataset
+from forensics.errors import InputError
+from forensics.signals.compute import compute_signals
+
+N = 230  # three chunks of 100, the last one short
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class CountingPreprocess:
+    """Counts the samples it prepares; fails (once) on the samples of ``fail_at``; stable cache key."""
+
+    cache_key = "tests.counting"
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.samples = 0
+        self.fail_at = fail_at
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        self.samples += len(images)
+        if self.fail_at is not None and self.samples > self.fail_at:
+            self.fail_at = None
+            raise RuntimeError("the process was stopped")
+        return torch.from_numpy(images.astype(np.float32) / 255.0)
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, N)
+    images = (rng.integers(0, 60, (N, 8, 8)) + 60 * labels[:, None, None]).astype(np.uint8)
+    return Dataset.from_numpy(images, labels, class_names=["a", "b", "c"], sources=[f"s{i % 4}" for i in range(N)])
+
+
+def _same(a, b, atol: float = 0.0) -> None:
+    np.testing.assert_allclose(a.feature(), b.feature(), atol=atol, rtol=0)
+    for name in ("logits", "probs", "loss"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=atol, rtol=0)
+    np.testing.assert_array_equal(a.predictions, b.predictions)
+
+
+# ------------------------------------------------------------------------------------------- the chunked store
+
+
+def test_a_chunked_run_equals_one_pass_and_stores_plain_files(data, tmp_path):
+    model = TinyNet()
+    whole = extract_activations(model, data, preprocess=CountingPreprocess(), progress=False)
+    stored = extract_activations(model, data, preprocess=CountingPreprocess(), chunk_size=100, batch_size=32,
+                                 cache_dir=tmp_path, progress=False)
+    _same(stored, whole, atol=1e-6)
+    assert isinstance(stored.feature(), np.memmap)  # on disk, not in memory
+    (entry,) = tmp_path.iterdir()
+    assert not (entry / "partial").exists()
+    again = extract_activations(model, data, preprocess=CountingPreprocess(), chunk_size=100, cache_dir=tmp_path,
+                                progress=False)
+    assert again.meta["from_cache"]
+
+
+def test_a_stopped_run_resumes_from_its_finished_chunks(data, tmp_path):
+    model = TinyNet()
+    reference = extract_activations(model, data, preprocess=CountingPreprocess(), chunk_size=100, progress=False)
+    stopping = CountingPreprocess(fail_at=150)  # dies inside the second chunk
+    with pytest.raises(RuntimeError, match="stopped"):
+        extract_activations(model, data, preprocess=stopping, chunk_size=100, batch_size=25, cache_dir=tmp_path,
+                            progress=False)
+    (entry,) = tmp_path.iterdir()
+    progress = json.loads((entry / "partial" / "progress.json").read_text())
+    assert list(progress["finished"]) == ["0"]  # the half-done second chunk is not recorded
+
+    resumed = CountingPreprocess()
+    result = extract_activations(model, data, preprocess=resumed, chunk_size=100, batch_size=25,
+                                 cache_dir=tmp_path, progress=False)
+    assert resumed.samples == N - 100  # chunk 0 was not recomputed
+    _same(result, reference, atol=1e-6)
+
+
+def test_a_damaged_finished_chunk_is_recomputed(data, tmp_path, caplog):
+    model = TinyNet()
+    reference = extract_activations(model, data, preprocess=CountingPreprocess(), chunk_size=100, progress=False)
+    with pytest.raises(RuntimeError):
+        extract_activations(model, data, preprocess=CountingPreprocess(fail_at=210), chunk_size=100,
+                            cache_dir=tmp_path, progress=False)
+    (entry,) = tmp_path.iterdir()
+    logits = entry / "partial" / "logits.npy"
+    raw = bytearray(logits.read_bytes())
+    raw[200] ^= 0xFF  # inside chunk 0's rows
+    logits.write_bytes(bytes(raw))
+    again = CountingPreprocess()
+    with caplog.at_level("WARNING", logger="forensics._chunkstore"):
+        result = extract_activations(model, data, preprocess=again, chunk_size=100, cache_dir=tmp_path,
+                                     progress=False)
+    assert "chunk 0 does not match its checksum" in caplog.text
+    assert again.samples == 100 + 30  # chunk 0 again, and the unfinished last one
+    _same(result, reference, atol=1e-6)
+
+
+def test_a_store_the_disk_cannot_hold_is_refused_before_writing(data, tmp_path, monkeypatch):
+    real = shutil.disk_usage
+
+    def nearly_full(path):
+        return real(path)._replace(free=1000)
+
+    monkeypatch.setattr(_chunkstore.shutil, "disk_usage", nearly_full)
+    # 100 bytes a row: 16 features, 3 logits and 3 probabilities in float32, an int64 prediction, a float32 loss.
+    with pytest.raises(_chunkstore.StoreFullError, match=r"activation store .*partial needs 23\.0 KB for 230 rows; "
+                                                          r"its disk has 1\.0 KB free"):
+        extract_activations(TinyNet(), data, preprocess=CountingPreprocess(), cache_dir=tmp_path, progress=False)
+    (entry,) = tmp_path.iterdir()
+    assert not list((entry / "partial").glob("*.npy"))
+    assert isinstance(_chunkstore.StoreFullError("x"), InputError)
+
+
+def test_chunk_size_is_checked(data):
+    with pytest.raises(InputError, match="chunk_size must be a positive integer; got 0"):
+        extract_activations(TinyNet(), data, chunk_size=0, progress=False)
+
+
+# ------------------------------------------------------------------------------------------- a Dask cluster
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    # Two worker processes, as on a real cluster: the model and the chunks are pickled to them.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  memory_limit="1GiB") as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+@pytest.mark.slow
+def test_extraction_on_a_cluster_equals_a_local_run(data, client, tmp_path):
+    model = TinyNet()
+    local = extract_activations(model, data, preprocess=CountingPreprocess(), progress=False)
+    remote = extract_activations(model, data, preprocess=CountingPreprocess(), chunk_size=50, client=client,
+                                 cache_dir=tmp_path, progress=False)
+    _same(remote, local, atol=1e-6)
+    assert remote.meta["device"] == "cpu"
+
+
+class DyingPreprocess(CountingPreprocess):
+    """Kills the worker process that first prepares a batch (a machine lost mid-run)."""
+
+    cache_key = "tests.dying"
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = str(marker)
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text("died once")
+            os._exit(1)
+        return super().__call__(images)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_mid_run_does_not_change_the_result(data, client, tmp_path):
+    model = TinyNet()
+    local = extract_activations(model, data, preprocess=CountingPreprocess(), progress=False)
+    marker = tmp_path / "died"
+    remote = extract_activations(model, data, preprocess=DyingPreprocess(marker), chunk_size=50, client=client,
+                                 progress=False)
+    assert marker.exists()  # a worker did die
+    _same(remote, local, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_signals_on_a_cluster_equal_a_local_run(data, client):
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(N, 12)).astype(np.float32) + data.labels[:, None]
+    probs = rng.dirichlet(np.ones(3), N).astype(np.float32)
+    local, local_info = compute_signals(features, data.labels, probs=probs, dataset=data)
+    remote, remote_info = compute_signals(features, data.labels, probs=probs, dataset=data, client=client)
+    assert list(remote.columns) == list(local.columns)
+    np.testing.assert_allclose(remote.drop(columns="reasons").to_numpy(), local.drop(columns="reasons").to_numpy())
+    assert remote["reasons"].tolist() == local["reasons"].tolist()
+    assert remote_info["skipped"] == local_info["skipped"]
+    np.testing.assert_array_equal(remote_info["duplicate_groups"], local_info["duplicate_groups"])
+
+
+@pytest.mark.slow
+def test_investigate_with_a_client(data, client):
+    model = TinyNet()
+    local = forensics.investigate(data, model, preprocess=CountingPreprocess(), progress=False)
+    remote = forensics.investigate(data, model, preprocess=CountingPreprocess(), client=client, chunk_size=64,
+                                   progress=False)
+    np.testing.assert_allclose(remote.signals["suspicion"], local.signals["suspicion"], atol=1e-6)
+    assert remote.signals.index.equals(local.signals.index)
+
+
+def test_a_client_that_is_not_one_is_refused(data):
+    with pytest.raises(InputError, match="client must be a dask.distributed.Client; got str"):
+        compute_signals(np.zeros((N, 4), np.float32) + np.arange(N)[:, None], data.labels, client="tcp://x:8786")
