@@ -42,6 +42,12 @@ def matrix() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def scale() -> ModuleType:
+    """``benchmarks/scale.py``."""
+    return _load_benchmark("scale")
+
+
+@pytest.fixture(scope="session")
 def fusion_lab(matrix) -> ModuleType:
     """``benchmarks/fusion_lab.py`` (it imports ``matrix``)."""
     return _load_benchmark("fusion_lab")

@@ -136,3 +136,26 @@ def test_own_models_speed_table_measures_both_loops(matrix, capsys):
     assert cells[:3] == ["96", "32", "cpu"] and float(cells[5]) > 0  # the ratio of the two loops' times
     assert cells[7] == "0 MiB" and cells[8] == "0.4 MiB"  # 96 x (512 + 3 x 10 + 2) float32 values; 32 images
     assert "`python benchmarks/own_models.py speed --n 96 --batch 32`" in out
+
+
+def test_scale_augments_the_bundled_images_with_their_ground_truth(scale, tmp_path):
+    from forensics import sample_data
+
+    images, labels, is_poison = scale._load(30_000, tmp_path)  # more than the 12,000 originals: drawn again
+    assert isinstance(images, np.memmap) and images.shape == (30_000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == is_poison.shape == (30_000,)
+    truth = sample_data.load_truth("image_backdoor")
+    share = truth["is_poison"].mean()
+    assert abs(is_poison.mean() - share) < 0.01  # the planted share, drawn with the images
+    again = scale._load(30_000, tmp_path)  # read back, not rebuilt
+    np.testing.assert_array_equal(again[0][:100], images[:100])
+    np.testing.assert_array_equal(again[2], is_poison)
+
+
+def test_scale_map_ranking_puts_small_far_clusters_first(scale):
+    from types import SimpleNamespace
+
+    table = pd.DataFrame({"is_small": [False, True, True, False], "distance_to_label_bulk": [np.nan, 0.5, 4.0, 1.0]},
+                         index=pd.Index([-1, 0, 1, 2], name="cluster"))
+    m = SimpleNamespace(table=table, clusters=np.array([-1, 0, 1, 2, 1, 0]))
+    np.testing.assert_array_equal(scale._map_ranking(m), [0.0, 1.5, 5.0, 0.5, 5.0, 1.5])
