@@ -188,12 +188,16 @@ class ChunkStore:
             row_bytes = int(np.prod(spec["shape"][1:], dtype=np.int64)) * np.dtype(spec["dtype"]).itemsize
             path = self.folder / f"{name}.npy"
             data = np.ascontiguousarray(a, dtype=np.dtype(spec["dtype"])).tobytes()
-            with open(path, "r+b") as f:
-                offset = _data_offset(f) + start * row_bytes
-                f.seek(offset)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(path, "r+b") as f:
+                    f.seek(_data_offset(f) + start * row_bytes)
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as e:
+                raise OSError(e.errno, f"could not write chunk {index} into the activation store {self.folder} "
+                              f"({e.strerror}); the chunks finished before it ({len(self.finished)}) are kept, "
+                              "and a rerun resumes from them", str(path)) from e
         self.finished[index] = _chunk_digest(arrays)
         self._write_progress()
 

@@ -136,6 +136,32 @@ def test_a_store_the_disk_cannot_hold_is_refused_before_writing(data, tmp_path, 
     assert isinstance(_chunkstore.StoreFullError("x"), InputError)
 
 
+def test_a_disk_that_fills_mid_run_names_the_store_and_keeps_the_finished_chunks(data, tmp_path, monkeypatch):
+    model = TinyNet()
+    real_open = open
+    writes = []
+
+    def filling_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if mode == "r+b":
+            writes.append(path)
+            if len(writes) > 5:  # chunk 0's five arrays fit; the disk is full after
+                f.close()
+                raise OSError(28, "No space left on device")
+        return f
+
+    monkeypatch.setattr("builtins.open", filling_open)
+    with pytest.raises(OSError, match=r"could not write chunk 1 into the activation store .*partial \(No space left "
+                                      r"on device\); the chunks finished before it \(1\) are kept"):
+        extract_activations(model, data, preprocess=CountingPreprocess(), chunk_size=100, cache_dir=tmp_path,
+                            progress=False)
+    monkeypatch.undo()
+    resumed = CountingPreprocess()
+    result = extract_activations(model, data, preprocess=resumed, chunk_size=100, cache_dir=tmp_path, progress=False)
+    assert resumed.samples == N - 100
+    _same(result, extract_activations(model, data, preprocess=CountingPreprocess(), progress=False), atol=1e-6)
+
+
 def test_chunk_size_is_checked(data):
     with pytest.raises(InputError, match="chunk_size must be a positive integer; got 0"):
         extract_activations(TinyNet(), data, chunk_size=0, progress=False)
