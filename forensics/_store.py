@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from . import _io
-from .data import Dataset
+from .data import Dataset, check_ids, content_hash_of
 from .errors import InputError, IntegrityError
 
 logger = logging.getLogger(__name__)
@@ -273,6 +273,34 @@ def read_dataset(manifest: Mapping[str, Any], table_path: Path, images_path: Pat
             "was changed after saving"
         )
     return ds
+
+
+def read_sample_ids(manifest: Mapping[str, Any], table_path: Path) -> tuple[np.ndarray, str]:
+    """The sample ids of a stored dataset, checked as a loaded dataset's are, and the dataset's content hash computed
+    from the columns it covers (ids, labels, payload hashes, sources): no text or image is read."""
+    import pyarrow.parquet as pq
+
+    info = manifest["dataset"]
+    present = set(pq.read_schema(table_path).names)
+    for needed in ("sample_id", "label", "content_hash"):
+        if needed not in present:
+            raise IntegrityError(f"{table_path}: no column {needed!r}")
+    t = pd.read_parquet(table_path, columns=[c for c in ("sample_id", "label", "content_hash", "source")
+                                             if c in present])
+    text = {}
+    for name in ("sample_id", "content_hash", "source"):
+        if name in t.columns:
+            values = t[name].to_numpy(dtype=object)
+            if not all(isinstance(v, str) for v in values):
+                raise IntegrityError(f"{table_path}: column {name!r} holds values that are not text")
+            text[name] = values
+    try:
+        ids = check_ids(text["sample_id"], len(t))
+    except InputError as e:
+        raise IntegrityError(f"the dataset stored in {table_path.parent} is not valid: {e}") from e
+    labels = t["label"].to_numpy()
+    return ids, content_hash_of(info["kind"], [str(c) for c in info["class_names"]], ids, labels,
+                                text["content_hash"], text.get("source"))
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

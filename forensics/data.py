@@ -596,14 +596,7 @@ class Dataset:
 
     def positions(self, ids: Iterable[Any]) -> np.ndarray:
         """Row positions of the given sample ids; unknown ids raise :class:`InputError`."""
-        idx = self.index
-        out = []
-        for s in ids:
-            s = str(s)
-            if s not in idx:
-                raise InputError(f"sample id {s[:60]!r} is not in this dataset")
-            out.append(idx[s])
-        return np.asarray(out, dtype=np.int64)
+        return positions_in(self.index, ids)
 
     def payload(self, sample_id: Any) -> np.ndarray | str:
         """The image array or the text of one sample."""
@@ -614,13 +607,8 @@ class Dataset:
     def content_hash(self) -> str:
         """One hash of the whole dataset: ids, labels, class names, sources and payload hashes, in order."""
         if self._content_hash is None:
-            h = hashlib.blake2b(digest_size=16)
-            h.update(json.dumps([self.kind, list(self.class_names)]).encode())
-            for col in (self.ids, self.labels.astype(str), self.hashes,
-                        self.sources if self.sources is not None else np.array([], dtype=object)):
-                h.update("\x1f".join(map(str, col)).encode("utf-8", "surrogatepass"))
-                h.update(b"\x1e")
-            self._content_hash = h.hexdigest()
+            self._content_hash = content_hash_of(self.kind, self.class_names, self.ids, self.labels, self.hashes,
+                                                 self.sources)
         return self._content_hash
 
     def to_frame(self) -> pd.DataFrame:
@@ -687,6 +675,29 @@ class Dataset:
             paths=None if new_payload else self.paths,
             hashes=None if new_payload else self.hashes,
         )
+
+
+def content_hash_of(kind: str, class_names: Sequence[str], ids: np.ndarray, labels: np.ndarray, hashes: np.ndarray,
+                    sources: np.ndarray | None) -> str:
+    """:attr:`Dataset.content_hash` from the columns it covers (a stored dataset is checked without its payloads)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([kind, list(class_names)]).encode())
+    no_sources = np.array([], dtype=object)
+    for col in (ids, np.asarray(labels).astype(str), hashes, no_sources if sources is None else sources):
+        h.update("\x1f".join(map(str, col)).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def positions_in(index: dict[str, int], ids: Iterable[Any]) -> np.ndarray:
+    """Row positions of ``ids`` in ``index`` (sample id -> row); unknown ids raise :class:`InputError`."""
+    out = []
+    for s in ids:
+        s = str(s)
+        if s not in index:
+            raise InputError(f"sample id {s[:60]!r} is not in this dataset")
+        out.append(index[s])
+    return np.asarray(out, dtype=np.int64)
 
 
 def concat(datasets: Sequence[Dataset]) -> Dataset:

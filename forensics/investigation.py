@@ -33,7 +33,7 @@ from . import _io, _store, audit
 from ._store import MANIFEST
 from ._validate import check_features, check_scores
 from .audit import AuditLog, to_json_object, utc_now
-from .data import Dataset
+from .data import Dataset, positions_in
 from .errors import InputError, IntegrityError
 from .export import export_table
 
@@ -901,6 +901,58 @@ class Investigation:
                 inv._clusters = _as_str_columns(tables["clusters"])
             inv._folder = folder
         return inv
+
+    @classmethod
+    def read_review(cls, folder: str | os.PathLike, dataset: Dataset | None = None) -> pd.DataFrame:
+        """The review of a saved investigation (``Investigation.load(folder).review``), reading only what it needs.
+
+        Reads the manifest, the sample ids of the stored dataset with the columns its content hash covers (labels,
+        payload hashes, sources: no text or image), and the audit log, each checked as :meth:`load` checks it; no
+        table and no feature is read. For a pipeline or a notebook that only needs the decisions of a large
+        investigation.
+
+        Parameters
+        ----------
+        folder : path-like
+        dataset : Dataset, optional
+            The dataset, when the folder was saved without it; it must have the content hash the folder recorded.
+
+        Returns
+        -------
+        DataFrame
+            Indexed by ``sample_id`` in the dataset's order: status, note, who, when, as :attr:`review`.
+
+        Raises
+        ------
+        InputError, IntegrityError
+            As :meth:`load`.
+        """
+        folder = Path(folder)
+        if not (folder / MANIFEST).is_file():
+            raise InputError(f"{folder} holds no saved investigation ({MANIFEST} is missing)")
+        with _io.file_lock(folder / ".lock", timeout=audit.LOCK_TIMEOUT_S, what=f"the investigation folder {folder}",
+                           read_only_ok=True):
+            m = _store.read_manifest(folder)
+            files = m["files"]
+            recorded = m["dataset"]["hash"]
+            if dataset is not None:
+                _check_given_dataset(dataset, folder, recorded)
+                ids, positions = dataset.ids, dataset.positions
+            elif "dataset" in files:
+                ids, got = _store.read_sample_ids(m, _store.verified_path(folder, files, "dataset"))
+                _check_stored_hash(got, folder, recorded)
+                positions = functools.partial(positions_in, {s: i for i, s in enumerate(ids)})
+            else:
+                raise InputError(f"{folder} was saved without its dataset; pass it: Investigation.read_review(folder, "
+                                 "dataset=ds)")
+            log = AuditLog.load(folder / m["audit"]["file"], anchor=(m["audit"]["head_seq"], m["audit"]["head_hash"]),
+                                sealed=m["audit"].get("sealed") is True)
+        # A review-only instance: the review over the ids and the log replayed into it; it never leaves here.
+        only = cls.__new__(cls)
+        only._init_review(ids, positions)
+        only._log = log
+        only._replay(m, recorded)
+        return only.review
 
     def _replay(self, manifest: Mapping[str, Any], dataset_hash: str) -> None:
         log = self._log

@@ -146,6 +146,35 @@ def test_a_features_file_that_cannot_be_the_saved_one_is_named(tmp_path):
         Investigation.load(folder).features  # noqa: B018
 
 
+def test_read_review_checks_what_it_reads(saved):
+    from forensics import _io
+
+    inv, folder, expected = saved
+    manifest = json.loads((folder / MANIFEST).read_text())
+    name = manifest["files"]["dataset"]["file"]
+    original = (folder / name).read_bytes()
+    df = pd.read_parquet(folder / name)
+    df.loc[3, "sample_id"] = "s3-renamed"  # an attacker renames a sample...
+    df.to_parquet(folder / name)
+    with pytest.raises(IntegrityError, match=rf"{name} does not match its checksum"):
+        Investigation.read_review(folder)
+    manifest["files"]["dataset"]["blake2b"] = _io.file_digest(folder / name)  # ...and forges its checksum
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match=r"the dataset stored in .* has content hash \w+ but the manifest records"):
+        Investigation.read_review(folder)
+    df.loc[3, "sample_id"] = "s3\u202e"  # a reversed-text id, checked as a loaded dataset's ids are
+    df.to_parquet(folder / name)
+    manifest["files"]["dataset"]["blake2b"] = _io.file_digest(folder / name)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match=r"is not valid: ids\[3\] = .* contains control or bidirectional"):
+        Investigation.read_review(folder)
+    (folder / name).write_bytes(original)
+    manifest["files"]["dataset"]["blake2b"] = _io.file_digest(folder / name)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    review = Investigation.read_review(folder)
+    assert review["status"][review["status"] != "unreviewed"].to_dict() == expected
+
+
 def test_a_manifest_pointing_outside_the_folder_is_refused(saved):
     _, folder, _ = saved
     m = json.loads((folder / MANIFEST).read_text())

@@ -697,6 +697,31 @@ def test_an_export_of_a_loaded_investigation_equals_the_one_before_saving(inv, t
             assert new.read_bytes() == old.read_bytes()
 
 
+def test_read_review_equals_the_loaded_review_and_reads_no_table_and_no_feature(inv, ds, tmp_path, monkeypatch):
+    inv.flag([IDS[2], IDS[7]], note="@note", who="alice")
+    inv.confirm([IDS[0]], who="bob")
+    inv.undo(who="bob")
+    folder = inv.save(tmp_path / "inv")
+    inv.clear([IDS[3]], who="carol")  # after the save: in the log only
+    expected = Investigation.load(folder).review
+    read = []
+    real_read_parquet = pd.read_parquet
+    monkeypatch.setattr(pd, "read_parquet", lambda path, **kw: read.append((path.name, kw)) or real_read_parquet(
+        path, **kw))
+    monkeypatch.setattr(np, "load", lambda *a, **kw: pytest.fail("read_review read an array"))
+    review = Investigation.read_review(folder)
+    pd.testing.assert_frame_equal(review, expected, check_exact=True)
+    assert read == [("dataset.1.parquet", {"columns": ["sample_id", "label", "content_hash", "source"]})]
+    monkeypatch.undo()
+    # Saved without the dataset: the dataset is passed, as to load.
+    folder = inv.save(tmp_path / "bare", include_dataset=False)
+    with pytest.raises(InputError, match=r"was saved without its dataset; pass it: Investigation\.read_review"):
+        Investigation.read_review(folder)
+    pd.testing.assert_frame_equal(Investigation.read_review(folder, dataset=ds), inv.review, check_exact=True)
+    with pytest.raises(IntegrityError, match=r"the dataset given has content hash"):
+        Investigation.read_review(folder, dataset=ds.replace(labels=[1, 0, 0, 0, 1, 1, 1, 1]))
+
+
 def test_image_datasets_are_loaded_memory_mapped_read_only(tmp_path):
     images = np.random.default_rng(1).integers(0, 256, size=(6, 5, 5, 3), dtype=np.uint8)
     ds = Dataset.from_numpy(images, [0, 1, 0, 1, 0, 1])
