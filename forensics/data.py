@@ -93,6 +93,9 @@ def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
         raise InputError(f"ids has {len(ids)} entries but there are {n} samples")
     out = np.empty(n, dtype=object)
     for i, v in enumerate(ids):
+        if type(v) is str and v.isascii() and v.isprintable() and v.strip():
+            out[i] = v  # the common case: printable ASCII passes every check below
+            continue
         if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
             if not (np.isfinite(v) and float(v).is_integer()):
                 raise InputError(f"ids[{i}] is the float {v!r}; sample ids must be text or integers")
@@ -115,7 +118,7 @@ def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
         )
     seen: dict[str, int] = {}
     for i, s in enumerate(out):
-        j = seen.setdefault(_visible_form(s), i)
+        j = seen.setdefault(s if s.isascii() else _visible_form(s), i)  # ASCII text is its own visible form
         if j != i:
             raise InputError(
                 f"ids[{j}] = {out[j][:60]!r} and ids[{i}] = {s[:60]!r} look the same to a reader (they differ only by "
@@ -194,6 +197,9 @@ def _check_sources(sources: Sequence[Any] | None, n: int) -> np.ndarray | None:
         raise InputError(f"sources has {len(sources)} entries but there are {n} samples")
     out = np.empty(n, dtype=object)
     for i, s in enumerate(sources):
+        if type(s) is str and s.isascii() and s.isprintable():
+            out[i] = s  # the common case: printable ASCII passes the checks below
+            continue
         if s is None or (isinstance(s, float) and np.isnan(s)):
             raise InputError(f"sources[{i}] is missing; give every sample a source, or give no sources at all")
         out[i] = str(s)
@@ -756,6 +762,9 @@ def _check_texts(texts: Sequence[Any]) -> np.ndarray:
         texts = list(texts)
     out = np.empty(len(texts), dtype=object)
     for i, t in enumerate(texts):
+        if type(t) is str and t.isascii():
+            out[i] = t  # the common case: ASCII is valid UTF-8
+            continue
         if isinstance(t, bytes):
             try:
                 t = t.decode("utf-8")
