@@ -232,17 +232,23 @@ def dataset_table(ds: Dataset) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
+def _text_column(t: pd.DataFrame, name: str, table_path: Path) -> np.ndarray:
+    """A column of a stored table as an object array of str, or IntegrityError naming it."""
+    col = t[name]
+    values = col.to_numpy(dtype=object)
+    # A string column without missing values holds only str; any other column is checked value by value.
+    if not (isinstance(col.dtype, pd.StringDtype) and not col.isna().any()) and not all(
+            isinstance(v, str) for v in values):
+        raise IntegrityError(f"{table_path}: column {name!r} holds values that are not text")
+    return values
+
+
 def read_dataset(manifest: Mapping[str, Any], table_path: Path, images_path: Path | None) -> Dataset:
     info = manifest["dataset"]
     t = pd.read_parquet(table_path)
 
     def column(name: str) -> np.ndarray | None:
-        if name not in t.columns:
-            return None
-        values = t[name].to_numpy(dtype=object)
-        if not all(isinstance(v, str) for v in values):
-            raise IntegrityError(f"{table_path}: column {name!r} holds values that are not text")
-        return values
+        return _text_column(t, name, table_path) if name in t.columns else None
 
     for needed in ("sample_id", "label", "content_hash"):
         if needed not in t.columns:
@@ -287,13 +293,8 @@ def read_sample_ids(manifest: Mapping[str, Any], table_path: Path) -> tuple[np.n
             raise IntegrityError(f"{table_path}: no column {needed!r}")
     t = pd.read_parquet(table_path, columns=[c for c in ("sample_id", "label", "content_hash", "source")
                                              if c in present])
-    text = {}
-    for name in ("sample_id", "content_hash", "source"):
-        if name in t.columns:
-            values = t[name].to_numpy(dtype=object)
-            if not all(isinstance(v, str) for v in values):
-                raise IntegrityError(f"{table_path}: column {name!r} holds values that are not text")
-            text[name] = values
+    text = {name: _text_column(t, name, table_path) for name in ("sample_id", "content_hash", "source")
+            if name in t.columns}
     try:
         ids = check_ids(text["sample_id"], len(t))
     except InputError as e:
