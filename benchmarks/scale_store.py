@@ -11,7 +11,8 @@ a fresh process on the saved folder:
 - ``flag + save``: after a load, 1,000 samples flagged and the investigation saved again (the bytes of the files
   that save wrote are counted);
 - ``export``: after a load, the 1,000 marked rows exported as CSV, Parquet and JSON;
-- ``review``: the saved investigation opened only to read its review decisions.
+- ``review``: the saved investigation opened only to read its review decisions, with ``Investigation.read_review``
+  and with a full load.
 
 Peak memory is the process's peak resident set size (``VmHWM``, file-backed pages of memory-mapped files
 included) over the stage alone: the peak is reset (``/proc/self/clear_refs``) when the stage starts, after the
@@ -105,11 +106,11 @@ def _run_stage(stage: str, folder: Path, n: int, dim: int) -> list[dict]:
         with _Stage(rows, "save"):
             inv.save(folder)
         size = sum(s for _, s in _files(folder).values())
-        rows[-1]["note"] = f"folder {size / 1e6:,.0f} MB"
+        rows[-1]["note"] = f"folder {size / 1e6:,.0f} MB; resident after it {_rss_mb('VmRSS'):,.0f} MB"
     elif stage == "load":
         with _Stage(rows, "load"):
             inv = Investigation.load(folder)
-        with _Stage(rows, "first read of the features (one row)"):
+        with _Stage(rows, "first use of the features (one row read)"):
             float(inv.features[n // 2].sum())
     elif stage == "flag_save":
         inv = Investigation.load(folder)
@@ -129,7 +130,11 @@ def _run_stage(stage: str, folder: Path, n: int, dim: int) -> list[dict]:
             with _Stage(rows, f"export {marked:,} marked rows, {fmt}"):
                 inv.export(folder.parent / f"export.{fmt}", include="marked")
     elif stage == "review":
-        with _Stage(rows, "open to read the review (load, then .review)"):
+        with _Stage(rows, "open to read the review: Investigation.read_review"):
+            review = Investigation.read_review(folder)
+        rows[-1]["note"] = f"{int((review['status'] != 'unreviewed').sum()):,} decided"
+    elif stage == "review_by_load":
+        with _Stage(rows, "open to read the review: load, then .review"):
             review = Investigation.load(folder).review
         rows[-1]["note"] = f"{int((review['status'] != 'unreviewed').sum()):,} decided"
     else:
@@ -137,7 +142,7 @@ def _run_stage(stage: str, folder: Path, n: int, dim: int) -> list[dict]:
     return rows
 
 
-STAGES = ("save", "load", "flag_save", "export", "review")
+STAGES = ("save", "load", "flag_save", "export", "review", "review_by_load")
 
 
 def main(argv: list[str] | None = None) -> None:
