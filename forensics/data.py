@@ -93,6 +93,9 @@ def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
         raise InputError(f"ids has {len(ids)} entries but there are {n} samples")
     out = np.empty(n, dtype=object)
     for i, v in enumerate(ids):
+        if type(v) is str and v.isascii() and v.isprintable() and v.strip():
+            out[i] = v  # the common case: printable ASCII passes every check below
+            continue
         if isinstance(v, (float, np.floating)) and not isinstance(v, bool):
             if not (np.isfinite(v) and float(v).is_integer()):
                 raise InputError(f"ids[{i}] is the float {v!r}; sample ids must be text or integers")
@@ -115,7 +118,7 @@ def check_ids(ids: Sequence[Any], n: int) -> np.ndarray:
         )
     seen: dict[str, int] = {}
     for i, s in enumerate(out):
-        j = seen.setdefault(_visible_form(s), i)
+        j = seen.setdefault(s if s.isascii() else _visible_form(s), i)  # ASCII text is its own visible form
         if j != i:
             raise InputError(
                 f"ids[{j}] = {out[j][:60]!r} and ids[{i}] = {s[:60]!r} look the same to a reader (they differ only by "
@@ -194,6 +197,9 @@ def _check_sources(sources: Sequence[Any] | None, n: int) -> np.ndarray | None:
         raise InputError(f"sources has {len(sources)} entries but there are {n} samples")
     out = np.empty(n, dtype=object)
     for i, s in enumerate(sources):
+        if type(s) is str and s.isascii() and s.isprintable():
+            out[i] = s  # the common case: printable ASCII passes the checks below
+            continue
         if s is None or (isinstance(s, float) and np.isnan(s)):
             raise InputError(f"sources[{i}] is missing; give every sample a source, or give no sources at all")
         out[i] = str(s)
@@ -596,14 +602,7 @@ class Dataset:
 
     def positions(self, ids: Iterable[Any]) -> np.ndarray:
         """Row positions of the given sample ids; unknown ids raise :class:`InputError`."""
-        idx = self.index
-        out = []
-        for s in ids:
-            s = str(s)
-            if s not in idx:
-                raise InputError(f"sample id {s[:60]!r} is not in this dataset")
-            out.append(idx[s])
-        return np.asarray(out, dtype=np.int64)
+        return positions_in(self.index, ids)
 
     def payload(self, sample_id: Any) -> np.ndarray | str:
         """The image array or the text of one sample."""
@@ -614,13 +613,8 @@ class Dataset:
     def content_hash(self) -> str:
         """One hash of the whole dataset: ids, labels, class names, sources and payload hashes, in order."""
         if self._content_hash is None:
-            h = hashlib.blake2b(digest_size=16)
-            h.update(json.dumps([self.kind, list(self.class_names)]).encode())
-            for col in (self.ids, self.labels.astype(str), self.hashes,
-                        self.sources if self.sources is not None else np.array([], dtype=object)):
-                h.update("\x1f".join(map(str, col)).encode("utf-8", "surrogatepass"))
-                h.update(b"\x1e")
-            self._content_hash = h.hexdigest()
+            self._content_hash = content_hash_of(self.kind, self.class_names, self.ids, self.labels, self.hashes,
+                                                 self.sources)
         return self._content_hash
 
     def to_frame(self) -> pd.DataFrame:
@@ -689,6 +683,29 @@ class Dataset:
         )
 
 
+def content_hash_of(kind: str, class_names: Sequence[str], ids: np.ndarray, labels: np.ndarray, hashes: np.ndarray,
+                    sources: np.ndarray | None) -> str:
+    """:attr:`Dataset.content_hash` from the columns it covers (a stored dataset is checked without its payloads)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([kind, list(class_names)]).encode())
+    no_sources = np.array([], dtype=object)
+    for col in (ids, np.asarray(labels).astype(str), hashes, no_sources if sources is None else sources):
+        h.update("\x1f".join(map(str, col)).encode("utf-8", "surrogatepass"))
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+def positions_in(index: dict[str, int], ids: Iterable[Any]) -> np.ndarray:
+    """Row positions of ``ids`` in ``index`` (sample id -> row); unknown ids raise :class:`InputError`."""
+    out = []
+    for s in ids:
+        s = str(s)
+        if s not in index:
+            raise InputError(f"sample id {s[:60]!r} is not in this dataset")
+        out.append(index[s])
+    return np.asarray(out, dtype=np.int64)
+
+
 def concat(datasets: Sequence[Dataset]) -> Dataset:
     """Join datasets of the same kind and classes; ids must stay unique across them."""
     if not datasets:
@@ -745,6 +762,9 @@ def _check_texts(texts: Sequence[Any]) -> np.ndarray:
         texts = list(texts)
     out = np.empty(len(texts), dtype=object)
     for i, t in enumerate(texts):
+        if type(t) is str and t.isascii():
+            out[i] = t  # the common case: ASCII is valid UTF-8
+            continue
         if isinstance(t, bytes):
             try:
                 t = t.decode("utf-8")

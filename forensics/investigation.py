@@ -33,7 +33,7 @@ from . import _io, _store, audit
 from ._store import MANIFEST
 from ._validate import check_features, check_scores
 from .audit import AuditLog, to_json_object, utc_now
-from .data import Dataset
+from .data import Dataset, positions_in
 from .errors import InputError, IntegrityError
 from .export import export_table
 
@@ -135,6 +135,22 @@ def _check_triggers(df: Any) -> pd.DataFrame:
     return _as_str_columns(out)
 
 
+def _check_given_dataset(dataset: Any, folder: Path, recorded: str) -> None:
+    if not isinstance(dataset, Dataset):
+        raise InputError(f"dataset must be a forensics.data.Dataset; got {type(dataset).__name__}")
+    if dataset.content_hash != recorded:
+        raise IntegrityError(
+            f"the dataset given has content hash {dataset.content_hash} but {folder} was saved with "
+            f"dataset {recorded}: it is not the same dataset (ids, labels, sources or payloads differ)"
+        )
+
+
+def _check_stored_hash(got: str, folder: Path, recorded: str) -> None:
+    if got != recorded:
+        raise IntegrityError(f"the dataset stored in {folder} has content hash {got} but the manifest records "
+                             f"{recorded}")
+
+
 def _parse_time(text: str) -> np.datetime64:
     t = datetime.fromisoformat(text)
     if t.tzinfo is None:
@@ -193,7 +209,7 @@ class Investigation:
             raise InputError(f"dataset must be a forensics.data.Dataset; got {type(dataset).__name__}")
         n = len(dataset)
         self._dataset = dataset
-        self._index = pd.Index(dataset.ids, name="sample_id", dtype=object)
+        self._init_review(dataset.ids, dataset.positions)
         self._samples = _check_table(dataset.to_frame() if samples is None else samples, "samples", self._index)
         self._signals = _check_signals(signals, self._index)
         if features is not None:
@@ -204,6 +220,8 @@ class Investigation:
             x.flags.writeable = False
             features = x
         self._features = features
+        # The saved file the features are memory-mapped from (after a save or a load), checked on first use.
+        self._features_stored: _store.StoredArray | None = None
         self._params = {} if params is None else to_json_object(params, name="params")
         if map_builder is not None and not callable(map_builder):
             raise InputError(f"map_builder must be callable; got {type(map_builder).__name__}")
@@ -212,16 +230,22 @@ class Investigation:
         self._clusters: pd.DataFrame | None = None
         self._triggers = _empty_triggers()
         self._trigger_arrays: dict[str, np.ndarray] = {}
-        self._status = np.zeros(n, dtype=np.int8)
-        self._note = np.full(n, "", dtype=object)
-        self._who = np.full(n, "", dtype=object)
-        self._when = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
-        self._undo_stack: list[tuple[int, tuple[np.ndarray, ...]]] = []
         self._folder: Path | None = None
         #: The model under investigation, for trigger confirmation; never saved (reattach it after a load).
         self.model: Any = None
         #: The payload-to-input function the model was given, if not its own (never saved either).
         self.preprocess: Any = None
+
+    def _init_review(self, ids: np.ndarray, positions: Callable[[Iterable[Any]], np.ndarray]) -> None:
+        """An empty review of the samples ``ids``; ``positions`` maps sample ids to rows (unknown ids raise)."""
+        n = len(ids)
+        self._index = pd.Index(ids, name="sample_id", dtype=object)
+        self._positions = positions
+        self._status = np.zeros(n, dtype=np.int8)
+        self._note = np.full(n, "", dtype=object)
+        self._who = np.full(n, "", dtype=object)
+        self._when = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+        self._undo_stack: list[tuple[int, tuple[np.ndarray, ...]]] = []
 
     # ------------------------------------------------------------------------------------------ tables
     @property
@@ -245,7 +269,19 @@ class Investigation:
 
     @property
     def features(self) -> np.ndarray | None:
-        """The activations, shape (n, d), read-only; or None."""
+        """The activations, shape (n, d), float32, read-only; or None.
+
+        Once the investigation is saved or loaded, a read-only memory map of its folder's features file: rows are
+        read from disk as they are used. A loaded file is checked against its checksum (and for non-finite values)
+        on this first access, in one pass over the file in chunks; IntegrityError naming the file if it was
+        changed after saving.
+        """
+        return self._checked_features()
+
+    def _checked_features(self) -> np.ndarray | None:
+        stored = self._features_stored
+        if stored is not None and not stored.verified:
+            stored.verify(finite=True)
         return self._features
 
     @property
@@ -313,7 +349,8 @@ class Investigation:
         return explain_clusters(self.map["cluster"].to_numpy(), frame.reset_index(drop=True), min_log10_p=min_log10_p)
 
     def _build_map(self) -> None:
-        if self._features is None:
+        features = self._checked_features()
+        if features is None:
             raise InputError("this investigation has no features; pass features=... to build the map")
         builder = self._map_builder
         if builder is None:
@@ -322,7 +359,7 @@ class Investigation:
             # The investigation's seed reaches the map too (a loaded investigation keeps it in its parameters).
             builder = functools.partial(build_map, random_state=self._params.get("random_state", 0))
         ds = self._dataset
-        result = builder(self._features, ds.labels, ids=ds.ids, sources=ds.sources,
+        result = builder(features, ds.labels, ids=ds.ids, sources=ds.sources,
                          suspicion=self._signals["suspicion"].to_numpy(dtype=np.float64),
                          class_names=ds.class_names)
         n = len(ds)
@@ -516,7 +553,7 @@ class Investigation:
             if pos is None:
                 if "ids" not in entry:
                     raise IntegrityError("a review entry without ids")
-                pos = np.unique(self._dataset.positions(entry["ids"]))
+                pos = np.unique(self._positions(entry["ids"]))
             before = (pos, self._status[pos].copy(), self._note[pos].copy(), self._who[pos].copy(),
                       self._when[pos].copy())
             self._status[pos] = _STATUS_CODE[ACTIONS[action]]
@@ -714,8 +751,23 @@ class Investigation:
         if self._map is not None:
             put("map", "parquet", lambda tmp: self._map.to_parquet(tmp))
             put("clusters", "parquet", lambda tmp: self._clusters.to_parquet(tmp))
+        written: dict[str, os.stat_result] = {}
         if self._features is not None:
-            put("features", "npy", lambda tmp: _store.save_npy(tmp, self._features))
+            stored = self._features_stored
+            if (old is not None and stored is not None and stored.path.parent.resolve() == folder.resolve()
+                    and old["files"].get("features") == {"file": stored.path.name, "blake2b": stored.digest}
+                    and stored.path.is_file()):
+                # Features never change: the file they are mapped from stays, with its entry (and its checksum,
+                # so that a file changed on disk is still caught by the next load).
+                files["features"] = old["files"]["features"]
+            else:
+                x = self._checked_features()  # a mapped file is checked before its data is stored under a new checksum
+
+                def write_features(tmp: Path) -> None:
+                    _store.save_npy(tmp, x)
+                    written["features"] = os.stat(tmp)
+
+                put("features", "npy", write_features)
         if self._trigger_arrays:
             put("patterns", "npz", lambda tmp: _store.save_npz(tmp, self._trigger_arrays))
         if attached_here:
@@ -745,6 +797,21 @@ class Investigation:
         self._folder = folder
         _store.remove_unreferenced(folder, {f["file"] for f in files.values()}
                                    | {log_path.name, audit.seal_path(log_path).name})
+        if "features" in written:
+            self._map_features(folder, files["features"], written["features"])
+
+    def _map_features(self, folder: Path, spec: Mapping[str, str], written: os.stat_result) -> None:
+        """Read the features from the file this save wrote from now on: memory-mapped, so that the array in memory
+        can be freed, and so that the next save of this folder keeps the file instead of writing it again."""
+        path = folder / spec["file"]
+        try:
+            stored = _store.StoredArray.open(path, spec["blake2b"])
+        except (OSError, IntegrityError) as e:  # the save is complete; only the next one will write the file again
+            logger.warning("the features just saved to %s could not be mapped (%s); they stay in memory", path, e)
+            return
+        if stored.same_file(written):  # the very file this save wrote and checksummed: nothing to check again
+            stored.mark_verified()
+        self._features, self._features_stored = stored.array, stored
 
     @classmethod
     def load(
@@ -776,6 +843,14 @@ class Investigation:
         IntegrityError
             A file does not match its checksum, the dataset's hash differs from the recorded one (both named),
             or the audit log's chain is broken (the entry named).
+
+        Notes
+        -----
+        Every file is checked against its checksum here, except the features file: its header is read and its data
+        memory-mapped read-only, and it is checked on the first use of :attr:`features` (a load for the review, the
+        tables or an export never reads it). The images of an image dataset are memory-mapped too, after their
+        check. Saves never write a file in place, so the maps stay valid whatever later saves do; a file edited in
+        place by something else while it is mapped is beyond what a check can catch.
         """
         folder = Path(folder)
         if not (folder / MANIFEST).is_file():
@@ -789,35 +864,35 @@ class Investigation:
 
             recorded = m["dataset"]["hash"]
             if dataset is not None:
-                if not isinstance(dataset, Dataset):
-                    raise InputError(f"dataset must be a forensics.data.Dataset; got {type(dataset).__name__}")
-                if dataset.content_hash != recorded:
-                    raise IntegrityError(
-                        f"the dataset given has content hash {dataset.content_hash} but {folder} was saved with "
-                        f"dataset {recorded}: it is not the same dataset (ids, labels, sources or payloads differ)"
-                    )
+                _check_given_dataset(dataset, folder, recorded)
             elif "dataset" in files:
                 dataset = _store.read_dataset(m, path_of("dataset"), path_of("images") if "images" in files else None)
-                if dataset.content_hash != recorded:
-                    raise IntegrityError(
-                        f"the dataset stored in {folder} has content hash {dataset.content_hash} but the manifest "
-                        f"records {recorded}"
-                    )
+                _check_stored_hash(dataset.content_hash, folder, recorded)
             else:
                 raise InputError(f"{folder} was saved without its dataset; pass it: Investigation.load(folder, "
                                  "dataset=ds)")
             tables = {k: pd.read_parquet(path_of(k)) for k in _TABLES if k in files}
-            features = np.load(path_of("features"), allow_pickle=False) if "features" in files else None
+            stored = None
+            if "features" in files:
+                # Mapped, not read: its checksum is checked on first use of the features.
+                stored = _store.StoredArray.open(folder / files["features"]["file"], files["features"]["blake2b"])
+                x = stored.array
+                if x.dtype.kind != "f" or x.dtype.itemsize != 4 or x.ndim != 2 or x.shape[0] != len(dataset) \
+                        or x.shape[1] == 0:
+                    raise IntegrityError(f"{stored.path} holds a {x.dtype} array of shape {x.shape}; the features of "
+                                         f"this investigation are float32 of shape ({len(dataset)}, d)")
             log_name = m["audit"]["file"]
             log = AuditLog.load(folder / log_name, repair=repair,
                                 anchor=(m["audit"]["head_seq"], m["audit"]["head_hash"]),
                                 sealed=m["audit"].get("sealed") is True)
 
             inv = cls.__new__(cls)
-            inv._setup(dataset, signals=tables["signals"], samples=tables["samples"], features=features,
+            inv._setup(dataset, signals=tables["signals"], samples=tables["samples"], features=None,
                        params=m["params"], map_builder=map_builder)
+            if stored is not None:
+                inv._features, inv._features_stored = stored.array, stored
             inv._log = log
-            inv._replay(m)
+            inv._replay(m, dataset.content_hash)
             inv._triggers = _check_triggers(tables["triggers"])
             if "patterns" in files:
                 inv.trigger_arrays = _store.load_npz(path_of("patterns"))
@@ -827,14 +902,66 @@ class Investigation:
             inv._folder = folder
         return inv
 
-    def _replay(self, manifest: Mapping[str, Any]) -> None:
+    @classmethod
+    def read_review(cls, folder: str | os.PathLike, dataset: Dataset | None = None) -> pd.DataFrame:
+        """The review of a saved investigation (``Investigation.load(folder).review``), reading only what it needs.
+
+        Reads the manifest, the sample ids of the stored dataset with the columns its content hash covers (labels,
+        payload hashes, sources: no text or image), and the audit log, each checked as :meth:`load` checks it; no
+        table and no feature is read. For a pipeline or a notebook that only needs the decisions of a large
+        investigation.
+
+        Parameters
+        ----------
+        folder : path-like
+        dataset : Dataset, optional
+            The dataset, when the folder was saved without it; it must have the content hash the folder recorded.
+
+        Returns
+        -------
+        DataFrame
+            Indexed by ``sample_id`` in the dataset's order: status, note, who, when, as :attr:`review`.
+
+        Raises
+        ------
+        InputError, IntegrityError
+            As :meth:`load`.
+        """
+        folder = Path(folder)
+        if not (folder / MANIFEST).is_file():
+            raise InputError(f"{folder} holds no saved investigation ({MANIFEST} is missing)")
+        with _io.file_lock(folder / ".lock", timeout=audit.LOCK_TIMEOUT_S, what=f"the investigation folder {folder}",
+                           read_only_ok=True):
+            m = _store.read_manifest(folder)
+            files = m["files"]
+            recorded = m["dataset"]["hash"]
+            if dataset is not None:
+                _check_given_dataset(dataset, folder, recorded)
+                ids, positions = dataset.ids, dataset.positions
+            elif "dataset" in files:
+                ids, got = _store.read_sample_ids(m, _store.verified_path(folder, files, "dataset"))
+                _check_stored_hash(got, folder, recorded)
+                positions = functools.partial(positions_in, {s: i for i, s in enumerate(ids)})
+            else:
+                raise InputError(f"{folder} was saved without its dataset; pass it: Investigation.read_review(folder, "
+                                 "dataset=ds)")
+            log = AuditLog.load(folder / m["audit"]["file"], anchor=(m["audit"]["head_seq"], m["audit"]["head_hash"]),
+                                sealed=m["audit"].get("sealed") is True)
+        # A review-only instance: the review over the ids and the log replayed into it; it never leaves here.
+        only = cls.__new__(cls)
+        only._init_review(ids, positions)
+        only._log = log
+        only._replay(m, recorded)
+        return only.review
+
+    def _replay(self, manifest: Mapping[str, Any], dataset_hash: str) -> None:
         log = self._log
         where = f"audit log {log.path}"
         if not len(log) or log[0]["action"] != "start":
             raise IntegrityError(f"{where}: line 1 is not the start of an investigation")
         if log[0]["hash"] != manifest["investigation_id"]:
             raise IntegrityError(f"{where} belongs to another investigation than {MANIFEST} names")
-        if log[0].get("payload", {}).get("dataset_hash") != self._dataset.content_hash:
+        if log[0].get("payload", {}).get("dataset_hash") != dataset_hash:
             raise IntegrityError(f"{where}: it was started on another dataset "
                                  f"({log[0].get('payload', {}).get('dataset_hash')!r})")
         for entry in log:

@@ -51,3 +51,9 @@ def scale() -> ModuleType:
 def fusion_lab(matrix) -> ModuleType:
     """``benchmarks/fusion_lab.py`` (it imports ``matrix``)."""
     return _load_benchmark("fusion_lab")
+
+
+@pytest.fixture(scope="session")
+def scale_store() -> ModuleType:
+    """``benchmarks/scale_store.py``."""
+    return _load_benchmark("scale_store")

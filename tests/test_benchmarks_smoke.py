@@ -1,6 +1,9 @@
-"""The quality benchmark's metric tables on a tiny planted scenario, and the attack matrix's draws and tables."""
+"""The quality benchmark's metric tables on a tiny planted scenario, the attack matrix's draws and tables, and the
+store's scale benchmark on a few hundred rows."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pandas as pd
@@ -159,3 +162,17 @@ def test_scale_map_ranking_puts_small_far_clusters_first(scale):
                          index=pd.Index([-1, 0, 1, 2], name="cluster"))
     m = SimpleNamespace(table=table, clusters=np.array([-1, 0, 1, 2, 1, 0]))
     np.testing.assert_array_equal(scale._map_ranking(m), [0.0, 1.5, 5.0, 0.5, 5.0, 1.5])
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's /proc/self/clear_refs")
+def test_the_scale_benchmark_stages_run_on_a_small_investigation(scale_store, tmp_path):
+    folder = tmp_path / "inv"
+    rows = [row for stage in scale_store.STAGES for row in scale_store._run_stage(stage, folder, 2_000, 4)]
+    by_stage = {row["stage"]: row for row in rows}
+    assert all(row["seconds"] >= 0 and row["peak_mb"] > 0 for row in rows)
+    # The flag + save wrote the tables again, not the features.
+    written = by_stage["flag 1,000 + save"]["note"]
+    assert "samples.2.parquet" in written and "features" not in written
+    assert by_stage["open to read the review: Investigation.read_review"]["note"] == "1,000 decided"
+    assert by_stage["open to read the review: load, then .review"]["note"] == "1,000 decided"
+    assert {f"export 1,000 marked rows, {fmt}" for fmt in ("csv", "parquet", "json")} <= set(by_stage)

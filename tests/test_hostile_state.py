@@ -83,6 +83,98 @@ def test_an_edited_dataset_in_a_saved_investigation_is_named(saved):
         Investigation.load(folder)
 
 
+def test_a_changed_features_file_is_named_on_first_use_and_never_saved_under_a_new_checksum(tmp_path):
+    inv = _investigation(features=True)
+    folder = inv.save(tmp_path / "inv")
+    inv.flag([HOSTILE[0]], who="alice")
+    name = json.loads((folder / MANIFEST).read_text())["files"]["features"]["file"]
+    path = folder / name
+    original = path.read_bytes()
+    path.write_bytes(original[:-4] + np.float32(1e3).tobytes())  # one value of the last row, same size
+    changed = rf"{name} does not match its checksum in {MANIFEST} \(.*\): it was changed, truncated or replaced"
+    back = Investigation.load(folder)  # the features are mapped, not read: the review and exports work
+    assert back.review.loc[HOSTILE[0], "status"] == "suspected"
+    assert len(pd.read_csv(back.export(tmp_path / "flagged.csv"))) == 1
+    with pytest.raises(IntegrityError, match=changed):
+        back.features  # noqa: B018 (first use)
+    with pytest.raises(IntegrityError, match=changed):
+        back.map  # noqa: B018 (built from the features)
+    with pytest.raises(IntegrityError, match=changed):
+        back.save(tmp_path / "elsewhere")  # never copied under a checksum of its own
+    back.save(folder)  # the same folder keeps the file and its recorded checksum: still caught
+    with pytest.raises(IntegrityError, match=changed):
+        Investigation.load(folder).features  # noqa: B018
+    path.write_bytes(original)  # restored: every decision is still there
+    back = Investigation.load(folder)
+    np.testing.assert_array_equal(back.features, np.load(path))
+    assert _decided(folder) == {HOSTILE[0]: "suspected"}
+
+
+def _replace_features(folder, array) -> str:
+    """Write ``array`` as the features file and its checksum in the manifest, as an attacker with both would."""
+    from forensics import _io
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    path = folder / manifest["files"]["features"]["file"]
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+    manifest["files"]["features"]["blake2b"] = _io.file_digest(path)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return path.name
+
+
+def test_a_features_file_that_cannot_be_the_saved_one_is_named(tmp_path):
+    inv = _investigation(features=True)
+    folder = inv.save(tmp_path / "inv")
+    name = json.loads((folder / MANIFEST).read_text())["files"]["features"]["file"]
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[:-100])  # truncated: the header no longer describes the file, found at load
+    with pytest.raises(IntegrityError, match=rf"{name} does not match its checksum in {MANIFEST}: it holds "
+                                             rf"{len(data) - 100:,} bytes where its header describes {len(data):,}"):
+        Investigation.load(folder)
+    (folder / name).unlink()
+    with pytest.raises(IntegrityError, match=rf"{name} is missing; the folder is incomplete"):
+        Investigation.load(folder)
+    features = np.array(inv.features)
+    _replace_features(folder, features[:-1])  # and its checksum: one row short
+    with pytest.raises(IntegrityError, match=rf"{name} holds a float32 array of shape \(5, 32\); the features of "
+                                             r"this investigation are float32 of shape \(6, d\)"):
+        Investigation.load(folder)
+    features[2, 3] = np.nan
+    _replace_features(folder, features)
+    with pytest.raises(IntegrityError, match=rf"{name} holds NaN or infinite values"):
+        Investigation.load(folder).features  # noqa: B018
+
+
+def test_read_review_checks_what_it_reads(saved):
+    from forensics import _io
+
+    inv, folder, expected = saved
+    manifest = json.loads((folder / MANIFEST).read_text())
+    name = manifest["files"]["dataset"]["file"]
+    original = (folder / name).read_bytes()
+    df = pd.read_parquet(folder / name)
+    df.loc[3, "sample_id"] = "s3-renamed"  # an attacker renames a sample...
+    df.to_parquet(folder / name)
+    with pytest.raises(IntegrityError, match=rf"{name} does not match its checksum"):
+        Investigation.read_review(folder)
+    manifest["files"]["dataset"]["blake2b"] = _io.file_digest(folder / name)  # ...and forges its checksum
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match=r"the dataset stored in .* has content hash \w+ but the manifest records"):
+        Investigation.read_review(folder)
+    df.loc[3, "sample_id"] = "s3\u202e"  # a reversed-text id, checked as a loaded dataset's ids are
+    df.to_parquet(folder / name)
+    manifest["files"]["dataset"]["blake2b"] = _io.file_digest(folder / name)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(IntegrityError, match=r"is not valid: ids\[3\] = .* contains control or bidirectional"):
+        Investigation.read_review(folder)
+    (folder / name).write_bytes(original)
+    manifest["files"]["dataset"]["blake2b"] = _io.file_digest(folder / name)
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    review = Investigation.read_review(folder)
+    assert review["status"][review["status"] != "unreviewed"].to_dict() == expected
+
+
 def test_a_manifest_pointing_outside_the_folder_is_refused(saved):
     _, folder, _ = saved
     m = json.loads((folder / MANIFEST).read_text())

@@ -404,7 +404,7 @@ def _fail_at(monkeypatch, k):
     return calls
 
 
-@pytest.mark.parametrize("k", [1, 3, 6, 7])  # samples, triggers, features, the manifest itself
+@pytest.mark.parametrize("k", [1, 3, 5, 6])  # samples, triggers, clusters, the manifest itself
 def test_a_save_that_stops_midway_keeps_the_previous_save(inv, tmp_path, monkeypatch, k):
     folder = inv.save(tmp_path / "inv")
     first = Investigation.load(folder)
@@ -416,7 +416,7 @@ def test_a_save_that_stops_midway_keeps_the_previous_save(inv, tmp_path, monkeyp
     calls = _fail_at(monkeypatch, k)
     with pytest.raises(OSError, match=r"simulated"):
         inv.save(folder)
-    # samples, signals, triggers, map, clusters, features (dataset unchanged, reused), then the manifest.
+    # samples, signals, triggers, map, clusters (dataset and features unchanged, kept), then the manifest.
     assert calls["n"] == k
     monkeypatch.undo()
     back = Investigation.load(folder)
@@ -428,7 +428,7 @@ def test_a_save_that_stops_midway_keeps_the_previous_save(inv, tmp_path, monkeyp
     inv.save(folder)
     names = sorted(p.name for p in folder.iterdir())
     assert names == [".lock", "audit.1.jsonl", "audit.1.jsonl.seal", "clusters.2.parquet", "dataset.1.parquet",
-                     "features.2.npy", MANIFEST, "map.2.parquet", "samples.2.parquet", "signals.2.parquet",
+                     "features.1.npy", MANIFEST, "map.2.parquet", "samples.2.parquet", "signals.2.parquet",
                      "triggers.2.parquet"]
     assert_same_state(inv, Investigation.load(folder))
 
@@ -625,3 +625,108 @@ def test_trigger_arrays_are_saved_and_checked(inv, tmp_path):
     patterns.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="does not match its checksum"):
         Investigation.load(tmp_path / "inv")
+
+
+# ------------------------------------------------------------------------------------------------ large folders
+
+def _mapped_file(a):
+    """The file a memory-mapped array reads (through views), or None when it is in memory."""
+    while a is not None:
+        if isinstance(a, np.memmap):
+            return str(a.filename)
+        a = a.base
+    return None
+
+
+def test_features_of_a_saved_or_loaded_investigation_are_a_read_only_map_of_its_file(inv, tmp_path):
+    features = np.array(inv.features)
+    assert _mapped_file(inv.features) is None  # in memory until the first save
+    folder = inv.save(tmp_path / "inv")
+    back = Investigation.load(folder)
+    for x in (inv.features, back.features):
+        assert isinstance(x, np.memmap) and _mapped_file(x) == str(folder / "features.1.npy")
+        assert not x.flags.writeable and x.dtype == np.float32
+        np.testing.assert_array_equal(x, features)
+        with pytest.raises(ValueError, match="read-only"):
+            x[0, 0] = 1.0
+
+
+def test_a_save_after_a_flag_keeps_the_features_file(inv, tmp_path):
+    folder = inv.save(tmp_path / "inv")
+    path = folder / "features.1.npy"
+    before = path.stat()
+    for saver in (lambda: inv, lambda: Investigation.load(folder)):  # the object that saved it, one that loads it
+        obj = saver()
+        obj.flag([IDS[1]], who="alice")
+        obj.save(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["generation"] == 3 and manifest["files"]["features"]["file"] == "features.1.npy"
+    assert manifest["files"]["samples"]["file"] == "samples.3.parquet"  # the tables are written again
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    assert _io.file_digest(path) == manifest["files"]["features"]["blake2b"]  # the manifest still verifies
+    assert sorted(p.name for p in folder.glob("features.*")) == ["features.1.npy"]
+    back = Investigation.load(folder)
+    np.testing.assert_array_equal(back.features, inv.features)
+    assert back.review.loc[IDS[1], "status"] == "suspected"
+
+
+def test_features_saved_to_another_folder_are_written_there_and_read_from_there(inv, tmp_path):
+    first = inv.save(tmp_path / "a")
+    second = inv.save(tmp_path / "b")
+    assert _mapped_file(inv.features) == str(second / "features.1.npy")
+    manifests = [json.loads((f / MANIFEST).read_text())["files"]["features"] for f in (first, second)]
+    assert manifests[0]["blake2b"] == manifests[1]["blake2b"]
+    # A loaded copy saved elsewhere writes its own file too, and reads that one from then on.
+    back = Investigation.load(first)
+    third = back.save(tmp_path / "c")
+    assert _mapped_file(back.features) == str(third / "features.1.npy")
+    np.testing.assert_array_equal(Investigation.load(third).features, inv.features)
+
+
+def test_an_export_of_a_loaded_investigation_equals_the_one_before_saving(inv, tmp_path):
+    inv.flag([IDS[2], IDS[7]], note="=note", who="alice")
+    inv.confirm([IDS[0]], note="\t=1", who="bob")
+    before = {fmt: inv.export(tmp_path / f"before.{fmt}") for fmt in ("csv", "json", "parquet")}
+    back = Investigation.load(inv.save(tmp_path / "inv"))
+    for fmt, old in before.items():
+        new = back.export(tmp_path / f"after.{fmt}")
+        if fmt == "parquet":
+            pd.testing.assert_frame_equal(pd.read_parquet(new), pd.read_parquet(old), check_exact=True)
+        else:
+            assert new.read_bytes() == old.read_bytes()
+
+
+def test_read_review_equals_the_loaded_review_and_reads_no_table_and_no_feature(inv, ds, tmp_path, monkeypatch):
+    inv.flag([IDS[2], IDS[7]], note="@note", who="alice")
+    inv.confirm([IDS[0]], who="bob")
+    inv.undo(who="bob")
+    folder = inv.save(tmp_path / "inv")
+    inv.clear([IDS[3]], who="carol")  # after the save: in the log only
+    expected = Investigation.load(folder).review
+    read = []
+    real_read_parquet = pd.read_parquet
+    monkeypatch.setattr(pd, "read_parquet", lambda path, **kw: read.append((path.name, kw)) or real_read_parquet(
+        path, **kw))
+    monkeypatch.setattr(np, "load", lambda *a, **kw: pytest.fail("read_review read an array"))
+    review = Investigation.read_review(folder)
+    pd.testing.assert_frame_equal(review, expected, check_exact=True)
+    assert read == [("dataset.1.parquet", {"columns": ["sample_id", "label", "content_hash", "source"]})]
+    monkeypatch.undo()
+    # Saved without the dataset: the dataset is passed, as to load.
+    folder = inv.save(tmp_path / "bare", include_dataset=False)
+    with pytest.raises(InputError, match=r"was saved without its dataset; pass it: Investigation\.read_review"):
+        Investigation.read_review(folder)
+    pd.testing.assert_frame_equal(Investigation.read_review(folder, dataset=ds), inv.review, check_exact=True)
+    with pytest.raises(IntegrityError, match=r"the dataset given has content hash"):
+        Investigation.read_review(folder, dataset=ds.replace(labels=[1, 0, 0, 0, 1, 1, 1, 1]))
+
+
+def test_image_datasets_are_loaded_memory_mapped_read_only(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, size=(6, 5, 5, 3), dtype=np.uint8)
+    ds = Dataset.from_numpy(images, [0, 1, 0, 1, 0, 1])
+    inv = Investigation(ds, signals=pd.DataFrame({"suspicion": np.arange(6.0), "reasons": [""] * 6}, index=ds.ids))
+    folder = inv.save(tmp_path / "img")
+    back = Investigation.load(folder).dataset.images
+    assert _mapped_file(back) == str(folder / "images.1.npy") and not back.flags.writeable
+    np.testing.assert_array_equal(back, images)
