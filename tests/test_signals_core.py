@@ -314,6 +314,24 @@ def test_neighbours_beyond_the_exact_limit_are_approximate_but_close(flipped, mo
     np.testing.assert_array_equal(_top(scores, len(flips)), np.sort(flips))
 
 
+def test_the_outlier_signal_searches_large_classes_approximately_and_still_finds_the_isolated(clean, monkeypatch):
+    from forensics.signals import neighbors
+
+    features, labels = clean
+    features = features.copy()
+    isolated = np.array([30, 250, 580])
+    features[isolated, 10] += 8.0
+    exact = knn_distance_outlier(features, labels, k=5, metric="euclidean")
+    calls = []
+    real = neighbors._approximate_neighbors
+    monkeypatch.setattr(neighbors, "_approximate_neighbors", lambda *a: calls.append(len(a[0])) or real(*a))
+    monkeypatch.setattr(neighbors, "EXACT_MAX_ROWS", 100)  # three classes of 200: 3 x 200^2 > 100^2
+    scores = knn_distance_outlier(features, labels, k=5, metric="euclidean")
+    assert sorted(calls) == sorted(np.bincount(labels).tolist())  # every class searched approximately
+    np.testing.assert_array_equal(_top(scores, 3), isolated)
+    assert np.corrcoef(scores, exact)[0, 1] > 0.95
+
+
 # ---------------------------------------------------------------- shared contract
 
 
