@@ -90,7 +90,7 @@ def categorical_coloring(
     Parameters
     ----------
     values : array-like, shape (n,)
-        Category of each point (converted to str).
+        Category of each point (converted to str); a pandas Categorical is read through its codes.
     title : str
     order : sequence of str, optional
         Categories in the legend's order (all kept, palette cycled); default: by decreasing count.
@@ -103,8 +103,15 @@ def categorical_coloring(
     -------
     Coloring
     """
-    v = np.asarray(values).astype(str)
-    names, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    # Distinct values by hashing (linear time), then their text sorted: a million points take milliseconds, where
+    # sorting a million strings took a second.
+    v = values if isinstance(values, pd.Categorical) else np.asarray(values)
+    codes, uniques = pd.factorize(v, use_na_sentinel=False)
+    if v.dtype == object and pd.isna(uniques).any():  # None and NaN: one missing value to pandas, two texts here
+        codes, uniques = pd.factorize(v.astype(str))
+    names, merged = np.unique(np.asarray(uniques).astype(str), return_inverse=True)
+    inverse = merged.ravel()[codes]
+    counts = np.bincount(inverse, minlength=len(names))
     if order is None:
         ranked = [str(names[i]) for i in np.lexsort((names, -counts))]
         kept = ranked[:max_categories]
@@ -213,8 +220,9 @@ def map_coloring(
         From :func:`check_truth`; needed for "truth".
     """
     if mode == "cluster":
-        c = np.asarray(clusters)
-        return categorical_coloring(np.where(c < 0, "noise", c.astype(str)), title="cluster",
+        codes, found = pd.factorize(np.where(np.asarray(clusters) < 0, -1, clusters))
+        names = np.where(found < 0, "noise", found.astype(str))
+        return categorical_coloring(pd.Categorical.from_codes(codes, categories=names), title="cluster",
                                     colors={"noise": GREY})
     if mode == "label":
         return categorical_coloring(columns.label_names, title="label", order=columns.class_names)
