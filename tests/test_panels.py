@@ -296,6 +296,32 @@ def test_lasso_shape_message_selects_the_points_inside():
         points_in_selections(x, y, [{"type": "path", "path": "M0,0C1,1,2,2"}])
 
 
+def test_a_lasso_of_many_vertices_selects_by_the_even_odd_rule():
+    """The sorted index tests each edge against the points in its y range only: the same points as testing every
+    point against every edge, vertices on points' y included."""
+    from forensics.panels.map import PointIndex
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=50_000), rng.normal(size=50_000)
+    y[:500] = np.round(y[:500], 1)
+    angles = np.linspace(0, 2 * np.pi, 400, endpoint=False)
+    radius = 1 + 0.4 * np.sin(5 * angles)
+    poly = np.round(np.c_[radius * np.cos(angles), radius * np.sin(angles)], 1)  # edges on the rounded y values
+    path = "M" + "L".join(f"{a},{b}" for a, b in poly) + "Z"
+    inside = np.zeros(len(x), bool)
+    xj, yj = poly[-1]
+    for xi, yi in poly:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inside ^= ((yi > y) != (yj > y)) & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+        xj, yj = xi, yi
+    index = PointIndex(x, y)
+    np.testing.assert_array_equal(index.inside([{"type": "path", "path": path}]), np.flatnonzero(inside))
+    box = {"type": "rect", "x0": 0.5, "x1": -1.0, "y0": -0.3, "y1": 0.7}
+    np.testing.assert_array_equal(index.inside([box]),
+                                  np.flatnonzero((x >= -1) & (x <= 0.5) & (y >= -0.3) & (y <= 0.7)))
+    assert 10_000 < inside.sum() < 40_000
+
+
 @plotly_messages
 def test_error_in_a_plotly_callback_reaches_the_status_line():
     dash = dashboard(image_investigation())
