@@ -568,11 +568,16 @@ def density_trace(x: np.ndarray, y: np.ndarray, *, bins: int = DENSITY_BINS) -> 
     """
     ok = np.isfinite(x) & np.isfinite(y)
     counts, xe, ye = np.histogram2d(x[ok], y[ok], bins=bins)
-    z = np.where(counts > 0, np.log1p(counts), np.nan).T.astype(np.float32)  # rows are y
-    return go.Heatmap(z=z, x0=float(xe[0] + (xe[1] - xe[0]) / 2), dx=float(xe[1] - xe[0]),
+    z = np.log1p(counts).T.astype(np.float32)  # rows are y
+    top = max(float(z.max()), 1.0)
+    # Empty bins (0) take a transparent colour, the others (log 2 and up) grey: NaN gaps would do the same, but NaN
+    # is not JSON and the widget's message would need a lenient parser.
+    edge = 0.5 * np.log(2) / top
+    return go.Heatmap(z=z, zmin=0.0, zmax=top, x0=float(xe[0] + (xe[1] - xe[0]) / 2), dx=float(xe[1] - xe[0]),
                       y0=float(ye[0] + (ye[1] - ye[0]) / 2), dy=float(ye[1] - ye[0]),
-                      colorscale=[[0.0, "#ececec"], [1.0, "#8c8c8c"]], opacity=0.6, showscale=False,
-                      hoverinfo="skip", name="all samples")
+                      colorscale=[[0.0, "rgba(255,255,255,0)"], [edge, "rgba(255,255,255,0)"], [edge, "#ececec"],
+                                  [1.0, "#8c8c8c"]],
+                      opacity=0.6, showscale=False, hoverinfo="skip", name="all samples")
 
 
 def legend_html(coloring: Coloring) -> str:
