@@ -148,7 +148,7 @@ def dashboard(inv: Investigation, *, truth: Any = None, page_size: int = DEFAULT
         :meth:`~forensics.Investigation.find_triggers` stored (``inv.trigger_arrays``).
     export_path : str
         Proposed in the export box.
-    max_points : int, default 100,000
+    max_points : int, default 60,000
         Points the map draws at most; past this many samples it draws the most suspicious, the reviewed and a
         sample by cluster of the rest, and a lasso, a box or a query still selects every sample (:class:`MapPanel`).
 

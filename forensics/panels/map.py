@@ -7,7 +7,7 @@ faint) and removes plotly's own selection. A lasso or box is read both from plot
 shape it leaves in ``layout.selections`` (the points inside it are found here): the widget's message buffer may
 drop the first when hover events follow it, never the second. The trace is WebGL (``Scattergl``) at every size.
 
-Up to ``max_points`` samples (100,000 by default) one trace holds every point, so a point's index in the trace is
+Up to ``max_points`` samples (60,000 by default) one trace holds every point, so a point's index in the trace is
 its row in the dataset. Past that the map draws a subset (:func:`drawing_subset`: every one of the most suspicious
 samples, the reviewed and selected ones, the rest sampled by cluster) and point i is sample ``drawn[i]``; a faint
 density of all the samples lies under the points, and the selected samples that are not drawn are drawn over them.
@@ -48,11 +48,13 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 GREY = "#c7c7c7"
 #: Opacity of every point when nothing is selected, and of selected and other points during a selection.
 BASE_OPACITY, SELECTED_OPACITY, UNSELECTED_OPACITY = 0.8, 1.0, 0.1
-#: Points a map draws at most by default: past this many samples it draws a subset (:func:`drawing_subset`).
-MAX_POINTS = 100_000
+#: Points a map draws at most by default: past this many samples it draws a subset (:func:`drawing_subset`). What a
+#: selection costs in the browser grows with the points drawn (benchmarks/RESULTS.md, "The map panel at a million
+#: points"): 60,000 keeps a map of any size at the cost of a map of 60,000.
+MAX_POINTS = 60_000
 #: The smallest drawing budget accepted.
 MIN_MAX_POINTS = 1_000
-#: One point in this many of the budget goes to the most suspicious samples (10,000 of 100,000).
+#: One point in this many of the budget goes to the most suspicious samples (6,000 of 60,000).
 TOP_SHARE = 10
 #: Points every cluster keeps when the rest is sampled (all of a smaller cluster).
 CLUSTER_FLOOR = 200
@@ -614,9 +616,10 @@ class MapPanel(Panel):
         Ground truth, offered as the "truth" colour mode.
     width, height : int, default 620 and 480
         Size of the plot in pixels (a widget's plot does not follow its container's width).
-    max_points : int, default 100,000
+    max_points : int, default 60,000
         Points drawn at most (at least 1,000). The points go to the browser once, with a hover text each (about
-        160 bytes a point), and each selection sends one opacity per point.
+        160 bytes a point), each selection sends one opacity per point, and the browser's work on a lasso grows
+        with the points drawn.
 
     Attributes
     ----------
