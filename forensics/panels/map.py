@@ -30,7 +30,7 @@ import plotly.graph_objects as go
 from .._validate import check_int, check_random_state
 from ..errors import InputError
 from ..html import escape_html
-from ._common import Columns, Panel, plural, review_status
+from ._common import Columns, Panel, category_counts, plural, review_status
 from .query import query_mask, sample_table
 from .state import Change, PanelState
 
@@ -138,15 +138,7 @@ def categorical_coloring(
     -------
     Coloring
     """
-    # Distinct values by hashing (linear time), then their text sorted: a million points take milliseconds, where
-    # sorting a million strings took a second.
-    v = values if isinstance(values, pd.Categorical) else np.asarray(values)
-    codes, uniques = pd.factorize(v, use_na_sentinel=False)
-    if v.dtype == object and pd.isna(uniques).any():  # None and NaN: one missing value to pandas, two texts here
-        codes, uniques = pd.factorize(v.astype(str))
-    names, merged = np.unique(np.asarray(uniques).astype(str), return_inverse=True)
-    inverse = merged.ravel()[codes]
-    counts = np.bincount(inverse, minlength=len(names))
+    names, inverse, counts = category_counts(values)
     if order is None:
         ranked = [str(names[i]) for i in np.lexsort((names, -counts))]
         kept = ranked[:max_categories]
