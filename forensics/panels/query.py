@@ -55,12 +55,14 @@ def sample_table(inv: Investigation) -> pd.DataFrame:
     """
     parts = [("samples", inv.samples), ("signals", inv.signals), ("map", inv.map),
              ("review", inv.review[["status"]])]
-    columns: dict[str, Any] = {"sample_id": inv.dataset.ids}
+    columns: dict[str, Any] = {"sample_id": pd.array(inv.dataset.ids, dtype=object)}
     for table, frame in parts:
         for name in frame.columns:
             key = str(name)
-            columns[f"{table}_{key}" if key in columns else key] = frame[name].to_numpy()
-    return pd.DataFrame(columns, index=pd.RangeIndex(len(inv.dataset)))
+            # Each column's own array: a text column read out as Python objects and stored again as text took
+            # most of a second at a million rows.
+            columns[f"{table}_{key}" if key in columns else key] = frame[name].array
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(inv.dataset)), copy=False)
 
 
 def _placeholders(query: str) -> tuple[str, dict[str, str]]:
