@@ -325,7 +325,7 @@ class PointIndex:
 
     An edge of a lasso can only be crossed by the points whose y lies in its own y range: one slice of the sorted
     points per edge, and about twice the points of the lasso's height in all, however many vertices the lasso has
-    (a hand-drawn lasso has hundreds; testing every point against every edge took seconds at a million points).
+    (a hand-drawn lasso has hundreds; testing every point against every edge took a second at a million points).
 
     Parameters
     ----------
