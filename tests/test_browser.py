@@ -1,12 +1,14 @@
 """The dashboard in a real browser: JupyterLab runs notebooks, headless Chromium clicks and lassoes the map.
 
-One JupyterLab server on 127.0.0.1 (random port and token, configuration in a temporary folder) serves two
+One JupyterLab server on 127.0.0.1 (random port and token, configuration in a temporary folder) serves three
 notebooks, each opened in a workspace of its own:
 
 - ``dashboard.ipynb``, written here: a digits investigation with 40 planted images on an island of the map (fixed
   map, no UMAP), and a text investigation whose texts, ids, class names, sources and reasons carry markup that
   would run if it were not escaped. The test clicks a WebGL marker, lassoes the island, checks the preview, hovers
   a point, and checks that no payload ran.
+- ``map_scale.ipynb``, written here: a map of 200,000 samples (fixed coordinates), which draws 60,000 of them;
+  the test lassoes a region and checks that every sample inside it is selected, drawn or not.
 - ``notebooks/01_quickstart.ipynb`` as shipped (bundled Fashion-MNIST with a patch backdoor from contrib-17): all
   its cells run (the investigation and the UMAP of 12,000 points: minutes on a busy CPU), then the test finds the
   cluster the notebook flagged, clicks one of its points, lassoes it and chooses it in the cluster list, and checks
@@ -146,14 +148,46 @@ text_dash
 '''
 
 
-def _notebook(folder: Path, cells: list[str]) -> Path:
+SCALE_CELL = r'''
+from types import SimpleNamespace
+
+import ipywidgets as widgets
+import numpy as np
+import pandas as pd
+
+from forensics import Dataset, Investigation
+from forensics.panels import MapPanel
+from forensics.panels._common import status_line
+
+n = 200_000
+rng = np.random.default_rng(0)
+ids = np.char.add("s", np.char.zfill(np.arange(n).astype(str), 6)).astype(object)
+labels = rng.integers(0, 10, n)
+clusters = rng.integers(0, 12, n)
+centres = np.c_[np.cos(np.arange(12)), np.sin(np.arange(12))] * 8
+coords = centres[clusters] + rng.normal(0, 2.0, (n, 2))
+np.save("map_coords.npy", coords)
+table = pd.DataFrame({"size": np.bincount(clusters)}, index=pd.Index(np.arange(12), name="cluster"))
+ds = Dataset(kind="image", ids=ids, labels=labels, class_names=[f"class {c}" for c in range(10)],
+             images=np.zeros((n, 1, 1), np.uint8), hashes=np.full(n, "0" * 32, dtype=object))
+suspicion = rng.random(n)
+signals = pd.DataFrame({"suspicion": suspicion, "reasons": np.full(n, "", dtype=object)}, index=pd.Index(ids))
+inv = Investigation(ds, signals=signals, features=np.zeros((n, 1), np.float32),
+                    map_builder=lambda *a, **k: SimpleNamespace(coords=coords, clusters=clusters, table=table))
+panel = MapPanel(inv)
+np.save("map_drawn.npy", panel.drawing.drawn)
+widgets.VBox([panel.widget, status_line(panel.state)])
+'''
+
+
+def _notebook(folder: Path, cells: list[str], name: str = "dashboard.ipynb") -> Path:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(REPO)!r})")]
     nb.cells += [nbformat.v4.new_code_cell(c.strip()) for c in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = folder / "dashboard.ipynb"
+    path = folder / name
     nbformat.write(nb, path)
     return path
 
@@ -165,13 +199,16 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path, cells: list[str], notebooks: tuple[Path, ...] = ()):
-    """A JupyterLab server on 127.0.0.1 over ``root/notebooks`` holding dashboard.ipynb with ``cells`` and copies
-    of ``notebooks``; its configuration, runtime and settings in ``root``. Yields (base url, token, notebook
-    folder)."""
+def jupyterlab(root: Path, cells: list[str], notebooks: tuple[Path, ...] = (),
+               written: dict[str, list[str]] | None = None):
+    """A JupyterLab server on 127.0.0.1 over ``root/notebooks`` holding dashboard.ipynb with ``cells``, a notebook
+    for each entry of ``written`` (name: cells) and copies of ``notebooks``; its configuration, runtime and
+    settings in ``root``. Yields (base url, token, notebook folder)."""
     work = root / "notebooks"
     work.mkdir()
     _notebook(work, cells)
+    for name, more in (written or {}).items():
+        _notebook(work, more, name)
     for notebook in notebooks:
         shutil.copy(notebook, work / notebook.name)
     settings = root / "settings"
@@ -252,7 +289,8 @@ def run_all_cells(page, base: str, token: str, notebook: str = "dashboard.ipynb"
 def lab(tmp_path_factory):
     """JupyterLab over the test notebook and the quickstart: (base url, token, notebook folder)."""
     _require_browser()
-    with jupyterlab(tmp_path_factory.mktemp("lab"), [IMAGE_CELL, TEXT_CELL], (QUICKSTART,)) as server:
+    with jupyterlab(tmp_path_factory.mktemp("lab"), [IMAGE_CELL, TEXT_CELL], (QUICKSTART,),
+                    {"map_scale.ipynb": [SCALE_CELL]}) as server:
         yield server
 
 
@@ -581,6 +619,71 @@ def test_quickstart_in_jupyterlab(lab):
     # The documentation screenshot: written when missing or asked for.
     if os.environ.get("FORENSICS_UPDATE_SCREENSHOT") == "1" or not SCREENSHOT_DOC.exists():
         _save_doc_screenshot(ARTIFACTS / "dashboard-quickstart.png")
+
+
+# JavaScript run in the page of the scale notebook (its only map): the plot, its drawing area, and what it shows.
+SCALE_PLOT_JS = "document.querySelector('.forensics-map .js-plotly-plot')"
+SCALE_BOX_JS = f"""() => {{ const r = {SCALE_PLOT_JS}.querySelector('.nsewdrag').getBoundingClientRect();
+  return [r.left, r.top, r.width, r.height]; }}"""
+SCALE_SHOWN_JS = f"""() => {{ const gd = {SCALE_PLOT_JS}; const o = gd.data[0].marker.opacity;
+  return [typeof o === 'number' ? -1 : Array.from(o).filter(v => v === 1).length, gd.data[1].x.length]; }}"""
+
+
+def _even_odd(x: np.ndarray, y: np.ndarray, path: str) -> np.ndarray:
+    """Which points lie inside a lasso path "M x,y L x,y ... Z" by the even-odd rule, testing every point against
+    every edge."""
+    poly = np.asarray(re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", path), dtype=np.float64).reshape(-1, 2)
+    inside = np.zeros(len(x), bool)
+    xj, yj = poly[-1]
+    for xi, yi in poly:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inside ^= ((yi > y) != (yj > y)) & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+        xj, yj = xi, yi
+    return inside
+
+
+def test_a_sampled_map_in_jupyterlab_selects_every_sample_inside_a_lasso(lab):
+    """A map of 200,000 samples draws 60,000 of them (the default budget): a lasso drawn in Chromium selects every
+    sample inside it, drawn or not (counted here from the lasso's own path with numpy), shows the drawn ones opaque
+    and up to 2,000 of the others over the map."""
+    from playwright.sync_api import expect
+
+    base, token, work = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "failure-map-scale.png").unlink(missing_ok=True)
+    expect.set_options(timeout=TIMEOUT_MS)
+    with browser_page(work.parent / "chromium-profile-map-scale") as page:
+        try:
+            started = time.monotonic()
+            run_all_cells(page, base, token, "map_scale.ipynb")
+            page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+            n_drawn = page.wait_for_function(f"() => {{ const gd = {SCALE_PLOT_JS};"
+                                             " return !!gd && !!gd.data && gd.data[0].x.length; }",
+                                             timeout=120_000).json_value()
+            shown_after = time.monotonic() - started
+            coords, drawn = np.load(work / "map_coords.npy"), np.load(work / "map_drawn.npy")
+            assert n_drawn == len(drawn) == 60_000
+            page.locator(".forensics-map").scroll_into_view_if_needed()
+            left, top, width, height = page.evaluate(SCALE_BOX_JS)
+            lasso_started = time.monotonic()
+            _lasso_rectangle(page, left + 0.3 * width, top + 0.3 * height, left + 0.6 * width, top + 0.6 * height)
+            path = page.wait_for_function(f"() => {{ const s = {SCALE_PLOT_JS}.layout.selections;"
+                                          " return s && s.length ? s[0].path : false; }").json_value()
+            inside = np.flatnonzero(_even_odd(coords[:, 0], coords[:, 1], path))
+            drawn_inside = np.intersect1d(inside, drawn)
+            assert len(inside) > len(drawn_inside) > 1000
+            expect(page.locator(".forensics-status")).to_contain_text(f"{len(inside)} samples selected on the map")
+            shown = [len(drawn_inside), min(2000, len(inside) - len(drawn_inside))]
+            page.wait_for_function(f"(want) => JSON.stringify(({SCALE_SHOWN_JS})()) === JSON.stringify(want)",
+                                   arg=shown, timeout=TIMEOUT_MS)
+            print(f"a map of 200,000 samples shown in {shown_after:.0f} s; lasso to selection shown: "
+                  f"{time.monotonic() - lasso_started:.1f} s")
+            page.screenshot(path=str(ARTIFACTS / "map-scale.png"))
+            # The figure went to the browser as plain JSON (no NaN that only a lenient parser reads).
+            assert page.evaluate(STREAMS_JS) == ""
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "failure-map-scale.png"))
+            raise
 
 
 def _screenshot(page, board, path: Path, *, until=None) -> None:

@@ -6,6 +6,7 @@ messages it sends back (``_py2js_*``): private API of plotly 6 and 7, hence the 
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from forensics.errors import InputError
 from forensics.html import escape_html, highlight, png_bytes
 from forensics.investigation import Investigation
 from forensics.panels import COLOR_MODES, Dashboard, MapPanel, PanelState, PreviewPanel, dashboard
+from forensics.panels._common import Columns
 from forensics.panels.clusters import sort_clusters
 from forensics.panels.map import categorical_coloring, hover_texts
 from forensics.panels.preview import text_pattern
@@ -294,6 +296,32 @@ def test_lasso_shape_message_selects_the_points_inside():
         == [0, 3]
     with pytest.raises(InputError, match="cannot read the selection path"):
         points_in_selections(x, y, [{"type": "path", "path": "M0,0C1,1,2,2"}])
+
+
+def test_a_lasso_of_many_vertices_selects_by_the_even_odd_rule():
+    """The sorted index tests each edge against the points in its y range only: the same points as testing every
+    point against every edge, vertices on points' y included."""
+    from forensics.panels.map import PointIndex
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=50_000), rng.normal(size=50_000)
+    y[:500] = np.round(y[:500], 1)
+    angles = np.linspace(0, 2 * np.pi, 400, endpoint=False)
+    radius = 1 + 0.4 * np.sin(5 * angles)
+    poly = np.round(np.c_[radius * np.cos(angles), radius * np.sin(angles)], 1)  # edges on the rounded y values
+    path = "M" + "L".join(f"{a},{b}" for a, b in poly) + "Z"
+    inside = np.zeros(len(x), bool)
+    xj, yj = poly[-1]
+    for xi, yi in poly:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inside ^= ((yi > y) != (yj > y)) & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+        xj, yj = xi, yi
+    index = PointIndex(x, y)
+    np.testing.assert_array_equal(index.inside([{"type": "path", "path": path}]), np.flatnonzero(inside))
+    box = {"type": "rect", "x0": 0.5, "x1": -1.0, "y0": -0.3, "y1": 0.7}
+    np.testing.assert_array_equal(index.inside([box]),
+                                  np.flatnonzero((x >= -1) & (x <= 0.5) & (y >= -0.3) & (y <= 0.7)))
+    assert 10_000 < inside.sum() < 40_000
 
 
 @plotly_messages
@@ -618,3 +646,296 @@ def test_verification_panel_draws_before_and_after():
     assert "-5.0 points" in html
     with pytest.raises(InputError, match="verification must be what forensics.verify.verify returns"):
         VerificationPanel(table)
+
+
+# -------------------------------------------------------------------------------------------- the map at scale
+LARGE_N = 300_000
+TINY_CLUSTER = 19  # 30 samples, far from the rest
+
+
+@functools.lru_cache(maxsize=1)
+def _large_parts():
+    """The immutable parts of a 300,000-sample investigation with a fixed map (no UMAP): 20 clusters of unequal
+    sizes around their own centres, among them cluster 19 of 30 samples at (40, 40), 2% noise, and suspicion
+    uniform in [0, 1) with 1,000 samples unscored (NaN)."""
+    n = LARGE_N
+    rng = np.random.default_rng(0)
+    ids = np.char.add("s", np.char.zfill(np.arange(n).astype(str), 6)).astype(object)
+    labels = rng.integers(0, 10, n)
+    sources = np.array(["alice", "bob", "carol"], dtype=object)[rng.integers(0, 3, n)]
+    ds = Dataset(kind="image", ids=ids, labels=labels, class_names=[f"class {c}" for c in range(10)],
+                 sources=sources, images=np.zeros((n, 1, 1), np.uint8), hashes=np.full(n, "0" * 32, dtype=object))
+    weights = np.r_[np.geomspace(1, 0.01, 19), 0]
+    clusters = rng.choice(19, size=n, p=weights[:19] / weights[:19].sum())
+    clusters[rng.random(n) < 0.02] = -1
+    clusters[n // 2: n // 2 + 30] = TINY_CLUSTER
+    centres = np.c_[np.cos(np.arange(20)), np.sin(np.arange(20))] * 10
+    centres[TINY_CLUSTER] = 40
+    coords = centres[clusters] + rng.normal(0, 1.5, (n, 2))
+    coords[clusters == TINY_CLUSTER] = 40 + rng.normal(0, 0.2, (30, 2))
+    suspicion = rng.random(n)
+    suspicion[rng.choice(n, 1000, replace=False)] = np.nan
+    reasons = np.where(suspicion > 0.99, "high loss; knn", "").astype(object)
+    table = pd.DataFrame({"size": np.bincount(clusters + 1)[1:]}, index=pd.Index(np.arange(20), name="cluster"))
+    return ds, suspicion, reasons, coords, clusters, table
+
+
+def large_investigation() -> Investigation:
+    ds, suspicion, reasons, coords, clusters, table = _large_parts()
+    signals = pd.DataFrame({"loss_score": suspicion, "suspicion": suspicion, "reasons": reasons},
+                           index=pd.Index(ds.ids))
+    return Investigation(ds, signals=signals, features=np.zeros((len(ds), 1), np.float32),
+                         map_builder=FixedMap(coords, clusters, table))
+
+
+def test_a_map_past_max_points_draws_every_suspicious_reviewed_and_selected_sample():
+    inv = large_investigation()
+    n = LARGE_N
+    s = inv.signals["suspicion"].to_numpy()
+    clusters = inv.map["cluster"].to_numpy()
+    flagged = inv.dataset.ids[[5, 77_777, 299_999]]
+    inv.flag(flagged)
+    state = PanelState(inv.dataset.ids)
+    state.select_positions([123, 124])
+    panel = MapPanel(inv, state, max_points=20_000)
+    drawing = panel.drawing
+    drawn = drawing.drawn
+    assert drawing.sampled and len(drawn) == 20_000 and np.all(np.diff(drawn) > 0)
+    # The 2,000 most suspicious (NaN never among them), the reviewed and the selected samples are all drawn.
+    top = np.flatnonzero(np.isfinite(s))[np.argsort(-s[np.isfinite(s)], kind="stable")[:2000]]
+    assert drawing.n_top == 2000 and np.isin(top, drawn).all()
+    assert np.isin([5, 77_777, 299_999, 123, 124], drawn).all()
+    assert drawing.n_keep == drawing.n_kept == len(np.setdiff1d([5, 77_777, 299_999, 123, 124], top))
+    # The rest is sampled by cluster: the cluster of 30 is drawn whole, every cluster keeps at least 200 points.
+    assert np.isin(np.flatnonzero(clusters == TINY_CLUSTER), drawn).all()
+    sizes, drawn_sizes = np.bincount(clusters + 1), np.bincount(clusters[drawn] + 1, minlength=21)
+    assert (drawn_sizes >= np.minimum(sizes, 200)).all()
+    # One point per drawn sample, everything per point in the drawn order; the same subset every time.
+    trace = panel.figure.data[0]
+    np.testing.assert_array_equal(trace.x, inv.map["x"].to_numpy()[drawn])
+    assert len(trace.hovertext) == len(trace.marker.color) == len(trace.marker.opacity) == 20_000
+    assert trace.hovertext[0].startswith(f"<b>{inv.dataset.ids[drawn[0]]}</b>")
+    np.testing.assert_array_equal(MapPanel(inv, state, max_points=20_000).drawing.drawn, drawn)
+    # The selection is shown; the density of all the samples lies under the points; the info line says it all.
+    assert panel.highlighted.tolist() == [123, 124]
+    density = panel.figure.data[2]
+    assert density.type == "heatmap" and density.hoverinfo == "skip"
+    assert np.expm1(np.asarray(density.z, dtype=np.float64)).sum() == pytest.approx(n, rel=1e-4)
+    assert np.isfinite(np.asarray(density.z)).all()  # JSON has no NaN
+    assert (f"300,000 samples · 20,000 drawn (all 2,000 most suspicious, all {drawing.n_keep} reviewed or selected, "
+            "the rest sampled by cluster") in panel.info.value
+    # Up to max_points nothing is sampled: point i is sample i.
+    small = MapPanel(image_investigation())
+    assert not small.drawing.sampled and len(small.figure.data) == 1
+
+
+def test_drawing_subset_and_stratified_sample_are_exact():
+    from forensics.panels.map import drawing_subset, stratified_sample
+
+    strata = np.r_[np.zeros(1000, int), np.ones(50, int), np.full(10, 2)]
+    rng = np.random.default_rng(0)
+    picked = stratified_sample(np.arange(1060), strata, 300, rng=rng, floor=200)
+    # A floor of 100 each (300 // 3 strata), all of the two small ones, the remaining 140 to the big one.
+    assert np.bincount(strata[picked]).tolist() == [240, 50, 10] and len(np.unique(picked)) == 300
+    assert stratified_sample(np.arange(5), strata, 10, rng=rng).tolist() == list(range(5))
+    # Samples to keep past the budget are sampled by cluster too, after the top ones.
+    suspicion = np.linspace(0, 1, 5000)
+    keep = np.zeros(5000, bool)
+    keep[:3000] = True
+    d = drawing_subset(suspicion, np.arange(5000) % 7, max_points=2000, keep=keep)
+    assert len(d.drawn) == 2000 and d.n_top == 200 and (d.n_kept, d.n_keep) == (1800, 3000)
+    assert np.isin(np.arange(4800, 5000), d.drawn).all()
+    assert drawing_subset(suspicion, np.zeros(5000, int), max_points=5000).sampled is False
+
+
+def test_max_points_is_checked():
+    inv = image_investigation()
+    for bad in (999, 1.5e5, True, "100000"):
+        with pytest.raises(InputError, match=re.escape(f"max_points must be an integer >= 1000; got {bad!r}")):
+            MapPanel(inv, max_points=bad)
+
+
+@plotly_messages
+def test_a_box_or_lasso_on_a_sampled_map_selects_every_sample_inside():
+    inv = large_investigation()
+    dash_state = PanelState(inv.dataset.ids)
+    panel = MapPanel(inv, dash_state, max_points=20_000)
+    x, y = inv.map["x"].to_numpy(), inv.map["y"].to_numpy()
+    drawn = panel.drawing.drawn
+    fig = panel.figure
+    # A box around the biggest cluster, as plotly's browser code sends it (layout.selections).
+    fig._js2py_relayout = {"source_view_id": "v1", "relayout_data": {"selections": [
+        {"xref": "x", "yref": "y", "type": "rect", "x0": 12.5, "x1": 7.0, "y0": -2.0, "y1": 3.0}]}}
+    inside = np.flatnonzero((x >= 7) & (x <= 12.5) & (y >= -2) & (y <= 3))
+    assert len(inside) > 10_000 and not np.isin(inside, drawn).all()
+    np.testing.assert_array_equal(dash_state.positions, inside)
+    # Drawn as selected: the drawn samples inside (opaque), and up to 2,000 of the others over the map.
+    opacity = np.asarray(panel.trace.marker.opacity)
+    assert len(opacity) == len(drawn)
+    np.testing.assert_array_equal(drawn[opacity == 1.0], np.intersect1d(inside, drawn))
+    overlay = panel._overlay
+    assert len(overlay) == 2000 and np.isin(overlay, inside).all() and not np.isin(overlay, drawn).any()
+    np.testing.assert_array_equal(panel.figure.data[1].x, x[overlay])
+    assert len(panel.figure.data[1].hovertext) == 2000
+    # plotly's points message for the same box (its drawn points only, with the selector) changes nothing.
+    some = np.flatnonzero(opacity == 1.0)[:5].tolist()
+    fig._js2py_pointsCallback = {
+        "event_type": "plotly_selected", "device_state": None,
+        "selector": {"type": "box", "selector_state": {"xrange": [7.0, 12.5], "yrange": [-2.0, 3.0]}},
+        "points": {"trace_indexes": [0] * 5, "point_indexes": some, "xs": [0] * 5, "ys": [0] * 5}}
+    np.testing.assert_array_equal(dash_state.positions, inside)
+    # A lasso (a hexagon around the tiny far cluster and a slice of the rest): the even-odd rule over every sample.
+    angles = np.linspace(0, 2 * np.pi, 7)[:-1]
+    hexagon = np.c_[38 + 30 * np.cos(angles), 38 + 30 * np.sin(angles)]
+    path = "M" + "L".join(f"{a:.3f},{b:.3f}" for a, b in hexagon) + "Z"
+    fig._js2py_relayout = {"source_view_id": "v1", "relayout_data": {"selections": [
+        {"xref": "x", "yref": "y", "type": "path", "path": path}]}}
+    poly = np.round(hexagon, 3)
+    inside = np.zeros(len(x), bool)
+    xj, yj = poly[-1]
+    for xi, yi in poly:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inside ^= ((yi > y) != (yj > y)) & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+        xj, yj = xi, yi
+    np.testing.assert_array_equal(dash_state.positions, np.flatnonzero(inside))
+    assert 30 < inside.sum() < 20_000
+    assert dash_state.status == f"{inside.sum()} samples selected on the map"
+    # A selection from elsewhere removes the lasso; clearing empties the overlay.
+    dash_state.select(inv.dataset.ids[[0, 1]], origin="api")
+    assert fig.layout.to_plotly_json().get("selections") in (None, [], ())
+    dash_state.clear_selection()
+    assert len(panel.figure.data[1].x) == 0 and panel.trace.marker.opacity == 0.8 and len(panel.highlighted) == 0
+
+
+@plotly_messages
+def test_a_point_of_a_sampled_map_is_the_drawn_sample():
+    inv = large_investigation()
+    panel = MapPanel(inv, max_points=20_000)
+    drawn, fig, state = panel.drawing.drawn, panel.figure, panel.state
+    click = {"event_type": "plotly_click", "selector": None,
+             "points": {"trace_indexes": [0], "point_indexes": [1234], "xs": [0], "ys": [0]},
+             "device_state": {"shift": False, "ctrl": False, "alt": False, "meta": False, "button": 0, "buttons": 1}}
+    fig._js2py_pointsCallback = click
+    assert state.positions.tolist() == [drawn[1234]] and drawn[1234] != 1234
+    click["device_state"]["shift"] = True
+    click["points"]["point_indexes"] = [7]
+    fig._js2py_pointsCallback = click
+    assert state.positions.tolist() == sorted([drawn[1234], drawn[7]])
+    assert panel.highlighted.tolist() == sorted([drawn[1234], drawn[7]])
+    panel.select_points([0, 19_999])
+    assert state.positions.tolist() == [drawn[0], drawn[-1]]
+    fig._js2py_pointsCallback = {"event_type": "plotly_selected", "selector": None, "device_state": None,
+                                 "points": {"trace_indexes": [0], "point_indexes": [20_000], "xs": [0], "ys": [0]}}
+    assert state.status_is_error and "point index 20000 is outside 0..19999 (the 20000 points drawn)" in state.status
+    # A sample selected elsewhere but not drawn shows over the map, and clicking it there selects it.
+    hidden = np.setdiff1d(np.arange(LARGE_N), drawn)[[10, 20]]
+    state.select_positions(hidden)
+    np.testing.assert_array_equal(panel._overlay, hidden)
+    assert panel.highlighted.tolist() == hidden.tolist()
+    click["device_state"]["shift"] = False
+    click["points"] = {"trace_indexes": [1], "point_indexes": [1], "xs": [0], "ys": [0]}
+    fig._js2py_pointsCallback = click
+    assert state.positions.tolist() == [hidden[1]]
+
+
+def test_colours_of_a_sampled_map_are_those_of_the_drawn_samples():
+    inv = large_investigation()
+    panel = MapPanel(inv, max_points=20_000)
+    drawn = panel.drawing.drawn
+    sent = []
+    panel.figure.observe(lambda ch: ch["new"] and sent.append(ch["new"]), names=["_py2js_restyle", "_py2js_update"])
+    panel.set_color("label")
+    np.testing.assert_array_equal(np.asarray(panel.trace.marker.color), inv.dataset.labels[drawn])
+    assert len(sent) == 1 and len(panel.trace.marker.color) == 20_000
+    # The legend counts every sample, drawn or not.
+    counts = np.bincount(inv.dataset.labels)
+    assert f"class 0 <span style=\"color:#777\">({counts[0]})</span>" in panel.legend.value
+    panel.set_color("suspicion")
+    s = inv.signals["suspicion"].to_numpy()
+    np.testing.assert_allclose(np.asarray(panel.trace.marker.color), np.where(np.isnan(s), np.nanmin(s), s)[drawn])
+    assert panel.trace.marker.cmax == np.nanmax(s)
+    # The samples drawn over the map take the colour too (without a second colour bar).
+    hidden = np.setdiff1d(np.arange(LARGE_N), drawn)[:3]
+    panel.state.select_positions(hidden)
+    np.testing.assert_allclose(np.asarray(panel.overlay.marker.color), s[hidden])
+    assert panel.overlay.marker.showscale is False
+    panel.set_color("cluster")
+    codes = np.asarray(panel.trace.marker.color)
+    clusters = inv.map["cluster"].to_numpy()
+    assert len(np.unique(codes)) == len(np.unique(clusters[drawn]))
+    assert (codes[clusters[drawn] == TINY_CLUSTER] == codes[clusters[drawn] == TINY_CLUSTER][0]).all()
+
+
+def test_new_suspicion_redraws_a_sampled_map_with_its_most_suspicious_samples():
+    inv = large_investigation()
+    dash_map = MapPanel(inv, max_points=20_000)
+    old = dash_map.drawing.drawn
+    new_top = np.setdiff1d(np.arange(LARGE_N), old)[:50]
+    suspicion = inv.signals["suspicion"].to_numpy().copy()
+    suspicion[new_top] = 5.0
+    inv.replace_signals(inv.signals.assign(suspicion=suspicion))
+    dash_map.use_columns(Columns.of(inv))
+    drawn = dash_map.drawing.drawn
+    assert np.isin(new_top, drawn).all() and len(drawn) == 20_000
+    np.testing.assert_array_equal(dash_map.trace.x, inv.map["x"].to_numpy()[drawn])
+    assert len(dash_map.trace.hovertext) == 20_000
+
+
+# -------------------------------------------------------------------------------------------- selection by query
+def test_query_selects_exactly_what_pandas_selects():
+    from forensics.panels.query import sample_table
+
+    inv = large_investigation()
+    inv.flag(inv.dataset.ids[:7])
+    panel = MapPanel(inv, max_points=20_000)
+    table = sample_table(inv)
+    assert list(table.columns[:4]) == ["sample_id", "label", "label_name", "source"]
+    assert {"loss_score", "suspicion", "reasons", "x", "y", "cluster", "status"} <= set(table.columns)
+    for query in ("suspicion > 0.99 and label_name == 'class 3'", "cluster in [19, -1] and source != 'bob'",
+                  "status == 'suspected'", "reasons.str.contains('knn') and x > 0", "suspicion.isna()",
+                  "`loss_score` >= 0.5 & y < -8"):
+        panel.select_query(query)
+        expected = table.query(query).index.to_numpy()
+        assert len(expected) > 0, query
+        np.testing.assert_array_equal(panel.state.positions, expected)
+    assert panel.state.status == f"{len(expected)} samples where `loss_score` >= 0.5 & y < -8"
+    # Shown: every drawn sample of the selection, and up to 2,000 others over the map.
+    shown = panel.highlighted
+    assert np.isin(shown, expected).all() and np.isin(np.intersect1d(expected, panel.drawing.drawn), shown).all()
+    assert len(shown) == len(np.intersect1d(expected, panel.drawing.drawn)) + 2000
+    # The query box does the same.
+    panel.query_box.value = "sample_id == 's000042'"
+    assert panel.state.positions.tolist() == [42]
+    panel.select_query("suspicion > 2")
+    assert len(panel.state.positions) == 0 and panel.state.status == "no sample where suspicion > 2"
+
+
+def test_a_bad_query_says_what_is_wrong_and_runs_nothing(tmp_path):
+    inv = image_investigation()
+    dash = dashboard(inv)
+    panel = dash.map
+    dash.select_query("label_name == 'two' and source == 'mallory'")
+    assert dash.preview.shown_ids[:3] == ["img-000", "img-001", "img-002"] and "<b>10</b> selected" in \
+        dash.preview.summary.value
+    before = panel.state.positions.copy()
+    target = tmp_path / "written"
+    for query, message in [
+        ("suspicion >", "cannot read the query 'suspicion >': invalid syntax"),
+        ("suspicious > 3", "names 'suspicious', which is not a column; columns are"),
+        ("suspicion + 1", "must say true or false for each sample; it gives values of type float64"),
+        ("label_name > 3", "cannot run the query 'label_name > 3': TypeError"),
+        (f"x.values.tofile({str(target)!r})", "uses the method 'tofile'; a query may use column names"),
+        ("suspicion.__class__ == 1", "uses the attribute '__class__'"),
+        ("__import__('os')", "uses a function call"),
+        ("@inv", "cannot read the query '@inv'"),
+        ("", "query is empty"),
+    ]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            panel.select_query(query)
+    with pytest.raises(InputError, match="query must be a str"):
+        panel.select_query(3)
+    assert not target.exists()
+    np.testing.assert_array_equal(panel.state.positions, before)
+    # From the box, the error shows in the status line.
+    panel.query_box.value = "suspicious > 3"
+    assert panel.state.status_is_error and "'suspicious', which is not a column" in panel.state.status

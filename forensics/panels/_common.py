@@ -80,6 +80,32 @@ class Columns:
         )
 
 
+def category_counts(values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct values of ``values`` as text, each value's index among them, and how many carry each.
+
+    What ``np.unique(np.asarray(values).astype(str), return_inverse=True, return_counts=True)`` gives, found by
+    hashing (linear time) rather than by sorting every value's text: milliseconds for a million values, where
+    the sort took a second.
+
+    Parameters
+    ----------
+    values : array-like or pandas Categorical, shape (n,)
+
+    Returns
+    -------
+    names : ndarray of str, shape (k,), sorted
+    inverse : ndarray of int64, shape (n,)
+    counts : ndarray of int64, shape (k,)
+    """
+    v = values if isinstance(values, pd.Categorical) else np.asarray(values)
+    codes, uniques = pd.factorize(v, use_na_sentinel=False)
+    if v.dtype == object and pd.isna(uniques).any():  # None and NaN: one missing value to pandas, two texts here
+        codes, uniques = pd.factorize(v.astype(str))
+    names, merged = np.unique(np.asarray(uniques).astype(str), return_inverse=True)
+    inverse = merged.ravel()[codes].astype(np.int64)
+    return names, inverse, np.bincount(inverse, minlength=len(names)).astype(np.int64)
+
+
 def review_status(inv: Investigation) -> np.ndarray:
     """The review status of every sample ("unreviewed", "suspected", "confirmed", "cleared"), shape (n,)."""
     return inv.review["status"].to_numpy(dtype=object)

@@ -23,7 +23,7 @@ from ..html import escape_html
 from ._common import DEFAULT_PAGE_SIZE, Columns, status_line
 from .clusters import ClusterPanel
 from .losses import LossPanel
-from .map import MapPanel
+from .map import MAX_POINTS, MapPanel
 from .preview import PreviewPanel
 from .review import ReviewPanel
 from .sources import SourcePanel
@@ -53,14 +53,15 @@ class Dashboard(widgets.VBox):
     """
 
     def __init__(self, inv: Investigation, *, truth: Any = None, page_size: int = DEFAULT_PAGE_SIZE,
-                 patterns: Mapping[str, np.ndarray] | None = None, export_path: str = "flagged_samples.csv") -> None:
+                 patterns: Mapping[str, np.ndarray] | None = None, export_path: str = "flagged_samples.csv",
+                 max_points: int = MAX_POINTS) -> None:
         columns = Columns.of(inv)
         state = PanelState(columns.ids, page_size=page_size)
         self.inv = inv
         self.columns = columns
         self.state = state
         self.status = status_line(state)
-        self.map = MapPanel(inv, state, truth=truth, columns=columns)
+        self.map = MapPanel(inv, state, truth=truth, columns=columns, max_points=max_points)
         self.preview = PreviewPanel(inv, state, columns=columns)
         self.clusters = ClusterPanel(inv, state, columns=columns)
         self.losses = LossPanel(inv, state, columns=columns)
@@ -109,6 +110,11 @@ class Dashboard(widgets.VBox):
         """Select samples by id, as if lassoed on the map."""
         self.state.select(ids, origin="api")
 
+    def select_query(self, query: str) -> None:
+        """Select every sample for which ``query`` holds, e.g. ``"suspicion > 3 and label_name == 'cat'"``
+        (:meth:`MapPanel.select_query`)."""
+        self.map.select_query(query)
+
     def refresh(self) -> None:
         """Redraw after changes made outside the dashboard: review decisions (``inv.flag(...)``), new trigger
         candidates (``inv.find_triggers()``) and new signals (``inv.replace_signals``, which ``find_triggers``
@@ -125,7 +131,8 @@ class Dashboard(widgets.VBox):
 
 
 def dashboard(inv: Investigation, *, truth: Any = None, page_size: int = DEFAULT_PAGE_SIZE,
-              patterns: Mapping[str, np.ndarray] | None = None, export_path: str = "flagged_samples.csv") -> Dashboard:
+              patterns: Mapping[str, np.ndarray] | None = None, export_path: str = "flagged_samples.csv",
+              max_points: int = MAX_POINTS) -> Dashboard:
     """The investigation dashboard: map, preview, clusters, high/low loss, triggers, sources and review.
 
     Parameters
@@ -141,10 +148,14 @@ def dashboard(inv: Investigation, *, truth: Any = None, page_size: int = DEFAULT
         :meth:`~forensics.Investigation.find_triggers` stored (``inv.trigger_arrays``).
     export_path : str
         Proposed in the export box.
+    max_points : int, default 60,000
+        Points the map draws at most; past this many samples it draws the most suspicious, the reviewed and a
+        sample by cluster of the rest, and a lasso, a box or a query still selects every sample (:class:`MapPanel`).
 
     Returns
     -------
     Dashboard
         An ``ipywidgets.VBox``; display it (last expression of a cell). Its panels are attributes.
     """
-    return Dashboard(inv, truth=truth, page_size=page_size, patterns=patterns, export_path=export_path)
+    return Dashboard(inv, truth=truth, page_size=page_size, patterns=patterns, export_path=export_path,
+                     max_points=max_points)

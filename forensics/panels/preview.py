@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..html import escape_html, highlight, png_data_url
-from ._common import Columns, Panel, fmt, review_status
+from ._common import Columns, Panel, category_counts, fmt, review_status
 from .state import Change, PanelState
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def selection_summary(positions: np.ndarray, columns: Columns, *, top: int = 4) 
         return "Nothing selected: lasso points on the map, or choose a cluster, a source, a trigger or a loss range."
 
     def shares(values: np.ndarray) -> str:
-        names, counts = np.unique(values.astype(str), return_counts=True)
+        names, _, counts = category_counts(values)
         order = np.lexsort((names, -counts))
         text = ", ".join(f"{escape_html(names[i])} {counts[i] / n:.0%}" for i in order[:top])
         return text + (f", +{len(names) - top} more" if len(names) > top else "")

@@ -115,7 +115,9 @@ class PanelState:
         pos = np.asarray(positions if isinstance(positions, np.ndarray) else list(positions))
         if pos.size and pos.dtype.kind not in "iu":
             raise InputError(f"positions must be integers; got dtype {pos.dtype}")
-        pos = np.unique(pos.astype(np.int64, copy=False))
+        pos = pos.astype(np.int64, copy=True)
+        if pos.size > 1 and not (pos[1:] > pos[:-1]).all():  # a lasso's rows come sorted: no need to sort again
+            pos = np.unique(pos)
         if pos.size and (pos[0] < 0 or pos[-1] >= len(self.ids)):
             bad = pos[0] if pos[0] < 0 else pos[-1]
             raise InputError(f"position {int(bad)} is outside 0..{len(self.ids) - 1}")
