@@ -187,21 +187,39 @@ def test_map_cache_reads_back_the_same_map(result, planted, tmp_path, monkeypatc
 
 # ------------------------------------------------------------------------------------------------ fit on a sample
 @pytest.mark.slow
-def test_fit_sample_path_transforms_the_rest(planted, monkeypatch):
+def test_fit_sample_path_places_the_rest_where_umap_would_start_them(planted, monkeypatch):
     calls = []
-    original = umap.UMAP.transform
+    original = embedding._place_rest
 
-    def spy(self, x, *args, **kwargs):
-        calls.append(len(x))
-        return original(self, x, *args, **kwargs)
+    def spy(emb, fit, rest, k):
+        calls.append(len(rest))
+        return original(emb, fit, rest, k)
 
-    monkeypatch.setattr(umap.UMAP, "transform", spy)
+    monkeypatch.setattr(embedding, "_place_rest", spy)
+    monkeypatch.setattr(umap.UMAP, "transform", lambda *a, **k: pytest.fail("no pynndescent index is built"))
     x, y = planted["x"][::2], planted["y"][::2]
     a = project_2d(x, labels=y, fit_sample=150, random_state=3)
     assert sum(calls) == len(x) - 150
     b = project_2d(x, labels=y, fit_sample=150, random_state=3)
     assert a.shape == (len(x), 2) and a.dtype == np.float32 and np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)
+    # A placed row lands among the fitted rows of its own kind: the planted island with the island.
+    fitted = embedding._fit_rows(len(x), 150, y, 3)
+    rest = np.setdiff1d(np.arange(len(x)), fitted)
+    planted_rows = planted["is_planted"][::2]
+    from sklearn.neighbors import KNeighborsClassifier
+
+    near = KNeighborsClassifier(n_neighbors=5).fit(a[fitted], planted_rows[fitted]).predict(a[rest])
+    assert np.mean(near == planted_rows[rest]) > 0.95
+
+
+def test_place_rest_weights_the_nearest_fitted_rows():
+    fit = np.array([[0.0], [1.0], [2.0], [3.0], [20.0], [21.0], [22.0], [23.0]], dtype=np.float32)
+    emb = fit[:, [0, 0]] * [1.0, -1.0]  # a 2-D "embedding" that mirrors the line
+    placed = embedding._place_rest(emb, fit, np.array([[0.2], [22.9]], np.float32), 4)
+    # Each lies among its own group, nearer its nearest fitted row than the plain mean of its 4 neighbours.
+    assert 0.0 <= placed[0, 0] < 1.5 and placed[0, 1] == -placed[0, 0]
+    assert 21.5 < placed[1, 0] <= 23.0
 
 
 def test_fit_rows_are_stratified_by_label():
