@@ -443,6 +443,12 @@ class Investigation:
             index=self._index,
         )
 
+    def statuses(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """The review status of each sample (of the samples at ``positions``, dataset order) as text, without
+        building the review table: what panels read for a page of samples out of a million."""
+        codes = self._status if positions is None else self._status[np.asarray(positions, dtype=np.int64)]
+        return np.asarray(STATUSES, dtype=object)[codes]
+
     def counts(self) -> pd.Series:
         """Number of samples in each review status (all four, zeros included)."""
         return pd.Series(np.bincount(self._status, minlength=len(STATUSES)).astype(np.int64),

@@ -730,3 +730,14 @@ def test_image_datasets_are_loaded_memory_mapped_read_only(tmp_path):
     back = Investigation.load(folder).dataset.images
     assert _mapped_file(back) == str(folder / "images.1.npy") and not back.flags.writeable
     np.testing.assert_array_equal(back, images)
+
+
+def test_statuses_are_the_review_tables_status_column():
+    ds = Dataset.from_texts([f"text {i}" for i in range(6)], [0, 1] * 3, ids=list("abcdef"))
+    signals = pd.DataFrame({"x_score": np.arange(6.0), "suspicion": np.arange(6.0), "reasons": [""] * 6},
+                           index=pd.Index(ds.ids, name="sample_id"))
+    inv = Investigation(ds, signals=signals)
+    inv.flag(["b", "e"])
+    inv.clear(["c"])
+    np.testing.assert_array_equal(inv.statuses(), inv.review["status"].to_numpy(dtype=object))
+    assert inv.statuses(np.array([4, 2, 0])).tolist() == ["suspected", "cleared", "unreviewed"]

@@ -106,9 +106,10 @@ def category_counts(values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return names, inverse, np.bincount(inverse, minlength=len(names)).astype(np.int64)
 
 
-def review_status(inv: Investigation) -> np.ndarray:
-    """The review status of every sample ("unreviewed", "suspected", "confirmed", "cleared"), shape (n,)."""
-    return inv.review["status"].to_numpy(dtype=object)
+def review_status(inv: Investigation, positions: np.ndarray | None = None) -> np.ndarray:
+    """The review status ("unreviewed", "suspected", "confirmed", "cleared") of every sample, or of those at
+    ``positions``."""
+    return inv.statuses(positions)
 
 
 def status_line(state: PanelState) -> widgets.HTML:

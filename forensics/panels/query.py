@@ -54,7 +54,7 @@ def sample_table(inv: Investigation) -> pd.DataFrame:
         prefixed with its own table's name (``signals_label``, ``map_x``, ``review_status``).
     """
     parts = [("samples", inv.samples), ("signals", inv.signals), ("map", inv.map),
-             ("review", inv.review[["status"]])]
+             ("review", pd.DataFrame({"status": inv.statuses()}, index=inv.samples.index))]
     columns: dict[str, Any] = {"sample_id": pd.array(inv.dataset.ids, dtype=object)}
     for table, frame in parts:
         for name in frame.columns:
