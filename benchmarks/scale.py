@@ -15,6 +15,7 @@ memory is its own), reading the previous stage's files:
     python benchmarks/scale.py wide [--n 1000000] [--dim 512]    # features given directly, no model
     python benchmarks/scale.py quality [--n 100000]               # the sampled map and clusters against full fits
     python benchmarks/scale.py dask [--n 200000]                  # extraction on a LocalCluster, 1 and 2 workers
+    python benchmarks/scale.py investigate [--n 1000000]          # investigate, map, flag, save, load, export
 
 Quality is measured against the ground truth: r@2x (the share of the planted samples among the top twice their
 number) of the suspicion, and of the map's own ranking (samples of small clusters far from their label's bulk
@@ -116,6 +117,34 @@ def _stage(name: str, n: int, work: Path, extra: dict) -> dict:
         out["n_clusters"] = int(m.params["n_clusters"])
         out["noise_share"] = round(float(m.params["noise_share"]), 3)
         out["r@2x"] = round(recall_at_k_times_poison(_map_ranking(m), is_poison), 3)
+    elif name == "investigate":
+        import forensics
+        from forensics import sample_data
+        from forensics.data import Dataset
+        from forensics.investigation import Investigation
+
+        model, _ = sample_data.load("image_backdoor").model()
+        steps = {}
+        t1 = time.perf_counter()
+        ds = Dataset.from_numpy(images, labels, ids=np.char.add("s", np.arange(n).astype(str)))
+        inv = forensics.investigate(ds, model, cache_dir=work / f"store-{n}", batch_size=512, progress=False)
+        steps["investigate (activations from the store)"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        _ = inv.clusters
+        steps["map + clusters"] = time.perf_counter() - t1
+        top = inv.signals["suspicion"].nlargest(1000).index
+        inv.flag(top, note="top 1,000")
+        t1 = time.perf_counter()
+        inv.save(work / f"inv-{n}", overwrite=True)
+        steps["save"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        loaded = Investigation.load(work / f"inv-{n}")
+        steps["load"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        loaded.export(work / f"flagged-{n}.csv")
+        steps["export the 1,000 flagged"] = time.perf_counter() - t1
+        out["steps"] = {k: round(v, 1) for k, v in steps.items()}
+        out["r@2x"] = round(recall_at_k_times_poison(inv.signals["suspicion"].to_numpy(), is_poison), 3)
     out["seconds"] = round(time.perf_counter() - t, 1)
     out["peak_rss_gb"] = round(_peak_rss_gb(), 2)
     return out
@@ -285,6 +314,18 @@ def dask(n: int, work: Path, argv: list[str]) -> None:
         print(f"| {w} | {r['seconds']:.0f} | {rows[1]['seconds'] / r['seconds']:.2f}x |")
 
 
+def end_to_end(n: int, work: Path, argv: list[str]) -> None:
+    """``forensics.investigate`` on the images (activations read back from the store the curve filled, the model
+    and data checked as in any run), then the map, a flag of the 1,000 most suspicious, save, load and export."""
+    _header(argv)
+    _run("data", n, work)
+    r = _run("investigate", n, work)
+    print("| samples | " + " | ".join(r["steps"]) + " | peak (GB) | suspicion r@2x |")
+    print("|---:|" + "---:|" * (len(r["steps"]) + 2))
+    print(f"| {n:,} | " + " | ".join(f"{v:.0f} s" for v in r["steps"].values())
+          + f" | {r['peak_rss_gb']:.2f} | {r['r@2x']:.3f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -298,12 +339,14 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--n", type=int, default=100_000)
     d = sub.add_parser("dask")
     d.add_argument("--n", type=int, default=200_000)
+    e = sub.add_parser("investigate")
+    e.add_argument("--n", type=int, default=1_000_000)
     s = sub.add_parser("_stage")
     s.add_argument("stage")
     s.add_argument("--n", type=int, required=True)
     s.add_argument("--work", required=True)
     s.add_argument("--extra", default="{}")
-    for p in (c, w, q, d):
+    for p in (c, w, q, d, e):
         p.add_argument("--work", default=str(WORK))
     args = parser.parse_args(argv)
     work = Path(args.work)
@@ -323,6 +366,8 @@ def main(argv: list[str] | None = None) -> None:
         wide(args.n, args.dim, work, argv)
     elif args.what == "quality":
         quality(args.n, work, argv)
+    elif args.what == "investigate":
+        end_to_end(args.n, work, argv)
     else:
         dask(args.n, work, argv)
 
