@@ -314,13 +314,21 @@ def _changed_share(a: np.ndarray, b: np.ndarray, tolerance: float) -> np.ndarray
 
 
 def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of a uint8 matrix and the inverse index, by a 64-bit key per row (checked, not trusted)."""
+    """Distinct rows of a uint8 matrix and the inverse index, by a 64-bit key per row (checked, not trusted).
+
+    When every row is distinct (the usual case) the rows themselves are returned, uncopied, with the identity as
+    inverse: a million rows of 2 KB are not copied for nothing."""
+    keys = np.empty(len(rows), dtype=np.uint64)
     width = -(-rows.shape[1] // 8) * 8
-    padded = np.zeros((len(rows), width), dtype=np.uint8)
-    padded[:, :rows.shape[1]] = rows
-    words = padded.view(np.uint64)
-    keys = _mix64(_mix64(words ^ np.arange(words.shape[1], dtype=np.uint64)[None, :]).sum(axis=1))
+    salt = np.arange(width // 8, dtype=np.uint64)[None, :]
+    for start in range(0, len(rows), 65_536):  # bounded temporaries: a padded copy of one block at a time
+        block = rows[start : start + 65_536]
+        padded = np.zeros((len(block), width), dtype=np.uint8)
+        padded[:, :rows.shape[1]] = block
+        keys[start : start + len(block)] = _mix64(_mix64(padded.view(np.uint64) ^ salt).sum(axis=1))
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    if len(first) == len(rows):  # distinct keys: distinct rows
+        return rows, np.arange(len(rows))
     inverse = inverse.ravel()
     uniq = rows[first]
     if any(not np.array_equal(uniq[inverse[c:c + 4096]], rows[c:c + 4096]) for c in range(0, len(rows), 4096)):
@@ -445,7 +453,7 @@ def near_duplicate_groups_features(
     raw, inverse = _unique_rows(np.ascontiguousarray(x).view(np.uint8))
     u = raw.view(np.float32)
     n, d = u.shape
-    top = float(np.abs(u).max()) if u.size else 0.0
+    top = max((float(np.abs(u[c : c + 65_536]).max()) for c in range(0, n, 65_536)), default=0.0) if d else 0.0
     if top > 1e6:
         # Huge values (1e20 and up) overflow float32 sums of squares in the PCA and the distance check: scale
         # vectors and radius alike by a power of two, which is exact and keeps every distance comparison.
@@ -456,7 +464,10 @@ def near_duplicate_groups_features(
         k = min(k, d, n)
         rng = np.random.default_rng(random_state)
         sample = u[rng.choice(n, size=min(n, 20_000), replace=False)]
-        z = PCA(n_components=k, random_state=random_state).fit(sample).transform(u).astype(np.float64)
+        pca = PCA(n_components=k, random_state=random_state).fit(sample)
+        z = np.empty((n, k), dtype=np.float64)
+        for start in range(0, n, 65_536):  # bounded temporaries (PCA centres a copy of what it transforms)
+            z[start : start + 65_536] = pca.transform(u[start : start + 65_536])
         nn = NearestNeighbors(radius=r, algorithm="kd_tree").fit(z)
         graph = sp.triu(nn.radius_neighbors_graph(z, mode="connectivity"), k=1).tocoo()
         for c in range(0, graph.nnz, 1 << 16):
