@@ -107,6 +107,29 @@ def test_near_duplicate_images_brightness_and_noise(digits32):
     assert (groups >= 0).sum() == 4
 
 
+def test_near_duplicate_images_many_copies_in_small_batches_give_the_same_groups(digits32, monkeypatch):
+    from forensics.signals import duplicates
+
+    images, _ = digits32
+    rng = np.random.default_rng(2)
+    pick = rng.integers(0, 60, 1500)  # about 25 noisy copies of each of 60 images: thousands of candidate pairs
+    copies = np.clip(images[pick].astype(int) + rng.integers(-8, 9, images[pick].shape), 0, 255).astype(np.uint8)
+    checked = []
+    real = duplicates._changed_share
+    monkeypatch.setattr(duplicates, "_changed_share", lambda a, b, t: checked.append(len(a)) or real(a, b, t))
+    whole = near_duplicate_groups_images(copies)  # every candidate in one batch: each distinct pair checked
+    in_one = sum(checked)
+    checked.clear()
+    monkeypatch.setattr(duplicates, "_CANDIDATE_BATCH", 300)
+    batched = near_duplicate_groups_images(copies)
+    np.testing.assert_array_equal(batched, whole)
+    # Copies of one image form one group, whatever the batches; a pair proposed again by a later band in a later
+    # batch is not checked again once its images are joined, so small batches check no more pairs than one.
+    for g in np.unique(pick):
+        assert len(np.unique(whole[pick == g])) == 1
+    assert sum(checked) <= in_one
+
+
 def test_near_duplicate_images_errors(digits32):
     images, _ = digits32
     with pytest.raises(InputError, match="images must be a uint8 array"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -380,17 +380,51 @@ def near_duplicate_groups_images(
     # Identical thumbnails are near duplicates at no cost; only distinct ones are compared.
     uniq, inverse = _unique_rows(thumbs)
     codes = _phash_of_thumbnails(uniq)
-    # A close pair is usually proposed by several bands: check each pair once.
-    found = [np.minimum(a, b) * len(uniq) + np.maximum(a, b) for a, b in _hamming_candidates(codes, m)]
-    pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-    ii, jj = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    for c in range(0, len(pairs), 1 << 14):
-        ca, cb = np.divmod(pairs[c:c + (1 << 14)], len(uniq))
-        ok = _changed_share(uniq[ca], uniq[cb], tol) <= share
-        ii.append(ca[ok])
-        jj.append(cb[ok])
-    comp = _components(len(uniq), np.concatenate(ii), np.concatenate(jj))
+    comp = _verified_components(uniq, _hamming_candidates(codes, m), lambda a, b: _changed_share(a, b, tol) <= share)
     return _groups_from_components(comp[inverse.ravel()])
+
+
+#: Candidate pairs gathered before they are checked: bounds memory whatever the number of candidates.
+_CANDIDATE_BATCH = 1 << 21
+
+
+def _verified_components(thumbs: np.ndarray, candidates: Iterator[tuple[np.ndarray, np.ndarray]],
+                         same: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Connected components of the candidate pairs that ``same`` confirms on the thumbnails.
+
+    Candidates are taken a batch at a time; a pair whose two images are already joined is not checked (the
+    components do not change), nor is a pair proposed twice within a batch. Data with many copies of each image
+    (augmented sets: tens of millions of candidate pairs at a million images) is then checked in bounded memory.
+    """
+    n = len(thumbs)
+    root = np.arange(n)  # a member of each node's component, the same for all its members
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    size = 0
+
+    def merge() -> None:
+        nonlocal root
+        a = np.concatenate([p[0] for p in batch])
+        b = np.concatenate([p[1] for p in batch])
+        batch.clear()
+        open_ = root[a] != root[b]
+        pairs = np.unique(np.minimum(a[open_], b[open_]) * n + np.maximum(a[open_], b[open_]))
+        ca, cb = np.divmod(pairs, n)
+        ok = np.concatenate([same(thumbs[ca[c:c + (1 << 14)]], thumbs[cb[c:c + (1 << 14)]])
+                             for c in range(0, len(ca), 1 << 14)]) if len(ca) else np.zeros(0, dtype=bool)
+        if ok.any():
+            # Each node tied to its component's member, plus the confirmed pairs; the first member is the new one.
+            comp = _components(n, np.r_[np.arange(n), ca[ok]], np.r_[root, cb[ok]])
+            root = np.unique(comp, return_index=True)[1][comp]
+
+    for a, b in candidates:
+        batch.append((a.astype(np.int64), b.astype(np.int64)))
+        size += len(a)
+        if size >= _CANDIDATE_BATCH:
+            merge()
+            size = 0
+    if batch:
+        merge()
+    return root
 
 
 def near_duplicate_groups_features(
