@@ -543,8 +543,7 @@ def _clients(args: argparse.Namespace) -> int:
     rounds = report.params.get("rounds", [])
     print(f"{len(table)} clients over round(s) {', '.join(map(str, rounds))}: {len(flagged)} flagged at suspicion "
           f">= {args.threshold:g}")
-    suspects = report.groups[report.groups["n_flagged"] > 0] if len(report.groups) else report.groups
-    for g, row in suspects.iterrows():
+    for g, row in report.sybil_groups.iterrows():
         print(f"sybil group {g}: {int(row['size'])} clients since round {int(row['first_round'])}")
     shown = table.head(args.top)[["suspicion", "is_flagged", "reasons"]]
     print(shown.to_string(max_colwidth=90))

@@ -55,6 +55,35 @@ def planted(digits):
     return rec, run, last
 
 
+#: Client ids a hostile federation may send: shown in reports and panels, never as markup.
+HOSTILE_IDS = {"sybil-0003": "<script>alert(1)</script>", "honest-0005": '"><img src=x onerror=alert(1)>',
+               "free-rider-0001": "x' onmouseover='alert(1)"}
+
+
+@pytest.fixture(scope="module")
+def hostile(digits, tmp_path_factory):
+    """10 sybils and a boosted attacker (joining at round 1) and 2 free-riders sending all-zero updates among 30
+    honest clients, 4 rounds, screened by a guard that excludes no one and records to a folder; three clients carry
+    hostile ids and one hostile metadata. HDBSCAN groups the sybils with the boosted attacker (11), and the honest
+    clients with the free-riders (32)."""
+    from types import SimpleNamespace
+
+    folder = tmp_path_factory.mktemp("hostile") / "fl"
+    guard = AggregationGuard(UpdateRecorder(folder), exclude=False)
+    scenario = FederatedScenario(n_honest=30, alpha=0.5, n_rounds=4, n_sybils=10, boost=10.0, sybil_join=1,
+                                 n_free_riders=2, free_rider="zero", random_state=1)
+
+    def on_round(r, ids, updates, n_ex, params):
+        guard.screen(r, updates, client_ids=[HOSTILE_IDS.get(c, c) for c in ids], n_examples=n_ex.astype(int),
+                     metadata={HOSTILE_IDS["honest-0005"]: {"<i>device</i>": "<b>phone</b>"}})
+
+    run = simulate_federation(scenario, *digits, on_round=on_round)
+    truth = run.truth.rename(index=HOSTILE_IDS)
+    return SimpleNamespace(folder=folder, recorder=guard.recorder, report=guard.last_report, reports=guard.reports,
+                           truth=truth, sybils=set(truth.index[truth["role"].isin(["sybil", "boosted"])]),
+                           riders=set(truth.index[truth["role"] == "free_rider"]))
+
+
 # ------------------------------------------------------------------------------------------------ sketches
 def test_sketch_keeps_norms_and_does_not_depend_on_the_batch():
     x = np.random.default_rng(0).standard_normal((6, 20_000))
@@ -343,6 +372,24 @@ def test_the_clients_command_reads_a_recording_and_fails_on_flagged_clients(digi
     assert set(table.index[table["is_flagged"]]) == sybils
     assert main(["clients", str(tmp_path / "nothing")]) == 2
     assert "holds no recording" in capsys.readouterr().err
+
+
+def test_only_groups_flagged_for_being_alike_are_sybil_groups(hostile, capsys):
+    from forensics.cli import main
+
+    report = hostile.report
+    t = report.table
+    assert set(report.flagged) == hostile.sybils | hostile.riders
+    (g_syb,) = t.loc[sorted(hostile.sybils), "sybil_group"].unique()
+    (g_honest,) = t.loc[sorted(hostile.riders), "sybil_group"].unique()
+    # The honest group holds the free-riders, flagged for their all-zero updates: a group with flagged members
+    # that is not a sybil group.
+    assert g_honest >= 0 and report.groups.loc[g_honest, "n_flagged"] == 2 and report.groups.loc[g_honest, "size"] == 32
+    assert list(report.sybil_groups.index) == [g_syb]
+    assert set(report.sybil_groups.loc[g_syb, "members"]) == hostile.sybils
+    assert main(["clients", str(hostile.folder)]) == 1
+    printed = capsys.readouterr().out
+    assert printed.count("sybil group") == 1 and f"sybil group {g_syb}: 11 clients since round 1" in printed
 
 
 def test_client_panel_maps_the_clients_and_draws_their_suspicion_round_by_round(planted):

@@ -14,8 +14,8 @@ from ..errors import InputError
 
 def client_points(report: Any, recorder: Any) -> pd.DataFrame:
     """One row per client of the report: ``x``, ``y`` (the first two principal components of its mean sketch over
-    the analysed rounds), ``suspicion``, ``is_flagged``, ``group`` ("sybil group <n>" for a group with a flagged
-    member, else "none") and ``reasons``."""
+    the analysed rounds), ``suspicion``, ``is_flagged``, ``group`` ("sybil group <n>" for one of the report's
+    :attr:`~forensics.federated.analysis.ClientReport.sybil_groups`, else "none") and ``reasons``."""
     from sklearn.decomposition import PCA
 
     rounds = report.params.get("rounds") or [max(recorder.rounds)]
@@ -34,7 +34,7 @@ def client_points(report: Any, recorder: Any) -> pd.DataFrame:
     mean = np.stack([sums[c] / counts[c] for c in ids])
     xy = PCA(n_components=2, random_state=0).fit_transform(mean)
     table = report.table.loc[ids]
-    suspect = set(report.groups.index[report.groups["n_flagged"] > 0]) if len(report.groups) else set()
+    suspect = set(report.sybil_groups.index)
     group = np.where(table["sybil_group"].isin(suspect), "sybil group " + table["sybil_group"].astype(str), "none")
     return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "suspicion": table["suspicion"].to_numpy(),
                          "is_flagged": table["is_flagged"].to_numpy(bool), "group": group,
