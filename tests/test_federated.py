@@ -452,6 +452,11 @@ def _outside_scripts(page: str) -> str:
     return re.sub(r"<script\b[^>]*>.*?</script>", "", page, flags=re.S)
 
 
+def _full_disk(src, dst):
+    """os.replace on a full disk."""
+    raise OSError(28, "No space left on device")
+
+
 def _synthetic_report(groups: dict[int, int], others: dict[str, int], *, n: int = 200, first_round: int = 3,
                       rounds: tuple[int, ...] = (5, 6, 7)):
     """A ClientReport of ``n`` clients: per group id, that many flagged members alike (sybil_p tiny); per signal,
@@ -585,11 +590,7 @@ def test_write_client_report_is_atomic(hostile, tmp_path, monkeypatch):
     # A page that cannot be rendered leaves the previous file, and so does a write that fails at the rename.
     with pytest.raises(InputError, match="recorder must be an UpdateRecorder"):
         write_client_report(out, hostile.report, "not a recorder")  # type: ignore[arg-type]
-
-    def full_disk(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "replace", full_disk)
+    monkeypatch.setattr(os, "replace", _full_disk)
     with pytest.raises(OSError, match="No space left on device") as e:
         write_client_report(out, hostile.report, hostile.recorder)
     assert e.value.filename == str(out)
@@ -602,3 +603,35 @@ def test_write_client_report_is_atomic(hostile, tmp_path, monkeypatch):
     with pytest.raises(InputError, match=f"path {tmp_path / 'nowhere' / 'r.html'}: {tmp_path / 'nowhere'} is not an "
                                          "existing folder"):
         write_client_report(tmp_path / "nowhere" / "r.html", hostile.report)
+
+
+def test_the_clients_command_writes_the_report_and_keeps_its_output_and_exit_code(hostile, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from forensics.cli import main
+
+    out = tmp_path / "clients.html"
+    assert main(["clients", str(hostile.folder), "--report", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "43 clients over round(s) 1, 2, 3: 13 flagged at suspicion >= 2" in printed
+    assert printed.count("sybil group") == 1 and printed.endswith(f"report written to {out}\n")
+    page = out.read_text()
+    assert os.listdir(tmp_path) == ["clients.html"]
+    assert f"<title>Federated clients: {html.escape(str(hostile.folder))}</title>" in page
+    assert "13 of 43 clients flagged over rounds 1-3: one coordinated group of 11 (sybils)" in page
+    assert "<li>&lt;script&gt;alert(1)&lt;/script&gt;</li>" in page and "<script>alert(1)</script>" not in page
+    # Bad arguments: each named, exit 2, nothing analysed or written.
+    assert main(["clients", str(tmp_path / "nothing"), "--report", str(tmp_path / "r.html")]) == 2
+    captured = capsys.readouterr()
+    assert f"error: folder {tmp_path / 'nothing'} holds no recording" in captured.err and not captured.out
+    assert main(["clients", str(hostile.folder), "--report", str(tmp_path / "nowhere" / "r.html")]) == 2
+    captured = capsys.readouterr()
+    assert f"error: --report {tmp_path / 'nowhere' / 'r.html'}: {tmp_path / 'nowhere'} is not an existing folder" \
+        in captured.err and not captured.out
+    assert main(["clients", str(hostile.folder), "--report", str(tmp_path)]) == 2
+    assert f"error: --report {tmp_path} is a folder" in capsys.readouterr().err
+    # A write that fails (a full disk) is named and leaves the previous report whole.
+    monkeypatch.setattr(os, "replace", _full_disk)
+    assert main(["clients", str(hostile.folder), "--report", str(out)]) == 2
+    assert f"error: No space left on device: {out}" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert out.read_text() == page and os.listdir(tmp_path) == ["clients.html"]
