@@ -36,7 +36,8 @@ from .analysis import SIGNALS, ClientReport
 from .recorder import UpdateRecorder
 from .views import client_points, suspicion_timeline
 
-__all__ = ["DEFAULT_TITLE", "SIGNAL_MEANINGS", "client_report_html", "client_verdict", "write_client_report"]
+__all__ = ["DEFAULT_TITLE", "SIGNAL_MEANINGS", "check_report_path", "client_report_html", "client_verdict",
+           "write_client_report"]
 
 DEFAULT_TITLE = "Federated clients"
 
