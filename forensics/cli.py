@@ -519,15 +519,24 @@ def build_parser() -> argparse.ArgumentParser:
     versions.set_defaults(func=_versions)
     clients = sub.add_parser(
         "clients", help="score the clients of a recorded federated run; exit 1 when any is flagged",
-        description="The clients of a federation recorded by forensics.federated.UpdateRecorder (a folder): each "
-                    "one's suspicion and reasons over the last rounds (norm, dissent, Krum distance, sybil groups, "
-                    "stale and non-finite updates). Exit 0 when no client reaches the threshold, 1 when one does.")
+        description="The clients of a federation recorded by forensics.federated.UpdateRecorder (a folder): each\n"
+                    "one's suspicion and reasons over the last rounds (norm, dissent, Krum distance, sybil groups,\n"
+                    "stale and non-finite updates), printed. --report also writes a self-contained HTML page for a\n"
+                    "person: the verdict, the flagged clients with their reasons, the sybil groups with their\n"
+                    "members and a map of the clients.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit status:\n  0  no client reaches --threshold\n  1  at least one client is flagged\n"
+               "  2  bad input (not a recording, a damaged round file, an unwritable --report path); reason on stderr\n"
+               "  3  internal error")
     clients.add_argument("recording", metavar="RECORDING", help="the recorder's folder")
     clients.add_argument("--window", type=int, default=3, help="rounds analysed, counted back from the last (3)")
     clients.add_argument("--threshold", type=float, default=2.0, help="suspicion that flags a client (2)")
     clients.add_argument("--min-group", type=int, default=10, help="smallest sybil group (10)")
     clients.add_argument("--table-out", metavar="FILE", help="write the per-client table (.csv, .parquet, .json)")
     clients.add_argument("--top", type=int, default=15, help="clients printed (15)")
+    clients.add_argument("--report", metavar="FILE",
+                         help="write an HTML report here: verdict, flagged clients, sybil groups, client map "
+                              "(self-contained, about 5 MB)")
     clients.set_defaults(func=_clients)
     return parser
 
@@ -536,6 +545,10 @@ def _clients(args: argparse.Namespace) -> int:
     from .export import export_table
     from .federated import UpdateRecorder, analyze_clients
 
+    if args.report:  # a path that cannot be written is refused before the analysis
+        from .federated.report import check_report_path
+
+        check_report_path(args.report, "--report")
     rec = UpdateRecorder.load(args.recording, attach=False)
     report = analyze_clients(rec, window=args.window, threshold=args.threshold, min_group=args.min_group)
     table = report.table
@@ -543,14 +556,18 @@ def _clients(args: argparse.Namespace) -> int:
     rounds = report.params.get("rounds", [])
     print(f"{len(table)} clients over round(s) {', '.join(map(str, rounds))}: {len(flagged)} flagged at suspicion "
           f">= {args.threshold:g}")
-    suspects = report.groups[report.groups["n_flagged"] > 0] if len(report.groups) else report.groups
-    for g, row in suspects.iterrows():
+    for g, row in report.sybil_groups.iterrows():
         print(f"sybil group {g}: {int(row['size'])} clients since round {int(row['first_round'])}")
     shown = table.head(args.top)[["suspicion", "is_flagged", "reasons"]]
     print(shown.to_string(max_colwidth=90))
     if args.table_out:
         path = export_table(table, args.table_out, meta={"recording": str(args.recording), "params": report.params})
         print(f"table written to {path}")
+    if args.report:
+        from .federated.report import write_client_report
+
+        page = write_client_report(args.report, report, rec, title=f"Federated clients: {args.recording}")
+        print(f"report written to {page}")
     return EXIT_FAIL if flagged else EXIT_PASS
 
 

@@ -232,10 +232,11 @@ img.thumb{image-rendering:pixelated;border:1px solid #ccc}
 """
 
 
-def _head(title: str) -> str:
+def _head(title: str, *, css: str = "") -> str:
+    """The page's head (``css``: rules of a page's own, after the shared ones) and the opening body tag."""
     return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{escape_html(title)}</title>"
-            f"<style>{_CSS}</style></head><body>")
+            f"<style>{_CSS}{css}</style></head><body>")
 
 
 def _signals_fact(params: Mapping[str, Any]) -> str:

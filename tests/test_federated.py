@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import re
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -53,6 +57,35 @@ def planted(digits):
     scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=5, n_sybils=10, sybil_join=2, random_state=0)
     rec, run = _record(scenario, digits, keep_last=last)
     return rec, run, last
+
+
+#: Client ids a hostile federation may send: shown in reports and panels, never as markup.
+HOSTILE_IDS = {"sybil-0003": "<script>alert(1)</script>", "honest-0005": '"><img src=x onerror=alert(1)>',
+               "free-rider-0001": "x' onmouseover='alert(1)"}
+
+
+@pytest.fixture(scope="module")
+def hostile(digits, tmp_path_factory):
+    """10 sybils and a boosted attacker (joining at round 1) and 2 free-riders sending all-zero updates among 30
+    honest clients, 4 rounds, screened by a guard that excludes no one and records to a folder; three clients carry
+    hostile ids and one hostile metadata. HDBSCAN groups the sybils with the boosted attacker (11), and the honest
+    clients with the free-riders (32)."""
+    from types import SimpleNamespace
+
+    folder = tmp_path_factory.mktemp("hostile") / "fl"
+    guard = AggregationGuard(UpdateRecorder(folder), exclude=False)
+    scenario = FederatedScenario(n_honest=30, alpha=0.5, n_rounds=4, n_sybils=10, boost=10.0, sybil_join=1,
+                                 n_free_riders=2, free_rider="zero", random_state=1)
+
+    def on_round(r, ids, updates, n_ex, params):
+        guard.screen(r, updates, client_ids=[HOSTILE_IDS.get(c, c) for c in ids], n_examples=n_ex.astype(int),
+                     metadata={HOSTILE_IDS["sybil-0003"]: {"<i>device</i>": "<b>phone</b>"}})
+
+    run = simulate_federation(scenario, *digits, on_round=on_round)
+    truth = run.truth.rename(index=HOSTILE_IDS)
+    return SimpleNamespace(folder=folder, recorder=guard.recorder, report=guard.last_report, reports=guard.reports,
+                           truth=truth, sybils=set(truth.index[truth["role"].isin(["sybil", "boosted"])]),
+                           riders=set(truth.index[truth["role"] == "free_rider"]))
 
 
 # ------------------------------------------------------------------------------------------------ sketches
@@ -345,6 +378,24 @@ def test_the_clients_command_reads_a_recording_and_fails_on_flagged_clients(digi
     assert "holds no recording" in capsys.readouterr().err
 
 
+def test_only_groups_flagged_for_being_alike_are_sybil_groups(hostile, capsys):
+    from forensics.cli import main
+
+    report = hostile.report
+    t = report.table
+    assert set(report.flagged) == hostile.sybils | hostile.riders
+    (g_syb,) = t.loc[sorted(hostile.sybils), "sybil_group"].unique()
+    (g_honest,) = t.loc[sorted(hostile.riders), "sybil_group"].unique()
+    # The honest group holds the free-riders, flagged for their all-zero updates: a group with flagged members
+    # that is not a sybil group.
+    assert g_honest >= 0 and report.groups.loc[g_honest, "n_flagged"] == 2 and report.groups.loc[g_honest, "size"] == 32
+    assert list(report.sybil_groups.index) == [g_syb]
+    assert set(report.sybil_groups.loc[g_syb, "members"]) == hostile.sybils
+    assert main(["clients", str(hostile.folder)]) == 1
+    printed = capsys.readouterr().out
+    assert printed.count("sybil group") == 1 and f"sybil group {g_syb}: 11 clients since round 1" in printed
+
+
 def test_client_panel_maps_the_clients_and_draws_their_suspicion_round_by_round(planted):
     from forensics.panels import ClientPanel
     from forensics.panels.clients import suspicion_timeline
@@ -370,3 +421,217 @@ def test_client_panel_maps_the_clients_and_draws_their_suspicion_round_by_round(
         suspicion_timeline({})
     with pytest.raises(InputError, match="ClientPanel takes a ClientReport"):
         ClientPanel(report.table, rec)
+
+
+# ------------------------------------------------------------------------------------------------ report
+class _Page(HTMLParser):
+    """The tags of a page as a browser parses them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def _parse(page: str) -> _Page:
+    p = _Page()
+    p.feed(page)
+    p.close()
+    return p
+
+
+def _section(page: str, name: str) -> str:
+    start = page.index(f"<h2 id={name}>")
+    end = page.find("<h2 ", start + 5)
+    return page[start:end if end >= 0 else len(page)]
+
+
+def _outside_scripts(page: str) -> str:
+    return re.sub(r"<script\b[^>]*>.*?</script>", "", page, flags=re.S)
+
+
+def _full_disk(src, dst):
+    """os.replace on a full disk."""
+    raise OSError(28, "No space left on device")
+
+
+def _synthetic_report(groups: dict[int, int], others: dict[str, int], *, n: int = 200, first_round: int = 3,
+                      rounds: tuple[int, ...] = (5, 6, 7)):
+    """A ClientReport of ``n`` clients: per group id, that many flagged members alike (sybil_p tiny); per signal,
+    that many flagged clients outside any group; the rest honest in group 0 (not flagged)."""
+    from forensics.federated.analysis import ClientReport
+
+    rows = []
+    for g, size in groups.items():
+        rows += [dict(top_signal="sybil", sybil_group=g, sybil_p=1e-12, suspicion=11.0) for _ in range(size)]
+    for signal, count in others.items():
+        rows += [dict(top_signal=signal, sybil_group=-1, sybil_p=1.0, suspicion=4.0) for _ in range(count)]
+    n_flagged = len(rows)
+    rows += [dict(top_signal="", sybil_group=0, sybil_p=0.5, suspicion=0.5) for _ in range(n - n_flagged)]
+    table = pd.DataFrame(rows, index=pd.Index([f"c{i:03d}" for i in range(n)], name="client_id"))
+    table["is_flagged"] = table["suspicion"] >= 2
+    table["first_round"] = [first_round] * n_flagged + [0] * (n - n_flagged)
+    table["n_rounds"] = len(rounds)
+    table["reasons"] = np.where(table["is_flagged"], "a reason", "")
+    table["anomaly_score"] = (table["top_signal"] == "anomaly").astype(int)
+    grouped = table[table["sybil_group"] >= 0].groupby("sybil_group")
+    frame = pd.DataFrame([dict(group=g, size=len(m), n_flagged=int(m["is_flagged"].sum()), median_closeness=1.0,
+                               median_p=float(m["sybil_p"].median()), first_round=int(m["first_round"].min()),
+                               members=list(m.index)) for g, m in grouped]).set_index("group")
+    params = dict(window=3, rounds=list(rounds), min_group=10, threshold=2.0, signals=["anomaly", "sybil", "norm"])
+    return ClientReport(table=table, groups=frame, params=params)
+
+
+def test_client_verdict_says_how_many_as_what_and_what_to_do():
+    from forensics.federated.report import client_verdict
+
+    assert client_verdict(_synthetic_report({2: 30}, {"norm": 3, "stale": 1})) == (
+        "34 of 200 clients flagged over rounds 5-7: one coordinated group of 30 (sybils), 3 with outsized updates "
+        "and 1 with all-zero or repeated updates (free-riders); exclude them from the aggregation and re-aggregate "
+        "from round 3, the first round any of them sent an update.")
+    assert client_verdict(_synthetic_report({2: 30, 5: 12}, {})).startswith(
+        "42 of 200 clients flagged over rounds 5-7: 2 coordinated groups of 30 and 12 (sybils); exclude them")
+    assert client_verdict(_synthetic_report({}, {"anomaly": 1}, first_round=0, rounds=(7,))) == (
+        "1 of 200 clients flagged over round 7: 1 with non-finite or wrong-size updates; exclude it from the "
+        "aggregation and re-aggregate from round 0, the first round it sent an update.")
+    assert client_verdict(_synthetic_report({}, {}, rounds=(1, 4))) == (
+        "No client of 200 reaches suspicion >= 2 over rounds 1, 4: nothing to exclude.")
+
+
+def test_client_report_names_every_planted_sybil_and_its_group(hostile):
+    from forensics.federated import client_report_html
+    from forensics.federated.report import client_verdict
+
+    page = client_report_html(hostile.report, hostile.recorder, reports=hostile.reports)
+    verdict = client_verdict(hostile.report)
+    assert verdict == (
+        "13 of 43 clients flagged over rounds 1-3: one coordinated group of 11 (sybils) and 2 with all-zero or "
+        "repeated updates (free-riders); exclude them from the aggregation and re-aggregate from round 0, the first "
+        "round any of them sent an update.")
+    assert f"<p class='verdict fail'>{html.escape(verdict)}</p>" in page
+    # The flagged table lists exactly the sybils, the boosted attacker (in their group) and the free-riders, with
+    # the round the guard first flagged each: the sybils from round 1, when they joined.
+    flagged = _section(page, "flagged")
+    rows = {html.unescape(c): cells for c, cells in re.findall(r"<tr><th>([^<]*)</th>(<td.*?)</tr>", flagged)}
+    assert set(rows) == hostile.sybils | hostile.riders
+    head = [html.unescape(h) for h in re.findall(r"<th>([^<]*)</th>", flagged.split("</tr>")[0])]
+    assert head == ["client", "suspicion", "strongest signal", "sybil group", "first recorded in round",
+                    "rounds analysed", "guard flagged it from round", "<i>device</i>", "reasons"]
+    (g,) = hostile.report.sybil_groups.index
+    for c in hostile.sybils:
+        cells = [html.unescape(v) for v in re.findall(r"<td[^>]*>([^<]*)</td>", rows[c])]
+        assert cells[2] == str(g) and cells[5] == "1" and "far more alike than the others" in cells[7]
+    # One sybil group, listing its 11 members; the honest group holding the free-riders is only counted.
+    groups = _section(page, "groups")
+    assert groups.count("<h3 ") == 1 and f"Sybil group {g}: 11 clients, 11 flagged" in groups
+    assert {html.unescape(m) for m in re.findall(r"<li>([^<]*)</li>", groups)} == hostile.sybils
+    assert "1 group(s) of 32 clients whose members are not flagged for being alike" in page
+    ids = {a.get("id") for _, a in _parse(page).tags}
+    assert {"summary", "next", "flagged", "groups", "map", "timeline", "signals", "params"} <= ids
+    assert page.count("Plotly.newPlot") == 2 and page.count("plotly.js v") <= 2  # map and timeline, library once
+    for signal in hostile.report.params["signals"]:
+        assert f"<li><b>{signal}</b>: " in _section(page, "signals")
+
+
+def test_client_report_shows_hostile_ids_and_metadata_only_escaped(hostile):
+    from forensics.federated import client_report_html
+
+    title = "<script>alert(1)</script>"
+    page = client_report_html(hostile.report, hostile.recorder, reports=hostile.reports, title=title)
+    for raw in (*HOSTILE_IDS.values(), "<i>device</i>", "<b>phone</b>"):
+        assert raw not in _outside_scripts(page)
+    for raw in ("<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "<i>device</i>", "<b>phone</b>"):
+        assert raw not in page  # nor in the charts' data
+    assert "<title>&lt;script&gt;alert(1)&lt;/script&gt;</title>" in page
+    assert "<th>&lt;script&gt;alert(1)&lt;/script&gt;</th>" in _section(page, "flagged")
+    assert "<li>&lt;script&gt;alert(1)&lt;/script&gt;</li>" in _section(page, "groups")
+    assert "<th>x&#x27; onmouseover=&#x27;alert(1)</th>" in _section(page, "flagged")
+    assert "<td>&lt;b&gt;phone&lt;/b&gt;</td>" in _section(page, "flagged")
+    # The honest client with a hostile id is in the map's hover text, escaped for plotly.
+    assert '\\"&gt;&lt;img src=x onerror=alert(1)&gt;' in page
+    parsed = _parse(page)
+    assert not [t for t, a in parsed.tags if t == "img" or "onerror" in a or "onmouseover" in a]
+    assert all(not a.get("src") for t, a in parsed.tags if t == "script")  # nothing loaded: works offline
+    assert not [t for t, a in parsed.tags if t == "link"]
+
+
+def test_client_report_without_the_recording_or_a_flag_and_its_input_checks(hostile):
+    from forensics.federated import client_report_html
+
+    quiet = _synthetic_report({}, {})
+    page = client_report_html(quiet)
+    assert "Plotly" not in page  # no recording, no reports: no chart and no library
+    assert "give the recorder to see it" in page and "No sybil group" in page
+    assert "No client reaches suspicion 2. The 10 most suspicious, for the record:" in page
+    assert "<p class='verdict pass'>No client of 200 reaches suspicion &gt;= 2 over rounds 5-7" in page
+    with pytest.raises(InputError, match="report must be a ClientReport .*; got DataFrame"):
+        client_report_html(hostile.report.table)
+    with pytest.raises(InputError, match="recorder must be an UpdateRecorder .*; got str"):
+        client_report_html(hostile.report, str(hostile.folder))
+    with pytest.raises(InputError, match=r"recorder does not hold round\(s\) \[1, 2, 3\] that report analysed"):
+        client_report_html(hostile.report, UpdateRecorder())
+    with pytest.raises(InputError, match="reports is empty"):
+        client_report_html(hostile.report, reports={})
+    with pytest.raises(InputError, match=r"reports must map rounds \(integers\) to ClientReports .*; got str"):
+        client_report_html(hostile.report, reports={"3": hostile.report})
+    with pytest.raises(InputError, match="title must be a string; got int"):
+        client_report_html(hostile.report, title=3)  # type: ignore[arg-type]
+
+
+def test_write_client_report_is_atomic(hostile, tmp_path, monkeypatch):
+    from forensics.federated import write_client_report
+
+    out = tmp_path / "clients.html"
+    assert write_client_report(out, hostile.report, hostile.recorder) == out
+    assert os.listdir(tmp_path) == ["clients.html"] and out.read_text().startswith("<!DOCTYPE html>")
+    out.write_text("previous")
+    # A page that cannot be rendered leaves the previous file, and so does a write that fails at the rename.
+    with pytest.raises(InputError, match="recorder must be an UpdateRecorder"):
+        write_client_report(out, hostile.report, "not a recorder")  # type: ignore[arg-type]
+    monkeypatch.setattr(os, "replace", _full_disk)
+    with pytest.raises(OSError, match="No space left on device") as e:
+        write_client_report(out, hostile.report, hostile.recorder)
+    assert e.value.filename == str(out)
+    monkeypatch.undo()
+    assert out.read_text() == "previous" and os.listdir(tmp_path) == ["clients.html"]
+    write_client_report(out, hostile.report)
+    assert "13 of 43 clients flagged" in out.read_text() and os.listdir(tmp_path) == ["clients.html"]
+    with pytest.raises(InputError, match=f"path {tmp_path} is a folder; give the report's file name"):
+        write_client_report(tmp_path, hostile.report)
+    with pytest.raises(InputError, match=f"path {tmp_path / 'nowhere' / 'r.html'}: {tmp_path / 'nowhere'} is not an "
+                                         "existing folder"):
+        write_client_report(tmp_path / "nowhere" / "r.html", hostile.report)
+
+
+def test_the_clients_command_writes_the_report_and_keeps_its_output_and_exit_code(hostile, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from forensics.cli import main
+
+    out = tmp_path / "clients.html"
+    assert main(["clients", str(hostile.folder), "--report", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "43 clients over round(s) 1, 2, 3: 13 flagged at suspicion >= 2" in printed
+    assert printed.count("sybil group") == 1 and printed.endswith(f"report written to {out}\n")
+    page = out.read_text()
+    assert os.listdir(tmp_path) == ["clients.html"]
+    assert f"<title>Federated clients: {html.escape(str(hostile.folder))}</title>" in page
+    assert "13 of 43 clients flagged over rounds 1-3: one coordinated group of 11 (sybils)" in page
+    assert "<li>&lt;script&gt;alert(1)&lt;/script&gt;</li>" in page and "<script>alert(1)</script>" not in page
+    # Bad arguments: each named, exit 2, nothing analysed or written.
+    assert main(["clients", str(tmp_path / "nothing"), "--report", str(tmp_path / "r.html")]) == 2
+    captured = capsys.readouterr()
+    assert f"error: folder {tmp_path / 'nothing'} holds no recording" in captured.err and not captured.out
+    assert main(["clients", str(hostile.folder), "--report", str(tmp_path / "nowhere" / "r.html")]) == 2
+    captured = capsys.readouterr()
+    assert f"error: --report {tmp_path / 'nowhere' / 'r.html'}: {tmp_path / 'nowhere'} is not an existing folder" \
+        in captured.err and not captured.out
+    assert main(["clients", str(hostile.folder), "--report", str(tmp_path)]) == 2
+    assert f"error: --report {tmp_path} is a folder" in capsys.readouterr().err
+    # A write that fails (a full disk) is named and leaves the previous report whole.
+    monkeypatch.setattr(os, "replace", _full_disk)
+    assert main(["clients", str(hostile.folder), "--report", str(out)]) == 2
+    assert f"error: No space left on device: {out}" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert out.read_text() == page and os.listdir(tmp_path) == ["clients.html"]

@@ -7,7 +7,8 @@ groups far more alike than honest non-IID clients, stale and non-finite updates)
 with reasons; :func:`group_effect` measures what a flagged group's mean update does to the global model (attack
 success of a trigger with and without it, and which classes gain predictions). The Flower strategy wrapper
 (:func:`forensics.federated.flower.ForensicStrategy`) records every round and can leave flagged clients out of
-the aggregation; it imports flwr on first use.
+the aggregation; it imports flwr on first use. :func:`write_client_report` writes a self-contained HTML report of the
+clients (:mod:`forensics.federated.report`).
 
 Examples
 --------
@@ -27,7 +28,7 @@ from .confirm import apply_update, group_effect
 from .recorder import RoundRecord, UpdateRecorder
 from .sketch import SKETCH_DIM, flatten_update, sketch
 
-_LAZY = {"ForensicStrategy": "flower"}
+_LAZY = {"ForensicStrategy": "flower", "client_report_html": "report", "write_client_report": "report"}
 
 
 def __getattr__(name: str) -> Any:
@@ -39,4 +40,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ClientReport", "DEFAULT_THRESHOLD", "ForensicStrategy", "RoundRecord", "SKETCH_DIM", "UpdateRecorder",
-           "analyze_clients", "apply_update", "flatten_update", "group_effect", "sketch"]
+           "analyze_clients", "apply_update", "client_report_html", "flatten_update", "group_effect", "sketch",
+           "write_client_report"]

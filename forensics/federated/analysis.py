@@ -58,7 +58,8 @@ class ClientReport:
         ``closeness``, ``consistency``, and per signal ``<signal>_score`` and ``<signal>_p``.
     groups : DataFrame
         One row per HDBSCAN group: ``size``, ``n_flagged``, ``median_closeness``, ``median_p``, ``first_round``
-        (earliest of its members), ``members``.
+        (earliest of its members), ``members``. Honest clients form groups too; :attr:`sybil_groups` keeps the
+        groups whose members are flagged for being alike.
     params : dict
         The parameters of the analysis (window, rounds, threshold, ...).
     """
@@ -71,6 +72,18 @@ class ClientReport:
     def flagged(self) -> list[str]:
         """Ids of the flagged clients, most suspicious first."""
         return [str(c) for c in self.table.index[self.table["is_flagged"].to_numpy(dtype=bool)]]
+
+    @property
+    def sybil_groups(self) -> pd.DataFrame:
+        """The rows of ``groups`` that are sybil groups: at least one member is flagged for being alike with the
+        others (its ``sybil_p`` below :data:`REASON_P`). A group of honest clients that HDBSCAN also finds is not
+        one because a free-rider or an outsized update among them is flagged for that."""
+        t = self.table
+        if not len(self.groups):
+            return self.groups
+        alike = t["is_flagged"].to_numpy(dtype=bool) & (t["sybil_p"].to_numpy() < REASON_P) \
+            & (t["sybil_group"].to_numpy() >= 0)
+        return self.groups[self.groups.index.isin(np.unique(t["sybil_group"].to_numpy()[alike]))]
 
 
 def _reason(name: str, row: pd.Series) -> str:
