@@ -417,8 +417,12 @@ def _verified_components(thumbs: np.ndarray, candidates: Iterator[tuple[np.ndarr
             root = np.unique(comp, return_index=True)[1][comp]
 
     for a, b in candidates:
-        batch.append((a.astype(np.int64), b.astype(np.int64)))
-        size += len(a)
+        # Pairs already joined are dropped as they come, so that the batches fill with open pairs only.
+        keep = root[a] != root[b]
+        if not keep.any():
+            continue
+        batch.append((a[keep].astype(np.int64), b[keep].astype(np.int64)))
+        size += int(keep.sum())
         if size >= _CANDIDATE_BATCH:
             merge()
             size = 0
