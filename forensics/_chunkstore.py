@@ -136,6 +136,8 @@ class ChunkStore:
         if self.finished:
             logger.info("activation store %s: resuming with %d of %d chunks done", self.folder, len(self.finished),
                         len(self.chunks))
+        else:
+            self.specs = None  # nothing usable (files missing or damaged): the files are made afresh
 
     def _read_chunk(self, index: int) -> dict[str, np.ndarray]:
         start, stop = self.chunks[index]

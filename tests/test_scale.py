@@ -120,6 +120,20 @@ def test_a_damaged_finished_chunk_is_recomputed(data, tmp_path, caplog):
     _same(result, reference, atol=1e-6)
 
 
+def test_a_store_whose_files_are_gone_starts_afresh(data, tmp_path):
+    model = TinyNet()
+    with pytest.raises(RuntimeError):
+        extract_activations(model, data, preprocess=CountingPreprocess(fail_at=150), chunk_size=100,
+                            cache_dir=tmp_path, progress=False)
+    (entry,) = tmp_path.iterdir()
+    for f in (entry / "partial").glob("*.npy"):
+        f.unlink()  # progress.json says chunk 0 is done; its files are gone
+    again = CountingPreprocess()
+    result = extract_activations(model, data, preprocess=again, chunk_size=100, cache_dir=tmp_path, progress=False)
+    assert again.samples == N
+    _same(result, extract_activations(model, data, preprocess=CountingPreprocess(), progress=False), atol=1e-6)
+
+
 def test_a_store_the_disk_cannot_hold_is_refused_before_writing(data, tmp_path, monkeypatch):
     real = shutil.disk_usage
 
