@@ -82,13 +82,12 @@ def forward_chunks_on(
     """Yield ``(chunk index, arrays)`` for the chunks in ``todo``, computed on the cluster, as they finish.
 
     ``meta`` gets the device and batch size the workers used."""
+    import cloudpickle
     from distributed import as_completed
 
     client = check_client(client)
     if not todo:
         return
-    import cloudpickle
-
     # The model travels as pickled bytes, once to each worker: Dask's own serialization of a torch module
     # loses the hook tables that the forward pass registers its hooks in.
     packed = client.scatter(cloudpickle.dumps(model), broadcast=True, hash=False)
@@ -96,8 +95,7 @@ def forward_chunks_on(
     for index in todo:
         start, stop = chunks[index]
         part = dataset._take(np.arange(start, stop))
-        futures[client.submit(_extract_chunk, packed, meta["model_hash"], part, dict(options), pure=False,
-                              key=f"forensics-extract-{index}-{meta['model_hash'][:8]}")] = index
+        futures[client.submit(_extract_chunk, packed, meta["model_hash"], part, dict(options), pure=False)] = index
     try:
         for future in as_completed(futures):
             arrays, task_meta = future.result()
