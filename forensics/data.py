@@ -695,13 +695,14 @@ def content_hash_of(kind: str, class_names: Sequence[str], ids: np.ndarray, labe
     return h.hexdigest()
 
 
-def positions_in(index: dict[str, int], ids: Iterable[Any]) -> np.ndarray:
-    """Row positions of ``ids`` in ``index`` (sample id -> row); unknown ids raise :class:`InputError`."""
+def positions_in(index: dict[str, int], ids: Iterable[Any], *, where: str = "dataset") -> np.ndarray:
+    """Row positions of ``ids`` in ``index`` (sample id -> row); an unknown id raises :class:`InputError` naming it
+    and ``where`` it was looked for."""
     out = []
     for s in ids:
         s = str(s)
         if s not in index:
-            raise InputError(f"sample id {s[:60]!r} is not in this dataset")
+            raise InputError(f"sample id {s[:60]!r} is not in this {where}")
         out.append(index[s])
     return np.asarray(out, dtype=np.int64)
 

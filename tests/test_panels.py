@@ -298,6 +298,17 @@ def test_lasso_shape_message_selects_the_points_inside():
         points_in_selections(x, y, [{"type": "path", "path": "M0,0C1,1,2,2"}])
 
 
+
+def _even_odd(x: np.ndarray, y: np.ndarray, poly: np.ndarray) -> np.ndarray:
+    """Which points lie inside the polygon by the plain even-odd rule, every point against every edge."""
+    inside = np.zeros(len(x), bool)
+    xj, yj = poly[-1]
+    for xi, yi in poly:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inside ^= ((yi > y) != (yj > y)) & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+        xj, yj = xi, yi
+    return inside
+
 def test_a_lasso_of_many_vertices_selects_by_the_even_odd_rule():
     """The sorted index tests each edge against the points in its y range only: the same points as testing every
     point against every edge, vertices on points' y included."""
@@ -310,12 +321,7 @@ def test_a_lasso_of_many_vertices_selects_by_the_even_odd_rule():
     radius = 1 + 0.4 * np.sin(5 * angles)
     poly = np.round(np.c_[radius * np.cos(angles), radius * np.sin(angles)], 1)  # edges on the rounded y values
     path = "M" + "L".join(f"{a},{b}" for a, b in poly) + "Z"
-    inside = np.zeros(len(x), bool)
-    xj, yj = poly[-1]
-    for xi, yi in poly:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inside ^= ((yi > y) != (yj > y)) & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
-        xj, yj = xi, yi
+    inside = _even_odd(x, y, poly)
     index = PointIndex(x, y)
     np.testing.assert_array_equal(index.inside([{"type": "path", "path": path}]), np.flatnonzero(inside))
     box = {"type": "rect", "x0": 0.5, "x1": -1.0, "y0": -0.3, "y1": 0.7}
@@ -791,12 +797,7 @@ def test_a_box_or_lasso_on_a_sampled_map_selects_every_sample_inside():
     fig._js2py_relayout = {"source_view_id": "v1", "relayout_data": {"selections": [
         {"xref": "x", "yref": "y", "type": "path", "path": path}]}}
     poly = np.round(hexagon, 3)
-    inside = np.zeros(len(x), bool)
-    xj, yj = poly[-1]
-    for xi, yi in poly:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inside ^= ((yi > y) != (yj > y)) & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
-        xj, yj = xi, yi
+    inside = _even_odd(x, y, poly)
     np.testing.assert_array_equal(dash_state.positions, np.flatnonzero(inside))
     assert 30 < inside.sum() < 20_000
     assert dash_state.status == f"{inside.sum()} samples selected on the map"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data import positions_in
 from ..errors import ForensicsError, InputError
 
 logger = logging.getLogger(__name__)
@@ -95,16 +96,9 @@ class PanelState:
         """Row positions of sample ids; an unknown id raises :class:`InputError` naming it."""
         if self._index is None:
             self._index = {s: i for i, s in enumerate(self.ids)}
-        idx = self._index
         if isinstance(ids, (str, bytes)):
             ids = [ids]
-        out = []
-        for s in ids:
-            key = str(s)
-            if key not in idx:
-                raise InputError(f"sample id {key[:60]!r} is not in this investigation")
-            out.append(idx[key])
-        return np.asarray(out, dtype=np.int64)
+        return positions_in(self._index, ids, where="investigation")
 
     def select(self, ids: Iterable[Any], *, origin: str = "api") -> None:
         """Select samples by id (any order, duplicates ignored); replaces the selection."""
