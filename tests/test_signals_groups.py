@@ -130,6 +130,62 @@ def test_near_duplicate_images_many_copies_in_small_batches_give_the_same_groups
     assert sum(checked) <= in_one
 
 
+def test_copies_joined_with_few_checks_and_alike_images_kept_apart(digits32, monkeypatch):
+    from forensics.signals import duplicates
+
+    images, _ = digits32
+    x = images[0].astype(int)
+    y = x.copy()
+    # A fine checkerboard over 6% of the pixels: the hash barely moves (low frequencies), the pixels do.
+    y[11:21, 11:21] += 70 * ((np.indices((10, 10)).sum(axis=0) % 2) * 2 - 1)
+    rng = np.random.default_rng(4)
+    pick = np.repeat([0, 1, 2], 30)
+    base = np.stack([x, np.clip(y, 0, 255), images[5]])[pick]
+    copies = np.clip(base + rng.integers(-8, 9, base.shape), 0, 255).astype(np.uint8)
+    codes = image_phash(copies)
+    assert np.bitwise_count(codes[0] ^ codes[30]) <= 6  # x and y are candidates for each other
+    checked, failed = [], []
+    real = duplicates._changed_share
+
+    def counting(a, b, t):
+        share = real(a, b, t)
+        checked.append(len(a))
+        failed.append(int((share > 0.02).sum()))
+        return share
+
+    monkeypatch.setattr(duplicates, "_changed_share", counting)
+    groups = near_duplicate_groups_images(copies)
+    # Three groups, exactly the three images.
+    assert [len(np.unique(groups[pick == g])) for g in range(3)] == [1, 1, 1]
+    assert len(np.unique(groups)) == 3 and (groups >= 0).all()
+    # Far fewer checks than candidate pairs (3 x 435 among copies, 900 between x and y): copies are joined
+    # through their buckets' first members, and x and y are told apart after a bounded number of failures.
+    candidates = {tuple(sorted(p)) for a, b in duplicates._hamming_candidates(codes, 6) for p in zip(a, b)}
+    assert len(candidates) > 1000
+    assert sum(checked) < len(candidates) / 4
+    assert sum(failed) <= 4 * 30 + duplicates._MAX_FAILED_CHECKS
+
+
+def test_hamming_candidates_are_exactly_the_close_pairs_across_groups(monkeypatch):
+    from forensics.signals import duplicates
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 2**63, 200, dtype=np.uint64)[rng.integers(0, 200, 1500)]
+    for _ in range(3):  # up to three flipped bits per code: many close pairs, buckets of all sizes
+        bit = np.uint64(1) << rng.integers(0, 64, 1500).astype(np.uint64)
+        codes = codes ^ np.where(rng.random(1500) < 0.7, bit, np.uint64(0))
+    groups = rng.integers(0, 40, 1500)
+    dist = np.bitwise_count(codes[:, None] ^ codes[None, :])
+    iu = np.triu_indices(len(codes), 1)
+    for chunk in (duplicates._PAIR_CHUNK, 7):
+        monkeypatch.setattr(duplicates, "_PAIR_CHUNK", chunk)
+        for m in (0, 3, 6):
+            close = {(i, j) for i, j in zip(*iu) if dist[i, j] <= m}
+            for g in (None, groups):
+                found = {tuple(sorted(p)) for a, b in duplicates._hamming_candidates(codes, m, g) for p in zip(a, b)}
+                assert found == (close if g is None else {(i, j) for i, j in close if groups[i] != groups[j]})
+
+
 def test_near_duplicate_images_errors(digits32):
     images, _ = digits32
     with pytest.raises(InputError, match="images must be a uint8 array"):

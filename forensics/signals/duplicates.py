@@ -238,39 +238,87 @@ def image_phash(images: np.ndarray) -> np.ndarray:
     return _phash_of_thumbnails(_thumbnails(images))
 
 
-def _hamming_candidates(codes: np.ndarray, max_hamming: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Every pair (i, j), i != j, whose 64-bit codes differ in at most ``max_hamming`` bits, in chunks.
+def _band_edges(max_hamming: int) -> tuple[int, np.ndarray]:
+    """Multi-index hashing: the probe radius r and the bit edges of the b bands, with b * (r + 1) > max_hamming,
+    so that (pigeonhole) every pair within ``max_hamming`` bits agrees within r bits on some band. r = 1 keeps the
+    bands wide (few collisions) at the price of one probe per bit of the band."""
+    r = 0 if max_hamming == 0 else 1
+    b = max_hamming // (r + 1) + 1
+    return r, np.linspace(0, 64, b + 1).round().astype(int)
 
-    Multi-index hashing: the code is cut into b bands and each band is probed within r bits, with
-    b * (r + 1) > max_hamming, so that (pigeonhole) every close pair agrees within r bits on some band.
-    r = 1 keeps the bands wide (few collisions) at the price of one probe per bit of the band.
-    A pair may be yielded more than once.
+
+def _band_keys(codes: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return (codes >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+
+
+def _run_ends(starts: np.ndarray) -> np.ndarray:
+    """For a sorted array cut into runs (``starts`` marks each run's first position): each position's run end."""
+    first = np.flatnonzero(starts)
+    return np.r_[first[1:], len(starts)][np.cumsum(starts) - 1]
+
+
+def _hamming_candidates(codes: np.ndarray, max_hamming: int, groups: np.ndarray | None = None
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every pair (i, j) whose 64-bit codes differ in at most ``max_hamming`` bits, in chunks.
+
+    With ``groups``, only pairs of different groups are proposed: once the copies of one image are joined, their
+    pairs are not even generated (an image with 80 copies has 3,160 pairs among them). A pair may be yielded
+    more than once (from several bands).
     """
     m = max_hamming
-    r = 0 if m == 0 else 1
-    b = m // (r + 1) + 1
-    edges = np.linspace(0, 64, b + 1).round().astype(int)
+    r, edges = _band_edges(m)
+    g = np.arange(len(codes)) if groups is None else np.asarray(groups, dtype=np.int64)
+    span = int(g.max()) + 1 if len(g) else 1
     for lo, hi in zip(edges[:-1], edges[1:]):
-        width = hi - lo
-        keys = (codes >> np.uint64(lo)) & np.uint64((1 << width) - 1)
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        for a, c in _bucket_pairs(keys):
-            ok = np.bitwise_count(codes[a] ^ codes[c]) <= m
-            yield a[ok], c[ok]
+        keys = _band_keys(codes, lo, hi)
+        order = np.lexsort((g, keys))  # by band key, then group
+        k, gs = keys[order], g[order]
+        new_key = np.r_[True, k[1:] != k[:-1]]
+        key_end = _run_ends(new_key)
+        group_end = _run_ends(new_key | np.r_[True, gs[1:] != gs[:-1]])
+        # Same band key: each member with the members of the later groups of its bucket (each pair once).
+        counts = key_end - group_end
+        hit = counts > 0
+        for i, j in _expand_runs(order[hit], group_end[hit], counts[hit], order):
+            ok = np.bitwise_count(codes[i] ^ codes[j]) <= m
+            yield i[ok], j[ok]
         if r == 0:
             continue
-        for bit in range(width):
-            partner = keys ^ np.uint64(1 << bit)
-            # Each unordered pair once: from the member with the smaller band key.
-            src = np.flatnonzero(partner > keys)
-            first = np.searchsorted(sorted_keys, partner[src], side="left")
-            last = np.searchsorted(sorted_keys, partner[src], side="right")
-            counts = last - first
-            hit = counts > 0
-            for i, j in _expand_runs(src[hit], first[hit], counts[hit], order):
-                ok = np.bitwise_count(codes[i] ^ codes[j]) <= m
-                yield i[ok], j[ok]
+        # One bit apart: each member with the other groups' members of the partner bucket, from the member
+        # with the smaller key (each pair once). Sorted by (key rank, group), the member's own group is one run.
+        rank = np.cumsum(new_key) - 1
+        joint = rank * span + gs
+        for bit in range(hi - lo):
+            partner = k ^ np.uint64(1 << bit)
+            src = np.flatnonzero(partner > k)
+            first = np.searchsorted(k, partner[src], side="left")
+            last = np.searchsorted(k, partner[src], side="right")
+            present = last > first
+            src, first, last = src[present], first[present], last[present]
+            own = rank[first] * span + gs[src]
+            own_lo = np.searchsorted(joint, own, side="left")
+            own_hi = np.searchsorted(joint, own, side="right")
+            for a, b in ((first, own_lo), (own_hi, last)):
+                counts = b - a
+                hit = counts > 0
+                for i, j in _expand_runs(order[src[hit]], a[hit], counts[hit], order):
+                    ok = np.bitwise_count(codes[i] ^ codes[j]) <= m
+                    yield i[ok], j[ok]
+
+
+def _leader_pairs(codes: np.ndarray, max_hamming: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each code paired with the first code of its bucket on every band, when within ``max_hamming`` bits: at most
+    one pair per code and band, and enough to join most copies of one image before all pairs are considered."""
+    _, edges = _band_edges(max_hamming)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        keys = _band_keys(codes, lo, hi)
+        order = np.argsort(keys, kind="stable")
+        k = keys[order]
+        new_key = np.r_[True, k[1:] != k[:-1]]
+        leader = order[np.flatnonzero(new_key)[np.cumsum(new_key) - 1]]
+        i, j = leader[~new_key], order[~new_key]
+        ok = np.bitwise_count(codes[i] ^ codes[j]) <= max_hamming
+        yield i[ok], j[ok]
 
 
 def near_duplicate_groups_hashes(phashes: np.ndarray, *, max_hamming: int = 4) -> np.ndarray:
@@ -380,54 +428,98 @@ def near_duplicate_groups_images(
     # Identical thumbnails are near duplicates at no cost; only distinct ones are compared.
     uniq, inverse = _unique_rows(thumbs)
     codes = _phash_of_thumbnails(uniq)
-    comp = _verified_components(uniq, _hamming_candidates(codes, m), lambda a, b: _changed_share(a, b, tol) <= share)
+    comp = _verified_components(uniq, codes, m, lambda a, b: _changed_share(a, b, tol) <= share)
     return _groups_from_components(comp[inverse.ravel()])
 
 
 #: Candidate pairs gathered before they are checked: bounds memory whatever the number of candidates.
 _CANDIDATE_BATCH = 1 << 21
 
+#: Failed checks after which two groups of joined images are taken to be different: two images of alike hashes
+#: with 80 copies each would otherwise cost 6,400 checks, all failing.
+_MAX_FAILED_CHECKS = 16
 
-def _verified_components(thumbs: np.ndarray, candidates: Iterator[tuple[np.ndarray, np.ndarray]],
+
+def _distinct(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values: a sort and a mask (np.unique's hashing takes over a second on 2 million keys)."""
+    x = np.sort(x)
+    return x[np.r_[True, x[1:] != x[:-1]]] if len(x) else x
+
+
+def _run_ranks(sorted_keys: np.ndarray) -> np.ndarray:
+    """Position of each element within its run of equal keys (0 for the first)."""
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    return np.arange(len(sorted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_keys)]))
+
+
+def _verified_components(thumbs: np.ndarray, codes: np.ndarray, max_hamming: int,
                          same: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-    """Connected components of the candidate pairs that ``same`` confirms on the thumbnails.
+    """Connected components of the pairs within ``max_hamming`` hash bits that ``same`` confirms on the thumbnails.
 
-    Candidates are taken a batch at a time; a pair whose two images are already joined is not checked (the
-    components do not change), nor is a pair proposed twice within a batch. Data with many copies of each image
-    (augmented sets: tens of millions of candidate pairs at a million images) is then checked in bounded memory.
+    Data with many copies of each image (augmented sets: 80 copies of each of 12,000 images at a million rows)
+    has billions of candidate pairs, almost all inside one image's copies. So the copies are joined first, each
+    against the first member of its hash buckets; then only pairs across the components so far are generated.
+    A pair whose two images have been joined meanwhile is not checked, and two components are compared on one
+    pair first, then on at most ``_MAX_FAILED_CHECKS`` failing pairs in all: beyond that they are different
+    images whose hashes happen to be alike. Up to that bound the components are those of all confirmed pairs.
     """
     n = len(thumbs)
-    root = np.arange(n)  # a member of each node's component, the same for all its members
-    batch: list[tuple[np.ndarray, np.ndarray]] = []
-    size = 0
+    root = np.arange(n)  # the first member of each node's component
+    failed_keys, failed_counts = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
 
-    def merge() -> None:
-        nonlocal root
-        a = np.concatenate([p[0] for p in batch])
-        b = np.concatenate([p[1] for p in batch])
-        batch.clear()
-        open_ = root[a] != root[b]
-        pairs = np.unique(np.minimum(a[open_], b[open_]) * n + np.maximum(a[open_], b[open_]))
-        ca, cb = np.divmod(pairs, n)
-        ok = np.concatenate([same(thumbs[ca[c:c + (1 << 14)]], thumbs[cb[c:c + (1 << 14)]])
-                             for c in range(0, len(ca), 1 << 14)]) if len(ca) else np.zeros(0, dtype=bool)
-        if ok.any():
-            # Each node tied to its component's member, plus the confirmed pairs; the first member is the new one.
-            comp = _components(n, np.r_[np.arange(n), ca[ok]], np.r_[root, cb[ok]])
-            root = np.unique(comp, return_index=True)[1][comp]
+    def check(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.concatenate([same(thumbs[a[c:c + (1 << 14)]], thumbs[b[c:c + (1 << 14)]])
+                               for c in range(0, len(a), 1 << 14)]) if len(a) else np.zeros(0, dtype=bool)
 
-    for a, b in candidates:
-        # Pairs already joined are dropped as they come, so that the batches fill with open pairs only.
-        keep = root[a] != root[b]
-        if not keep.any():
-            continue
-        batch.append((a[keep].astype(np.int64), b[keep].astype(np.int64)))
-        size += int(keep.sum())
-        if size >= _CANDIDATE_BATCH:
-            merge()
-            size = 0
-    if batch:
-        merge()
+    def failures(keys: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(failed_keys, keys), max(len(failed_keys) - 1, 0))
+        return np.where(failed_keys[at] == keys, failed_counts[at], 0) if len(failed_keys) else np.zeros_like(keys)
+
+    def settle(a: np.ndarray, b: np.ndarray) -> None:
+        nonlocal root, failed_keys, failed_counts
+        a, b = np.divmod(_distinct(np.minimum(a, b) * n + np.maximum(a, b)), n)
+        for allowed in (1, _MAX_FAILED_CHECKS):  # one pair per two components first: most join on it
+            open_ = root[a] != root[b]
+            a, b = a[open_], b[open_]
+            ra, rb = root[a], root[b]
+            key = np.minimum(ra, rb) * n + np.maximum(ra, rb)
+            order = np.argsort(key, kind="stable")
+            a, b, key = a[order], b[order], key[order]
+            take = _run_ranks(key) < np.minimum(allowed, _MAX_FAILED_CHECKS - failures(key))
+            ok = check(a[take], b[take])
+            if ok.any():
+                # Each node tied to its component's first member, plus the confirmed pairs.
+                comp = _components(n, np.r_[np.arange(n), a[take][ok]], np.r_[root, b[take][ok]])
+                root = np.unique(comp, return_index=True)[1][comp]
+            if (~ok).any():
+                new_keys, new_counts = np.unique(key[take][~ok], return_counts=True)
+                keys = _distinct(np.r_[failed_keys, new_keys])
+                counts = failures(keys)
+                counts[np.searchsorted(keys, new_keys)] += new_counts
+                failed_keys, failed_counts = keys, counts
+            a, b = a[~take], b[~take]
+
+    def run(candidates: Iterator[tuple[np.ndarray, np.ndarray]]) -> None:
+        batch: list[tuple[np.ndarray, np.ndarray]] = []
+        size = 0
+        for a, b in candidates:
+            # Pairs already joined, or between components already told apart, are dropped as they come: batches
+            # fill with open pairs only.
+            ra, rb = root[a], root[b]
+            keep = ra != rb
+            if len(failed_keys):
+                keep &= failures(np.minimum(ra, rb) * n + np.maximum(ra, rb)) < _MAX_FAILED_CHECKS
+            if keep.any():
+                batch.append((a[keep].astype(np.int64), b[keep].astype(np.int64)))
+                size += int(keep.sum())
+            if size >= _CANDIDATE_BATCH:
+                settle(np.concatenate([p[0] for p in batch]), np.concatenate([p[1] for p in batch]))
+                batch, size = [], 0
+        if batch:
+            settle(np.concatenate([p[0] for p in batch]), np.concatenate([p[1] for p in batch]))
+
+    run(_leader_pairs(codes, max_hamming))
+    run(_hamming_candidates(codes, max_hamming, root))
     return root
 
 
