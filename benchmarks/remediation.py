@@ -11,6 +11,7 @@ The plan's cost is read against the ground truth: poison removed or relabelled, 
 
     python benchmarks/remediation.py [--data image_backdoor text_trigger] [--seed 0]
     python benchmarks/remediation.py --data --matrix blend-seed102 pair_flip-seed100   # cells of the attack matrix
+    python benchmarks/remediation.py --trusted 500   # 500 test samples as a trusted set
 
 Prints a Markdown table with the command that produced it (the numbers go to ``benchmarks/RESULTS.md``).
 """
@@ -36,10 +37,16 @@ from forensics.verify import verify
 
 
 def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.DataFrame, seed: int, *,
-        pairs: bool = False) -> dict[str, object]:
-    """The loop on one dataset with its model and ground truth: one row of the table."""
+        pairs: bool = False, trusted: int = 0) -> dict[str, object]:
+    """The loop on one dataset with its model and ground truth: one row of the table. With ``trusted``, that many
+    samples drawn from the test split (never trained on) are the trusted set, and the rest is the holdout."""
     t0 = time.perf_counter()
-    inv = forensics.investigate(train_data, model, random_state=seed, progress=False)
+    trusted_set = None
+    if trusted:
+        pick = np.zeros(len(test), dtype=bool)
+        pick[np.random.default_rng(seed).permutation(len(test))[:trusted]] = True
+        trusted_set, test = test.subset(pick), test.subset(~pick)
+    inv = forensics.investigate(train_data, model, random_state=seed, progress=False, trusted=trusted_set)
     inv.find_triggers(holdout=test)
     plan = inv.plan(pairs=pairs)
     sanitized = plan.apply(train_data)
@@ -51,7 +58,7 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
     asr = [c for c in result.table.columns if c.startswith("asr ")]
     counts = plan.counts()
     return {
-        "data": name, "n": len(train_data), "poison": int(poison.sum()),
+        "data": name + (f" (trusted set of {trusted})" if trusted else ""), "n": len(train_data), "poison": int(poison.sum()),
         "confirmed triggers": ", ".join(c[4:] for c in asr) or "none",
         "removed / relabelled / quarantined": f"{counts['remove']} / {counts['relabel']} / {counts['quarantine']}",
         "poison acted on": f"{(acted & poison).sum() / max(1, poison.sum()):.3f}",
@@ -66,13 +73,13 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
     }
 
 
-def bundled(name: str, seed: int, pairs: bool) -> dict[str, object]:
+def bundled(name: str, seed: int, pairs: bool, trusted: int) -> dict[str, object]:
     data = sample_data.load(name)
     model, _ = data.model()
-    return run(name, data.train, data.test, model, sample_data.load_truth(name), seed, pairs=pairs)
+    return run(name, data.train, data.test, model, sample_data.load_truth(name), seed, pairs=pairs, trusted=trusted)
 
 
-def matrix_cell(name: str, pairs: bool) -> dict[str, object]:
+def matrix_cell(name: str, pairs: bool, trusted: int) -> dict[str, object]:
     """A cell of the attack matrix (``family-seedN``), with the model the matrix trained and cached for it."""
     import matrix
 
@@ -84,7 +91,7 @@ def matrix_cell(name: str, pairs: bool) -> dict[str, object]:
     if not folder.with_suffix(".safetensors").is_file():
         raise SystemExit(f"no cached model for {name}: run python benchmarks/matrix.py first")
     model, _ = load_model(folder)
-    return run(f"matrix {name}", built.train, built.test, model, built.truth, int(seed), pairs=pairs)
+    return run(f"matrix {name}", built.train, built.test, model, built.truth, int(seed), pairs=pairs, trusted=trusted)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matrix", nargs="*", default=[], metavar="CELL",
                         help="cells of the attack matrix too, e.g. blend-seed102 pair_flip-seed100 (cached models)")
     parser.add_argument("--pairs", action="store_true", help="the plan relabels back one-way relabellings as a whole")
+    parser.add_argument("--trusted", type=int, default=0, metavar="N",
+                        help="N samples of the test split are a trusted set (investigate(trusted=...)), not the holdout")
     args = parser.parse_args(argv)
-    rows = ([bundled(name, args.seed, args.pairs) for name in args.data]
-            + [matrix_cell(name, args.pairs) for name in args.matrix])
+    rows = ([bundled(name, args.seed, args.pairs, args.trusted) for name in args.data]
+            + [matrix_cell(name, args.pairs, args.trusted) for name in args.matrix])
     table = pd.DataFrame(rows)
     print(f"Command: `python benchmarks/remediation.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ")
     print(f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
