@@ -402,6 +402,9 @@ def near_duplicate_groups_images(
     light blend or a few edited pixels joins its original; two different images of similar shape do not.
     A pasted patch that covers more than about 1% of a tiny (28 x 28) image can move the hash past
     ``max_hamming``; such copies are found by feature distance (:func:`near_duplicate_groups_features`).
+    Two groups of copies already joined are compared on at most 16 failing pairs before they are taken to be
+    different images, so data holding many copies of each image (augmented sets) stays fast: a million images,
+    83 noisy copies of each, in about 6 minutes on 2 cores.
 
     Parameters
     ----------
