@@ -523,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "one's suspicion and reasons over the last rounds (norm, dissent, Krum distance, sybil groups,\n"
                     "stale and non-finite updates), printed. --report also writes a self-contained HTML page for a\n"
                     "person: the verdict, the flagged clients with their reasons, the sybil groups with their\n"
-                    "members and a map of the clients.",
+                    "members, a map of the clients and each flagged client's suspicion round by round (every round\n"
+                    "scored on the recording as it stood then, as a guard would have).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit status:\n  0  no client reaches --threshold\n  1  at least one client is flagged\n"
                "  2  bad input (not a recording, a damaged round file, an unwritable --report path); reason on stderr\n"
@@ -535,8 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     clients.add_argument("--table-out", metavar="FILE", help="write the per-client table (.csv, .parquet, .json)")
     clients.add_argument("--top", type=int, default=15, help="clients printed (15)")
     clients.add_argument("--report", metavar="FILE",
-                         help="write an HTML report here: verdict, flagged clients, sybil groups, client map "
-                              "(self-contained, about 5 MB)")
+                         help="write an HTML report here: verdict, flagged clients, sybil groups, client map, "
+                              "suspicion round by round (self-contained, about 5 MB)")
     clients.set_defaults(func=_clients)
     return parser
 
@@ -566,7 +567,12 @@ def _clients(args: argparse.Namespace) -> int:
     if args.report:
         from .federated.report import write_client_report
 
-        page = write_client_report(args.report, report, rec, title=f"Federated clients: {args.recording}")
+        # Each round scored on the recording as it stood then, as a guard would have: the suspicion round by round.
+        reports = {r: analyze_clients(rec.until(r), window=args.window, threshold=args.threshold,
+                                      min_group=args.min_group) for r in rec.rounds[:-1]}
+        reports[rec.rounds[-1]] = report
+        page = write_client_report(args.report, report, rec, title=f"Federated clients: {args.recording}",
+                                   reports=reports)
         print(f"report written to {page}")
     return EXIT_FAIL if flagged else EXIT_PASS
 

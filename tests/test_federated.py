@@ -378,6 +378,26 @@ def test_the_clients_command_reads_a_recording_and_fails_on_flagged_clients(digi
     assert "holds no recording" in capsys.readouterr().err
 
 
+def test_a_recording_until_a_round_is_what_a_guard_saw_then(digits):
+    scenario = FederatedScenario(n_honest=20, alpha=0.5, n_rounds=4, n_sybils=10, sybil_join=2, random_state=0)
+    rec = UpdateRecorder()
+    guard_saw = {}
+
+    def on_round(r, ids, updates, n_ex, params):  # analysed as each round arrives, as a guard does
+        rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+        guard_saw[r] = analyze_clients(rec).table["suspicion"].sort_index()
+
+    simulate_federation(scenario, *digits, on_round=on_round)
+    for r in rec.rounds:
+        then = rec.until(r)
+        assert then.rounds == [q for q in rec.rounds if q <= r]
+        pd.testing.assert_series_equal(analyze_clients(then).table["suspicion"].sort_index(), guard_saw[r])
+    assert len(rec.until(1).clients) == 20 and len(rec.until(2).clients) == 30  # the sybils join at round 2
+    assert len(rec.clients) == 30 and rec.rounds == [0, 1, 2, 3]  # the recording itself is untouched
+    with pytest.raises(InputError, match=r"no round up to 0 is recorded"):
+        UpdateRecorder(k=8).until(0)
+
+
 def test_only_groups_flagged_for_being_alike_are_sybil_groups(hostile, capsys):
     from forensics.cli import main
 
@@ -619,6 +639,10 @@ def test_the_clients_command_writes_the_report_and_keeps_its_output_and_exit_cod
     assert f"<title>Federated clients: {html.escape(str(hostile.folder))}</title>" in page
     assert "13 of 43 clients flagged over rounds 1-3: one coordinated group of 11 (sybils)" in page
     assert "<li>&lt;script&gt;alert(1)&lt;/script&gt;</li>" in page and "<script>alert(1)</script>" not in page
+    # Round by round: every recorded round scored on the recording as it stood then.
+    rounds = UpdateRecorder.load(hostile.folder, attach=False).rounds
+    assert "<h2 id=timeline>Suspicion round by round</h2>" in page
+    assert f"as the guard analysed each of the {len(rounds)} round(s) given" in page
     # Bad arguments: each named, exit 2, nothing analysed or written.
     assert main(["clients", str(tmp_path / "nothing"), "--report", str(tmp_path / "r.html")]) == 2
     captured = capsys.readouterr()

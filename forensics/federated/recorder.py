@@ -238,6 +238,22 @@ class UpdateRecorder:
             raise InputError(f"round {r} is not recorded; recorded rounds: {self.rounds[:10]}")
         return self._rounds[r]
 
+    def until(self, last_round: int) -> UpdateRecorder:
+        """The recording as it stood once ``last_round`` was recorded: an in-memory recorder holding the rounds up
+        to it (the round records are shared, not copied), e.g. to score a saved run round by round as a guard
+        would have."""
+        r = check_int(last_round, "last_round", low=0)
+        kept = {q: rec for q, rec in self._rounds.items() if q <= r}
+        if not kept:
+            raise InputError(f"no round up to {r} is recorded; recorded rounds: {self.rounds[:10]}")
+        view = UpdateRecorder(k=self.k, random_state=self.random_state)
+        view.n_params, view.layout = self.n_params, self.layout
+        view._rounds = kept
+        view._clients = {cid: dict(c) for cid, c in self._clients.items() if c["first_round"] <= r}
+        view._anomalies = [dict(a) for a in self._anomalies if a["round"] <= r]
+        view._digests = {q: d for q, d in self._digests.items() if q <= r}
+        return view
+
     @property
     def clients(self) -> pd.DataFrame:
         """One row per client: ``first_round``, ``n_rounds``, ``n_params`` and its metadata's keys as columns."""
