@@ -58,7 +58,8 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
     asr = [c for c in result.table.columns if c.startswith("asr ")]
     counts = plan.counts()
     return {
-        "data": name + (f" (trusted set of {trusted})" if trusted else ""), "n": len(train_data), "poison": int(poison.sum()),
+        "data": name + (f" (trusted set of {trusted})" if trusted else ""), "n": len(train_data),
+        "poison": int(poison.sum()),
         "confirmed triggers": ", ".join(c[4:] for c in asr) or "none",
         "removed / relabelled / quarantined": f"{counts['remove']} / {counts['relabel']} / {counts['quarantine']}",
         "poison acted on": f"{(acted & poison).sum() / max(1, poison.sum()):.3f}",
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="cells of the attack matrix too, e.g. blend-seed102 pair_flip-seed100 (cached models)")
     parser.add_argument("--pairs", action="store_true", help="the plan relabels back one-way relabellings as a whole")
     parser.add_argument("--trusted", type=int, default=0, metavar="N",
-                        help="N samples of the test split are a trusted set (investigate(trusted=...)), not the holdout")
+                        help="N test samples are a trusted set (investigate(trusted=...)), not the holdout")
     args = parser.parse_args(argv)
     rows = ([bundled(name, args.seed, args.pairs, args.trusted) for name in args.data]
             + [matrix_cell(name, args.pairs, args.trusted) for name in args.matrix])
