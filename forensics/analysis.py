@@ -79,7 +79,11 @@ def investigate(
         A small set the user vouches for (same classes, never part of ``dataset``): its activations are extracted
         from the same model and layer, and the signals ``trusted_disagreement`` (its labels around each sample) and
         ``trusted_distance`` (how far each sample lies from every trusted sample of its label) run
-        (:mod:`forensics.signals.trusted`). Needs the model (not precomputed activations).
+        (:mod:`forensics.signals.trusted`). With 500 or more trusted samples they also anchor the nulls of the
+        signals that read only activations, labels and predictions (spectral, robust spectral, kNN disagreement,
+        targeted flip, low loss): the trusted samples are scored with the data and their scores are each signal's
+        null, which a poisoned minority cannot inflate (``inv.params["anchored_signals"]``). Needs the model (not
+        precomputed activations).
     random_state : int
         The seed of every step: the reference model, the signals, the map and its clusters.
     client : dask.distributed.Client, optional
@@ -166,7 +170,7 @@ def investigate(
     params = {
         "layer": used_layer, "pooling": pooling, "random_state": random_state, "signals": info["signals"],
         "signal_params": info["signal_params"], "skipped_signals": info["skipped"], "signal_seconds": info["seconds"],
-        "threshold": info["threshold"],
+        "threshold": info["threshold"], "anchored_signals": info["anchored"],
         "reference_model_trained": trained, "activation_meta": {k: str(v) for k, v in meta.items()},
         "toolkit_version": info["toolkit_version"], "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -189,8 +193,10 @@ def investigate(
     return inv
 
 
-def _trusted_activations(trusted: Any, dataset: Dataset, model: Any, **extract: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The trusted set's activations (same model and layer) and labels, after checking it can be compared."""
+def _trusted_activations(trusted: Any, dataset: Dataset, model: Any, **extract: Any
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The trusted set's activations (same model and layer), labels and the model's probabilities, after checking it
+    can be compared."""
     from .activations import extract_activations
 
     if not isinstance(trusted, Dataset):
@@ -207,7 +213,8 @@ def _trusted_activations(trusted: Any, dataset: Dataset, model: Any, **extract: 
                          "be kept apart from the data it vouches against")
     layer = extract.pop("layer")
     acts = extract_activations(model, trusted, layers=None if layer == "given" else layer, progress=False, **extract)
-    return np.asarray(acts.feature(layer if layer != "given" else acts.layer), dtype=np.float32), trusted.labels
+    return (np.asarray(acts.feature(layer if layer != "given" else acts.layer), dtype=np.float32), trusted.labels,
+            np.asarray(acts.probs))
 
 
 def __getattr__(name: str) -> Any:

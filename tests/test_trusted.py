@@ -94,3 +94,61 @@ def test_the_trusted_signals_join_the_default_set_only_when_a_trusted_set_is_giv
     assert not any(name.startswith("trusted") for name in [*info["signals"], *info["skipped"]])
     _, info = compute_signals(x, y, trusted=(rng.normal(size=(9, 5)), np.repeat([0, 1, 2], 3)))
     assert {"trusted_disagreement", "trusted_distance"} <= set(info["signals"])
+
+
+def test_clean_scores_anchor_a_fitted_null_that_the_poison_inflates():
+    from forensics.signals.combine import combine, tail_probability
+
+    rng = np.random.default_rng(0)
+    # A poisoned fifth lies beyond the bulk's 87.5th percentile: the tail fitted to the bulk is partly the poison's.
+    clean, poison = rng.normal(size=1600), rng.normal(3.0, 0.3, 400)
+    s, labels = np.r_[clean, poison], np.zeros(2000, dtype=int)
+    reference = rng.normal(size=600)  # the same signal on samples known to be clean
+    bulk = combine({"spectral": s}, labels).tail_p["spectral"].to_numpy()
+    anchored = combine({"spectral": s}, labels, null_scores={"spectral": reference}).tail_p["spectral"].to_numpy()
+    np.testing.assert_allclose(anchored, tail_probability(s, reference=reference, max_gain=len(s)))
+    assert np.median(anchored[1600:]) < np.median(bulk[1600:]) / 5
+    assert np.mean(anchored[:1600] < 0.01) <= 0.01  # the clean samples are not the price
+    for bad, message in (({"high_loss": reference}, "only a combined signal with a fitted null"),
+                         ({"robust_spectral": reference}, "only a combined signal with a fitted null"),
+                         ({"spectral": [np.nan, 1.0]}, "fewer than 2 finite scores")):
+        with pytest.raises(InputError, match=message):
+            combine({"spectral": s, "high_loss": np.abs(s)}, labels, null_scores=bad)
+
+
+def test_a_large_trusted_set_is_scored_with_the_data_and_anchors_the_nulls():
+    from forensics.analysis import compute_signals
+    from forensics.signals.combine import combine
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(scale=4, size=(3, 8))
+    y, ty = np.repeat([0, 1, 2], 400), np.repeat([0, 1, 2], 200)
+    x = centres[y] + rng.normal(size=(1200, 8))
+    x[:60] += 3.0  # a shifted group in class 0
+    tx = centres[ty] + rng.normal(size=(600, 8))
+    probs = np.full((1200, 3), 0.1)
+    probs[np.arange(1200), y] = 0.8
+    tprobs = np.full((600, 3), 0.1)
+    tprobs[np.arange(600), ty] = 0.8
+    chosen = ("spectral", "knn_disagreement", "low_loss", "trusted_distance")
+    table, info = compute_signals(x, y, probs=probs, trusted=(tx, ty, tprobs), signals=chosen)
+    assert info["anchored"] == ["knn_disagreement", "low_loss", "spectral"]
+    assert list(table.columns[:4]) == [f"{name}_score" for name in chosen]  # the order asked for
+    # Each anchored signal scored the data and the trusted samples together; the trusted rows are its null.
+    union, _ = compute_signals(np.vstack([x, tx]), np.r_[y, ty], probs=np.vstack([probs, tprobs]),
+                               signals=chosen[:3])
+    for name in chosen[:3]:
+        np.testing.assert_allclose(table[f"{name}_score"], union[f"{name}_score"][:1200])
+    scores = {name: table[f"{name}_score"].to_numpy() for name in chosen}
+    nulls = {name: union[f"{name}_score"].to_numpy()[1200:] for name in chosen[:3]}
+    np.testing.assert_allclose(table["suspicion"], combine(scores, y, null_scores=nulls).suspicion)
+    # Without the trusted probabilities, a signal that reads them keeps the bulk's null; below 500 trusted
+    # samples, none is anchored.
+    assert compute_signals(x, y, probs=probs, trusted=(tx, ty), signals=chosen)[1]["anchored"] == [
+        "knn_disagreement", "spectral"]
+    assert compute_signals(x, y, probs=probs, trusted=(tx[:499], ty[:499], tprobs[:499]),
+                           signals=chosen)[1]["anchored"] == []
+    with pytest.raises(InputError, match=r"the trusted probabilities have shape \(600, 2\); expected \(600, 3\)"):
+        compute_signals(x, y, probs=probs, trusted=(tx, ty, tprobs[:, :2]), signals=chosen)
+    with pytest.raises(InputError, match="the trusted activations have 4 dimensions but the data's have 8"):
+        compute_signals(x, y, trusted=(tx[:, :4], ty), signals=chosen[:2])

@@ -238,6 +238,7 @@ def combine(
     context: Collection[str] | None = None,
     reason_p: float = 0.01,
     n_classes: int | None = None,
+    null_scores: Mapping[str, np.ndarray] | None = None,
 ) -> Combined:
     """Combine per-sample signal scores (higher = more suspicious) into one suspicion score.
 
@@ -260,6 +261,10 @@ def combine(
     n_classes : int, optional
         Number of classes, for the signals whose null reads a model's probability of the label (``label_loss``,
         ``label_doubt``); default: the largest label + 1.
+    null_scores : mapping of signal name to array, optional
+        For a signal with a fitted null: the same signal's scores on samples known to be clean (a trusted set scored
+        with the data). Its tail is then measured against them instead of the bulk of the data, which a poisoned
+        minority inflates. The tail of the summed evidence stays the bulk's.
 
     Returns
     -------
@@ -283,6 +288,13 @@ def combine(
     names = [str(name) for name, _ in items]
     y = check_labels(labels, n)
     k = int(y.max()) + 1 if n_classes is None else int(n_classes)
+    anchors = {}
+    for name, values in (null_scores or {}).items():
+        if null_kind(name) != "fitted" or name not in names:
+            raise InputError(f"null_scores[{name!r}]: only a combined signal with a fitted null can be anchored")
+        anchors[name] = check_scores(values, name=f"null_scores[{name!r}]")
+        if np.isfinite(anchors[name]).sum() < 2:
+            raise InputError(f"null_scores[{name!r}] holds fewer than 2 finite scores")
     tails = {}
     for name, values in items:
         raw = np.asarray(values)
@@ -293,7 +305,7 @@ def combine(
             raise InputError(f"scores[{name!r}] has {len(s)} entries but labels has {n}")
         s = _within_class_z(s, y) if name in standardize else s.copy()
         s[top] = np.inf
-        tails[name] = _signal_tail(name, s, k)
+        tails[name] = _signal_tail(name, s, k, anchors.get(name))
     tail_p = pd.DataFrame(tails)
     p = tail_p.to_numpy()
     pieces = _evidence_pieces(tail_p)
@@ -312,8 +324,9 @@ def combine(
     return Combined(suspicion=suspicion, tail_p=tail_p, reasons=reasons, top_signal=top_signal)
 
 
-def _signal_tail(name: str, s: np.ndarray, n_classes: int) -> np.ndarray:
-    """One signal's tail probabilities under the null it is registered with (NaN: no evidence, probability 1)."""
+def _signal_tail(name: str, s: np.ndarray, n_classes: int, reference: np.ndarray | None = None) -> np.ndarray:
+    """One signal's tail probabilities under the null it is registered with (NaN: no evidence, probability 1);
+    ``reference``: clean samples' scores that a fitted null is measured against instead of the bulk."""
     null = null_kind(name)
     with np.errstate(over="ignore"):
         if null == "exact_p":
@@ -331,7 +344,8 @@ def _signal_tail(name: str, s: np.ndarray, n_classes: int) -> np.ndarray:
         else:
             # Past 1/n**2 (n times rarer than the rarest sample that can be seen) a fitted tail has no data behind it.
             gain = float(min(MAX_GAIN, max(1, len(s))))
-            return tail_probability(s, max_shape=0.0 if null == "log_p" else MAX_SHAPE, max_gain=gain)
+            return tail_probability(s, reference=reference, max_shape=0.0 if null == "log_p" else MAX_SHAPE,
+                                    max_gain=gain)
     return np.clip(np.nan_to_num(p, nan=1.0), 1e-300, 1.0)
 
 
