@@ -281,8 +281,10 @@ def _scan(args: argparse.Namespace) -> int:
     log.info("scanning %s: %s, %s", data_name, dataset, model_name)
 
     log.info("extracting activations and running the signals")
+    # The canaries are a trusted set: their labels around each sample, and (500 or more) the anchor of the nulls.
     inv = investigate(dataset, model, layer=args.layer, random_state=args.seed, progress=tty,
-                      cache_dir=args.cache_dir, signals=_signal_selection(args.signals, args.signal_param))
+                      cache_dir=args.cache_dir, signals=_signal_selection(args.signals, args.signal_param),
+                      trusted=canaries)
     if inv.model is not None:
         log.info("searching for triggers and confirming them on the model")
         # Trusted held-out samples take the add test, where the model has not memorized any label.
@@ -689,9 +691,11 @@ def _scan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", metavar="MANIFEST",
                    help="manifest.parquet of an earlier scan: report what was added, removed, relabelled or "
                         "modified since, by source, and rank the changed samples")
-    p.add_argument("--canaries", metavar="DATA", help="trusted samples with known labels (same formats as DATA): "
-                                                      "report the model's accuracy on them, and paste trigger "
-                                                      "candidates into them to confirm them")
+    p.add_argument("--canaries", metavar="DATA", help="trusted samples with known labels (same formats as DATA), "
+                                                      "kept out of DATA: the trusted signals compare the data with "
+                                                      "them (500 or more also anchor the signals' nulls), the "
+                                                      "report gives the model's accuracy on them, and trigger "
+                                                      "candidates are pasted into them to be confirmed")
     p.add_argument("--baseline-model", metavar="PATH",
                    help="an earlier model (safetensors + card): list the canaries whose prediction changed")
     p.add_argument("--text-column", default="text", help="CSV/JSONL column of the texts (default text)")

@@ -164,6 +164,9 @@ def test_saved_investigation_loads_with_the_flags_of_the_scan(poison_result):
     n_flagged = int((inv.signals["suspicion"] >= 2).sum())
     assert inv.counts()["suspected"] == n_flagged == len(pd.read_csv(out / "flagged.csv"))
     assert len(inv.triggers) > 0
+    # The 20 canaries are the trusted set: the trusted signals ran; too few of them to anchor the nulls.
+    assert {"trusted_disagreement", "trusted_distance"} <= set(inv.params["signals"])
+    assert inv.params["anchored_signals"] == []
 
 
 def test_report_escapes_hostile_strings_and_shows_the_baseline_diff(poison_result):
