@@ -171,6 +171,9 @@ def investigate(
         "layer": used_layer, "pooling": pooling, "random_state": random_state, "signals": info["signals"],
         "signal_params": info["signal_params"], "skipped_signals": info["skipped"], "signal_seconds": info["seconds"],
         "threshold": info["threshold"], "anchored_signals": info["anchored"],
+        # Kept so that a later recombination (a confirmed trigger, a plan) measures against the same null.
+        "trusted_null_scores": {name: [float(v) if np.isfinite(v) else None for v in values]
+                                for name, values in info["null_scores"].items()},
         "reference_model_trained": trained, "activation_meta": {k: str(v) for k, v in meta.items()},
         "toolkit_version": info["toolkit_version"], "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -403,6 +403,14 @@ class Investigation:
             checked[key] = a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.uint8)
         self._trigger_arrays = checked
 
+    @property
+    def null_scores(self) -> dict[str, np.ndarray]:
+        """By signal, the trusted samples' scores that are its null (``investigate(..., trusted=...)`` with 500 or
+        more trusted samples; :func:`~forensics.signals.combine.combine`'s ``null_scores``); empty without."""
+        kept = self._params.get("trusted_null_scores") or {}
+        return {name: np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+                for name, values in kept.items()}
+
     def replace_signals(self, table: pd.DataFrame) -> None:
         """Replace the signals table (same samples; ``suspicion`` and ``reasons`` required), e.g. after a new
         signal was added. A cluster table already built keeps the suspicion it was built with."""

@@ -152,3 +152,30 @@ def test_a_large_trusted_set_is_scored_with_the_data_and_anchors_the_nulls():
         compute_signals(x, y, probs=probs, trusted=(tx, ty, tprobs[:, :2]), signals=chosen)
     with pytest.raises(InputError, match="the trusted activations have 4 dimensions but the data's have 8"):
         compute_signals(x, y, trusted=(tx[:, :4], ty), signals=chosen[:2])
+
+
+def test_investigate_keeps_the_trusted_null_for_every_later_recombination(tmp_path):
+    from forensics.investigation import Investigation
+    from forensics.models import train_reference_model
+    from forensics.signals.combine import combine
+    from forensics.signals.registry import score_columns
+
+    d = load_digits()
+    images = (d.images * 16).clip(0, 255).astype(np.uint8)
+    full = Dataset.from_numpy(images, d.target, ids=[f"digit-{i:04d}" for i in range(len(images))])
+    held = np.zeros(len(full), dtype=bool)
+    held[np.random.default_rng(1).permutation(len(full))[:520]] = True
+    flips = random_label_flips(full.subset(~held), rate=0.1, random_state=0)
+    model = train_reference_model(flips.dataset, epochs=4, random_state=0, progress=False)
+    inv = investigate(flips.dataset, model, signals=("spectral", "knn_disagreement", "high_loss", "trusted_distance"),
+                      trusted=full.subset(held), progress=False)
+    assert inv.params["anchored_signals"] == ["knn_disagreement", "spectral"]
+    assert {k: len(v) for k, v in inv.null_scores.items()} == {"knn_disagreement": 520, "spectral": 520}
+    scores = score_columns(inv.signals)
+    np.testing.assert_allclose(inv.signals["suspicion"],
+                               combine(scores, inv.dataset.labels, null_scores=inv.null_scores).suspicion)
+    inv.save(tmp_path / "inv")
+    loaded = Investigation.load(tmp_path / "inv")
+    for name, values in inv.null_scores.items():
+        np.testing.assert_array_equal(loaded.null_scores[name], values)
+    assert len(loaded.plan().table) == len(inv.plan().table)

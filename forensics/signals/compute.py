@@ -93,7 +93,8 @@ def compute_signals(
         in ``shared_seconds``), ``skipped`` signals and why, ``signals`` that ran, ``signal_params`` (the effective
         parameters of every signal asked for), the combination's ``threshold``, ``random_state``, the toolkit's
         version, and the intermediates kept for an investigation (``duplicate_groups``, ``shared_marks``,
-        ``relabelled_pairs``) when they were computed; ``anchored``: the signals whose null the trusted set gave.
+        ``relabelled_pairs``) when they were computed; ``anchored``: the signals whose null the trusted set gave,
+        and ``null_scores``: the trusted samples' scores on them.
     """
     if signals is None and trusted is not None:  # the default set, and what reads the trusted samples
         signals = [*default_signals(), *(s.name for s in registered_signals() if "trusted" in s.needs)]
@@ -139,7 +140,7 @@ def compute_signals(
     table["reasons"] = combined.reasons
     info = {"seconds": seconds, "shared_seconds": shared_seconds, "skipped": skipped, "signals": list(scores),
             "signal_params": selected, "threshold": _combine.DEFAULT_THRESHOLD, "random_state": ctx.random_state,
-            "toolkit_version": __version__, "anchored": sorted(null_scores), **outputs}
+            "toolkit_version": __version__, "anchored": sorted(null_scores), "null_scores": null_scores, **outputs}
     return table, info
 
 

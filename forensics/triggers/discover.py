@@ -201,7 +201,9 @@ def find_triggers(
         column = score_column("trigger")
         signals = inv.signals.drop(columns=["suspicion", "reasons"] + ([column] if column in inv.signals else []))
         signals[column] = scores
-        combined = _combine.combine(score_columns(signals), ds.labels, n_classes=len(ds.class_names))
+        present = score_columns(signals)
+        combined = _combine.combine(present, ds.labels, n_classes=len(ds.class_names),
+                                    null_scores={k: v for k, v in inv.null_scores.items() if k in present})
         signals["suspicion"] = combined.suspicion
         signals["reasons"] = combined.reasons
         inv.replace_signals(signals)
