@@ -16,11 +16,15 @@ Fusions compared:
 - ``plain_fisher``: every signal through a fitted tail (exact p-values as they are), one piece each, summed, and
   the sum's tail from :func:`forensics.signals.combine.evidence_tail` (the fusion before the label nulls, the
   evidence groups and the Fisher bound),
-- ``hmp``: the harmonic mean of the shipped per-signal probabilities, its ``-ln`` through ``evidence_tail``.
+- ``hmp``: the harmonic mean of the shipped per-signal probabilities, its ``-ln`` through ``evidence_tail``,
+- ``anchored`` (with ``--anchor N``): as shipped, with N clean samples of the cell drawn as a trusted set whose
+  scores are the null of :data:`forensics.signals.compute.ANCHORED_SIGNALS` (what ``investigate(..., trusted=)``
+  does with 500 or more); every fusion is then measured on the other samples.
 
 Use only tuning seeds for choices (0-4); the report seeds are for the report.
 
     python benchmarks/fusion_lab.py [--seeds 0-4] [--families patch flips ...] [--refresh source robust_spectral]
+    python benchmarks/fusion_lab.py --seeds 100-104 --refresh all --anchor 500
 """
 
 from __future__ import annotations
@@ -37,13 +41,14 @@ import pandas as pd
 from forensics import evaluate
 from forensics.analysis import compute_signals
 from forensics.signals import combine as cb
+from forensics.signals.compute import ANCHORED_SIGNALS
 from forensics.signals.registry import null_kind, registered_signals
 
 
 class Cell:
     """One cached cell: its signal scores, labels and truth, with the named signals recomputed."""
 
-    def __init__(self, folder: Path, work: Path, refresh: list[str]) -> None:
+    def __init__(self, folder: Path, work: Path, refresh: list[str], anchor: int = 0) -> None:
         self.name = folder.name
         self.table = pd.read_parquet(folder / "signals.parquet")
         self.labels = self.table["label"].to_numpy()
@@ -52,7 +57,7 @@ class Cell:
         self.signals = [c[: -len("_score")] for c in self.table.columns
                         if c.endswith("_score") and c[: -len("_score")] not in context]
         self.scores = {s: self.table[f"{s}_score"].to_numpy(dtype=np.float64) for s in self.signals}
-        todo = [s for s in refresh if s in self.scores]
+        todo = self.signals if refresh == ["all"] else [s for s in refresh if s in self.scores]
         if todo:
             family, seed = self.name.rsplit("-seed", 1)
             built = matrix.draw(family, int(seed)).build()
@@ -60,6 +65,18 @@ class Cell:
             fresh, _ = compute_signals(arrays["features"], self.labels, probs=arrays["probs"], dataset=built.train,
                                        signals=todo, random_state=int(seed))
             self.scores.update({s: fresh[f"{s}_score"].to_numpy() for s in todo})
+        self.nulls: dict[str, np.ndarray] = {}
+        if anchor:
+            # A trusted set: clean samples drawn per cell, scored with the data, then set apart.
+            seed = int(self.name.rsplit("-seed", 1)[1])
+            clean = np.flatnonzero(~self.is_poison)
+            trusted = np.zeros(len(self.labels), dtype=bool)
+            trusted[np.random.default_rng(seed).choice(clean, min(anchor, len(clean)), replace=False)] = True
+            self.nulls = {s: v[trusted] for s, v in self.scores.items() if s in ANCHORED_SIGNALS}
+            keep = ~trusted
+            self.table = self.table[keep].reset_index(drop=True)
+            self.labels, self.is_poison = self.labels[keep], self.is_poison[keep]
+            self.scores = {s: v[keep] for s, v in self.scores.items()}
 
 
 def _plain_fisher(c: Cell) -> np.ndarray:
@@ -83,6 +100,9 @@ FUSIONS: dict[str, Callable[[Cell], np.ndarray]] = {
     "plain_fisher": _plain_fisher,
     "hmp": _hmp,
 }
+ANCHORED: dict[str, Callable[[Cell], np.ndarray]] = {
+    "anchored": lambda c: cb.combine(c.scores, c.labels, null_scores=c.nulls).suspicion,
+}
 
 
 def _recall(scores: np.ndarray, y: np.ndarray) -> float:
@@ -93,14 +113,15 @@ def _recall(scores: np.ndarray, y: np.ndarray) -> float:
 def compare(cell: Cell) -> dict[str, object]:
     y = cell.is_poison
     row: dict[str, object] = {"cell": cell.name}
+    fusions = {**FUSIONS, **(ANCHORED if cell.nulls else {})}
     if not y.any():
-        for name, fuse in FUSIONS.items():
+        for name, fuse in fusions.items():
             row[name] = f"{100 * np.mean(fuse(cell) >= cb.DEFAULT_THRESHOLD):.2f}% flagged"
         return row
     best = max(cell.signals, key=lambda s: _recall(cell.scores[s], y))
     best_r = _recall(cell.scores[best], y)
     row["best signal"] = f"{best_r:.2f} {best}"
-    for name, fuse in FUSIONS.items():
+    for name, fuse in fusions.items():
         s = fuse(cell)
         row[name] = f"{_recall(s, y) - best_r:+.2f} ({np.mean(s[y] >= cb.DEFAULT_THRESHOLD):.2f})"
     return row
@@ -111,13 +132,15 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     attacked = rows[rows["best signal"].fillna("") != ""]
     clean = rows[rows["best signal"].fillna("") == ""]
     out = {}
-    for name in FUSIONS:
+    for name in [f for f in {**FUSIONS, **ANCHORED} if f in rows]:
         gap = attacked[name].str.split().str[0].astype(float)
         flagged = clean[name].str.split("%").str[0].astype(float)
         images = flagged[~clean["cell"].str.startswith("text")]
         texts = flagged[clean["cell"].str.startswith("text")]
+        caught = attacked[name].str.extract(r"\(([\d.]+)\)", expand=False).astype(float)
         out[name] = {"median gap": f"{gap.median():+.2f}", "worst gap": f"{gap.min():+.2f}",
                      "cells below -0.02": f"{int((gap < -0.02).sum())} of {len(gap)}",
+                     "poison flagged at 2, mean": f"{caught.mean():.3f}",
                      "clean images, worst % flagged": f"{images.max():.2f}" if len(images) else "",
                      "clean texts, worst % flagged": f"{texts.max():.2f}" if len(texts) else ""}
     return pd.DataFrame(out).T.rename_axis("fusion").reset_index()
@@ -127,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--families", nargs="+", choices=matrix.FAMILIES, default=list(matrix.FAMILIES))
-    parser.add_argument("--refresh", nargs="*", default=[], help="signals to recompute on each cell first")
+    parser.add_argument("--refresh", nargs="*", default=[],
+                        help="signals to recompute on each cell first ('all': every signal of the cell)")
+    parser.add_argument("--anchor", type=int, default=0, metavar="N",
+                        help="add the 'anchored' fusion: N clean samples per cell as a trusted set")
     parser.add_argument("--work", type=Path, default=matrix.WORK)
     args = parser.parse_args(argv)
     rows = []
@@ -135,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         for family in args.families:
             folder = args.work / f"{family}-seed{seed}"
             if (folder / "signals.parquet").is_file():
-                rows.append(compare(Cell(folder, args.work, args.refresh)))
+                rows.append(compare(Cell(folder, args.work, args.refresh, args.anchor)))
     if not rows:
         print("no cached cells: run benchmarks/matrix.py first")
         return 1
