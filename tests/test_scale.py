@@ -242,6 +242,16 @@ def test_signals_on_a_cluster_equal_a_local_run(data, client):
     assert remote["reasons"].tolist() == local["reasons"].tolist()
     assert remote_info["skipped"] == local_info["skipped"]
     np.testing.assert_array_equal(remote_info["duplicate_groups"], local_info["duplicate_groups"])
+    # With a trusted set large enough to anchor the nulls: its run with the data goes to the cluster too.
+    trusted = (rng.normal(size=(500, 12)).astype(np.float32) + np.arange(500)[:, None] % 3,
+               np.arange(500) % 3, rng.dirichlet(np.ones(3), 500).astype(np.float32))
+    chosen = ("spectral", "knn_disagreement", "low_loss", "duplicates")
+    local, local_info = compute_signals(features, data.labels, probs=probs, dataset=data, trusted=trusted,
+                                        signals=chosen)
+    remote, remote_info = compute_signals(features, data.labels, probs=probs, dataset=data, trusted=trusted,
+                                          signals=chosen, client=client)
+    assert remote_info["anchored"] == local_info["anchored"] == ["knn_disagreement", "low_loss", "spectral"]
+    np.testing.assert_allclose(remote.drop(columns="reasons").to_numpy(), local.drop(columns="reasons").to_numpy())
 
 
 @pytest.mark.slow
