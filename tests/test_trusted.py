@@ -150,8 +150,9 @@ def test_a_large_trusted_set_is_scored_with_the_data_and_anchors_the_nulls():
         "knn_disagreement", "spectral"]
     assert compute_signals(x, y, probs=probs, trusted=(tx[:499], ty[:499], tprobs[:499]),
                            signals=chosen)[1]["anchored"] == []
-    with pytest.raises(InputError, match=r"the trusted probabilities have shape \(600, 2\); expected \(600, 3\)"):
-        compute_signals(x, y, probs=probs, trusted=(tx, ty, tprobs[:, :2]), signals=chosen)
+    for n in (600, 100):  # checked whether or not the set is large enough to anchor
+        with pytest.raises(InputError, match=rf"the trusted probabilities have shape \({n}, 2\); expected \({n}, 3\)"):
+            compute_signals(x, y, probs=probs, trusted=(tx[:n], ty[:n], tprobs[:n, :2]), signals=chosen)
     with pytest.raises(InputError, match="the trusted activations have 4 dimensions but the data's have 8"):
         compute_signals(x, y, trusted=(tx[:, :4], ty), signals=chosen[:2])
 

@@ -106,7 +106,8 @@ def compute_signals(
     context: dict[str, Any] = {"probs": probs, "dataset": dataset, "sources": source_ids, "trusted": trusted,
                                "random_state": random_state}
     ctx = SignalContext(features, labels, **context)  # checks every input here, before any work
-    anchored = _anchored(selected, ctx, trusted_probs)
+    t_probs = _trusted_probs(trusted_probs, ctx)
+    anchored = _anchored(selected, ctx, t_probs)
     if anchored:
         t_features = check_features(ctx.trusted[0])  # type: ignore[index]
         if t_features.shape[1] != ctx.features.shape[1]:
@@ -114,7 +115,6 @@ def compute_signals(
                              f"{ctx.features.shape[1]}: extract both from the same layer")
         t_labels = check_labels(ctx.trusted[1], len(t_features), name="trusted_labels")  # type: ignore[index]
         # The trusted samples scored with the data: their rows come after the data's.
-        t_probs = _trusted_probs(trusted_probs, ctx)
         both: dict[str, Any] = {"probs": None if t_probs is None else np.vstack([ctx.probs, t_probs]),  # type: ignore[list-item]
                                 "random_state": random_state}
         union = _score(client, SignalContext(np.vstack([ctx.features, t_features]), np.r_[ctx.labels, t_labels],
