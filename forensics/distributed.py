@@ -132,20 +132,34 @@ def groups_of(names: Sequence[str]) -> list[list[str]]:
 def score_on(client: Any, features: np.ndarray, labels: np.ndarray, selected: Mapping[str, Mapping[str, Any]],
              context: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Run the selected signals on the cluster, a task per group (:func:`groups_of`); one result per group."""
-    client = check_client(client)
-    # The arrays (and the dataset) go to the cluster once; every task reads them from there.
-    data = {"features": features, "labels": labels,
-            **{k: v for k, v in context.items() if k != "random_state" and v is not None}}
-    scattered = client.scatter(data, broadcast=False, hash=False)
-    f, y = scattered.pop("features"), scattered.pop("labels")
-    rest = {**context, **scattered}
+    from concurrent.futures import CancelledError
+
     from .signals.registry import get_signal
 
-    # Each task carries its signals' declarations: a signal registered in a notebook runs on a worker too.
-    futures = [client.submit(_score_group, f, y, {name: (get_signal(name), selected[name]) for name in group},
-                             rest, pure=False)
-               for group in groups_of(list(selected))]
-    return client.gather(futures)
+    client = check_client(client)
+    data = {"features": features, "labels": labels,
+            **{k: v for k, v in context.items() if k != "random_state" and v is not None}}
+    for attempt in range(_SCATTER_ATTEMPTS):
+        # The arrays (and the dataset) go to the cluster once; every task reads them from there.
+        scattered = client.scatter(data, broadcast=False, hash=False)
+        f, y = scattered.pop("features"), scattered.pop("labels")
+        rest = {**context, **scattered}
+        # Each task carries its signals' declarations: a signal registered in a notebook runs on a worker too.
+        futures = [client.submit(_score_group, f, y, {name: (get_signal(name), selected[name]) for name in group},
+                                 rest, pure=False)
+                   for group in groups_of(list(selected))]
+        try:
+            return client.gather(futures)
+        except CancelledError:
+            # A worker left with the scattered arrays, and the tasks that needed them were cancelled for lost
+            # dependencies: send the arrays again (a task that failed for another reason raises as it is).
+            if attempt == _SCATTER_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: Times the signals' arrays are sent to the cluster when a worker holding them leaves mid-run.
+_SCATTER_ATTEMPTS = 3
 
 
 __all__ = ["SHARED_INTERMEDIATE", "check_client", "forward_chunks_on", "groups_of", "score_on"]

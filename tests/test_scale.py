@@ -254,6 +254,25 @@ def test_signals_on_a_cluster_equal_a_local_run(data, client):
     np.testing.assert_allclose(remote.drop(columns="reasons").to_numpy(), local.drop(columns="reasons").to_numpy())
 
 
+def test_signals_are_sent_again_when_a_worker_leaves_with_their_arrays(data, client, monkeypatch):
+    from distributed.client import FutureCancelledError
+
+    features = np.random.default_rng(2).normal(size=(N, 6)).astype(np.float32) + data.labels[:, None]
+    local, _ = compute_signals(features, data.labels, signals=("spectral", "knn_disagreement"))
+    real, calls = client.gather, []
+
+    def gather_once_lost(futures, *args, **kwargs):
+        calls.append(len(futures))
+        if len(calls) == 1:  # as when the worker holding the scattered arrays dies before the tasks read them
+            raise FutureCancelledError("x", reason="lost dependencies")
+        return real(futures, *args, **kwargs)
+
+    monkeypatch.setattr(client, "gather", gather_once_lost)
+    remote, _ = compute_signals(features, data.labels, signals=("spectral", "knn_disagreement"), client=client)
+    assert len(calls) == 2
+    np.testing.assert_allclose(remote.drop(columns="reasons").to_numpy(), local.drop(columns="reasons").to_numpy())
+
+
 @pytest.mark.slow
 def test_investigate_with_a_client(data, client):
     model = TinyNet()
