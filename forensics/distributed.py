@@ -140,8 +140,11 @@ def score_on(client: Any, features: np.ndarray, labels: np.ndarray, selected: Ma
     data = {"features": features, "labels": labels,
             **{k: v for k, v in context.items() if k != "random_state" and v is not None}}
     for attempt in range(_SCATTER_ATTEMPTS):
-        # The arrays (and the dataset) go to the cluster once; every task reads them from there.
-        scattered = client.scatter(data, broadcast=False, hash=False)
+        # The arrays (and the dataset) go to the cluster once; every task reads them from there. Scattered as a
+        # list, each under a fresh key: a dict's keys would be the data's keys, and a second run (or a retry) could
+        # read the first run's "features" while those are still held.
+        names = list(data)
+        scattered = dict(zip(names, client.scatter([data[k] for k in names], broadcast=False, hash=False)))
         f, y = scattered.pop("features"), scattered.pop("labels")
         rest = {**context, **scattered}
         # Each task carries its signals' declarations: a signal registered in a notebook runs on a worker too.
