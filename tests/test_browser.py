@@ -1,6 +1,6 @@
 """The dashboard in a real browser: JupyterLab runs notebooks, headless Chromium clicks and lassoes the map.
 
-One JupyterLab server on 127.0.0.1 (random port and token, configuration in a temporary folder) serves three
+One JupyterLab server on 127.0.0.1 (random port and token, configuration in a temporary folder) serves four
 notebooks, each opened in a workspace of its own:
 
 - ``dashboard.ipynb``, written here: a digits investigation with 40 planted images on an island of the map (fixed
@@ -9,6 +9,9 @@ notebooks, each opened in a workspace of its own:
   a point, and checks that no payload ran.
 - ``map_scale.ipynb``, written here: a map of 200,000 samples (fixed coordinates), which draws 60,000 of them;
   the test lassoes a region and checks that every sample inside it is selected, drawn or not.
+- ``clients.ipynb``, written here: a simulated federation of 40 honest clients and 10 sybils, its client panel with
+  the timeline; the test clicks a sybil on the map and lassoes the group, and checks the table and the timeline's
+  thick lines.
 - ``notebooks/01_quickstart.ipynb`` as shipped (bundled Fashion-MNIST with a patch backdoor from contrib-17): all
   its cells run (the investigation and the UMAP of 12,000 points: minutes on a busy CPU), then the test finds the
   cluster the notebook flagged, clicks one of its points, lassoes it and chooses it in the cluster list, and checks
@@ -147,6 +150,20 @@ text_dash = text_inv.dashboard()
 text_dash
 '''
 
+
+CLIENTS_CELL = r'''
+from forensics.federated import UpdateRecorder, analyze_clients
+from forensics.panels import ClientPanel
+from forensics.redteam.federated import FederatedScenario, load_digits_split, simulate_federation
+
+rec = UpdateRecorder()
+scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=5, n_sybils=10, sybil_join=2, random_state=0)
+run = simulate_federation(scenario, *load_digits_split(), on_round=lambda r, ids, updates, n, params:
+                          rec.record_round(r, updates, client_ids=ids, n_examples=n.astype(int)))
+reports = {r: analyze_clients(rec.until(r)) for r in rec.rounds}
+client_panel = ClientPanel(reports[rec.rounds[-1]], rec, reports=reports)
+client_panel
+'''
 
 SCALE_CELL = r'''
 from types import SimpleNamespace
@@ -290,7 +307,7 @@ def lab(tmp_path_factory):
     """JupyterLab over the test notebook and the quickstart: (base url, token, notebook folder)."""
     _require_browser()
     with jupyterlab(tmp_path_factory.mktemp("lab"), [IMAGE_CELL, TEXT_CELL], (QUICKSTART,),
-                    {"map_scale.ipynb": [SCALE_CELL]}) as server:
+                    {"map_scale.ipynb": [SCALE_CELL], "clients.ipynb": [CLIENTS_CELL]}) as server:
         yield server
 
 
@@ -683,6 +700,64 @@ def test_a_sampled_map_in_jupyterlab_selects_every_sample_inside_a_lasso(lab):
             assert page.evaluate(STREAMS_JS) == ""
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "failure-map-scale.png"))
+            raise
+
+
+CLIENT_PLOT_JS = "document.querySelector('.forensics-client-map .js-plotly-plot')"
+CLIENT_POINT_JS = f"""([trace, i]) => {{ const gd = {CLIENT_PLOT_JS};
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
+  return [box.left + xa.l2p(gd.data[trace].x[i]), box.top + ya.l2p(gd.data[trace].y[i]), gd.data[trace].customdata[i]];
+}}"""
+#: The clients whose timeline line is drawn thick (followed), as the browser holds the figure.
+CLIENT_THICK_JS = """() => { const gd = document.querySelector('.forensics-client-timeline .js-plotly-plot');
+  return gd && gd.data ? gd.data.filter(t => t.line.width === 3).map(t => t.name).sort() : null; }"""
+
+
+def test_client_map_in_jupyterlab_follows_the_clicked_and_lassoed_clients(lab):
+    """The federated client panel in JupyterLab: a click on a sybil's diamond lists it in the table and draws its
+    line thick in the timeline below; a lasso around the whole sybil group lists every member."""
+    from playwright.sync_api import expect
+
+    base, token, work = lab
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "failure-clients.png").unlink(missing_ok=True)
+    expect.set_options(timeout=TIMEOUT_MS)
+    with browser_page(work.parent / "chromium-profile-clients") as page:
+        try:
+            run_all_cells(page, base, token, "clients.ipynb")
+            page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+            page.wait_for_function(f"() => {{ const gd = {CLIENT_PLOT_JS}; return !!gd && !!gd.data && "
+                                   "gd.data.length === 2 && !!gd.data[0].customdata; }", timeout=120_000)
+            page.wait_for_function(f"() => ({CLIENT_THICK_JS})() !== null", timeout=TIMEOUT_MS)
+            page.locator(".forensics-client-map").scroll_into_view_if_needed()
+            table = page.locator(".forensics-clients")
+            expect(table).to_contain_text("10 client(s)")  # the flagged ones: the sybils
+            x, y, client = page.evaluate(CLIENT_POINT_JS, [0, 0])
+            assert client.startswith("sybil-")
+            page.wait_for_timeout(400)
+            page.mouse.move(x, y)
+            page.mouse.click(x, y)
+            expect(table).to_contain_text("1 client(s)")
+            expect(table).to_contain_text(client)
+            page.wait_for_function(f"(want) => JSON.stringify(({CLIENT_THICK_JS})()) === JSON.stringify(want)",
+                                   arg=[client], timeout=TIMEOUT_MS)
+            members = page.evaluate(f"() => Array.from({CLIENT_PLOT_JS}.data[0].customdata)")
+            corners = [page.evaluate(CLIENT_POINT_JS, [0, i])[:2] for i in range(len(members))]
+            box = page.evaluate(f"() => {{ const r = {CLIENT_PLOT_JS}.querySelector('.nsewdrag')"
+                                ".getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }")
+            xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+            # The group sits apart on the map; a margin of a few pixels keeps the honest clients out.
+            _lasso_rectangle(page, max(min(xs) - 6, box[0] + 2), max(min(ys) - 6, box[1] + 2),
+                             min(max(xs) + 6, box[0] + box[2] - 2), min(max(ys) + 6, box[1] + box[3] - 2))
+            thick = page.wait_for_function(f"(n) => {{ const t = ({CLIENT_THICK_JS})(); "
+                                           "return t && t.length >= n ? t : false; }", arg=len(members),
+                                           timeout=TIMEOUT_MS).json_value()
+            assert set(members) <= set(thick)
+            expect(table).to_contain_text(f"{len(thick)} client(s)")
+            page.screenshot(path=str(ARTIFACTS / "clients.png"))
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "failure-clients.png"))
             raise
 
 

@@ -437,10 +437,50 @@ def test_client_panel_maps_the_clients_and_draws_their_suspicion_round_by_round(
     assert "10 client(s)" in panel.table.value
     panel.select(["honest-0001"])
     assert "honest-0001" in panel.table.value and "1 client(s)" in panel.table.value
+    with pytest.raises(InputError, match=r"unknown client\(s\) \['nobody'\]"):
+        panel.select(["nobody"])
     with pytest.raises(InputError, match="reports is empty"):
         suspicion_timeline({})
     with pytest.raises(InputError, match="ClientPanel takes a ClientReport"):
         ClientPanel(report.table, rec)
+
+
+def test_client_panel_lasso_and_click_on_the_map_follow_the_clients_in_the_table_and_timeline(planted):
+    """The message plotly's browser code sends on a lasso across two traces, then on a click: the table lists the
+    picked clients and the timeline draws exactly their lines thick and blue (private plotly API, as in
+    test_panels)."""
+    from forensics.panels import ClientPanel
+
+    rec, run, _ = planted
+    report = analyze_clients(rec)
+    panel = ClientPanel(report, rec, reports={r: analyze_clients(rec) for r in (3, 4)})
+    fig = panel.map
+    assert len(fig.data) == 2  # the sybil group and the rest
+    sybil = list(fig.data[0].customdata[:2])
+    honest = [str(fig.data[1].customdata[3])]
+    fig._js2py_pointsCallback = {
+        "event_type": "plotly_selected", "selector": None, "device_state": None,
+        "points": {"trace_indexes": [0, 0, 1], "point_indexes": [0, 1, 3], "xs": [0] * 3, "ys": [0] * 3}}
+    assert panel.selected == [*sybil, *honest] and "3 client(s)" in panel.table.value
+    lines = {str(c): t for c, t in zip(panel.timeline.columns, panel.timeline_figure.data)}
+    thick = {c for c, t in lines.items() if t.line.width == 3}
+    assert thick == {*sybil, *honest} and all(lines[c].line.color == "#2166ac" for c in thick)
+    assert {t.opacity for c, t in lines.items() if c not in thick} == {0.35}
+    # A click on one honest client: only it is followed; a click that picks nothing keeps the view.
+    click = {"event_type": "plotly_click", "selector": None, "device_state": None,
+             "points": {"trace_indexes": [1], "point_indexes": [5], "xs": [0], "ys": [0]}}
+    fig._js2py_pointsCallback = click
+    clicked = str(fig.data[1].customdata[5])
+    assert panel.selected == [clicked] and "1 client(s)" in panel.table.value
+    assert {c for c, t in lines.items() if t.line.width == 3} == {clicked}
+    fig._js2py_pointsCallback = {"event_type": "plotly_deselect", "selector": None, "device_state": None,
+                                 "points": {"trace_indexes": [], "point_indexes": [], "xs": [], "ys": []}}
+    assert panel.selected == [clicked]
+    # Clearing the selection in code restores the flagged view: every line thin, flagged ones red.
+    panel.select([])
+    assert {t.line.width for t in lines.values()} == {1} and "10 client(s)" in panel.table.value
+    flagged = set(panel.points.index[panel.points["is_flagged"]])
+    assert {c for c, t in lines.items() if t.line.color == "#b2182b"} == flagged
 
 
 # ------------------------------------------------------------------------------------------------ report
