@@ -11,7 +11,8 @@ whose code changed since the cell was cached: rebuilding the cell's data takes a
 
 Fusions compared:
 
-- ``cached``: the suspicion stored with the cell (the fusion shipped when it was scored),
+- ``cached``: the suspicion stored with the cell before ``find_triggers`` (the fusion shipped when it was scored),
+  ``cached_final``: after it,
 - ``shipped``: :func:`forensics.signals.combine.combine` as it is now, on the (refreshed) scores,
 - ``plain_fisher``: every signal through a fitted tail (exact p-values as they are), one piece each, summed, and
   the sum's tail from :func:`forensics.signals.combine.evidence_tail` (the fusion before the label nulls, the
@@ -19,7 +20,13 @@ Fusions compared:
 - ``hmp``: the harmonic mean of the shipped per-signal probabilities, its ``-ln`` through ``evidence_tail``,
 - ``anchored`` (with ``--anchor N``): as shipped, with N clean samples of the cell drawn as a trusted set whose
   scores are the null of :data:`forensics.signals.compute.ANCHORED_SIGNALS` (what ``investigate(..., trusted=)``
-  does with 500 or more); every fusion is then measured on the other samples.
+  does with 500 or more); every fusion is then measured on the other samples,
+- ``no_floor``: as shipped, without the floor a confirmed trigger sets (``combine(..., floor=())``),
+- ``exact_floor``: as shipped, with every exact p-value signal (activation cluster, shared mark, source) setting a
+  floor like the trigger's: its strongest p-value times the number of pieces of evidence.
+
+The cells' ``trigger`` scores (from ``find_triggers``) are summed like any signal, so ``shipped`` is the suspicion
+after trigger discovery.
 
 Use only tuning seeds for choices (0-4); the report seeds are for the report.
 
@@ -56,8 +63,12 @@ class Cell:
         context = {s.name for s in registered_signals() if s.context_only}
         self.signals = [c[: -len("_score")] for c in self.table.columns
                         if c.endswith("_score") and c[: -len("_score")] not in context]
+        # A cell where no trigger was confirmed has no trigger signal (find_triggers adds none there).
+        if "trigger" in self.signals and not (self.table["trigger_score"] > 0).any():
+            self.signals.remove("trigger")
         self.scores = {s: self.table[f"{s}_score"].to_numpy(dtype=np.float64) for s in self.signals}
-        todo = self.signals if refresh == ["all"] else [s for s in refresh if s in self.scores]
+        # ``trigger`` comes from find_triggers on the model, not from the activations: it is kept as cached.
+        todo = [s for s in (self.signals if refresh == ["all"] else refresh) if s in self.scores and s != "trigger"]
         if todo:
             family, seed = self.name.rsplit("-seed", 1)
             built = matrix.draw(family, int(seed)).build()
@@ -94,11 +105,26 @@ def _hmp(c: Cell) -> np.ndarray:
     return -np.log10(cb.evidence_tail(np.log(np.mean(1.0 / p, axis=1)).clip(0)))
 
 
+def _floored(c: Cell, names: Callable[[str], bool]) -> np.ndarray:
+    """As shipped, but never below the strongest exact p-value among ``names`` times the number of pieces of
+    evidence (a Bonferroni bound over them)."""
+    comb = cb.combine(c.scores, c.labels)
+    exact = [s for s in comb.tail_p.columns if names(s)]
+    if not exact:
+        return comb.suspicion
+    m = cb._evidence_pieces(comb.tail_p).shape[1]
+    floor = np.minimum(1.0, m * comb.tail_p[exact].to_numpy().min(axis=1))
+    return np.maximum(comb.suspicion, -np.log10(floor))
+
+
 FUSIONS: dict[str, Callable[[Cell], np.ndarray]] = {
     "cached": lambda c: c.table["suspicion"].to_numpy(),
+    "cached_final": lambda c: c.table["combined"].to_numpy(),
     "shipped": lambda c: cb.combine(c.scores, c.labels).suspicion,
     "plain_fisher": _plain_fisher,
     "hmp": _hmp,
+    "no_floor": lambda c: cb.combine(c.scores, c.labels, floor=()).suspicion,
+    "exact_floor": lambda c: _floored(c, lambda s: null_kind(s) == "exact_p"),
 }
 ANCHORED: dict[str, Callable[[Cell], np.ndarray]] = {
     "anchored": lambda c: cb.combine(c.scores, c.labels, null_scores=c.nulls).suspicion,

@@ -538,7 +538,8 @@ def with_triggers(table: pd.DataFrame, f: Features, built: Built, model_path: Pa
                   seed: int) -> tuple[np.ndarray, list[str]]:
     """The suspicion after trigger discovery, as an analyst (or ``forensics scan``) gets it: the investigation's
     :meth:`find_triggers` confirms candidates on the model and folds their carriers in. Returns the final
-    suspicion and the confirmed triggers' descriptions."""
+    suspicion and the confirmed triggers' descriptions; the ``trigger`` signal's scores, when a trigger was
+    confirmed, are added to ``table`` as ``trigger_score``, for recombinations."""
     from forensics.investigation import Investigation
     from forensics.models import load_model
 
@@ -552,6 +553,8 @@ def with_triggers(table: pd.DataFrame, f: Features, built: Built, model_path: Pa
     found = inv.find_triggers(model, holdout=built.test, random_state=seed)
     confirmed = [f"{d} (target {t})" for d, t, v in zip(found["description"], found["target"], found["verdict"])
                  if v == "confirmed"]
+    if "trigger_score" in inv.signals:
+        table["trigger_score"] = inv.signals["trigger_score"].to_numpy(dtype=np.float64)
     return inv.signals["suspicion"].to_numpy(), confirmed
 
 

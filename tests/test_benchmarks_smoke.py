@@ -111,7 +111,8 @@ def test_fusion_lab_compares_fusions_on_cached_cells(fusion_lab, tmp_path):
             "spectral_score": rng.exponential(1.0, n),
             "duplicates_score": np.zeros(n),
             "knn_outlier_score": np.where(is_poison, 0.0, rng.normal(size=n)),  # context only: never counted
-            "suspicion": rng.random(n), "is_poison": is_poison, "label": labels,
+            "suspicion": rng.random(n), "is_poison": is_poison, "label": labels, "combined": rng.random(n),
+            "trigger_score": np.zeros(n),  # no trigger confirmed: not a signal of the cell
         })
         (tmp_path / name).mkdir()
         table.to_parquet(tmp_path / name / "signals.parquet")

@@ -106,6 +106,32 @@ def test_a_confirmed_trigger_is_exact_evidence_whatever_share_carries_it():
         combine({**scores, "trigger": np.full(10_000, -1.0)}, labels)
 
 
+def test_a_weakly_confirmed_trigger_keeps_its_carriers_above_agreeing_moderate_evidence():
+    """One confirmation at p = 1e-4 beside silent signals, and clean samples on which several signals agree
+    moderately (hard, ambiguous samples): the floor keeps every carrier at least at 4 - log10(pieces) and above
+    them; the plain sum puts the carriers below."""
+    scores, labels = _null(n=10_000, seed=7)
+    rng = np.random.default_rng(7)
+    agreeing = rng.choice(10_000, 60, replace=False)
+    for name in ("normal", "correlated"):
+        scores[name][agreeing] = 2.3  # about 1 in 90 each
+    scores["heavy"][agreeing] = np.quantile(scores["heavy"], 0.98)
+    carriers = np.setdiff1d(rng.choice(10_000, 100, replace=False), agreeing)[:40]
+    trigger = np.zeros(10_000)
+    trigger[carriers] = 4.0
+    plain = combine({**scores, "trigger": trigger}, labels, floor=())
+    c = combine({**scores, "trigger": trigger}, labels)
+    pieces = len(scores) + 1
+    floor = np.where(trigger > 0, 4 - np.log10(pieces), 0)
+    np.testing.assert_allclose(c.suspicion, np.maximum(plain.suspicion, floor))
+    assert c.suspicion[carriers].min() > c.suspicion[agreeing].max()
+    assert plain.suspicion[carriers].min() < plain.suspicion[agreeing].max()
+    others = np.setdiff1d(np.arange(10_000), carriers)
+    np.testing.assert_array_equal(c.suspicion[others], plain.suspicion[others])
+    with pytest.raises(InputError, match=r"floor names \['normal'\], whose null is not an exact p-value"):
+        combine(scores, labels, floor=["normal"])
+
+
 def _calibrated_label_probs(n, k, rng):
     """The probability a calibrated model gives each sample's label, the label drawn from its prediction."""
     probs = rng.dirichlet(np.full(k, 0.3), size=n)

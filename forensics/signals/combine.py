@@ -51,6 +51,18 @@ to 0.88, blends 0.70 to 0.80, random flips 0.36 to 0.44), the worst clean image 
 (texts 1.71% to 1.70%); the ranking hardly moved (22 cells short of their best signal instead of 23): the anchor
 moves where the threshold falls, towards its nominal 1% of clean samples, not the order.
 
+A confirmed trigger (the ``trigger`` signal that :meth:`~forensics.investigation.Investigation.find_triggers` adds:
+an exact test on the model, counted in full only when its carriers' labels are pure) also sets a floor
+(``floor``, :data:`FLOOR_SIGNALS`): a carrier's tail probability is at most the confirmation's p-value times the
+number of pieces of evidence (a Bonferroni bound over them), so silent signals cannot drown it. In the sum alone, a
+phrase confirmed at p = 1e-4 in a small BERT left its 40 carriers at suspicion 1.5-1.7, below 62 hard clean
+snippets on which five signals agreed moderately (2.0-2.3): r@2x 0.45; with the floor 1.00 (``python
+benchmarks/own_models.py bert --seeds 4 3 2 --epochs 5``; the other seeds unchanged). Samples that carry no
+confirmed trigger are untouched, and on the attack matrix the floor changed no cell (``fusion_lab.py``, ``no_floor``
+against ``shipped``). Letting every exact p-value set such a floor (activation clusters, shared marks, sources:
+``exact_floor``) flagged up to 11.6% of a clean text control and 1.9% of a clean image one: those tests are exact
+against their own null, but their nulls are about groups, not single samples.
+
 Signals are compared on their own scale, pooled over classes: the built-in ones that need it standardize within each
 class themselves (spectral, robust spectral, low loss, kNN distance), and standardizing losses or label-quality
 scores within classes would shrink exactly the attacked class, whose spread the attack inflates (``standardize``
@@ -87,6 +99,8 @@ MAX_SHAPE = 2.0
 MAX_GAIN = 1e6
 #: Default threshold: an estimated 1% of clean samples reach it.
 DEFAULT_THRESHOLD = 2.0
+#: Signals whose own exact p-value bounds the suspicion from below (see :func:`combine`'s ``floor``).
+FLOOR_SIGNALS = ("trigger",)
 
 @dataclass(frozen=True)
 class Combined:
@@ -249,6 +263,7 @@ def combine(
     reason_p: float = 0.01,
     n_classes: int | None = None,
     null_scores: Mapping[str, np.ndarray] | None = None,
+    floor: Collection[str] = FLOOR_SIGNALS,
 ) -> Combined:
     """Combine per-sample signal scores (higher = more suspicious) into one suspicion score.
 
@@ -275,6 +290,10 @@ def combine(
         For a signal with a fitted null: the same signal's scores on samples known to be clean (a trusted set scored
         with the data). Its tail is then measured against them instead of the bulk of the data, which a poisoned
         minority inflates. The tail of the summed evidence stays the bulk's.
+    floor : collection of str
+        Signals with an exact null (``"exact_p"``) whose p-value times the number of pieces of evidence (a Bonferroni
+        bound) caps a sample's tail probability: its suspicion is never below that, whatever the other signals say.
+        Default: :data:`FLOOR_SIGNALS` (a confirmed trigger); ``()`` for the plain sum.
 
     Returns
     -------
@@ -322,6 +341,15 @@ def combine(
     evidence = -np.log(pieces).sum(axis=1)
     # No fit to the bulk may claim a sum rarer than Fisher's statistic of half as many independent p-values would be.
     tail = np.maximum(evidence_tail(evidence), stats.gamma.sf(evidence, pieces.shape[1] / 2.0))
+    # A floor signal's exact p-value, Bonferroni-corrected over the pieces, bounds the suspicion from below: silent
+    # signals beside a confirmed trigger must not drown its carriers.
+    floored = [name for name in names if name in set(floor)]
+    inexact = [name for name in floored if null_kind(name) != "exact_p"]
+    if inexact:
+        raise InputError(f"floor names {inexact}, whose null is not an exact p-value; only such a signal can set "
+                         "a floor")
+    if floored:
+        tail = np.minimum(tail, np.minimum(1.0, pieces.shape[1] * tail_p[floored].to_numpy().min(axis=1)))
     suspicion = -np.log10(np.clip(tail, 1e-300, 1.0)) + 0.0
     top_signal = np.asarray(tail_p.columns, dtype=object)[p.argmin(axis=1)]
     order = np.argsort(p, axis=1)
@@ -392,5 +420,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Combined", "DEFAULT_THRESHOLD", "MAX_GAIN", "SUM_QUANTILES", "TAIL_QUANTILES", "TRIM_P", "combine",
-           "evidence_tail", "tail_probability"]
+__all__ = ["Combined", "DEFAULT_THRESHOLD", "FLOOR_SIGNALS", "MAX_GAIN", "SUM_QUANTILES", "TAIL_QUANTILES", "TRIM_P",
+           "combine", "evidence_tail", "tail_probability"]
