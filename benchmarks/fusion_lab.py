@@ -23,7 +23,10 @@ Fusions compared:
   does with 500 or more); every fusion is then measured on the other samples,
 - ``no_floor``: as shipped, without the floor a confirmed trigger sets (``combine(..., floor=())``),
 - ``exact_floor``: as shipped, with every exact p-value signal (activation cluster, shared mark, source) setting a
-  floor like the trigger's: its strongest p-value times the number of pieces of evidence.
+  floor like the trigger's: its strongest p-value times the number of pieces of evidence,
+- ``predicted_label_null``: as shipped, with ``high_loss``'s probability read from the model's own predicted
+  distribution (the share of labels a calibrated model would draw with probability at most the label's) instead of
+  the bound ``k q`` (not with ``--anchor``).
 
 The cells' ``trigger`` scores (from ``find_triggers``) are summed like any signal, so ``shipped`` is the suspicion
 after trigger discovery.
@@ -44,6 +47,7 @@ from pathlib import Path
 import matrix
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from forensics import evaluate
 from forensics.analysis import compute_signals
@@ -57,6 +61,7 @@ class Cell:
 
     def __init__(self, folder: Path, work: Path, refresh: list[str], anchor: int = 0) -> None:
         self.name = folder.name
+        self.work = work
         self.table = pd.read_parquet(folder / "signals.parquet")
         self.labels = self.table["label"].to_numpy()
         self.is_poison = self.table["is_poison"].to_numpy(dtype=bool)
@@ -117,7 +122,27 @@ def _floored(c: Cell, names: Callable[[str], bool]) -> np.ndarray:
     return np.maximum(comb.suspicion, -np.log10(floor))
 
 
-FUSIONS: dict[str, Callable[[Cell], np.ndarray]] = {
+def _predicted_label_null(c: Cell) -> np.ndarray | None:
+    """As shipped, with ``high_loss``'s probability read from the model's own predictions instead of the bound
+    ``k q``: the share of labels a calibrated model would draw with probability at most ``q``,
+    ``mean_i sum_c p_ic [p_ic <= q]`` (needs the cell's cached probabilities)."""
+    arrays = c.work / f"matrix-{c.name}" / "activations.npz"
+    if c.nulls or "high_loss" not in c.scores or not arrays.is_file():  # (with --anchor the rows differ)
+        return None
+    probs = np.load(arrays)["probs"]
+    comb = cb.combine(c.scores, c.labels)
+    tail_p = comb.tail_p.copy()
+    flat = np.sort(probs.ravel())
+    mass = np.cumsum(flat) / len(probs)
+    at = np.searchsorted(flat, np.exp(-c.scores["high_loss"]), side="right")
+    tail_p["high_loss"] = np.clip(np.where(at > 0, mass[np.maximum(at - 1, 0)], 0.0), 1e-300, 1.0)
+    pieces = cb._evidence_pieces(tail_p)
+    evidence = -np.log(pieces).sum(axis=1)
+    return -np.log10(np.maximum(cb.evidence_tail(evidence), stats.gamma.sf(evidence, pieces.shape[1] / 2.0)))
+
+
+#: Each fusion's suspicion on a cell, or None where it does not apply.
+FUSIONS: dict[str, Callable[[Cell], np.ndarray | None]] = {
     "cached": lambda c: c.table["suspicion"].to_numpy(),
     "cached_final": lambda c: c.table["combined"].to_numpy(),
     "shipped": lambda c: cb.combine(c.scores, c.labels).suspicion,
@@ -125,8 +150,9 @@ FUSIONS: dict[str, Callable[[Cell], np.ndarray]] = {
     "hmp": _hmp,
     "no_floor": lambda c: cb.combine(c.scores, c.labels, floor=()).suspicion,
     "exact_floor": lambda c: _floored(c, lambda s: null_kind(s) == "exact_p"),
+    "predicted_label_null": _predicted_label_null,
 }
-ANCHORED: dict[str, Callable[[Cell], np.ndarray]] = {
+ANCHORED: dict[str, Callable[[Cell], np.ndarray | None]] = {
     "anchored": lambda c: cb.combine(c.scores, c.labels, null_scores=c.nulls).suspicion,
 }
 
@@ -140,15 +166,16 @@ def compare(cell: Cell) -> dict[str, object]:
     y = cell.is_poison
     row: dict[str, object] = {"cell": cell.name}
     fusions = {**FUSIONS, **(ANCHORED if cell.nulls else {})}
+    scored = {name: fuse(cell) for name, fuse in fusions.items()}
+    scored = {name: s for name, s in scored.items() if s is not None}
     if not y.any():
-        for name, fuse in fusions.items():
-            row[name] = f"{100 * np.mean(fuse(cell) >= cb.DEFAULT_THRESHOLD):.2f}% flagged"
+        for name, s in scored.items():
+            row[name] = f"{100 * np.mean(s >= cb.DEFAULT_THRESHOLD):.2f}% flagged"
         return row
     best = max(cell.signals, key=lambda s: _recall(cell.scores[s], y))
     best_r = _recall(cell.scores[best], y)
     row["best signal"] = f"{best_r:.2f} {best}"
-    for name, fuse in fusions.items():
-        s = fuse(cell)
+    for name, s in scored.items():
         row[name] = f"{_recall(s, y) - best_r:+.2f} ({np.mean(s[y] >= cb.DEFAULT_THRESHOLD):.2f})"
     return row
 
@@ -159,13 +186,13 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     clean = rows[rows["best signal"].fillna("") == ""]
     out = {}
     for name in [f for f in {**FUSIONS, **ANCHORED} if f in rows]:
-        gap = attacked[name].str.split().str[0].astype(float)
-        flagged = clean[name].str.split("%").str[0].astype(float)
+        gap = pd.to_numeric(attacked[name].str.split().str[0], errors="coerce")
+        flagged = pd.to_numeric(clean[name].str.split("%").str[0], errors="coerce")
         images = flagged[~clean["cell"].str.startswith("text")]
         texts = flagged[clean["cell"].str.startswith("text")]
         caught = attacked[name].str.extract(r"\(([\d.]+)\)", expand=False).astype(float)
         out[name] = {"median gap": f"{gap.median():+.2f}", "worst gap": f"{gap.min():+.2f}",
-                     "cells below -0.02": f"{int((gap < -0.02).sum())} of {len(gap)}",
+                     "cells below -0.02": f"{int((gap < -0.02).sum())} of {int(gap.notna().sum())}",
                      "poison flagged at 2, mean": f"{caught.mean():.3f}",
                      "clean images, worst % flagged": f"{images.max():.2f}" if len(images) else "",
                      "clean texts, worst % flagged": f"{texts.max():.2f}" if len(texts) else ""}
