@@ -58,10 +58,12 @@ number of pieces of evidence (a Bonferroni bound over them), so silent signals c
 phrase confirmed at p = 1e-4 in a small BERT left its 40 carriers at suspicion 1.5-1.7, below 62 hard clean
 snippets on which five signals agreed moderately (2.0-2.3): r@2x 0.45; with the floor 1.00 (``python
 benchmarks/own_models.py bert --seeds 4 3 2 --epochs 5``; the other seeds unchanged). Samples that carry no
-confirmed trigger are untouched, and on the attack matrix the floor changed no cell (``fusion_lab.py``, ``no_floor``
-against ``shipped``). Letting every exact p-value set such a floor (activation clusters, shared marks, sources:
-``exact_floor``) flagged up to 11.6% of a clean text control and 1.9% of a clean image one: those tests are exact
-against their own null, but their nulls are about groups, not single samples.
+confirmed trigger are untouched. On the attack matrix (``fusion_lab.py``, ``no_floor`` against ``shipped``) it changed
+none of the 50 tuning cells (seeds 0-4) and one of the 65 report cells (seeds 100-104: a blend confirmed on the model,
+r@2x gap -0.02 to 0.00, poison flagged at 2 from 77% to 85%). Letting every exact p-value set such a floor
+(activation clusters, shared marks, sources: ``exact_floor``) flagged up to 11.6% of a clean text control and 1.9% of
+a clean image one: those tests are exact against their own null, but their nulls are about groups, not single
+samples.
 
 Signals are compared on their own scale, pooled over classes: the built-in ones that need it standardize within each
 class themselves (spectral, robust spectral, low loss, kNN distance), and standardizing losses or label-quality
