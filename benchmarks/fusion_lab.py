@@ -110,18 +110,6 @@ def _hmp(c: Cell) -> np.ndarray:
     return -np.log10(cb.evidence_tail(np.log(np.mean(1.0 / p, axis=1)).clip(0)))
 
 
-def _floored(c: Cell, names: Callable[[str], bool]) -> np.ndarray:
-    """As shipped, but never below the strongest exact p-value among ``names`` times the number of pieces of
-    evidence (a Bonferroni bound over them)."""
-    comb = cb.combine(c.scores, c.labels)
-    exact = [s for s in comb.tail_p.columns if names(s)]
-    if not exact:
-        return comb.suspicion
-    m = cb._evidence_pieces(comb.tail_p).shape[1]
-    floor = np.minimum(1.0, m * comb.tail_p[exact].to_numpy().min(axis=1))
-    return np.maximum(comb.suspicion, -np.log10(floor))
-
-
 def _predicted_label_null(c: Cell) -> np.ndarray | None:
     """As shipped, with ``high_loss``'s probability read from the model's own predictions instead of the bound
     ``k q``: the share of labels a calibrated model would draw with probability at most ``q``,
@@ -149,7 +137,8 @@ FUSIONS: dict[str, Callable[[Cell], np.ndarray | None]] = {
     "plain_fisher": _plain_fisher,
     "hmp": _hmp,
     "no_floor": lambda c: cb.combine(c.scores, c.labels, floor=()).suspicion,
-    "exact_floor": lambda c: _floored(c, lambda s: null_kind(s) == "exact_p"),
+    "exact_floor": lambda c: cb.combine(c.scores, c.labels,
+                                        floor=[s for s in c.scores if null_kind(s) == "exact_p"]).suspicion,
     "predicted_label_null": _predicted_label_null,
 }
 ANCHORED: dict[str, Callable[[Cell], np.ndarray | None]] = {

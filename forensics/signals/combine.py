@@ -345,7 +345,8 @@ def combine(
     tail = np.maximum(evidence_tail(evidence), stats.gamma.sf(evidence, pieces.shape[1] / 2.0))
     # A floor signal's exact p-value, Bonferroni-corrected over the pieces, bounds the suspicion from below: silent
     # signals beside a confirmed trigger must not drown its carriers.
-    floored = [name for name in names if name in set(floor)]
+    chosen = set(floor)
+    floored = [name for name in names if name in chosen]
     inexact = [name for name in floored if null_kind(name) != "exact_p"]
     if inexact:
         raise InputError(f"floor names {inexact}, whose null is not an exact p-value; only such a signal can set "
