@@ -8,7 +8,7 @@ norm (``noise`` 1.0). Ten rounds. Per cell the same federation runs under:
 
 - ``fedavg``: no defence (the attack's reach);
 - ``guard``: :class:`forensics.federated.guard.AggregationGuard` in the loop (record, analyse the last 3 rounds,
-  leave the flagged clients out of FedAvg); its report at round 5 (the third round of the sybils) gives the sybil
+  leave the flagged clients out of FedAvg, and out of their next ``HOLD`` = 3 updates too); its report at round 5 (the third round of the sybils) gives the sybil
   recall and the share of honest clients flagged;
 - ``krum``, ``median``, ``trimmed``: Flower's own ``aggregate_krum`` (told the true number of attackers),
   ``aggregate_median`` and ``aggregate_trimmed_avg`` (cut 0.2), from ``flwr.server.strategy.aggregate``;
@@ -118,6 +118,7 @@ def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
                 out["guard"][f"recall_r{r - JOIN + 1}"] = len(flagged & sybils) / len(sybils)
                 out["guard"][f"honest_flagged_r{r - JOIN + 1}"] = len(flagged & honest_ids) / len(honest_ids)
             out["guard"]["max_honest_excluded"] = max(len(set(ex) & honest_ids) for ex in guard.excluded.values())
+            out["guard"]["hold"] = guard.hold
         print(f"  {kind:8s} {out[kind]}", flush=True)
         WORK.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=1))

@@ -22,7 +22,7 @@ from forensics.federated import (
     group_effect,
     sketch,
 )
-from forensics.federated.guard import AggregationGuard
+from forensics.federated.guard import HOLD, AggregationGuard
 from forensics.redteam.federated import (
     FederatedScenario,
     build_model,
@@ -339,6 +339,31 @@ def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
     expected = params + updates[honest_rows].mean(axis=0)
     got = np.concatenate([a.ravel() for a in parameters_to_ndarrays(new)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_a_flagged_client_is_held_out_until_it_sends_hold_unflagged_updates():
+    # c0 and c1 send outsized updates in round 1 only; the analysis looks at one round, so it flags them then alone.
+    # c1 sends nothing in rounds 2 and 3: absent rounds do not count towards its hold.
+    def run(**kw):
+        rng = np.random.default_rng(0)  # a draw in which the analysis flags no one else by chance
+        guard = AggregationGuard(UpdateRecorder(k=16), analysis={"window": 1}, **kw)
+        for r in range(9):
+            updates = {f"c{i}": rng.standard_normal(40) for i in range(30) if not (i == 1 and r in (2, 3))}
+            if r == 1:
+                updates["c0"] = updates["c0"] * 50
+                updates["c1"] = updates["c1"] * 50
+            guard.screen(r, updates)
+            assert {c for c in guard.reports[r].flagged} == ({"c0", "c1"} if r == 1 else set())
+        return {c: [r for r, ex in guard.excluded.items() if c in ex] for c in ("c0", "c1", "c2")}, guard
+
+    held, guard = run()
+    assert held == {"c0": [1, 2, 3, 4], "c1": [1, 4, 5, 6], "c2": []} and guard.hold == HOLD == 3
+    assert guard.held == {}
+    assert run(hold=0)[0] == {"c0": [1], "c1": [1], "c2": []}
+    assert run(hold=1)[0] == {"c0": [1, 2], "c1": [1, 4], "c2": []}
+    assert run(sticky=True)[0] == {"c0": [1, 2, 3, 4, 5, 6, 7, 8], "c1": [1, 4, 5, 6, 7, 8], "c2": []}
+    with pytest.raises(InputError, match="hold must be an integer >= 0; got -1"):
+        AggregationGuard(UpdateRecorder(), hold=-1)
 
 
 def test_guard_leaves_out_non_finite_and_wrong_size_updates_and_keeps_recording(tmp_path):

@@ -33,7 +33,7 @@ except ImportError as e:  # pragma: no cover - exercised only without flwr
     raise ImportError("forensics.federated.flower needs Flower (flwr): install the extra with "
                       "pip install poison-forensics[bench]") from e
 
-from .guard import AggregationGuard
+from .guard import HOLD, AggregationGuard
 from .recorder import UpdateRecorder
 
 
@@ -52,7 +52,10 @@ class ForensicStrategy(FedAvg):
     exclude : bool
         False: record and analyse only.
     sticky : bool
-        Leave a client out of every later round once it was flagged (default: only while it is flagged).
+        Leave a client out of every later round once it was flagged.
+    hold : int >= 0
+        Unflagged updates a flagged client sends before it is aggregated again (default
+        :data:`~forensics.federated.guard.HOLD`, the analysis's window; 0: as soon as it is no longer flagged).
     analysis : dict, optional
         Keyword arguments of :func:`~forensics.federated.analyze_clients`.
     client_id : callable, optional
@@ -62,11 +65,11 @@ class ForensicStrategy(FedAvg):
         Passed to Flower's ``FedAvg`` (``initial_parameters``, ``min_fit_clients``, ...).
     """
 
-    def __init__(self, recorder: UpdateRecorder, *, exclude: bool = True, sticky: bool = False,
+    def __init__(self, recorder: UpdateRecorder, *, exclude: bool = True, sticky: bool = False, hold: int = HOLD,
                  analysis: Mapping[str, Any] | None = None, client_id: Callable[[Any, Any], str] | None = None,
                  **fedavg_kwargs: Any):
         super().__init__(**fedavg_kwargs)
-        self.guard = AggregationGuard(recorder, exclude=exclude, sticky=sticky, analysis=analysis)
+        self.guard = AggregationGuard(recorder, exclude=exclude, sticky=sticky, hold=hold, analysis=analysis)
         self.client_id = _default_client_id if client_id is None else client_id
         initial = fedavg_kwargs.get("initial_parameters")
         self._global: list[np.ndarray] | None = None if initial is None else parameters_to_ndarrays(initial)
