@@ -8,8 +8,8 @@ norm (``noise`` 1.0). Ten rounds. Per cell the same federation runs under:
 
 - ``fedavg``: no defence (the attack's reach);
 - ``guard``: :class:`forensics.federated.guard.AggregationGuard` in the loop (record, analyse the last 3 rounds,
-  leave the flagged clients out of FedAvg, and out of their next ``HOLD`` = 3 updates too); its report at round 5 (the third round of the sybils) gives the sybil
-  recall and the share of honest clients flagged;
+  leave the flagged clients out of FedAvg, and out of their next ``HOLD`` = 3 updates too); its report at round 5
+  (the third round of the sybils) gives the sybil recall and the share of honest clients flagged;
 - ``krum``, ``median``, ``trimmed``: Flower's own ``aggregate_krum`` (told the true number of attackers),
   ``aggregate_median`` and ``aggregate_trimmed_avg`` (cut 0.2), from ``flwr.server.strategy.aggregate``;
 - ``clean``: FedAvg without any attacker (the honest accuracy to keep).
@@ -26,6 +26,7 @@ Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 1
     python benchmarks/federated.py quality --seeds 100 101     # writes _work/federated/<cell>.json
     python benchmarks/federated.py quality --seeds 100 --aggregators fedavg guard clean   # a part of each cell
     python benchmarks/federated.py speed
+    python benchmarks/federated.py report-cost --rounds 200    # forensics clients --report on a long recording
     python benchmarks/federated.py report --seeds 100 101      # the markdown tables
 """
 
@@ -166,6 +167,46 @@ def speed(args: argparse.Namespace) -> None:
     (WORK / "speed.txt").write_text(line + "\n")
 
 
+def report_cost(args: argparse.Namespace) -> None:
+    """``forensics clients RECORDING --report`` on a recording of 400 clients x ``--rounds`` rounds (100k-parameter
+    updates, a 100-client group sharing a direction from round 10): the wall time of the command, which analyses
+    the recording as it stood at each round for the page's timeline."""
+    import tempfile
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from forensics.cli import main as cli
+
+    n_clients, n_params, k_group = 400, 100_000, 100
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((20, n_params)).astype(np.float32)
+    mix = rng.standard_normal((n_clients, 20)).astype(np.float32)
+    shared = rng.standard_normal(n_params).astype(np.float32)
+    ids = [f"c{i:03d}" for i in range(n_clients)]
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = UpdateRecorder(Path(tmp) / "rec")
+        t0 = time.perf_counter()
+        for r in range(args.rounds):
+            updates = mix @ basis + 0.5 * rng.standard_normal((n_clients, n_params), dtype=np.float32)
+            if r >= 10:
+                updates[:k_group] = shared + 0.3 * rng.standard_normal((k_group, n_params), dtype=np.float32)
+            rec.record_round(r, updates, client_ids=ids)
+        t_rec = time.perf_counter() - t0
+        extra = [] if args.timeline_rounds is None else ["--timeline-rounds", str(args.timeline_rounds)]
+        t0 = time.perf_counter()
+        with redirect_stdout(StringIO()):
+            code = cli(["clients", str(Path(tmp) / "rec"), "--report", str(Path(tmp) / "page.html"), *extra])
+        t_cli = time.perf_counter() - t0
+        size = (Path(tmp) / "page.html").stat().st_size
+    line = (f"{n_clients} clients x {args.rounds} rounds x 100k params: recorded in {t_rec:.0f} s; "
+            f"`forensics clients --report{' ' + ' '.join(extra) if extra else ''}` {t_cli:.1f} s (exit {code}, "
+            f"page {size / 1e6:.1f} MB)")
+    print(line)
+    WORK.mkdir(parents=True, exist_ok=True)
+    with (WORK / "report_cost.txt").open("a") as f:
+        f.write(line + "\n")
+
+
 def report(args: argparse.Namespace) -> None:
     rows = []
     for f in sorted(WORK.glob("h*_s*.json")):
@@ -201,8 +242,11 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
         s.add_argument("--aggregators", nargs="+", choices=AGGREGATORS, default=list(AGGREGATORS))
     sub.add_parser("speed")
+    cost = sub.add_parser("report-cost")
+    cost.add_argument("--rounds", type=int, default=200)
+    cost.add_argument("--timeline-rounds", type=int, default=None, help="passed to the command (default: its own)")
     args = p.parse_args(argv)
-    {"quality": quality, "speed": speed, "report": report}[args.cmd](args)
+    {"quality": quality, "speed": speed, "report": report, "report-cost": report_cost}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -540,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     clients.add_argument("--report", metavar="FILE",
                          help="write an HTML report here: verdict, flagged clients, sybil groups, client map, "
                               "suspicion round by round (self-contained, about 5 MB)")
+    clients.add_argument("--timeline-rounds", type=int, default=100, metavar="N",
+                         help="the report's timeline analyses at most N rounds, evenly spaced, the first and the last "
+                              "among them (100; each is one analysis of the recording as it stood then)")
     clients.set_defaults(func=_clients)
     return parser
 
@@ -549,9 +552,11 @@ def _clients(args: argparse.Namespace) -> int:
     from .federated import UpdateRecorder, analyze_clients
 
     if args.report:  # a path that cannot be written is refused before the analysis
+        from ._validate import check_int
         from .federated.report import check_report_path
 
         check_report_path(args.report, "--report")
+        check_int(args.timeline_rounds, "--timeline-rounds", low=2)
     rec = UpdateRecorder.load(args.recording, attach=False)
     report = analyze_clients(rec, window=args.window, threshold=args.threshold, min_group=args.min_group)
     table = report.table
@@ -568,11 +573,15 @@ def _clients(args: argparse.Namespace) -> int:
         print(f"table written to {path}")
     if args.report:
         from .federated.report import write_client_report
+        from .federated.views import timeline_rounds
 
-        # Each round scored on the recording as it stood then, as a guard would have: the suspicion round by round.
+        # Each round scored on the recording as it stood then, as a guard would have: the suspicion round by round
+        # (on a long recording, evenly spaced rounds: one analysis each).
+        last = rec.rounds[-1]
         reports = {r: analyze_clients(rec.until(r), window=args.window, threshold=args.threshold,
-                                      min_group=args.min_group) for r in rec.rounds[:-1]}
-        reports[rec.rounds[-1]] = report
+                                      min_group=args.min_group)
+                   for r in timeline_rounds(rec.rounds, args.timeline_rounds) if r != last}
+        reports[last] = report
         page = write_client_report(args.report, report, rec, title=f"Federated clients: {args.recording}",
                                    reports=reports)
         print(f"report written to {page}")

@@ -168,10 +168,11 @@ def client_report_html(
     parts = [_head(title, css=_CSS), f"<h1>{escape_html(title)}</h1>",
              f"<p class=meta>Generated {escape_html(_now())} by poison-forensics {escape_html(__version__)}.</p>",
              _summary(report, recorder, verdict), _next_steps(report, recorder),
-             _flagged_section(report, recorder, first_flagged), _groups_section(report),
+             _flagged_section(report, recorder, first_flagged, sampled=reports is not None and recorder is not None
+                              and len(reports) < len(recorder.rounds)), _groups_section(report),
              _map_section(report, recorder, plotly_js)]
     if reports is not None:
-        parts.append(_timeline_section(report, reports, plotly_js))
+        parts.append(_timeline_section(report, reports, plotly_js, recorder))
     parts += [_signals_section(report), _params_section(report, recorder), "</body></html>\n"]
     return "\n".join(p for p in parts if p)
 
@@ -305,7 +306,7 @@ def _next_steps(report: ClientReport, recorder: UpdateRecorder | None) -> str:
 
 
 def _flagged_section(report: ClientReport, recorder: UpdateRecorder | None,
-                     first_flagged: dict[str, int] | None) -> str:
+                     first_flagged: dict[str, int] | None, *, sampled: bool = False) -> str:
     t = report.table
     threshold = float(report.params.get("threshold", np.nan))
     flagged = t["is_flagged"].to_numpy(dtype=bool)
@@ -326,8 +327,9 @@ def _flagged_section(report: ClientReport, recorder: UpdateRecorder | None,
         "rounds analysed": view["n_rounds"].to_numpy(),
     }, index=pd.Index([str(c) for c in view.index], name="client"))
     if first_flagged is not None:
-        frame["guard flagged it from round"] = [str(first_flagged[c]) if c in first_flagged else "never"
-                                                for c in frame.index]
+        # With evenly spaced rounds analysed, the first of them that flagged a client, not necessarily the first round.
+        name = "guard flagged it from round" + (" (of the rounds analysed)" if sampled else "")
+        frame[name] = [str(first_flagged[c]) if c in first_flagged else "never" for c in frame.index]
     if recorder is not None:
         meta = _metadata(recorder).reindex(frame.index)
         for col in meta.columns:
@@ -407,10 +409,14 @@ def _map_section(report: ClientReport, recorder: UpdateRecorder | None, plotly_j
             + div)
 
 
-def _timeline_section(report: ClientReport, reports: dict[int, ClientReport], plotly_js: list[bool]) -> str:
+def _timeline_section(report: ClientReport, reports: dict[int, ClientReport], plotly_js: list[bool],
+                      recorder: UpdateRecorder | None) -> str:
     import plotly.graph_objects as go
 
     t = suspicion_timeline(reports)
+    recorded = None if recorder is None else len(recorder.rounds)
+    which = (f"each of the {len(t)} round(s) given" if recorded is None or recorded <= len(t) else
+             f"{len(t)} of the {recorded} recorded rounds (evenly spaced; one analysis each)")
     threshold = float(report.params.get("threshold", np.nan))
     flagged = [c for c in report.flagged if c in t.columns]
     others = t.drop(columns=flagged)
@@ -428,11 +434,11 @@ def _timeline_section(report: ClientReport, reports: dict[int, ClientReport], pl
                                  line={"color": "#b2182b", "width": 1}, marker={"size": 4}))
     fig.add_hline(y=threshold, line={"color": "#333", "width": 1}, annotation_text=f"threshold {threshold:g}")
     fig.update_layout(height=380, margin={"l": 40, "r": 10, "t": 10, "b": 40}, plot_bgcolor="white",
-                      xaxis={"title": {"text": "round"}, "dtick": 1},
+                      xaxis={"title": {"text": "round"}, **({"dtick": 1} if len(t) <= 30 else {})},
                       yaxis={"title": {"text": f"suspicion (capped at {CHART_CAP:g})"}},
                       legend={"orientation": "h", "y": -0.2})
     return ("<h2 id=timeline>Suspicion round by round</h2><p>The suspicion of each flagged client (red) as the guard "
-            f"analysed each of the {len(t)} round(s) given, against the median and the highest of the other "
+            f"analysed {which}, against the median and the highest of the other "
             "clients (grey). A line that jumps when the client joins is a client that attacked from the start; one "
             "that climbs over rounds is a group whose likeness builds up. Hover for the id.</p>"
             + _plot(fig, plotly_js))

@@ -3,12 +3,13 @@ round. numpy, pandas and scikit-learn only, so that the report reads them withou
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .._validate import check_int
 from ..errors import InputError
 
 
@@ -49,4 +50,15 @@ def suspicion_timeline(reports: Mapping[int, Any]) -> pd.DataFrame:
     return pd.DataFrame({int(r): rep.table["suspicion"] for r, rep in sorted(reports.items())}).T.rename_axis("round")
 
 
-__all__ = ["client_points", "suspicion_timeline"]
+def timeline_rounds(rounds: Sequence[int], limit: int) -> list[int]:
+    """At most ``limit`` (>= 2) of ``rounds``, evenly spaced, the first and the last always among them: the rounds a
+    timeline analyses when analysing every one would cost too much (one analysis per round)."""
+    rs = sorted(int(r) for r in rounds)
+    limit = check_int(limit, "limit", low=2)
+    if len(rs) <= limit:
+        return rs
+    picks = np.unique(np.round(np.linspace(0, len(rs) - 1, limit)).astype(int))
+    return [rs[i] for i in picks]
+
+
+__all__ = ["client_points", "suspicion_timeline", "timeline_rounds"]
