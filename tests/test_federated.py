@@ -20,9 +20,11 @@ from forensics.federated import (
     apply_update,
     flatten_update,
     group_effect,
+    group_trigger,
     sketch,
 )
 from forensics.federated.guard import HOLD, AggregationGuard
+from forensics.federated.views import timeline_rounds
 from forensics.redteam.federated import (
     FederatedScenario,
     build_model,
@@ -280,6 +282,35 @@ def test_group_effect_confirms_the_sybils_backdoor(planted):
         apply_update(model, np.ones(3))
 
 
+def test_group_trigger_reconstructs_the_sybils_patch_from_the_model_alone(planted):
+    _, run, last = planted
+    model = build_model(last["params"], run.layout)
+    ids = np.array(last["ids"]).astype(str)
+    sybil_update = last["updates"][np.char.startswith(ids, "sybil")].mean(axis=0)
+    honest_update = last["updates"][np.char.startswith(ids, "honest")][:10].mean(axis=0)
+    _, _, xte, yte = load_digits_split()
+    trigger, info = group_trigger(model, sybil_update, xte, labels=yte, steps=150)
+    # The class the update pushes, and the planted square in the bottom-right corner, found without any client data.
+    k = run.scenario.patch
+    assert info["target"] == trigger.target == run.trigger.target
+    assert info["peak"][0] >= 8 - k and info["peak"][1] >= 8 - k
+    assert trigger.mask[-k:, -k:].sum() > 0.5 * trigger.mask.sum()
+    assert info["mask_ratio"] > 2 and info["asr_rise"] > 0.3
+    # It confirms itself like a known trigger, and an honest group's update induces nothing alike.
+    eff = group_effect(model, sybil_update, xte, labels=yte, trigger=trigger)
+    assert eff["asr_with"] > eff["asr_without"] + 0.3
+    _, honest = group_trigger(model, honest_update, xte, labels=yte, steps=150)
+    assert honest["asr_rise"] < info["asr_rise"] - 0.3 and honest["mask_ratio"] < info["mask_ratio"] / 2
+    applied = trigger.apply(xte[:3])
+    assert applied.dtype == np.uint8 and applied.shape == (3, 8, 8)
+    with pytest.raises(InputError, match="images holds 10 probe images; the search needs at least 20"):
+        group_trigger(model, sybil_update, xte[:10])
+    with pytest.raises(InputError, match="target 12 is not a class of the model"):
+        group_trigger(model, sybil_update, xte, target=12, steps=1)
+    with pytest.raises(InputError, match="the trigger was reconstructed on"):
+        trigger.apply(np.zeros((2, 9, 9), np.uint8))
+
+
 # ------------------------------------------------------------------------------------------------ red team
 def test_dirichlet_partition_is_a_partition_and_skews_with_alpha():
     y = np.repeat(np.arange(10), 100)
@@ -339,6 +370,16 @@ def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
     expected = params + updates[honest_rows].mean(axis=0)
     got = np.concatenate([a.ravel() for a in parameters_to_ndarrays(new)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_timeline_rounds_are_evenly_spaced_with_the_first_and_the_last():
+    assert timeline_rounds([3, 1, 2], 5) == [1, 2, 3]
+    assert timeline_rounds(range(10), 2) == [0, 9]
+    assert timeline_rounds(range(10), 4) == [0, 3, 6, 9]
+    picked = timeline_rounds(range(1000), 100)
+    assert len(picked) == 100 and picked[0] == 0 and picked[-1] == 999 and set(np.diff(picked)) <= {10, 11}
+    with pytest.raises(InputError, match="limit must be an integer >= 2; got 1"):
+        timeline_rounds(range(10), 1)
 
 
 def test_a_flagged_client_is_held_out_until_it_sends_hold_unflagged_updates():
@@ -708,6 +749,17 @@ def test_the_clients_command_writes_the_report_and_keeps_its_output_and_exit_cod
     rounds = UpdateRecorder.load(hostile.folder, attach=False).rounds
     assert "<h2 id=timeline>Suspicion round by round</h2>" in page
     assert f"as the guard analysed each of the {len(rounds)} round(s) given" in page
+    assert "guard flagged it from round</th>" in page
+    # A long recording: the timeline analyses evenly spaced rounds, the first and the last, and says so.
+    few = tmp_path / "few.html"
+    assert main(["clients", str(hostile.folder), "--report", str(few), "--timeline-rounds", "2"]) == 1
+    capsys.readouterr()
+    sparse = few.read_text()
+    assert f"as the guard analysed 2 of the {len(rounds)} recorded rounds (evenly spaced; one analysis each)" in sparse
+    assert "guard flagged it from round (of the rounds analysed)</th>" in sparse
+    few.unlink()
+    assert main(["clients", str(hostile.folder), "--report", str(few), "--timeline-rounds", "1"]) == 2
+    assert "error: --timeline-rounds must be an integer >= 2; got 1" in capsys.readouterr().err and not few.exists()
     # Bad arguments: each named, exit 2, nothing analysed or written.
     assert main(["clients", str(tmp_path / "nothing"), "--report", str(tmp_path / "r.html")]) == 2
     captured = capsys.readouterr()

@@ -5,7 +5,8 @@ the exact norm of every update (saved round by round to a folder, atomically); :
 every client on the recorded rounds (norm outliers, dissent from the robust aggregate, Krum distance, sybil
 groups far more alike than honest non-IID clients, stale and non-finite updates) into one calibrated suspicion
 with reasons; :func:`group_effect` measures what a flagged group's mean update does to the global model (attack
-success of a trigger with and without it, and which classes gain predictions). The Flower strategy wrapper
+success of a trigger with and without it, and which classes gain predictions), and :func:`group_trigger`
+reconstructs the image trigger it induces from the model alone when none is known. The Flower strategy wrapper
 (:func:`forensics.federated.flower.ForensicStrategy`) records every round and can leave flagged clients out of
 the aggregation; it imports flwr on first use. :func:`write_client_report` writes a self-contained HTML report of the
 clients (:mod:`forensics.federated.report`).
@@ -24,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from .analysis import DEFAULT_THRESHOLD, ClientReport, analyze_clients
-from .confirm import apply_update, group_effect
+from .confirm import InducedTrigger, apply_update, group_effect, group_trigger
 from .recorder import RoundRecord, UpdateRecorder
 from .sketch import SKETCH_DIM, flatten_update, sketch
 
@@ -39,6 +40,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'forensics.federated' has no attribute {name!r}")
 
 
-__all__ = ["ClientReport", "DEFAULT_THRESHOLD", "ForensicStrategy", "RoundRecord", "SKETCH_DIM", "UpdateRecorder",
-           "analyze_clients", "apply_update", "client_report_html", "flatten_update", "group_effect", "sketch",
-           "write_client_report"]
+__all__ = ["ClientReport", "DEFAULT_THRESHOLD", "ForensicStrategy", "InducedTrigger", "RoundRecord", "SKETCH_DIM",
+           "UpdateRecorder", "analyze_clients", "apply_update", "client_report_html", "flatten_update", "group_effect",
+           "group_trigger", "sketch", "write_client_report"]

@@ -5,14 +5,21 @@ images: the share of each class predicted before and after (the class an attack 
 labels are given, and, with a trigger, the **attack success rate** with and without the group's contribution
 (share of triggered probe images of the other classes predicted as the trigger's target). A backdoor group
 confirms itself by a large rise; an honest group of one class moves its class a little and the trigger not at
-all. The model with the update applied (:func:`apply_update`) can also be handed to the image trigger search
-(:func:`forensics.triggers.find_triggers`) when no trigger is known.
+all.
+
+When no trigger is known, :func:`group_trigger` reconstructs the one the group's update induces, from the model alone
+(the server never sees a client's data): the smallest blend of a mask and a pattern that turns probe images into the
+class the update pushes, on the model with the update applied, and the same search on the model without it. A
+backdoor shows as a mask far smaller with the update than without, and as a reconstruction whose attack success rate
+on probe images it was not fitted to rises with the update; the reconstruction (:class:`InducedTrigger`, with
+``apply`` and ``target``) then confirms itself through :func:`group_effect` like a known trigger.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -161,4 +168,172 @@ def group_effect(
     return out
 
 
-__all__ = ["apply_update", "group_effect"]
+@dataclass(frozen=True)
+class InducedTrigger:
+    """A trigger reconstructed from a model: ``apply`` blends ``pattern`` into images where ``mask`` says.
+
+    Attributes
+    ----------
+    mask : ndarray of float32, shape (h, w)
+        How much of each pixel the pattern replaces, in [0, 1].
+    pattern : ndarray of uint8, shape (h, w) or (h, w, c)
+    target : int
+        The class the trigger sends images to.
+    """
+
+    mask: np.ndarray
+    pattern: np.ndarray
+    target: int
+
+    def apply(self, images: np.ndarray, *, random_state: Any = 0) -> np.ndarray:
+        """Triggered copies of uint8 images of the trigger's shape (``random_state`` is unused: the trigger has one
+        place)."""
+        x = check_images(images, "images", allow_empty=False)
+        if x.shape[1:] != self.pattern.shape:
+            raise InputError(f"images have shape {x.shape[1:]} per image; the trigger was reconstructed on "
+                             f"{self.pattern.shape}")
+        m = self.mask if x.ndim == 3 else self.mask[..., None]
+        out = (1.0 - m) * x.astype(np.float32) + m * self.pattern.astype(np.float32)
+        return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _inverted_trigger(model: Any, x: Any, target: int, *, to_input: Callable[[Any], Any], steps: int, l1: float,
+                      lr: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mask (h, w) and pattern (c, h, w), both in [0, 1], that send ``x`` (n, c, h, w in [0, 1]) to ``target`` at
+    the smallest mask: Adam on ``cross-entropy + l1 * mean(mask)`` over sigmoid-parametrized mask and pattern."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    n, c, h, w = x.shape
+    a = (torch.randn((1, 1, h, w), generator=gen) * 0.1 - 2.0).requires_grad_(True)  # a mask of ~0.12 to start
+    b = (torch.randn((1, c, h, w), generator=gen) * 0.1).requires_grad_(True)
+    opt = torch.optim.Adam([a, b], lr=lr)
+    y = torch.full((n,), int(target), dtype=torch.long)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _ in range(steps):
+        m, pat = torch.sigmoid(a), torch.sigmoid(b)
+        logits = model(to_input((1 - m) * x + m * pat))
+        loss = torch.nn.functional.cross_entropy(logits, y) + l1 * m.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return torch.sigmoid(a)[0, 0].numpy().astype(np.float32), torch.sigmoid(b)[0].numpy().astype(np.float32)
+
+
+def group_trigger(
+    model: Any,
+    group_update: Any,
+    images: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+    target: int | None = None,
+    scale: float = 1.0,
+    to_input: Callable[[Any], Any] | None = None,
+    steps: int = 300,
+    l1: float = 2.0,
+    lr: float = 0.1,
+    random_state: int = 0,
+) -> tuple[InducedTrigger, dict[str, Any]]:
+    """Reconstruct the image trigger a group's update induces, from the model alone, and say how far it is the
+    group's.
+
+    On half of the probe images (those not of ``target``), a mask and a pattern are fitted that send them to
+    ``target`` on the model with the group's update applied, at the smallest mask (Neural Cleanse's objective for one
+    class); the same search runs on the model without the update. The other half measures the reconstruction.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The global model the group's updates were computed from.
+    group_update : flat array or mapping name -> delta
+        The group's mean update (see :func:`apply_update`).
+    images : ndarray of uint8, shape (n, h, w) or (n, h, w, c)
+        Probe images (held-out clean images the server holds), at least 20.
+    labels : ndarray of int, shape (n,), optional
+        Their true classes: images of ``target`` are left out (without labels, those the model already calls
+        ``target``).
+    target : int, optional
+        The class the trigger should send images to; default: the class the update makes the model predict most
+        more often on the probe images (:func:`group_effect`'s ``gaining_class``).
+    scale : float
+        How far to move along the update.
+    to_input : callable, optional
+        Differentiable map from float images in [0, 1], channels first (a torch tensor), to the model's input;
+        default: the identity (what :func:`~forensics.activations.default_image_preprocess` feeds a model).
+    steps, l1, lr : int, float, float
+        Adam steps, the weight of the mask's mean in the loss, the learning rate.
+    random_state : int
+        Seeds the split of the probe images and the search's start.
+
+    Returns
+    -------
+    (InducedTrigger, dict)
+        The trigger found with the update, and ``target``, ``mask_share_with`` / ``mask_share_without`` (mean mask of
+        the two searches: the share of the image the trigger needs), ``mask_ratio`` (without over with: a backdoor
+        the update plants needs a far smaller mask with it), ``asr_with`` / ``asr_without`` (the reconstruction's
+        attack success on the probe images it was not fitted to, with and without the update), ``asr_rise``, and
+        ``peak`` (row, column of the mask's largest value).
+    """
+    import torch
+
+    x = check_images(images, "images", allow_empty=False)
+    steps = check_int(steps, "steps", low=1)
+    l1 = check_number(l1, "l1", low=0)
+    lr = check_number(lr, "lr", low=0, low_open=True)
+    seed = check_int(random_state, "random_state", low=0)
+    if to_input is None:
+        to_input = lambda t: t  # noqa: E731
+    elif not callable(to_input):
+        raise InputError(f"to_input must be a function (float tensor in [0, 1]) -> model input; got "
+                         f"{type(to_input).__name__}")
+    if len(x) < 20:
+        raise InputError(f"images holds {len(x)} probe images; the search needs at least 20 (half to fit, half to "
+                         "measure)")
+    with_group = apply_update(model, group_update, scale=scale)
+    without = copy.deepcopy(model).eval()
+    if target is None:
+        target = int(group_effect(without, group_update, x, scale=scale)["gaining_class"])
+    target = check_int(target, "target", low=0)
+    from ..activations import default_image_preprocess
+
+    x01 = default_image_preprocess(x)
+    with torch.no_grad():
+        n_classes = int(with_group(to_input(x01[:1])).shape[1])
+        called = with_group(to_input(x01)).argmax(dim=1).numpy()
+    if target >= n_classes:
+        raise InputError(f"target {target} is not a class of the model ({n_classes} classes)")
+    if labels is not None:
+        y = np.asarray(labels)
+        if y.shape != (len(x),) or y.dtype.kind not in "iu":
+            raise InputError(f"labels must be integer classes, one per image ({len(x)}); got shape {y.shape}, "
+                             f"dtype {y.dtype}")
+        others = np.flatnonzero(y != target)
+    else:
+        others = np.flatnonzero(called != target)
+    if len(others) < 20:
+        raise InputError(f"only {len(others)} probe images are not of class {target}; the search needs 20")
+    rows = np.random.default_rng(seed).permutation(others)
+    fit, held = rows[: len(rows) // 2], rows[len(rows) // 2:]
+    found = {}
+    for name, net in (("with", with_group), ("without", without)):
+        found[name] = _inverted_trigger(net, x01[fit], target, to_input=to_input, steps=steps, l1=l1, lr=lr,
+                                        seed=seed)
+    mask, pattern = found["with"]
+    pat = np.clip(np.round(pattern * 255.0), 0, 255).astype(np.uint8)
+    pat = pat[0] if x.ndim == 3 else np.transpose(pat, (1, 2, 0))
+    trigger = InducedTrigger(mask=mask, pattern=pat, target=target)
+    xt = default_image_preprocess(trigger.apply(x[held]))
+    with torch.no_grad():
+        asr_with = float((with_group(to_input(xt)).argmax(dim=1) == target).float().mean())
+        asr_without = float((without(to_input(xt)).argmax(dim=1) == target).float().mean())
+    share_with, share_without = float(mask.mean()), float(found["without"][0].mean())
+    peak = np.unravel_index(int(mask.argmax()), mask.shape)
+    info = dict(target=target, mask_share_with=share_with, mask_share_without=share_without,
+                mask_ratio=share_without / max(share_with, 1e-12), asr_with=asr_with, asr_without=asr_without,
+                asr_rise=asr_with - asr_without, peak=(int(peak[0]), int(peak[1])))
+    return trigger, info
+
+
+__all__ = ["InducedTrigger", "apply_update", "group_effect", "group_trigger"]
