@@ -27,6 +27,7 @@ Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 1
     python benchmarks/federated.py quality --seeds 100 --aggregators fedavg guard clean   # a part of each cell
     python benchmarks/federated.py speed
     python benchmarks/federated.py report-cost --rounds 200    # forensics clients --report on a long recording
+    python benchmarks/federated.py trigger --seeds 100 101     # the sybils' patch rebuilt from the model alone
     python benchmarks/federated.py report --seeds 100 101      # the markdown tables
 """
 
@@ -207,6 +208,58 @@ def report_cost(args: argparse.Namespace) -> None:
         f.write(line + "\n")
 
 
+def induced_trigger(args: argparse.Namespace) -> None:
+    """The trigger the flagged group's update induces, from the model alone (``group_trigger``), per cell: the
+    analysis at the sybils' third round names the group; its members' mean update of that round is applied to that
+    round's global model and the search runs on 1,000 clean test images (half to fit, half to measure). A control:
+    ten honest clients' mean update of the same round."""
+    from forensics.federated import group_effect, group_trigger
+    from forensics.redteam.federated import build_model
+
+    data = fashion()
+    xte, yte = data[2][:1000], data[3][:1000]
+    print("| honest | alpha | noise | seed | group found | target (planted) | mask peak | patch share of the mask | "
+          "mask ratio | ASR rise | confirmed ASR with / without | honest control: mask ratio, ASR rise | s |")
+    print("|" + "---|" * 13)
+    for seed in args.seeds:
+        for honest in args.honest:
+            for alpha in args.alphas:
+                for noise in args.noise:
+                    sc = scenario(honest, alpha, noise, seed)
+                    rec = UpdateRecorder()
+                    kept: dict[str, Any] = {}
+
+                    def on_round(r, ids, updates, n_ex, params, rec=rec, kept=kept):
+                        rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+                        if r == JOIN + 2:
+                            kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
+                    run = simulate_federation(sc, *data, on_round=on_round)
+                    report = analyze_clients(rec.until(JOIN + 2))
+                    groups = report.sybil_groups
+                    if not len(groups):
+                        print(f"| {honest} | {alpha} | {noise} | {seed} | none | | | | | | | | |")
+                        continue
+                    members = set(groups.loc[groups["size"].idxmax(), "members"])
+                    rows = [i for i, c in enumerate(kept["ids"]) if c in members]
+                    sybils = set(run.truth.index[run.truth["role"] == "sybil"])
+                    honest_rows = [i for i, c in enumerate(kept["ids"]) if c not in sybils][:10]
+                    model = build_model(kept["params"], run.layout)
+                    t0 = time.perf_counter()
+                    trig, info = group_trigger(model, kept["updates"][rows].mean(axis=0), xte, labels=yte,
+                                               l1=args.l1)
+                    seconds = time.perf_counter() - t0
+                    eff = group_effect(model, kept["updates"][rows].mean(axis=0), xte, labels=yte, trigger=trig)
+                    _, ctrl = group_trigger(model, kept["updates"][honest_rows].mean(axis=0), xte, labels=yte,
+                                            l1=args.l1)
+                    k = sc.patch
+                    share = float(trig.mask[-k:, -k:].sum() / trig.mask.sum())
+                    found = len(members & sybils)
+                    print(f"| {honest} | {alpha} | {noise} | {seed} | {found}/{len(members)} sybils | "
+                          f"{info['target']} ({sc.target}) | {info['peak']} | {share:.2f} | {info['mask_ratio']:.1f} | "
+                          f"{info['asr_rise']:+.2f} | {eff['asr_with']:.2f} / {eff['asr_without']:.2f} | "
+                          f"{ctrl['mask_ratio']:.1f}, {ctrl['asr_rise']:+.2f} | {seconds:.0f} |", flush=True)
+
+
 def report(args: argparse.Namespace) -> None:
     rows = []
     for f in sorted(WORK.glob("h*_s*.json")):
@@ -242,11 +295,18 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
         s.add_argument("--aggregators", nargs="+", choices=AGGREGATORS, default=list(AGGREGATORS))
     sub.add_parser("speed")
+    trig = sub.add_parser("trigger")
+    trig.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    trig.add_argument("--honest", type=int, nargs="+", default=[100, 400])
+    trig.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
+    trig.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
+    trig.add_argument("--l1", type=float, default=2.0, help="group_trigger's weight of the mask (2)")
     cost = sub.add_parser("report-cost")
     cost.add_argument("--rounds", type=int, default=200)
     cost.add_argument("--timeline-rounds", type=int, default=None, help="passed to the command (default: its own)")
     args = p.parse_args(argv)
-    {"quality": quality, "speed": speed, "report": report, "report-cost": report_cost}[args.cmd](args)
+    {"quality": quality, "speed": speed, "report": report, "report-cost": report_cost,
+     "trigger": induced_trigger}[args.cmd](args)
 
 
 if __name__ == "__main__":
