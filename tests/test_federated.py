@@ -289,17 +289,19 @@ def test_group_trigger_reconstructs_the_sybils_patch_from_the_model_alone(plante
     sybil_update = last["updates"][np.char.startswith(ids, "sybil")].mean(axis=0)
     honest_update = last["updates"][np.char.startswith(ids, "honest")][:10].mean(axis=0)
     _, _, xte, yte = load_digits_split()
-    trigger, info = group_trigger(model, sybil_update, xte, labels=yte, steps=150)
+    trigger, info = group_trigger(model, sybil_update, xte, labels=yte, steps=150, screen_steps=40)
     # The class the update pushes, and the planted square in the bottom-right corner, found without any client data.
     k = run.scenario.patch
-    assert info["target"] == trigger.target == run.trigger.target
+    assert info["target"] == trigger.target == run.trigger.target == max(info["screen"], key=info["screen"].get)
+    assert sorted(info["screen"]) == list(range(10))
     assert info["peak"][0] >= 8 - k and info["peak"][1] >= 8 - k
     assert trigger.mask[-k:, -k:].sum() > 0.5 * trigger.mask.sum()
     assert info["mask_ratio"] > 2 and info["asr_rise"] > 0.3
     # It confirms itself like a known trigger, and an honest group's update induces nothing alike.
     eff = group_effect(model, sybil_update, xte, labels=yte, trigger=trigger)
     assert eff["asr_with"] > eff["asr_without"] + 0.3
-    _, honest = group_trigger(model, honest_update, xte, labels=yte, steps=150)
+    _, honest = group_trigger(model, honest_update, xte, labels=yte, target=info["target"], steps=150)
+    assert honest["screen"] == {}
     assert honest["asr_rise"] < info["asr_rise"] - 0.3 and honest["mask_ratio"] < info["mask_ratio"] / 2
     applied = trigger.apply(xte[:3])
     assert applied.dtype == np.uint8 and applied.shape == (3, 8, 8)

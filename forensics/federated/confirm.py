@@ -232,6 +232,7 @@ def group_trigger(
     scale: float = 1.0,
     to_input: Callable[[Any], Any] | None = None,
     steps: int = 300,
+    screen_steps: int = 60,
     l1: float = 2.0,
     lr: float = 0.1,
     random_state: int = 0,
@@ -240,8 +241,8 @@ def group_trigger(
     group's.
 
     On half of the probe images (those not of ``target``), a mask and a pattern are fitted that send them to
-    ``target`` on the model with the group's update applied, at the smallest mask (Neural Cleanse's objective for one
-    class); the same search runs on the model without the update. The other half measures the reconstruction.
+    ``target`` on the model with the group's update applied, at the smallest mask (Neural Cleanse's objective); the
+    same search runs on the model without the update. The other half measures the reconstruction.
 
     Parameters
     ----------
@@ -255,15 +256,16 @@ def group_trigger(
         Their true classes: images of ``target`` are left out (without labels, those the model already calls
         ``target``).
     target : int, optional
-        The class the trigger should send images to; default: the class the update makes the model predict most
-        more often on the probe images (:func:`group_effect`'s ``gaining_class``).
+        The class the trigger should send images to; default: every class is searched briefly (``screen_steps``)
+        and the one whose mask the update shrinks most is taken.
     scale : float
         How far to move along the update.
     to_input : callable, optional
         Differentiable map from float images in [0, 1], channels first (a torch tensor), to the model's input;
         default: the identity (what :func:`~forensics.activations.default_image_preprocess` feeds a model).
-    steps, l1, lr : int, float, float
-        Adam steps, the weight of the mask's mean in the loss, the learning rate.
+    steps, screen_steps, l1, lr : int, int, float, float
+        Adam steps of the search (and of each class's screen when no ``target`` is given), the weight of the mask's
+        mean in the loss, the learning rate.
     random_state : int
         Seeds the split of the probe images and the search's start.
 
@@ -273,8 +275,9 @@ def group_trigger(
         The trigger found with the update, and ``target``, ``mask_share_with`` / ``mask_share_without`` (mean mask of
         the two searches: the share of the image the trigger needs), ``mask_ratio`` (without over with: a backdoor
         the update plants needs a far smaller mask with it), ``asr_with`` / ``asr_without`` (the reconstruction's
-        attack success on the probe images it was not fitted to, with and without the update), ``asr_rise``, and
-        ``peak`` (row, column of the mask's largest value).
+        attack success on the probe images it was not fitted to, with and without the update), ``asr_rise``,
+        ``peak`` (row, column of the mask's largest value) and ``screen`` (class -> mask ratio of the brief searches;
+        empty when ``target`` was given).
     """
     import torch
 
@@ -291,35 +294,48 @@ def group_trigger(
     if len(x) < 20:
         raise InputError(f"images holds {len(x)} probe images; the search needs at least 20 (half to fit, half to "
                          "measure)")
+    screen_steps = check_int(screen_steps, "screen_steps", low=1)
     with_group = apply_update(model, group_update, scale=scale)
     without = copy.deepcopy(model).eval()
-    if target is None:
-        target = int(group_effect(without, group_update, x, scale=scale)["gaining_class"])
-    target = check_int(target, "target", low=0)
     from ..activations import default_image_preprocess
 
     x01 = default_image_preprocess(x)
     with torch.no_grad():
         n_classes = int(with_group(to_input(x01[:1])).shape[1])
         called = with_group(to_input(x01)).argmax(dim=1).numpy()
-    if target >= n_classes:
-        raise InputError(f"target {target} is not a class of the model ({n_classes} classes)")
     if labels is not None:
         y = np.asarray(labels)
         if y.shape != (len(x),) or y.dtype.kind not in "iu":
             raise InputError(f"labels must be integer classes, one per image ({len(x)}); got shape {y.shape}, "
                              f"dtype {y.dtype}")
-        others = np.flatnonzero(y != target)
     else:
-        others = np.flatnonzero(called != target)
-    if len(others) < 20:
-        raise InputError(f"only {len(others)} probe images are not of class {target}; the search needs 20")
-    rows = np.random.default_rng(seed).permutation(others)
-    fit, held = rows[: len(rows) // 2], rows[len(rows) // 2:]
-    found = {}
-    for name, net in (("with", with_group), ("without", without)):
-        found[name] = _inverted_trigger(net, x01[fit], target, to_input=to_input, steps=steps, l1=l1, lr=lr,
-                                        seed=seed)
+        y = called
+    order = np.random.default_rng(seed).permutation(len(x))
+
+    def split(c: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = order[y[order] != c]  # images of the target's own class say nothing about a trigger
+        if len(rows) < 20:
+            raise InputError(f"only {len(rows)} probe images are not of class {c}; the search needs 20")
+        return rows[: len(rows) // 2], rows[len(rows) // 2:]
+
+    def searched(c: int, n_steps: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        fit = split(c)[0]
+        return {name: _inverted_trigger(net, x01[fit], c, to_input=to_input, steps=n_steps, l1=l1, lr=lr, seed=seed)
+                for name, net in (("with", with_group), ("without", without))}
+
+    screen: dict[int, float] = {}
+    if target is None:
+        # Every class, briefly: the one whose trigger the update makes far cheaper is the one it plants. (The class
+        # that gains most predictions on clean images need not be: a group training on balanced data moves many.)
+        for c in range(n_classes):
+            short = searched(c, screen_steps)
+            screen[c] = float(short["without"][0].mean() / max(float(short["with"][0].mean()), 1e-12))
+        target = max(screen, key=lambda c: screen[c])
+    target = check_int(target, "target", low=0)
+    if target >= n_classes:
+        raise InputError(f"target {target} is not a class of the model ({n_classes} classes)")
+    held = split(target)[1]
+    found = searched(target, steps)
     mask, pattern = found["with"]
     pat = np.clip(np.round(pattern * 255.0), 0, 255).astype(np.uint8)
     pat = pat[0] if x.ndim == 3 else np.transpose(pat, (1, 2, 0))
@@ -332,7 +348,7 @@ def group_trigger(
     peak = np.unravel_index(int(mask.argmax()), mask.shape)
     info = dict(target=target, mask_share_with=share_with, mask_share_without=share_without,
                 mask_ratio=share_without / max(share_with, 1e-12), asr_with=asr_with, asr_without=asr_without,
-                asr_rise=asr_with - asr_without, peak=(int(peak[0]), int(peak[1])))
+                asr_rise=asr_with - asr_without, peak=(int(peak[0]), int(peak[1])), screen=screen)
     return trigger, info
 
 
