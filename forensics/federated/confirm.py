@@ -78,6 +78,13 @@ def apply_update(model: Any, update: Any, *, scale: float = 1.0) -> Any:
     return out
 
 
+def _probe_labels(labels: Any, n: int) -> np.ndarray:
+    y = np.asarray(labels)
+    if y.shape != (n,) or y.dtype.kind not in "iu":
+        raise InputError(f"labels must be integer classes, one per image ({n}); got shape {y.shape}, dtype {y.dtype}")
+    return y
+
+
 def _predict(model: Any, images: np.ndarray, preprocess: Callable[[np.ndarray], Any], batch_size: int) -> np.ndarray:
     from ..models import predict_proba
 
@@ -134,12 +141,7 @@ def group_effect(
         preprocess = default_image_preprocess
     elif not callable(preprocess):
         raise InputError(f"preprocess must be a function (images) -> model input; got {type(preprocess).__name__}")
-    y = None
-    if labels is not None:
-        y = np.asarray(labels)
-        if y.shape != (len(x),) or y.dtype.kind not in "iu":
-            raise InputError(f"labels must be integer classes, one per image ({len(x)}); got shape {y.shape}, "
-                             f"dtype {y.dtype}")
+    y = None if labels is None else _probe_labels(labels, len(x))
     with_group = apply_update(model, group_update, scale=scale)
     model = copy.deepcopy(model).eval()
     before = _predict(model, x, preprocess, batch_size)
@@ -303,13 +305,7 @@ def group_trigger(
     with torch.no_grad():
         n_classes = int(with_group(to_input(x01[:1])).shape[1])
         called = with_group(to_input(x01)).argmax(dim=1).numpy()
-    if labels is not None:
-        y = np.asarray(labels)
-        if y.shape != (len(x),) or y.dtype.kind not in "iu":
-            raise InputError(f"labels must be integer classes, one per image ({len(x)}); got shape {y.shape}, "
-                             f"dtype {y.dtype}")
-    else:
-        y = called
+    y = called if labels is None else _probe_labels(labels, len(x))
     order = np.random.default_rng(seed).permutation(len(x))
 
     def split(c: int) -> tuple[np.ndarray, np.ndarray]:
