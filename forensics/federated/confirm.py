@@ -303,8 +303,8 @@ def group_trigger(
 
     x01 = default_image_preprocess(x)
     with torch.no_grad():
-        n_classes = int(with_group(to_input(x01[:1])).shape[1])
-        called = with_group(to_input(x01)).argmax(dim=1).numpy()
+        logits = with_group(to_input(x01))
+    n_classes, called = int(logits.shape[1]), logits.argmax(dim=1).numpy()
     y = called if labels is None else _probe_labels(labels, len(x))
     order = np.random.default_rng(seed).permutation(len(x))
 
