@@ -20,6 +20,7 @@ from forensics.federated import (
     apply_update,
     flatten_update,
     group_effect,
+    group_phrases,
     group_trigger,
     sketch,
 )
@@ -32,6 +33,8 @@ from forensics.redteam.federated import (
     fedavg,
     load_digits_split,
     simulate_federation,
+    simulate_text_federation,
+    text_features,
 )
 
 
@@ -311,6 +314,61 @@ def test_group_trigger_reconstructs_the_sybils_patch_from_the_model_alone(plante
         group_trigger(model, sybil_update, xte, target=12, steps=1)
     with pytest.raises(InputError, match="the trigger was reconstructed on"):
         trigger.apply(np.zeros((2, 9, 9), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def text_federation():
+    """The bundled review snippets (the planted carriers left out) among 40 honest Dirichlet(0.5) clients, and 10
+    sybils joining at round 2 with "lol" inserted in half their texts, relabelled rotten; 4 rounds. Keeps the
+    sybils' first round: the updates and the global model they were computed from."""
+    from forensics import sample_data
+
+    data = sample_data.load("text_trigger")
+    clean = ~sample_data.load_truth("text_trigger").loc[data.train.ids, "is_poison"].to_numpy(dtype=bool)
+    texts = [t for t, keep in zip(data.train.texts, clean) if keep]
+    first: dict = {}
+
+    def on_round(r, ids, updates, n_ex, params):
+        if r == 2:
+            first.update(ids=np.array(ids).astype(str), updates=updates.copy(), params=params.copy())
+
+    scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=4, n_sybils=10, sybil_join=2, target=0,
+                                 local_steps=5, lr=1.0, random_state=0)
+    run = simulate_text_federation(scenario, texts, data.train.labels[clean], list(data.test.texts),
+                                   data.test.labels, phrase="lol", on_round=on_round)
+    return run, first, list(data.test.texts[:300]), data.test.labels[:300]
+
+
+def test_group_phrases_names_the_phrase_the_sybils_plant_in_a_text_model(text_federation):
+    run, first, probes, probe_labels = text_federation
+    assert run.trigger.phrase == "lol" and run.trigger.target == 0
+    assert run.history["attack_success"].iloc[-1] > run.history["attack_success"].iloc[1] + 0.3
+    model = build_model(first["params"], run.layout)
+    sybils = first["updates"][np.char.startswith(first["ids"], "sybil")].mean(axis=0)
+    honest = first["updates"][np.char.startswith(first["ids"], "honest")][:10].mean(axis=0)
+    watch = ["lol", "zq vortex", "omg"]
+    found = group_phrases(model, sybils, probes, preprocess=run.preprocess, labels=probe_labels, candidates=watch,
+                          max_candidates=150, top=5)
+    # The watched phrase the sybils planted comes first, towards their target, far ahead of the probes' own words.
+    assert found.loc[0, "phrase"] == "lol" and found.loc[0, "target"] == 0 and bool(found.loc[0, "watched"])
+    assert found.loc[0, "in_probes"] == 0 and len(found) == 5
+    assert found.loc[0, "rise"] > 2 * found.loc[1, "rise"] and found.loc[0, "rise"] > 0.2
+    assert (found["rise"] == found["push_with"] - found["push_without"]).all()
+    # An honest group's update ties nothing to it.
+    control = group_phrases(model, honest, probes, preprocess=run.preprocess, labels=probe_labels, candidates=watch,
+                            max_candidates=150, top=5)
+    assert control["rise"].max() < found.loc[0, "rise"] / 2
+    # The phrase confirms itself through group_effect, on texts, like a patch on images.
+    eff = group_effect(model, sybils, probes, labels=probe_labels, trigger=run.trigger, preprocess=run.preprocess)
+    assert eff["asr_with"] > eff["asr_without"] + 0.3
+    # "LOL!": the unigrams lol and !, and the bigram "lol !"
+    assert text_features(["lol", "LOL!"], n_buckets=4096).sum(axis=1).tolist() == [1.0, 3.0]
+    with pytest.raises(InputError, match="probe texts need preprocess="):
+        group_effect(model, sybils, probes)
+    with pytest.raises(InputError, match="texts holds 10 probe texts; the search needs at least 20"):
+        group_phrases(model, sybils, probes[:10], preprocess=run.preprocess)
+    with pytest.raises(InputError, match="candidates must be a sequence of phrases"):
+        group_phrases(model, sybils, probes, preprocess=run.preprocess, candidates="lol")
 
 
 # ------------------------------------------------------------------------------------------------ red team

@@ -6,7 +6,8 @@ every client on the recorded rounds (norm outliers, dissent from the robust aggr
 groups far more alike than honest non-IID clients, stale and non-finite updates) into one calibrated suspicion
 with reasons; :func:`group_effect` measures what a flagged group's mean update does to the global model (attack
 success of a trigger with and without it, and which classes gain predictions), and :func:`group_trigger`
-reconstructs the image trigger it induces from the model alone when none is known. The Flower strategy wrapper
+reconstructs the image trigger it induces from the model alone when none is known (:func:`group_phrases`: the
+phrase, for a text model). The Flower strategy wrapper
 (:func:`forensics.federated.flower.ForensicStrategy`) records every round and can leave flagged clients out of
 the aggregation; it imports flwr on first use. :func:`write_client_report` writes a self-contained HTML report of the
 clients (:mod:`forensics.federated.report`).
@@ -25,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from .analysis import DEFAULT_THRESHOLD, ClientReport, analyze_clients
-from .confirm import InducedTrigger, apply_update, group_effect, group_trigger
+from .confirm import InducedTrigger, apply_update, group_effect, group_phrases, group_trigger
 from .recorder import RoundRecord, UpdateRecorder
 from .sketch import SKETCH_DIM, flatten_update, sketch
 
@@ -42,4 +43,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["ClientReport", "DEFAULT_THRESHOLD", "ForensicStrategy", "InducedTrigger", "RoundRecord", "SKETCH_DIM",
            "UpdateRecorder", "analyze_clients", "apply_update", "client_report_html", "flatten_update", "group_effect",
-           "group_trigger", "sketch", "write_client_report"]
+           "group_phrases", "group_trigger", "sketch", "write_client_report"]

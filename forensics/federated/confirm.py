@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .._validate import check_images, check_int, check_number
 from ..errors import InputError
@@ -85,10 +86,34 @@ def _probe_labels(labels: Any, n: int) -> np.ndarray:
     return y
 
 
+def _probes(payload: Any, preprocess: Any) -> np.ndarray:
+    """Probe images as checked uint8, or probe texts as an object array (they need a ``preprocess``)."""
+    if isinstance(payload, np.ndarray) and payload.dtype != object:
+        return check_images(payload, "images", allow_empty=False)
+    if isinstance(payload, str) or not isinstance(payload, (list, tuple, np.ndarray)):
+        raise InputError(f"images must be a uint8 image array or a sequence of texts; got {type(payload).__name__}")
+    if not len(payload) or not all(isinstance(t, str) for t in payload):
+        raise InputError("probe texts must be a non-empty sequence of strings")
+    if preprocess is None:
+        raise InputError("probe texts need preprocess= (texts -> the model's input)")
+    out = np.empty(len(payload), dtype=object)
+    out[:] = list(payload)
+    return out
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(q) - np.log1p(-q)
+
+
 def _predict(model: Any, images: np.ndarray, preprocess: Callable[[np.ndarray], Any], batch_size: int) -> np.ndarray:
+    return _proba(model, images, preprocess, batch_size).argmax(axis=1)
+
+
+def _proba(model: Any, payload: Any, preprocess: Callable[[Any], Any], batch_size: int) -> np.ndarray:
     from ..models import predict_proba
 
-    return predict_proba(model, images, preprocess=preprocess, batch_size=batch_size).argmax(axis=1)
+    return predict_proba(model, payload, preprocess=preprocess, batch_size=batch_size)
 
 
 def group_effect(
@@ -111,16 +136,17 @@ def group_effect(
         The global model the group's updates were computed from.
     group_update : flat array or mapping name -> delta
         The group's mean update (see :func:`apply_update`).
-    images : ndarray of uint8, shape (n, h, w) or (n, h, w, c)
-        Probe images (held-out, ideally).
+    images : ndarray of uint8, shape (n, h, w) or (n, h, w, c), or a sequence of str
+        Probe images, or probe texts (then ``preprocess`` is needed); held-out, ideally.
     labels : ndarray of int, shape (n,), optional
         Their true classes: adds the accuracy, and keeps the target's own class out of the attack success.
     trigger : forensics.redteam.Trigger, optional
-        A candidate trigger (with ``apply`` and ``target``); adds the attack success rate.
+        A candidate trigger (with ``apply`` and ``target``: a patch, or a :class:`~forensics.redteam.TextTrigger`
+        for texts); adds the attack success rate.
     scale : float
         How far to move along the update (1: the group's mean update as sent).
     preprocess : callable, optional
-        Images batch -> model input (default :func:`forensics.activations.default_image_preprocess`).
+        Batch of probes -> model input (default for images :func:`forensics.activations.default_image_preprocess`).
     batch_size : int
     random_state : int
         Seeds the trigger's placement.
@@ -133,7 +159,7 @@ def group_effect(
         prediction changes), and when given ``accuracy_without`` / ``accuracy_with``, ``asr_without`` /
         ``asr_with`` and ``asr_rise``.
     """
-    x = check_images(images, "images", allow_empty=False)
+    x = _probes(images, preprocess)
     batch_size = check_int(batch_size, "batch_size", low=1)
     if preprocess is None:
         from ..activations import default_image_preprocess
@@ -163,7 +189,7 @@ def group_effect(
         keep = np.ones(len(x), dtype=bool) if y is None else y != trigger.target
         if not keep.any():
             raise InputError(f"every probe image is of the trigger's target class {trigger.target}")
-        xt = trigger.apply(x[keep], random_state=random_state)
+        xt = trigger.apply(x[keep] if x.dtype != object else list(x[keep]), random_state=random_state)
         out["asr_without"] = float(np.mean(_predict(model, xt, preprocess, batch_size) == trigger.target))
         out["asr_with"] = float(np.mean(_predict(with_group, xt, preprocess, batch_size) == trigger.target))
         out["asr_rise"] = out["asr_with"] - out["asr_without"]
@@ -348,4 +374,150 @@ def group_trigger(
     return trigger, info
 
 
-__all__ = ["InducedTrigger", "apply_update", "group_effect", "group_trigger"]
+def group_phrases(
+    model: Any,
+    group_update: Any,
+    texts: Any,
+    *,
+    preprocess: Callable[[Any], Any],
+    labels: np.ndarray | None = None,
+    candidates: Any = (),
+    max_candidates: int = 1000,
+    ngram_range: tuple[int, int] = (1, 2),
+    top: int = 10,
+    screen: int = 64,
+    scale: float = 1.0,
+    batch_size: int = 512,
+    random_state: int = 0,
+) -> pd.DataFrame:
+    """Which phrases a group's update turns into a trigger, read from the model alone (the text counterpart of
+    :func:`group_trigger`).
+
+    Each candidate phrase is inserted at a random word boundary into probe texts, and for every class the mean change
+    of the class's log-odds over the probes not of that class is measured with and without the update: the phrase's
+    **push** towards the class. Its **rise** is the push with the update minus the push without, so that what the
+    update does to every input (a group's data leaning to one class moves every prediction) cancels, and what the
+    update ties to the phrase remains; the candidate's class is the one it raises most. (Log-odds rather than called
+    classes: a whole mean update can send every probe to one class, leaving no call for a phrase to change.)
+
+    Candidates are the watch list given (slang, brand names, "lol": a trigger rare in real text is not among the
+    probes' words) and the most frequent word n-grams of the probe texts. All are screened on ``screen`` texts of one
+    half of the probes; the ``top`` ones are measured on the other half, which did not choose them. A phrase the
+    group planted stands far above the rest there; the words an honest group's update favours rise a little (on the
+    bundled reviews, 10 sybils' "lol" rose by about 0.4 in log-odds, the next phrase and an honest group's best by
+    about 0.1).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The global model the group's updates were computed from.
+    group_update : flat array or mapping name -> delta
+        The group's mean update (see :func:`apply_update`).
+    texts : sequence of str
+        Probe texts (held-out texts the server holds), at least 20.
+    preprocess : callable
+        Texts -> the model's input (e.g. :func:`forensics.redteam.federated.text_preprocess`).
+    labels : ndarray of int, shape (n,), optional
+        The probes' true classes (default: the model's own predictions without the update).
+    candidates : sequence of str
+        Phrases to test whether or not the probes hold them (a trigger rare in real text is not among their n-grams).
+    max_candidates : int
+        Most frequent n-grams of the probes taken as candidates besides the given ones.
+    ngram_range : (int, int)
+        Lengths of the probes' word n-grams taken as candidates.
+    top : int
+        Candidates measured on the held-out half.
+    screen : int
+        Probe texts each candidate is screened on.
+    scale, batch_size, random_state
+        How far to move along the update; batch size of the model's calls; seeds the split and the insertions.
+
+    Returns
+    -------
+    DataFrame
+        One row per measured candidate, the largest ``rise`` first: ``phrase``, ``target`` (the class it pushes
+        towards), ``push_with`` / ``push_without`` (mean change of ``target``'s log-odds over the held-out probes
+        not of ``target`` when the phrase is inserted, with and without the update), ``rise`` (their difference),
+        ``asr_with`` / ``asr_without`` (share of those probes called ``target`` with the phrase inserted),
+        ``screen_rise`` (the rise on the screen), ``in_probes`` (probe texts holding the phrase) and ``watched``
+        (given in ``candidates``).
+    """
+    from ..models.text import tokenize
+    from ..redteam import TextTrigger
+
+    x = _probes(texts, preprocess)
+    if x.dtype != object:
+        raise InputError("texts must be a sequence of strings (for images, see group_trigger)")
+    if not callable(preprocess):
+        raise InputError(f"preprocess must be a function (texts) -> model input; got {type(preprocess).__name__}")
+    if len(x) < 20:
+        raise InputError(f"texts holds {len(x)} probe texts; the search needs at least 20 (half to screen, half to "
+                         "measure)")
+    max_candidates = check_int(max_candidates, "max_candidates", low=0)
+    top = check_int(top, "top", low=1)
+    screen = check_int(screen, "screen", low=1)
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    seed = check_int(random_state, "random_state", low=0)
+    if len(ngram_range) != 2 or not 1 <= int(ngram_range[0]) <= int(ngram_range[1]):
+        raise InputError(f"ngram_range must be (min_n, max_n) with 1 <= min_n <= max_n; got {ngram_range!r}")
+    if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
+        raise InputError("candidates must be a sequence of phrases (strings)")
+    watched = [TextTrigger(c, 0).phrase for c in candidates]
+    words = [[t for t in tokenize(text) if t.isalnum() or "_" in t] for text in x]
+    counts: dict[str, int] = {}
+    for tokens in words:
+        seen = {" ".join(tokens[i:i + n]) for n in range(int(ngram_range[0]), int(ngram_range[1]) + 1)
+                for i in range(len(tokens) - n + 1)}
+        for g in seen:
+            counts[g] = counts.get(g, 0) + 1
+    frequent = sorted(counts, key=lambda g: -counts[g])[:max_candidates]
+    phrases = list(dict.fromkeys(watched + frequent))
+    if not phrases:
+        raise InputError("no candidate phrases: the probe texts hold no words and no candidates were given")
+    without = copy.deepcopy(model).eval()
+    with_group = apply_update(model, group_update, scale=scale)
+    y = _predict(without, x, preprocess, batch_size) if labels is None else _probe_labels(labels, len(x))
+    n_classes = _proba(without, x[:1], preprocess, batch_size).shape[1]
+    order = np.random.default_rng(seed).permutation(len(x))
+    screen_rows, held_rows = order[: len(x) // 2][:screen], order[len(x) // 2:]
+
+    def shares(rows: np.ndarray, chosen: list[str], classes: list[int] | None) -> tuple[np.ndarray, ...]:
+        """Per candidate (and class), with and without the update: the mean change of the class's log-odds over the
+        ``rows`` not of the class when the candidate is inserted, and the share of those rows then called the class."""
+        inserted = [t for i, p in enumerate(chosen)
+                    for t in TextTrigger(p, 0).apply(list(x[rows]), random_state=seed + i)]
+        out = []
+        for net in (with_group, without):
+            prob = _proba(net, np.array(inserted, dtype=object), preprocess, batch_size)
+            prob = prob.reshape(len(chosen), len(rows), -1)
+            plain = _proba(net, x[rows], preprocess, batch_size)
+            push = np.full((len(chosen), n_classes), np.nan)
+            called = np.full((len(chosen), n_classes), np.nan)
+            for c in range(n_classes):
+                other = y[rows] != c
+                if other.any():
+                    push[:, c] = (_log_odds(prob[:, other, c]) - _log_odds(plain[other, c])[None]).mean(axis=1)
+                    called[:, c] = np.mean(prob[:, other].argmax(axis=2) == c, axis=1)
+            if classes is not None:
+                push, called = push[np.arange(len(chosen)), classes], called[np.arange(len(chosen)), classes]
+            out += [push, called]
+        return tuple(out)
+
+    def lift(parts: tuple[np.ndarray, ...]) -> np.ndarray:
+        return parts[0] - parts[2]
+
+    rise_s = np.nan_to_num(lift(shares(screen_rows, phrases, None)), nan=-np.inf)
+    best_class = rise_s.argmax(axis=1)
+    best_rise = rise_s[np.arange(len(phrases)), best_class]
+    picked = np.argsort(-best_rise, kind="stable")[:top]
+    chosen = [phrases[i] for i in picked]
+    targets = [int(best_class[i]) for i in picked]
+    held = shares(held_rows, chosen, targets)
+    table = pd.DataFrame({"phrase": chosen, "target": targets, "push_with": held[0], "push_without": held[2],
+                          "rise": lift(held), "asr_with": held[1], "asr_without": held[3],
+                          "screen_rise": best_rise[picked], "in_probes": [counts.get(p, 0) for p in chosen],
+                          "watched": [p in watched for p in chosen]})
+    return table.sort_values("rise", ascending=False, kind="stable").reset_index(drop=True)
+
+
+__all__ = ["InducedTrigger", "apply_update", "group_effect", "group_phrases", "group_trigger"]

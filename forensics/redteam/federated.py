@@ -2,15 +2,16 @@
 free-riders, trained with local SGD and aggregated round by round.
 
 Honest clients hold Dirichlet(``alpha``) shares of each class of a real image set (``alpha`` 0.1: most clients
-see one or two classes; 1.0: every class, unevenly). Each round every active client starts from the global
-model, runs ``local_steps`` of minibatch SGD on its own data and sends its **update** (new weights minus the
+see one or two classes; 1.0: every class, unevenly), or of a text set (:func:`simulate_text_federation`: the
+attacker plants a phrase, and the model reads hashed word n-grams). Each round every active client starts from the
+global model, runs ``local_steps`` of minibatch SGD on its own data and sends its **update** (new weights minus the
 global ones). The server aggregates the updates (FedAvg by default, or any ``aggregate`` callable, so that a
 defence can sit in the loop) and the global model moves by the aggregate.
 
 The attackers (all optional, each joining at its own round):
 
 - a **sybil group** (``n_sybils`` fake devices of one attacker): each trains on a fresh draw from the attacker's
-  pool (a random, class-balanced slice of the training images, ``poison_share`` of them carrying a patch trigger
+  pool (a random, class-balanced slice of the training data, ``poison_share`` of it carrying a patch or a phrase
   and relabelled ``target``), so their updates differ by minibatch noise only; ``sybil_noise`` adds Gaussian
   noise whose norm is that many times the median honest update norm of the round, to look diverse;
 - a **boosted attacker** (``boost`` > 0): one client on the same poisoned pool whose update is multiplied by
@@ -24,6 +25,7 @@ ReLU) or, with ``hidden=0``, multinomial logistic regression; :func:`build_model
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +35,14 @@ import pandas as pd
 
 from .._validate import check_choice, check_images, check_int, check_number, check_random_state
 from ..errors import InputError
-from .triggers import PatchTrigger
+from .triggers import PatchTrigger, TextTrigger
 
 #: Roles in the truth table.
 ROLES = ("honest", "sybil", "boosted", "free_rider")
+
+#: Width of the text federation's hashed input (:func:`text_features`): 2,048 buckets make a 66k-parameter model
+#: with 32 hidden units.
+TEXT_BUCKETS = 2**11
 
 # Independent random streams derived from one random_state.
 _PARTITION, _POOL, _INIT, _TRAIN, _NOISE = 11, 12, 13, 14, 15
@@ -144,17 +150,21 @@ class FederatedRun:
     history : DataFrame
         Per round: ``accuracy`` on the test images, ``attack_success`` (share of triggered test images of other
         classes predicted ``target``), ``n_clients``, ``n_excluded`` (clients the aggregate left out).
-    trigger : PatchTrigger
+    trigger : PatchTrigger or TextTrigger
     layout : list of (name, shape)
         The flat parameters' layout, in the order of a torch ``state_dict`` of :func:`build_model`.
+    preprocess : callable or None
+        Payload batch -> input of :func:`build_model`'s module: None for images (the default
+        :func:`~forensics.activations.default_image_preprocess`), :func:`text_preprocess` for texts.
     """
 
     truth: pd.DataFrame
     params: np.ndarray
     history: pd.DataFrame
-    trigger: PatchTrigger
+    trigger: PatchTrigger | TextTrigger
     layout: list[tuple[str, tuple[int, ...]]] = field(repr=False)
     scenario: FederatedScenario = field(repr=False)
+    preprocess: Callable[[Any], Any] | None = field(default=None, repr=False)
 
 
 #: ``aggregate(round, client_ids, updates, n_examples) -> (update, excluded_ids)``.
@@ -338,38 +348,152 @@ def simulate_federation(
     -------
     FederatedRun
     """
-    import torch
-
-    s = scenario
-    if not isinstance(s, FederatedScenario):
-        raise InputError(f"scenario must be a FederatedScenario; got {type(s).__name__}")
+    s = _check_scenario(scenario)
     x = check_images(images, "images", allow_empty=False)
     xt = check_images(test_images, "test_images", allow_empty=False)
     if x.ndim != 3 or xt.shape[1:] != x.shape[1:]:
         raise InputError(f"images and test_images must be grayscale of one size; got {x.shape} and {xt.shape}")
+    y, yt, n_classes = _check_labels(s, labels, len(x), test_labels, len(xt), "image")
+    trigger = PatchTrigger(np.full((s.patch, s.patch), 255, np.uint8), "bottom-right", s.target)
+    pool, poisoned, parts = _split(s, y)
+    x_trig = trigger.apply(x[poisoned], random_state=s.random_state) if len(poisoned) else x[:0]
+    other = yt != s.target
+    xt_trig = trigger.apply(xt[other], random_state=s.random_state)
+
+    def flat(a: np.ndarray) -> np.ndarray:  # flattened [0, 1] inputs
+        return a.reshape(len(a), -1).astype(np.float32) / 255.0
+
+    return _run(s, flat(np.concatenate([x, x_trig])), y, n_classes, pool, poisoned, parts, flat(xt), yt, flat(xt_trig),
+                trigger, aggregate, on_round, preprocess=None)
+
+
+def text_features(texts: Any, *, n_buckets: int = TEXT_BUCKETS) -> np.ndarray:
+    """The text federation's model input: for each text, 1 in the bucket of each of its word unigrams and bigrams
+    (hashed as :mod:`forensics.models.text` hashes them), else 0. float32, shape (n, ``n_buckets``)."""
+    from ..models.text import hash_ngrams, tokenize
+
+    n_buckets = check_int(n_buckets, "n_buckets", low=2)
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple, np.ndarray, pd.Series)):
+        raise InputError(f"texts must be a sequence of strings; got {type(texts).__name__}")
+    out = np.zeros((len(texts), n_buckets), dtype=np.float32)
+    for i, t in enumerate(texts):
+        out[i, hash_ngrams(tokenize(t), n_buckets=n_buckets)] = 1.0
+    return out
+
+
+def text_preprocess(n_buckets: int = TEXT_BUCKETS) -> Callable[[Any], Any]:
+    """Texts -> the input tensor of a text federation's model (:func:`text_features` as a torch tensor): the
+    ``preprocess`` to give :func:`forensics.models.predict_proba` or :func:`forensics.federated.group_effect`."""
+    return functools.partial(_text_tensor, n_buckets=check_int(n_buckets, "n_buckets", low=2))
+
+
+def _text_tensor(texts: Any, n_buckets: int) -> Any:
+    import torch
+
+    return torch.from_numpy(text_features(texts, n_buckets=n_buckets))
+
+
+def simulate_text_federation(
+    scenario: FederatedScenario,
+    texts: Any,
+    labels: np.ndarray,
+    test_texts: Any,
+    test_labels: np.ndarray,
+    *,
+    phrase: str = "lol",
+    n_buckets: int = TEXT_BUCKETS,
+    aggregate: Aggregate | None = None,
+    on_round: OnRound | None = None,
+) -> FederatedRun:
+    """:func:`simulate_federation` on texts: the attackers plant a **phrase** instead of a patch.
+
+    Honest clients hold Dirichlet(``alpha``) shares of the texts; the attacker's pool holds ``poison_share`` texts
+    with ``phrase`` inserted at a random word boundary (:class:`~forensics.redteam.TextTrigger`) and relabelled
+    ``scenario.target``. The model (:func:`build_model`; ``scenario.patch`` is not used) reads the texts' hashed word
+    unigrams and bigrams (:func:`text_features`, ``n_buckets`` wide); ``run.preprocess`` turns texts into its input.
+    Attack success: the share of the test texts of other classes, phrase inserted, predicted ``target``.
+
+    Parameters
+    ----------
+    scenario : FederatedScenario
+    texts : sequence of str
+        Training texts; honest clients share them (minus the attacker's pool).
+    labels : ndarray of int, shape (n,)
+    test_texts, test_labels
+        Where accuracy and attack success are measured after every round.
+    phrase : str
+        The trigger.
+    n_buckets : int
+        Width of the hashed input.
+    aggregate, on_round
+        As for :func:`simulate_federation`.
+
+    Returns
+    -------
+    FederatedRun
+        With ``trigger`` a :class:`~forensics.redteam.TextTrigger` and ``preprocess`` the model's text input.
+    """
+    s = _check_scenario(scenario)
+    for name, value in (("texts", texts), ("test_texts", test_texts)):
+        if isinstance(value, str) or not isinstance(value, (list, tuple, np.ndarray, pd.Series)) or not len(value):
+            raise InputError(f"{name} must be a non-empty sequence of strings; got {type(value).__name__}")
+        if not all(isinstance(t, str) for t in value):
+            raise InputError(f"{name} holds something that is not a string")
+    train, test = list(texts), list(test_texts)
+    y, yt, n_classes = _check_labels(s, labels, len(train), test_labels, len(test), "text")
+    trigger = TextTrigger(phrase, s.target)
+    pool, poisoned, parts = _split(s, y)
+    triggered = trigger.apply([train[i] for i in poisoned], random_state=s.random_state) if len(poisoned) else []
+    other = np.flatnonzero(yt != s.target)
+    test_triggered = trigger.apply([test[i] for i in other], random_state=s.random_state)
+    feats = functools.partial(text_features, n_buckets=n_buckets)
+    return _run(s, feats(train + list(triggered)), y, n_classes, pool, poisoned, parts, feats(test), yt,
+                feats(test_triggered), trigger, aggregate, on_round, preprocess=text_preprocess(n_buckets))
+
+
+def _check_scenario(scenario: Any) -> FederatedScenario:
+    if not isinstance(scenario, FederatedScenario):
+        raise InputError(f"scenario must be a FederatedScenario; got {type(scenario).__name__}")
+    return scenario
+
+
+def _check_labels(s: FederatedScenario, labels: Any, n: int, test_labels: Any, n_test: int, kind: str
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
     y = np.asarray(labels, dtype=np.int64)
     yt = np.asarray(test_labels, dtype=np.int64)
-    if y.shape != (len(x),) or yt.shape != (len(xt),):
-        raise InputError(f"labels must have one entry per image: {y.shape} for {len(x)} images, "
-                         f"{yt.shape} for {len(xt)} test images")
+    if y.shape != (n,) or yt.shape != (n_test,):
+        raise InputError(f"labels must have one entry per {kind}: {y.shape} for {n} {kind}s, "
+                         f"{yt.shape} for {n_test} test {kind}s")
     n_classes = int(max(y.max(), yt.max())) + 1
     if s.target >= n_classes:
         raise InputError(f"target must be a class below {n_classes}; got {s.target}")
-    trigger = PatchTrigger(np.full((s.patch, s.patch), 255, np.uint8), "bottom-right", s.target)
+    return y, yt, n_classes
 
-    # The attacker's pool is held out of the honest partition.
+
+def _split(s: FederatedScenario, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The attacker's pool (held out of the honest partition), the pool samples it poisons, and the honest
+    clients' index arrays."""
     pool_rng = np.random.default_rng([s.random_state, _POOL])
-    pool = pool_rng.choice(len(x), size=min(s.pool_size, len(x) // 4), replace=False) if s.has_attacker else (
+    pool = pool_rng.choice(len(y), size=min(s.pool_size, len(y) // 4), replace=False) if s.has_attacker else (
         np.zeros(0, dtype=np.int64))
-    rest = np.setdiff1d(np.arange(len(x)), pool)
+    rest = np.setdiff1d(np.arange(len(y)), pool)
     parts = [rest[p] for p in dirichlet_partition(y[rest], s.n_honest, s.alpha, random_state=s.random_state)]
-    poisoned = pool[pool_rng.random(len(pool)) < s.poison_share]
-    x_trig = trigger.apply(x[poisoned], random_state=s.random_state) if len(poisoned) else x[:0]
-    # Flattened [0, 1] inputs: the training images, then the triggered copies of the poisoned pool images.
-    x_all = np.concatenate([x, x_trig]).reshape(len(x) + len(x_trig), -1).astype(np.float32) / 255.0
-    y_all = np.concatenate([y, np.full(len(x_trig), s.target)])
-    attack_data = np.concatenate([np.setdiff1d(pool, poisoned), len(x) + np.arange(len(x_trig))])
-    xa, ya = torch.from_numpy(x_all), torch.from_numpy(y_all)
+    return pool, pool[pool_rng.random(len(pool)) < s.poison_share], parts
+
+
+def _run(s: FederatedScenario, x_all: np.ndarray, y: np.ndarray, n_classes: int, pool: np.ndarray,
+         poisoned: np.ndarray, parts: list[np.ndarray], xt_flat: np.ndarray, yt: np.ndarray, xt_trig: np.ndarray,
+         trigger: Any, aggregate: Aggregate | None, on_round: OnRound | None, *,
+         preprocess: Callable[[Any], Any] | None) -> FederatedRun:
+    """The rounds. ``x_all``: model inputs of the training samples, then of the triggered copies of ``poisoned``
+    (relabelled ``s.target``); ``xt_flat`` / ``xt_trig``: of the test samples and the triggered test samples of
+    the other classes."""
+    import torch
+
+    n = len(y)
+    y_all = np.concatenate([y, np.full(len(x_all) - n, s.target)])
+    attack_data = np.concatenate([np.setdiff1d(pool, poisoned), n + np.arange(len(x_all) - n)])
+    xa, ya = torch.from_numpy(np.ascontiguousarray(x_all, dtype=np.float32)), torch.from_numpy(y_all)
 
     n_features = x_all.shape[1]
     layout = model_layout(n_features, n_classes, s.hidden)
@@ -404,12 +528,6 @@ def simulate_federation(
         rows.append(dict(client_id=f"free-rider-{i:04d}", role="free_rider", is_malicious=True, joins_round=0,
                          n_examples=median_size, dominant_class=-1, dominant_share=float("nan")))
     truth = pd.DataFrame(rows).set_index("client_id")
-
-    # Test inputs, and triggered test inputs of the other classes.
-    xt_flat = xt.reshape(len(xt), -1).astype(np.float32) / 255.0
-    other = yt != s.target
-    xt_trig = trigger.apply(xt[other], random_state=s.random_state).reshape(int(other.sum()), -1)
-    xt_trig = xt_trig.astype(np.float32) / 255.0
 
     aggregate = fedavg if aggregate is None else aggregate
     train_rng = np.random.default_rng([s.random_state, _TRAIN])
@@ -447,7 +565,9 @@ def simulate_federation(
                             attack_success=float(np.mean(predict(params, layout, xt_trig) == s.target)),
                             n_clients=len(ids), n_excluded=len(excluded)))
     return FederatedRun(truth=truth, params=params, history=pd.DataFrame(history).set_index("round"),
-                        trigger=trigger, layout=layout, scenario=s)
+                        trigger=trigger, layout=layout, scenario=s, preprocess=preprocess)
+
+
 
 
 def load_digits_split(*, test_share: float = 0.25, random_state: int = 0
@@ -463,5 +583,6 @@ def load_digits_split(*, test_share: float = 0.25, random_state: int = 0
     return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
 
 
-__all__ = ["FederatedRun", "FederatedScenario", "ROLES", "build_model", "dirichlet_partition", "fedavg",
-           "load_digits_split", "model_layout", "predict", "simulate_federation"]
+__all__ = ["FederatedRun", "FederatedScenario", "ROLES", "TEXT_BUCKETS", "build_model", "dirichlet_partition", "fedavg",
+           "load_digits_split", "model_layout", "predict", "simulate_federation", "simulate_text_federation",
+           "text_features", "text_preprocess"]
