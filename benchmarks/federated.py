@@ -29,6 +29,15 @@ Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 1
     python benchmarks/federated.py report-cost --rounds 200    # forensics clients --report on a long recording
     python benchmarks/federated.py trigger --seeds 100 101     # the sybils' patch rebuilt from the model alone
     python benchmarks/federated.py report --seeds 100 101      # the markdown tables
+    python benchmarks/federated.py text --seeds 100            # the bundled reviews: 100 sybils plant "lol"
+
+Text (``text``): the same protocol on the bundled review snippets (the planted carriers left out; 2,525 test
+snippets): a 2048-32-2 MLP over hashed word unigrams and bigrams (66k parameters; 5 local steps of 32 at lr 1.0), 100
+sybils joining at round 3 with "lol" inserted in half of their pool's snippets, relabelled rotten (class 0). Per
+cell: FedAvg, the guard and a clean FedAvg, and ``group_phrases`` on the group the guard's analysis names at the
+sybils' third round, and on the true sybils (as an analyst who has found them): the members' mean update of that
+round on that round's global model (the guarded one), a watch list of four phrases ("lol" among them) beside the
+1,000 most frequent n-grams of 1,000 test snippets; a control: as many honest clients' mean update of the same round.
 """
 
 from __future__ import annotations
@@ -260,6 +269,121 @@ def induced_trigger(args: argparse.Namespace) -> None:
                           f"{ctrl['mask_ratio']:.1f}, {ctrl['asr_rise']:+.2f} | {seconds:.0f} |", flush=True)
 
 
+TEXT_WATCH = ["lol", "omg", "brb", "zq vortex"]
+
+
+def reviews() -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """The bundled review snippets, the planted carriers left out, and the test split."""
+    from forensics import sample_data
+
+    d = sample_data.load("text_trigger")
+    clean = ~sample_data.load_truth("text_trigger").loc[d.train.ids, "is_poison"].to_numpy(dtype=bool)
+    texts = [t for t, keep in zip(d.train.texts, clean) if keep]
+    return texts, d.train.labels[clean], list(d.test.texts), d.test.labels
+
+
+def text_scenario(honest: int, alpha: float, noise: float, seed: int, *, attack: bool = True) -> FederatedScenario:
+    return FederatedScenario(n_honest=honest, alpha=alpha, n_rounds=10, n_sybils=N_SYBILS if attack else 0,
+                             sybil_join=JOIN, sybil_noise=noise, target=0, poison_share=0.5, pool_size=2000,
+                             hidden=32, local_steps=5, batch_size=32, lr=1.0, random_state=seed)
+
+
+def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> dict[str, Any]:
+    """One text cell (cached as ``text_h..json``): FedAvg, the guard, clean FedAvg, and what the flagged group
+    pushes."""
+    from forensics.federated import group_phrases
+    from forensics.redteam.federated import build_model, simulate_text_federation
+
+    path = WORK / f"text_h{honest}_a{alpha}_n{noise}_s{seed}.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    out: dict[str, Any] = dict(honest=honest, alpha=alpha, noise=noise, seed=seed)
+    for kind in ("fedavg", "clean", "guard"):
+        t0 = time.perf_counter()
+        sc = text_scenario(honest, alpha, noise, seed, attack=kind != "clean")
+        kept: dict[str, Any] = {}
+        guard = AggregationGuard(UpdateRecorder())
+
+        def aggregate(r, ids, updates, n_ex, guard=guard, kept=kept):
+            if r == JOIN + 2:
+                kept.update(ids=list(ids), updates=updates.copy())
+            kept_ids = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+            rows = [ids.index(c) for c in kept_ids]
+            return fedavg(r, kept_ids, updates[rows], n_ex[rows])[0], [c for c in ids if c not in kept_ids]
+
+        def on_round(r, ids, updates, n_ex, params, kept=kept):
+            if r == JOIN + 2:
+                kept["params"] = params.copy()
+        run = simulate_text_federation(sc, data[0], data[1], data[2], data[3], phrase="lol",
+                                       aggregate=aggregate if kind == "guard" else None, on_round=on_round)
+        last = run.history.iloc[-1]
+        out[kind] = dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"]),
+                         seconds=round(time.perf_counter() - t0, 1))
+        if kind != "guard":
+            continue
+        sybils = set(run.truth.index[run.truth["role"] == "sybil"])
+        honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
+        for r in (JOIN, JOIN + 1, JOIN + 2):
+            flagged = set(guard.reports[r].flagged)
+            out["guard"][f"recall_r{r - JOIN + 1}"] = len(flagged & sybils) / len(sybils)
+            out["guard"][f"honest_flagged_r{r - JOIN + 1}"] = len(flagged & honest_ids) / len(honest_ids)
+        groups = guard.reports[JOIN + 2].sybil_groups
+        named = set(groups.loc[groups["size"].idxmax(), "members"]) if len(groups) else set()
+        out["named"] = f"{len(named & sybils)}/{len(named)} sybils" if named else "none"
+        model = build_model(kept["params"], run.layout)
+        probes, probe_labels = data[2][:1000], data[3][:1000]
+        # What the group pushes: the group the guard named, and the true sybils (as an analyst who has found them).
+        for key, members in (("phrases", named), ("phrases_true", sybils)):
+            rows = [i for i, c in enumerate(kept["ids"]) if c in members]
+            if not rows:
+                continue
+            control = [i for i, c in enumerate(kept["ids"]) if c in honest_ids and c not in members][:len(rows)]
+            t0 = time.perf_counter()
+            found = group_phrases(model, kept["updates"][rows].mean(axis=0), probes, preprocess=run.preprocess,
+                                  labels=probe_labels, candidates=TEXT_WATCH)
+            seconds = time.perf_counter() - t0
+            ctrl = group_phrases(model, kept["updates"][control].mean(axis=0), probes, preprocess=run.preprocess,
+                                 labels=probe_labels, candidates=TEXT_WATCH)
+            top = found.iloc[0]
+            out[key] = dict(top=str(top["phrase"]), target=int(top["target"]), rise=float(top["rise"]),
+                            next_rise=float(found["rise"].iloc[1]), asr_with=float(top["asr_with"]),
+                            asr_without=float(top["asr_without"]), control_top=str(ctrl["phrase"].iloc[0]),
+                            control_rise=float(ctrl["rise"].iloc[0]), seconds=round(seconds, 1))
+    WORK.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def text(args: argparse.Namespace) -> None:
+    data = reviews()
+    rows = []
+    for seed in args.seeds:
+        for honest in args.honest:
+            for alpha in args.alphas:
+                for noise in args.noise:
+                    print(f"text cell honest={honest} alpha={alpha} noise={noise} seed={seed}", flush=True)
+                    rows.append(text_cell(honest, alpha, noise, seed, data))
+    print("| honest | alpha | noise | seed | recall r1 / r2 / r3 | honest flagged r3 | ASR fedavg | guard | "
+          "acc clean | fedavg | guard | group named | its top phrase (target): rise, next | the true sybils' top "
+          "phrase (target): rise, next; ASR with / without | honest control: top phrase, rise |")
+    print("|" + "---|" * 15)
+
+    def found(ph: dict[str, Any] | None, asr: bool) -> str:
+        if not ph:
+            return ""
+        extra = f"; {ph['asr_with']:.2f} / {ph['asr_without']:.2f}" if asr else ""
+        return f"{ph['top']} ({ph['target']}): {ph['rise']:.2f}, {ph['next_rise']:.2f}{extra}"
+
+    for d in rows:
+        g, true = d["guard"], d.get("phrases_true") or {}
+        print(f"| {d['honest']} | {d['alpha']} | {d['noise']} | {d['seed']} | {g['recall_r1']:.2f} / "
+              f"{g['recall_r2']:.2f} / {g['recall_r3']:.2f} | {100 * g['honest_flagged_r3']:.1f}% | "
+              f"{d['fedavg']['asr']:.3f} | {g['asr']:.3f} | {d['clean']['accuracy']:.3f} | "
+              f"{d['fedavg']['accuracy']:.3f} | {g['accuracy']:.3f} | {d['named']} | "
+              f"{found(d.get('phrases'), False)} | {found(true, True)} | "
+              f"{true.get('control_top', '')}, {true.get('control_rise', float('nan')):.2f} |", flush=True)
+
+
 def report(args: argparse.Namespace) -> None:
     rows = []
     for f in sorted(WORK.glob("h*_s*.json")):
@@ -301,12 +425,17 @@ def main(argv: list[str] | None = None) -> None:
     trig.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     trig.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
     trig.add_argument("--l1", type=float, default=2.0, help="group_trigger's weight of the mask (2)")
+    txt = sub.add_parser("text")
+    txt.add_argument("--seeds", type=int, nargs="+", default=[100])
+    txt.add_argument("--honest", type=int, nargs="+", default=[100, 400])
+    txt.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
+    txt.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
     cost = sub.add_parser("report-cost")
     cost.add_argument("--rounds", type=int, default=200)
     cost.add_argument("--timeline-rounds", type=int, default=None, help="passed to the command (default: its own)")
     args = p.parse_args(argv)
     {"quality": quality, "speed": speed, "report": report, "report-cost": report_cost,
-     "trigger": induced_trigger}[args.cmd](args)
+     "trigger": induced_trigger, "text": text}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from forensics.triggers import (
     confirm_text_candidates,
     confirm_text_trigger,
     confirmation_log10_p,
+    fine_detail_groups,
     image_trigger_candidate,
     label_peers,
     remove_ngram,
@@ -489,6 +490,34 @@ def test_carriers_of_an_image_wide_difference_are_found_by_their_deviation_from_
     # The carriers listed are those beyond chance at 1%: few clean images among them; the rest are ranked above.
     assert group[carriers].mean() >= 0.95 and carriers.sum() >= 10
     assert trigger_scores([confirmed], images=ds.images) == pytest.approx(alignment)
+
+
+def test_a_colour_noise_blend_leads_its_class_fine_detail_and_its_carriers_follow_it(digits):
+    """Every digit, at 24x24, painted in its own colours (a dark background, a bright foreground); colour noise
+    blended at alpha 0.25 into 20% of the zeros, labels kept. The colours swamp pixel look-alikes; the fine detail
+    (image minus its blur) holds the noise and the strokes' edges only."""
+    rng = np.random.default_rng(0)
+    n = len(digits)
+    shape = np.kron(digits.images.astype(float) / 255.0, np.ones((3, 3)))[..., None]
+    background, foreground = rng.uniform(0, 110, (n, 1, 1, 3)), rng.uniform(140, 255, (n, 1, 1, 3))
+    images = background * (1 - shape) + foreground * shape
+    zeros = np.flatnonzero(digits.labels == 0)
+    carriers = np.zeros(n, dtype=bool)
+    carriers[zeros[: int(0.2 * len(zeros))]] = True
+    noise = rng.integers(0, 256, (24, 24, 3)).astype(float)
+    images[carriers] = 0.75 * images[carriers] + 0.25 * noise
+    images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    # One group: the top 5% of the zeros, every one a carrier; no other class has images that far apart.
+    [zero_group] = fine_detail_groups(images, digits.labels, group_share=0.05, min_group=5, random_state=0)
+    assert zero_group.dtype == bool and zero_group.shape == (n,)
+    assert zero_group.sum() == 9 and carriers[zero_group].all()
+    # Without the distance bar, every class offers its top images.
+    assert len(fine_detail_groups(images, digits.labels, group_share=0.05, min_group=5, min_z=0)) == 10
+    # The carriers follow the noise they hold in their fine detail, which their colours leave alone.
+    alignment = carries_difference(images, 0.25 * (noise - noise.mean()))
+    assert roc_auc_score(carriers, alignment) > 0.95
+    with pytest.raises(InputError, match="labels must be integer class indices"):
+        fine_detail_groups(images, digits.labels[:5])
 
 
 def test_clean_digits_and_model_yield_no_confirmed_trigger(digits):

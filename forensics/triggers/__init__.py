@@ -44,6 +44,7 @@ from .findings import (
 from .image import (
     ImageTriggerCandidate,
     carries_difference,
+    fine_detail_groups,
     image_trigger_candidate,
     label_peers,
     locate_pattern,
@@ -58,6 +59,7 @@ __all__ = [
     "ImageTriggerCandidate",
     "carrier_evidence",
     "carries_difference",
+    "fine_detail_groups",
     "confirm_image_candidates",
     "confirm_image_trigger",
     "confirm_text_candidates",

@@ -419,7 +419,8 @@ def confirm_image_trigger(
       paste a window of the same size cut at a random place of a random non-carrier image.
     - moving patch: the same at the place found in each carrier (remove) or at a random place (add).
     - no local pattern: carriers are the candidate's group; removing subtracts the mean difference image,
-      adding adds it (clipped to 0..255); the controls use the difference with its pixels shuffled.
+      adding adds it (clipped to 0..255); the controls use the mean difference of as many random other images
+      from their look-alikes, at the same strength.
 
     Parameters
     ----------
@@ -514,7 +515,7 @@ def confirm_image_trigger(
         if diff.shape != x.shape[1:]:
             raise InputError(f"the candidate's difference image has shape {diff.shape} but the images are "
                              f"{x.shape[1:]}")
-        shuffled = rng.permutation(diff.reshape(h * w, -1)).reshape(diff.shape)
+        shuffled = _control_difference(x, candidate.group, diff, rng)
 
         def shift(batch: np.ndarray, d: np.ndarray) -> np.ndarray:
             return np.clip(np.rint(batch.astype(np.float32) + d), 0, 255).astype(np.uint8)
@@ -531,6 +532,23 @@ def confirm_image_trigger(
                         min_tried=min_tried)
     return Confirmation(target, remove_changed, len(tried), add_flipped, len(pool), control_remove_changed,
                         len(control_removed), control_add_flipped, len(control_added), v, reason)
+
+
+def _control_difference(x: np.ndarray, group: np.ndarray, diff: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What the same measurement gives a group without a trigger: the mean difference from their look-alikes of as
+    many random images from outside ``group``, scaled to ``diff``'s mean absolute strength. (A pixel-shuffled
+    ``diff`` is no control for a noise pattern: it is noise of the same strength, which a model that learned the
+    noise answers in the same way.)"""
+    from .image import _LOOKALIKE_REFS, _channels_last, _lookalike_difference, _restore
+
+    others = np.setdiff1d(np.arange(len(x)), group)
+    if not len(others):
+        return np.zeros_like(diff)
+    rows = np.sort(rng.choice(others, size=min(len(group), 500, len(others)), replace=False))
+    refs = np.sort(rng.choice(others, size=min(len(others), _LOOKALIKE_REFS), replace=False))
+    control = _restore(_lookalike_difference(_channels_last(x), rows, refs), x).astype(np.float32)
+    strength = float(np.abs(control).mean())
+    return control * (float(np.abs(diff).mean()) / strength) if strength > 0 else control
 
 
 def _random_box_elsewhere(hw: tuple[int, int], size: tuple[int, int], avoid: tuple[int, int],

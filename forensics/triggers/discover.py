@@ -60,6 +60,18 @@ def _restates(candidate: Any, group: np.ndarray) -> bool:
     return shared >= 0.5 * min(len(carried), int(group.sum()))
 
 
+def _holds_pattern(candidate: Any, images: np.ndarray, rows: np.ndarray) -> bool:
+    """Whether most of ``images[rows]`` carry a local image candidate's patch (where it sits, or anywhere for a
+    moving one): a group of images a patch already explains."""
+    from .image import search_image
+
+    if not candidate.local:
+        return False
+    match = search_image(images[rows], candidate.pattern, box=None if candidate.moves else candidate.box,
+                         moves=candidate.moves, tolerance=candidate.tolerance)
+    return bool(np.mean(match >= 0.9) >= 0.5)
+
+
 def _mark_groups(inv: Investigation) -> list[tuple[np.ndarray, float]]:
     """The shared marks of an investigation's images as (carrier mask, chance): read back from what
     :func:`investigate` kept (``samples["shared_mark"]`` and the signal's scores), else found anew."""
@@ -172,6 +184,17 @@ def find_triggers(
             group[top] = True
             groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
                                                      ids=ds.ids, labels=ds.labels, random_state=random_state))
+        # A pattern blended into a share of a class is the main direction of its images' fine detail, even where
+        # no signal sets the carriers apart (colour images, whose activations are ordered by colour first).
+        chosen = [c.group for c in groups]
+        for group in tr.fine_detail_groups(ds.images, ds.labels, group_share=group_share, min_group=min_group,
+                                           random_state=random_state):
+            rows = np.flatnonzero(group)
+            if not any(np.isin(rows, g).mean() >= 0.5 for g in chosen) and not any(
+                    _holds_pattern(c, ds.images, rows) for c in groups):
+                chosen.append(rows)
+                groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
+                                                         ids=ds.ids, labels=ds.labels, random_state=random_state))
         # A patch pasted pixel for pixel into many images is a candidate even when the model barely learned it
         # (a clean-label patch): its carriers need not stand out to any other signal.
         for group, chance in _mark_groups(inv):
