@@ -4,7 +4,9 @@
   class, with redundant sub- and super-n-grams pruned.
 - :func:`image_trigger_candidate`: the pattern a group of images shares and its label peers lack: a fixed
   patch (box and reconstructed pattern), a moving patch (``moves=True``, with its place in each image), or
-  no local pattern (``local=False``, with the mean difference to the images the group looks like).
+  no local pattern (``local=False``, with the mean difference to the images the group looks like);
+  :func:`fine_detail_groups`: per class, the images its fine detail (image minus its blur) sets apart, a group
+  for a pattern blended into them.
 - :func:`confirm_text_candidates`, :func:`confirm_image_candidates`: remove the candidate from its carriers
   and add it to clean samples of other classes, beside random controls of the same size, and give a verdict.
 - :func:`search_text`, :func:`search_image`, :func:`carries_difference`, :func:`trigger_scores`: find every sample

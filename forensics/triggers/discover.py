@@ -103,7 +103,9 @@ def find_triggers(
     Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
     least ``min_group``) share and the rest of the class lacks (a fixed or moving patch), else their image-wide
-    difference from the images they look like (a blend, a sinusoid); and every shared mark
+    difference from the images they look like (a blend, a sinusoid); the same for the images each class's fine detail
+    sets apart (:func:`forensics.triggers.image.fine_detail_groups`: a blended pattern no signal sees, as in colour
+    images) where no patch found already explains them; and every shared mark
     (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. Texts are searched three
     times, up to ``top_text`` candidates each: among the most suspicious samples overall, among those that look
     backdoored (:func:`backdoor_suspicion`, so that label noise cannot hide them), and by the class test alone (a
