@@ -94,6 +94,30 @@ def flower_aggregate(kind: str, n_attackers: int):
     return agg
 
 
+def guarded(guard: AggregationGuard):
+    """An ``aggregate`` for the simulation: FedAvg over the clients the guard does not flag."""
+
+    def aggregate(r: int, ids: list[str], updates: np.ndarray, n_ex: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        kept = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+        rows = [ids.index(c) for c in kept]
+        return fedavg(r, kept, updates[rows], n_ex[rows])[0], [c for c in ids if c not in kept]
+
+    return aggregate
+
+
+def guard_rates(run: Any, guard: AggregationGuard) -> dict[str, float]:
+    """Share of the sybils, and of the honest clients, the guard's report flags in each of the sybils' first three
+    rounds (``recall_r1`` .. ``r3``, ``honest_flagged_r1`` .. ``r3``)."""
+    sybils = set(run.truth.index[run.truth["role"] == "sybil"])
+    honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
+    out = {}
+    for r in (JOIN, JOIN + 1, JOIN + 2):
+        flagged = set(guard.reports[r].flagged)
+        out[f"recall_r{r - JOIN + 1}"] = len(flagged & sybils) / len(sybils)
+        out[f"honest_flagged_r{r - JOIN + 1}"] = len(flagged & honest_ids) / len(honest_ids)
+    return out
+
+
 def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
              aggregators: tuple[str, ...] = AGGREGATORS) -> dict[str, Any]:
     """Run the cell's missing aggregators; the results are kept per cell so that a later call adds to them."""
@@ -108,12 +132,7 @@ def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
         guard = None
         if kind == "guard":
             guard = AggregationGuard(UpdateRecorder())
-
-            def aggregate(r, ids, updates, n_ex, guard=guard):
-                kept = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
-                rows = [ids.index(c) for c in kept]
-                return fedavg(r, kept, updates[rows], n_ex[rows])[0], [c for c in ids if c not in kept]
-            run = simulate_federation(sc, *data, aggregate=aggregate)
+            run = simulate_federation(sc, *data, aggregate=guarded(guard))
         elif kind in ("fedavg", "clean"):
             run = simulate_federation(sc, *data)
         else:
@@ -122,12 +141,8 @@ def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
         out[kind] = dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"]),
                          seconds=round(time.perf_counter() - t0, 1))
         if guard is not None:
-            sybils = set(run.truth.index[run.truth["role"] == "sybil"])
+            out["guard"].update(guard_rates(run, guard))
             honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
-            for r in (JOIN, JOIN + 1, JOIN + 2):
-                flagged = set(guard.reports[r].flagged)
-                out["guard"][f"recall_r{r - JOIN + 1}"] = len(flagged & sybils) / len(sybils)
-                out["guard"][f"honest_flagged_r{r - JOIN + 1}"] = len(flagged & honest_ids) / len(honest_ids)
             out["guard"]["max_honest_excluded"] = max(len(set(ex) & honest_ids) for ex in guard.excluded.values())
             out["guard"]["hold"] = guard.hold
         print(f"  {kind:8s} {out[kind]}", flush=True)
@@ -304,29 +319,19 @@ def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> 
         kept: dict[str, Any] = {}
         guard = AggregationGuard(UpdateRecorder())
 
-        def aggregate(r, ids, updates, n_ex, guard=guard, kept=kept):
-            if r == JOIN + 2:
-                kept.update(ids=list(ids), updates=updates.copy())
-            kept_ids = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
-            rows = [ids.index(c) for c in kept_ids]
-            return fedavg(r, kept_ids, updates[rows], n_ex[rows])[0], [c for c in ids if c not in kept_ids]
-
         def on_round(r, ids, updates, n_ex, params, kept=kept):
-            if r == JOIN + 2:
-                kept["params"] = params.copy()
+            if r == JOIN + 2:  # the sybils' third round: what the analysis at that round names them by
+                kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
         run = simulate_text_federation(sc, data[0], data[1], data[2], data[3], phrase="lol",
-                                       aggregate=aggregate if kind == "guard" else None, on_round=on_round)
+                                       aggregate=guarded(guard) if kind == "guard" else None, on_round=on_round)
         last = run.history.iloc[-1]
         out[kind] = dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"]),
                          seconds=round(time.perf_counter() - t0, 1))
         if kind != "guard":
             continue
+        out["guard"].update(guard_rates(run, guard))
         sybils = set(run.truth.index[run.truth["role"] == "sybil"])
         honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
-        for r in (JOIN, JOIN + 1, JOIN + 2):
-            flagged = set(guard.reports[r].flagged)
-            out["guard"][f"recall_r{r - JOIN + 1}"] = len(flagged & sybils) / len(sybils)
-            out["guard"][f"honest_flagged_r{r - JOIN + 1}"] = len(flagged & honest_ids) / len(honest_ids)
         groups = guard.reports[JOIN + 2].sybil_groups
         named = set(groups.loc[groups["size"].idxmax(), "members"]) if len(groups) else set()
         out["named"] = f"{len(named & sybils)}/{len(named)} sybils" if named else "none"

@@ -404,8 +404,8 @@ def group_phrases(
     probes' words) and the most frequent word n-grams of the probe texts. All are screened on ``screen`` texts of one
     half of the probes; the ``top`` ones are measured on the other half, which did not choose them. A phrase the
     group planted stands far above the rest there; the words an honest group's update favours rise a little (on the
-    bundled reviews, 10 sybils' "lol" rose by about 0.4 in log-odds, the next phrase and an honest group's best by
-    about 0.1).
+    bundled reviews, the "lol" of 10 sybils among 40 honest clients rose by 0.41 in log-odds, the next phrase by 0.09
+    and an honest group's best by 0.06).
 
     Parameters
     ----------
@@ -481,7 +481,7 @@ def group_phrases(
     order = np.random.default_rng(seed).permutation(len(x))
     screen_rows, held_rows = order[: len(x) // 2][:screen], order[len(x) // 2:]
 
-    def shares(rows: np.ndarray, chosen: list[str], classes: list[int] | None) -> tuple[np.ndarray, ...]:
+    def measure(rows: np.ndarray, chosen: list[str], classes: list[int] | None) -> tuple[np.ndarray, ...]:
         """Per candidate (and class), with and without the update: the mean change of the class's log-odds over the
         ``rows`` not of the class when the candidate is inserted, and the share of those rows then called the class."""
         inserted = [t for i, p in enumerate(chosen)
@@ -506,13 +506,13 @@ def group_phrases(
     def lift(parts: tuple[np.ndarray, ...]) -> np.ndarray:
         return parts[0] - parts[2]
 
-    rise_s = np.nan_to_num(lift(shares(screen_rows, phrases, None)), nan=-np.inf)
+    rise_s = np.nan_to_num(lift(measure(screen_rows, phrases, None)), nan=-np.inf)
     best_class = rise_s.argmax(axis=1)
     best_rise = rise_s[np.arange(len(phrases)), best_class]
     picked = np.argsort(-best_rise, kind="stable")[:top]
     chosen = [phrases[i] for i in picked]
     targets = [int(best_class[i]) for i in picked]
-    held = shares(held_rows, chosen, targets)
+    held = measure(held_rows, chosen, targets)
     table = pd.DataFrame({"phrase": chosen, "target": targets, "push_with": held[0], "push_without": held[2],
                           "rise": lift(held), "asr_with": held[1], "asr_without": held[3],
                           "screen_rise": best_rise[picked], "in_probes": [counts.get(p, 0) for p in chosen],

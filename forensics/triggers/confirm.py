@@ -515,13 +515,13 @@ def confirm_image_trigger(
         if diff.shape != x.shape[1:]:
             raise InputError(f"the candidate's difference image has shape {diff.shape} but the images are "
                              f"{x.shape[1:]}")
-        shuffled = _control_difference(x, candidate.group, diff, rng)
+        control = _control_difference(x, candidate.group, diff, rng)
 
         def shift(batch: np.ndarray, d: np.ndarray) -> np.ndarray:
             return np.clip(np.rint(batch.astype(np.float32) + d), 0, 255).astype(np.uint8)
 
-        removed, control_removed = shift(x[tried], -diff), shift(x[tried], -shuffled)
-        added, control_added = shift(into[pool], diff), shift(into[pool], shuffled)
+        removed, control_removed = shift(x[tried], -diff), shift(x[tried], -control)
+        added, control_added = shift(into[pool], diff), shift(into[pool], control)
 
     remove_changed = int((_predict(predict_proba, removed) != target).sum())
     control_remove_changed = int((_predict(predict_proba, control_removed) != target).sum())

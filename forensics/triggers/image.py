@@ -393,7 +393,10 @@ def carries_difference(images: np.ndarray, difference: np.ndarray, *, max_refs: 
     no more aligned with the difference than with any other direction (cosines near 0); an image carrying the
     trigger deviates along it. Cosine rather than the projected amount, because an unusual clean image deviates a lot
     in every direction: on a sinusoid the model had learned, it ranked the carriers at AUROC 0.968 and 0.997 against
-    0.960 and 0.994 for the projection.
+    0.960 and 0.994 for the projection. The same cosine is also read in fine detail (each image minus its blur, against
+    the difference's own detail) and the larger one kept: where every image has its own colours, its look-alikes
+    differ in colour and swamp a blended noise pattern, which its fine detail keeps (on a colour blend of the attack
+    matrix, 239 of its 399 carriers were found by the look-alikes alone, 399 with the detail).
 
     Parameters
     ----------
