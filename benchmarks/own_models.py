@@ -128,6 +128,8 @@ def colour(args: argparse.Namespace) -> list[str]:
             "colour blend 5%": blend_backdoor(base, target=0, rate=0.05, alpha=0.1, random_state=seed),
         }
         for name, attack in attacks.items():
+            if args.attacks and name.split()[1] not in args.attacks:
+                continue
             t0 = time.perf_counter()
             ds, poison = attack.dataset, np.asarray(attack.truth.index[attack.truth["is_poison"]])
             torch.manual_seed(seed)
@@ -223,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[2, 3])
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--attacks", nargs="+", choices=("patch", "blend"), default=None, help="default: both")
     p = sub.add_parser("bert")
     p.add_argument("--seeds", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--epochs", type=int, default=3)
