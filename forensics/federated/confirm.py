@@ -90,14 +90,15 @@ def _probes(payload: Any, preprocess: Any) -> np.ndarray:
     """Probe images as checked uint8, or probe texts as an object array (they need a ``preprocess``)."""
     if isinstance(payload, np.ndarray) and payload.dtype != object:
         return check_images(payload, "images", allow_empty=False)
-    if isinstance(payload, str) or not isinstance(payload, (list, tuple, np.ndarray)):
-        raise InputError(f"images must be a uint8 image array or a sequence of texts; got {type(payload).__name__}")
-    if not len(payload) or not all(isinstance(t, str) for t in payload):
-        raise InputError("probe texts must be a non-empty sequence of strings")
+    from ..triggers.text import _check_texts
+
+    texts = _check_texts(payload)
+    if not texts:
+        raise InputError("probe texts must not be empty")
     if preprocess is None:
         raise InputError("probe texts need preprocess= (texts -> the model's input)")
-    out = np.empty(len(payload), dtype=object)
-    out[:] = list(payload)
+    out = np.empty(len(texts), dtype=object)
+    out[:] = texts
     return out
 
 

@@ -371,10 +371,10 @@ def text_features(texts: Any, *, n_buckets: int = TEXT_BUCKETS) -> np.ndarray:
     """The text federation's model input: for each text, 1 in the bucket of each of its word unigrams and bigrams
     (hashed as :mod:`forensics.models.text` hashes them), else 0. float32, shape (n, ``n_buckets``)."""
     from ..models.text import hash_ngrams, tokenize
+    from ..triggers.text import _check_texts
 
     n_buckets = check_int(n_buckets, "n_buckets", low=2)
-    if isinstance(texts, str) or not isinstance(texts, (list, tuple, np.ndarray, pd.Series)):
-        raise InputError(f"texts must be a sequence of strings; got {type(texts).__name__}")
+    texts = _check_texts(texts)
     out = np.zeros((len(texts), n_buckets), dtype=np.float32)
     for i, t in enumerate(texts):
         out[i, hash_ngrams(tokenize(t), n_buckets=n_buckets)] = 1.0
@@ -433,13 +433,12 @@ def simulate_text_federation(
     FederatedRun
         With ``trigger`` a :class:`~forensics.redteam.TextTrigger` and ``preprocess`` the model's text input.
     """
+    from ..triggers.text import _check_texts
+
     s = _check_scenario(scenario)
-    for name, value in (("texts", texts), ("test_texts", test_texts)):
-        if isinstance(value, str) or not isinstance(value, (list, tuple, np.ndarray, pd.Series)) or not len(value):
-            raise InputError(f"{name} must be a non-empty sequence of strings; got {type(value).__name__}")
-        if not all(isinstance(t, str) for t in value):
-            raise InputError(f"{name} holds something that is not a string")
-    train, test = list(texts), list(test_texts)
+    train, test = _check_texts(texts), _check_texts(test_texts)
+    if not train or not test:
+        raise InputError(f"texts and test_texts must not be empty; got {len(train)} and {len(test)} texts")
     y, yt, n_classes = _check_labels(s, labels, len(train), test_labels, len(test), "text")
     trigger = TextTrigger(phrase, s.target)
     pool, poisoned, parts = _split(s, y)
