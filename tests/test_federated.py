@@ -198,6 +198,66 @@ def test_planted_sybils_are_all_flagged_and_no_honest_client_is(planted):
     assert report.params["rounds"] == [2, 3, 4]
 
 
+def test_individuality_sets_one_data_pool_apart_from_devices_with_their_own_data():
+    from forensics.federated import signals as fs
+
+    rng = np.random.default_rng(0)
+    k, n_honest, n_pool = 256, 30, 15
+    # Honest devices: their class's direction plus what their own data adds, the same every round, plus chance.
+    # The pool: one direction plus fresh chance each round (minibatches of one shared pool), less alike than a class.
+    classes = rng.standard_normal((2, k))
+    own = rng.standard_normal((n_honest, k))
+    pool = rng.standard_normal(k)
+    ids = [f"h{i}" for i in range(n_honest)] + [f"p{i}" for i in range(n_pool)]
+    rounds = []
+    for r in range(3):
+        honest = 4 * classes[np.arange(n_honest) % 2] + own + 0.5 * rng.standard_normal((n_honest, k))
+        fake = 4 * pool + 1.5 * rng.standard_normal((n_pool, k))
+        rounds.append((ids if r else ids[:-1], np.vstack([honest, fake])[:len(ids) if r else -1]))
+    rounds.append((["late"], rng.standard_normal((1, k))))
+    d_ids, directions = fs.accumulated_directions(rounds)
+    group, closeness, sybil_p = fs.sybil_groups(directions, min_group=10)
+    ind = fs.individuality(rounds, d_ids, directions, neighbours=9)
+    honest, fake, late = np.char.startswith(d_ids, "h"), np.char.startswith(d_ids, "p"), np.array(d_ids) == "late"
+    # Each class is more alike than the pool.
+    assert np.median(closeness[honest]) > np.median(closeness[fake])
+    # What sets an honest device apart persists; in the pool it is chance (sd 1 / sqrt(k)).
+    assert ind[honest].min() > 0.5 and np.abs(ind[fake]).max() < 2 / np.sqrt(k)
+    assert np.isnan(ind[late])  # seen once: not measured
+    pool_p, kept = fs.shared_pool(ind, group, sybil_p, k=k, min_group=10)
+    assert pool_p[fake].max() < 1e-4 and (pool_p[honest] == 1).all()
+    # Closeness speaks only where there is no individuality: for the pool, not for the classes.
+    assert (kept[honest] == 1).all() and (kept[fake] == sybil_p[fake]).all()
+    # Too few devices with individuality to measure against: nothing is tested.
+    assert (fs.shared_pool(ind[fake], group[fake], sybil_p[fake], k=k)[0] == 1).all()
+
+
+def test_two_class_text_sybils_are_flagged_as_one_pool_though_a_class_is_more_alike(text_data):
+    """On two classes at Dirichlet 0.1, honest clients of one class send nearly the same update: a group of them is
+    more alike than the sybils (on 100 honest clients closeness alone flagged half of them and no sybil)."""
+    texts, labels, test_texts, test_labels = text_data
+    rec = UpdateRecorder()
+    scenario = FederatedScenario(n_honest=40, alpha=0.1, n_rounds=4, n_sybils=20, sybil_join=1, target=0,
+                                 local_steps=5, lr=1.0, random_state=0)
+    run = simulate_text_federation(scenario, texts, labels, test_texts, test_labels, phrase="lol",
+                                   on_round=lambda r, ids, u, n, p: rec.record_round(r, u, client_ids=ids))
+    report = analyze_clients(rec)
+    t = report.table.join(run.truth)
+    sybils = t["role"] == "sybil"
+    caught = sybils & t["is_flagged"]
+    assert caught.sum() >= 0.95 * sybils.sum() and t.loc[caught, "top_signal"].eq("pool").all()
+    assert t.loc[caught, "reasons"].str.contains("one data pool behind many ids").all()
+    assert not t.loc[~sybils, "top_signal"].isin(["sybil", "pool"]).any()
+    assert t.loc[sybils, "individuality"].abs().max() < 2 / np.sqrt(rec.k) < t.loc[~sybils, "individuality"].min()
+    # A group of honest clients only is more alike than the sybils' group.
+    by_group = t[t["sybil_group"] >= 0].groupby("sybil_group")
+    honest_groups = [g for g, m in by_group if not (m["role"] == "sybil").any()]
+    (sybil_group,) = t.loc[sybils, "sybil_group"].unique()
+    assert honest_groups and sybil_group >= 0
+    assert max(by_group.get_group(g)["closeness"].median() for g in honest_groups) > \
+        by_group.get_group(sybil_group)["closeness"].median()
+
+
 def test_free_riders_and_a_boosted_attacker_are_flagged_with_their_reasons(digits):
     scenario = FederatedScenario(n_honest=30, alpha=1.0, n_rounds=4, boost=10.0, sybil_join=1, n_free_riders=2,
                                  free_rider="stale", random_state=2)
@@ -314,6 +374,17 @@ def test_group_trigger_reconstructs_the_sybils_patch_from_the_model_alone(plante
         group_trigger(model, sybil_update, xte, target=12, steps=1)
     with pytest.raises(InputError, match="the trigger was reconstructed on"):
         trigger.apply(np.zeros((2, 9, 9), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def text_data():
+    """The bundled review snippets without the planted carriers (train texts, labels), and the test split."""
+    from forensics import sample_data
+
+    data = sample_data.load("text_trigger")
+    clean = ~sample_data.load_truth("text_trigger").loc[data.train.ids, "is_poison"].to_numpy(dtype=bool)
+    texts = [t for t, keep in zip(data.train.texts, clean) if keep]
+    return texts, data.train.labels[clean], list(data.test.texts), data.test.labels
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,10 @@ Each signal of :mod:`forensics.federated.signals` becomes a tail probability (lo
   generalized Pareto tail above the 87.5th percentile, so an eighth of the clients cannot shape their own null;
   a sybil group, alike by design, would make every honest non-IID client look far from the rest);
 - ``sybil``: its closeness under that of the clients outside its HDBSCAN group and of the other groups
-  (:func:`~.signals.sybil_groups`; a group may be half of the federation);
+  (:func:`~.signals.sybil_groups`; a group may be half of the federation), counted only where the group (or the
+  ungrouped client) is without individuality or not measured yet (:func:`~.signals.shared_pool`);
+- ``pool``: its individuality (:func:`~.signals.individuality`: whether what sets it apart from its look-alikes
+  persists over rounds) within chance, under that of the clients beyond chance: many ids fed from one data pool;
 - ``stale``: each all-zero update, or one byte-identical to an earlier update of the same client, counts
   ``STALE_P`` (local training never repeats 100k floats to the bit);
 - ``anomaly``: a non-finite update or one of the wrong size, anywhere in the recording, is ``ANOMALY_P``.
@@ -43,7 +46,7 @@ REASON_P = 0.01
 DEFAULT_THRESHOLD = 2.0
 
 #: Signals in the order they are reported and tie-broken.
-SIGNALS = ("anomaly", "sybil", "stale", "norm", "krum", "dissent", "trust")
+SIGNALS = ("anomaly", "sybil", "pool", "stale", "norm", "krum", "dissent", "trust")
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,10 @@ class ClientReport:
     table : DataFrame
         One row per client (index ``client_id``), most suspicious first: ``suspicion``, ``is_flagged``,
         ``reasons``, ``top_signal``, ``first_round``, ``n_rounds`` (in the window), ``sybil_group`` (-1 none),
-        ``closeness``, ``consistency``, and per signal ``<signal>_score`` and ``<signal>_p``.
+        ``closeness``, ``individuality``, ``consistency``, and per signal ``<signal>_score`` and ``<signal>_p``.
     groups : DataFrame
-        One row per HDBSCAN group: ``size``, ``n_flagged``, ``median_closeness``, ``median_p``, ``first_round``
+        One row per HDBSCAN group: ``size``, ``n_flagged``, ``median_closeness``, ``median_p`` (of the smaller of
+        ``sybil_p`` and ``pool_p``), ``first_round``
         (earliest of its members), ``members``. Honest clients form groups too; :attr:`sybil_groups` keeps the
         groups whose members are flagged for being alike.
     params : dict
@@ -76,12 +80,14 @@ class ClientReport:
     @property
     def sybil_groups(self) -> pd.DataFrame:
         """The rows of ``groups`` that are sybil groups: at least one member is flagged for being alike with the
-        others (its ``sybil_p`` below :data:`REASON_P`). A group of honest clients that HDBSCAN also finds is not
-        one because a free-rider or an outsized update among them is flagged for that."""
+        others or for being one pool (its ``sybil_p`` or ``pool_p`` below :data:`REASON_P`). A group of honest
+        clients that HDBSCAN also finds is not one because a free-rider or an outsized update among them is flagged
+        for that."""
         t = self.table
         if not len(self.groups):
             return self.groups
-        alike = t["is_flagged"].to_numpy(dtype=bool) & (t["sybil_p"].to_numpy() < REASON_P) \
+        together = np.minimum(t["sybil_p"].to_numpy(), t["pool_p"].to_numpy() if "pool_p" in t else 1.0)
+        alike = t["is_flagged"].to_numpy(dtype=bool) & (together < REASON_P) \
             & (t["sybil_group"].to_numpy() >= 0)
         return self.groups[self.groups.index.isin(np.unique(t["sybil_group"].to_numpy()[alike]))]
 
@@ -94,6 +100,11 @@ def _reason(name: str, row: pd.Series) -> str:
             return f"with its nearest clients far more alike than the others (closeness {row['closeness']:.2f})"
         return (f"in group {int(row['sybil_group'])} of {int(row['group_size'])} clients far more alike than the "
                 f"others (closeness {row['closeness']:.2f})")
+    if name == "pool":
+        where = f"group {int(row['sybil_group'])} of {int(row['group_size'])}" if row["sybil_group"] >= 0 else (
+            "its nearest clients")
+        return (f"differs from {where} only by chance from round to round (individuality "
+                f"{row['individuality']:.2f}): one data pool behind many ids, not devices with their own data")
     if name == "stale":
         return f"sent {int(row['stale_score'])} all-zero or repeated update(s)"
     if name == "norm":
@@ -208,16 +219,23 @@ def _analyze(
     has = idx >= 0
     table["sybil_group"] = np.where(has, group[np.maximum(idx, 0)] if len(group) else -1, -1)
     table["closeness"] = np.where(has, close[np.maximum(idx, 0)] if len(close) else np.nan, np.nan)
+    # One pool behind many ids: what sets a client apart from its look-alikes does not persist across rounds.
+    ind = fs.individuality(clean_rounds, d_ids, directions, neighbours=min_group - 1) if len(d_ids) else np.zeros(0)
+    p_pool, p_syb = fs.shared_pool(ind, group, p_syb, k=recorder.k, min_group=min_group) if len(d_ids) else (
+        np.zeros(0), np.zeros(0))
     table["sybil_score"] = table["closeness"]
     table["sybil_p"] = np.where(has, p_syb[np.maximum(idx, 0)] if len(p_syb) else 1.0, 1.0)
+    table["individuality"] = np.where(has, ind[np.maximum(idx, 0)] if len(ind) else np.nan, np.nan)
+    table["pool_score"] = table["individuality"]
+    table["pool_p"] = np.where(has, p_pool[np.maximum(idx, 0)] if len(p_pool) else 1.0, 1.0)
     sizes = table["sybil_group"].map(table["sybil_group"].value_counts())
     table["group_size"] = np.where(table["sybil_group"] >= 0, sizes, 0)
-    ran.append("sybil")
+    ran += ["sybil", "pool"]
 
     # Outlier signals, each under the bulk of the clients outside any significant group: a sybil group is alike
     # by design, and left in the null it would make every honest non-IID client look far from the rest (on 400
     # honest Fashion-MNIST clients and 100 sybils, 10 honest clients reached 2 on the Krum distance that way).
-    ordinary = table["sybil_p"].to_numpy() >= REASON_P
+    ordinary = (table["sybil_p"].to_numpy() >= REASON_P) & (table["pool_p"].to_numpy() >= REASON_P)
     for name in ("norm", "dissent", "krum", "trust"):
         if not per[name]:
             continue
@@ -270,7 +288,7 @@ def _analyze(
     for g, members in table[table["sybil_group"] >= 0].groupby("sybil_group"):
         rows.append(dict(group=int(g), size=len(members), n_flagged=int(members["is_flagged"].sum()),
                          median_closeness=float(members["closeness"].median()),
-                         median_p=float(members["sybil_p"].median()),
+                         median_p=float(np.median(np.minimum(members["sybil_p"], members["pool_p"]))),
                          first_round=int(members["first_round"].min()), members=list(members.index)))
     groups = pd.DataFrame(rows, columns=["group", "size", "n_flagged", "median_closeness", "median_p",
                                          "first_round", "members"]).set_index("group")

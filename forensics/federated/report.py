@@ -60,6 +60,7 @@ SIGNAL_MEANINGS = {
 _KINDS = {
     "anomaly": "with non-finite or wrong-size updates",
     "sybil": "alike with their nearest clients but in no group",
+    "pool": "fed from one data pool but in no group",
     "stale": "with all-zero or repeated updates (free-riders)",
     "norm": "with outsized updates",
     "krum": "with updates far from every other client's",
