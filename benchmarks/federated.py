@@ -310,23 +310,28 @@ def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> 
     from forensics.redteam.federated import build_model, simulate_text_federation
 
     path = WORK / f"text_h{honest}_a{alpha}_n{noise}_s{seed}.json"
-    if path.is_file():
-        return dict(json.loads(path.read_text()))
-    out: dict[str, Any] = dict(honest=honest, alpha=alpha, noise=noise, seed=seed)
-    for kind in ("fedavg", "clean", "guard"):
+    out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else dict(
+        honest=honest, alpha=alpha, noise=noise, seed=seed)
+    for kind in ("fedavg", "clean", "guard", "probation"):
+        if kind in out:
+            continue
         t0 = time.perf_counter()
         sc = text_scenario(honest, alpha, noise, seed, attack=kind != "clean")
         kept: dict[str, Any] = {}
-        guard = AggregationGuard(UpdateRecorder())
+        # "probation": the guard, and newcomers' first update analysed but not aggregated.
+        guard = AggregationGuard(UpdateRecorder(), probation=int(kind == "probation"))
 
         def on_round(r, ids, updates, n_ex, params, kept=kept):
             if r == JOIN + 2:  # the sybils' third round: what the analysis at that round names them by
                 kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
         run = simulate_text_federation(sc, data[0], data[1], data[2], data[3], phrase="lol",
-                                       aggregate=guarded(guard) if kind == "guard" else None, on_round=on_round)
+                                       aggregate=guarded(guard) if kind in ("guard", "probation") else None,
+                                       on_round=on_round)
         last = run.history.iloc[-1]
         out[kind] = dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"]),
                          seconds=round(time.perf_counter() - t0, 1))
+        if kind == "probation":
+            out[kind].update(guard_rates(run, guard))
         if kind != "guard":
             continue
         out["guard"].update(guard_rates(run, guard))
@@ -369,9 +374,10 @@ def text(args: argparse.Namespace) -> None:
                     print(f"text cell honest={honest} alpha={alpha} noise={noise} seed={seed}", flush=True)
                     rows.append(text_cell(honest, alpha, noise, seed, data))
     print("| honest | alpha | noise | seed | recall r1 / r2 / r3 | honest flagged r3 | ASR fedavg | guard | "
-          "acc clean | fedavg | guard | group named | its top phrase (target): rise, next | the true sybils' top "
-          "phrase (target): rise, next; ASR with / without | honest control: top phrase, rise |")
-    print("|" + "---|" * 15)
+          "guard + probation | acc clean | fedavg | guard | guard + probation | group named | its top phrase "
+          "(target): rise, next | the true sybils' top phrase (target): rise, next; ASR with / without | honest "
+          "control: top phrase, rise |")
+    print("|" + "---|" * 17)
 
     def found(ph: dict[str, Any] | None, asr: bool) -> str:
         if not ph:
@@ -383,8 +389,9 @@ def text(args: argparse.Namespace) -> None:
         g, true = d["guard"], d.get("phrases_true") or {}
         print(f"| {d['honest']} | {d['alpha']} | {d['noise']} | {d['seed']} | {g['recall_r1']:.2f} / "
               f"{g['recall_r2']:.2f} / {g['recall_r3']:.2f} | {100 * g['honest_flagged_r3']:.1f}% | "
-              f"{d['fedavg']['asr']:.3f} | {g['asr']:.3f} | {d['clean']['accuracy']:.3f} | "
-              f"{d['fedavg']['accuracy']:.3f} | {g['accuracy']:.3f} | {d['named']} | "
+              f"{d['fedavg']['asr']:.3f} | {g['asr']:.3f} | {d['probation']['asr']:.3f} | "
+              f"{d['clean']['accuracy']:.3f} | {d['fedavg']['accuracy']:.3f} | {g['accuracy']:.3f} | "
+              f"{d['probation']['accuracy']:.3f} | {d['named']} | "
               f"{found(d.get('phrases'), False)} | {found(true, True)} | "
               f"{true.get('control_top', '')}, {true.get('control_rise', float('nan')):.2f} |", flush=True)
 

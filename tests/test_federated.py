@@ -513,6 +513,27 @@ def test_timeline_rounds_are_evenly_spaced_with_the_first_and_the_last():
         timeline_rounds(range(10), 1)
 
 
+def test_a_newcomer_on_probation_is_analysed_but_not_aggregated_at_first():
+    rng = np.random.default_rng(0)
+
+    def run(**kw):
+        # A threshold no one reaches: what is left out here is left out for probation alone.
+        guard = AggregationGuard(UpdateRecorder(k=16), analysis={"window": 1, "threshold": 1e6}, **kw)
+        for r in range(5):
+            # 20 founders from round 0; n0 joins in round 2, n1 in round 3 and skips round 4.
+            ids = [f"c{i}" for i in range(20)] + ["n0"] * (r >= 2) + ["n1"] * (r == 3)
+            guard.screen(r, {c: rng.standard_normal(40) for c in ids})
+        return {r: sorted(ex) for r, ex in guard.excluded.items() if ex}, guard
+
+    assert run()[0] == {}
+    excluded, guard = run(probation=2)
+    assert excluded == {2: ["n0"], 3: ["n0", "n1"]} and guard.on_probation == {"n1": 1}
+    assert "n0" in guard.recorder.round(2).client_ids  # recorded and analysed all the same
+    assert run(probation=2, exclude=False)[0] == {}
+    with pytest.raises(InputError, match="probation must be an integer >= 0; got -1"):
+        AggregationGuard(UpdateRecorder(), probation=-1)
+
+
 def test_a_flagged_client_is_held_out_until_it_sends_hold_unflagged_updates():
     # c0 and c1 send outsized updates in round 1 only; the analysis looks at one round, so it flags them then alone.
     # c1 sends nothing in rounds 2 and 3: absent rounds do not count towards its hold.

@@ -56,6 +56,8 @@ class ForensicStrategy(FedAvg):
     hold : int >= 0
         Unflagged updates a flagged client sends before it is aggregated again (default
         :data:`~forensics.federated.guard.HOLD`, the analysis's window; 0: as soon as it is no longer flagged).
+    probation : int >= 0
+        Updates of a client joining after the first round that are analysed but not aggregated (default 0).
     analysis : dict, optional
         Keyword arguments of :func:`~forensics.federated.analyze_clients`.
     client_id : callable, optional
@@ -66,10 +68,11 @@ class ForensicStrategy(FedAvg):
     """
 
     def __init__(self, recorder: UpdateRecorder, *, exclude: bool = True, sticky: bool = False, hold: int = HOLD,
-                 analysis: Mapping[str, Any] | None = None, client_id: Callable[[Any, Any], str] | None = None,
-                 **fedavg_kwargs: Any):
+                 probation: int = 0, analysis: Mapping[str, Any] | None = None,
+                 client_id: Callable[[Any, Any], str] | None = None, **fedavg_kwargs: Any):
         super().__init__(**fedavg_kwargs)
-        self.guard = AggregationGuard(recorder, exclude=exclude, sticky=sticky, hold=hold, analysis=analysis)
+        self.guard = AggregationGuard(recorder, exclude=exclude, sticky=sticky, hold=hold, probation=probation,
+                                      analysis=analysis)
         self.client_id = _default_client_id if client_id is None else client_id
         initial = fedavg_kwargs.get("initial_parameters")
         self._global: list[np.ndarray] | None = None if initial is None else parameters_to_ndarrays(initial)
