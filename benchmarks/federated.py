@@ -373,11 +373,11 @@ def text(args: argparse.Namespace) -> None:
                 for noise in args.noise:
                     print(f"text cell honest={honest} alpha={alpha} noise={noise} seed={seed}", flush=True)
                     rows.append(text_cell(honest, alpha, noise, seed, data))
-    print("| honest | alpha | noise | seed | recall r1 / r2 / r3 | honest flagged r3 | ASR fedavg | guard | "
+    print("| honest | alpha | noise | seed | recall r1 / r2 / r3 | honest flagged r3 | ASR clean | fedavg | guard | "
           "guard + probation | acc clean | fedavg | guard | guard + probation | group named | its top phrase "
           "(target): rise, next | the true sybils' top phrase (target): rise, next; ASR with / without | honest "
           "control: top phrase, rise |")
-    print("|" + "---|" * 17)
+    print("|" + "---|" * 18)
 
     def found(ph: dict[str, Any] | None, asr: bool) -> str:
         if not ph:
@@ -389,7 +389,7 @@ def text(args: argparse.Namespace) -> None:
         g, true = d["guard"], d.get("phrases_true") or {}
         print(f"| {d['honest']} | {d['alpha']} | {d['noise']} | {d['seed']} | {g['recall_r1']:.2f} / "
               f"{g['recall_r2']:.2f} / {g['recall_r3']:.2f} | {100 * g['honest_flagged_r3']:.1f}% | "
-              f"{d['fedavg']['asr']:.3f} | {g['asr']:.3f} | {d['probation']['asr']:.3f} | "
+              f"{d['clean']['asr']:.3f} | {d['fedavg']['asr']:.3f} | {g['asr']:.3f} | {d['probation']['asr']:.3f} | "
               f"{d['clean']['accuracy']:.3f} | {d['fedavg']['accuracy']:.3f} | {g['accuracy']:.3f} | "
               f"{d['probation']['accuracy']:.3f} | {d['named']} | "
               f"{found(d.get('phrases'), False)} | {found(true, True)} | "

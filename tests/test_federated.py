@@ -217,19 +217,20 @@ def test_individuality_sets_one_data_pool_apart_from_devices_with_their_own_data
     rounds.append((["late"], rng.standard_normal((1, k))))
     d_ids, directions = fs.accumulated_directions(rounds)
     group, closeness, sybil_p = fs.sybil_groups(directions, min_group=10)
-    ind = fs.individuality(rounds, d_ids, directions, neighbours=9)
+    ind, near = fs.individuality(rounds, d_ids, directions, neighbours=9)
     honest, fake, late = np.char.startswith(d_ids, "h"), np.char.startswith(d_ids, "p"), np.array(d_ids) == "late"
     # Each class is more alike than the pool.
     assert np.median(closeness[honest]) > np.median(closeness[fake])
     # What sets an honest device apart persists; in the pool it is chance (sd 1 / sqrt(k)).
     assert ind[honest].min() > 0.5 and np.abs(ind[fake]).max() < 2 / np.sqrt(k)
     assert np.isnan(ind[late])  # seen once: not measured
-    pool_p, kept = fs.shared_pool(ind, group, sybil_p, k=k, min_group=10)
+    pool_p, kept = fs.shared_pool(ind, near, group, sybil_p, k=k, min_group=10)
     assert pool_p[fake].max() < 1e-4 and (pool_p[honest] == 1).all()
     # Closeness speaks only where there is no individuality: for the pool, not for the classes.
     assert (kept[honest] == 1).all() and (kept[fake] == sybil_p[fake]).all()
     # Too few devices with individuality to measure against: nothing is tested.
-    assert (fs.shared_pool(ind[fake], group[fake], sybil_p[fake], k=k)[0] == 1).all()
+    crowd = np.tile(np.arange(9), (fake.sum(), 1))  # each other's neighbours
+    assert (fs.shared_pool(ind[fake], crowd, group[fake], sybil_p[fake], k=k)[0] == 1).all()
 
 
 def test_two_class_text_sybils_are_flagged_as_one_pool_though_a_class_is_more_alike(text_data):

@@ -220,8 +220,9 @@ def _analyze(
     table["sybil_group"] = np.where(has, group[np.maximum(idx, 0)] if len(group) else -1, -1)
     table["closeness"] = np.where(has, close[np.maximum(idx, 0)] if len(close) else np.nan, np.nan)
     # One pool behind many ids: what sets a client apart from its look-alikes does not persist across rounds.
-    ind = fs.individuality(clean_rounds, d_ids, directions, neighbours=min_group - 1) if len(d_ids) else np.zeros(0)
-    p_pool, p_syb = fs.shared_pool(ind, group, p_syb, k=recorder.k, min_group=min_group) if len(d_ids) else (
+    ind, near = fs.individuality(clean_rounds, d_ids, directions, neighbours=min_group - 1) if len(d_ids) else (
+        np.zeros(0), np.zeros((0, 0), dtype=np.int64))
+    p_pool, p_syb = fs.shared_pool(ind, near, group, p_syb, k=recorder.k, min_group=min_group) if len(d_ids) else (
         np.zeros(0), np.zeros(0))
     table["sybil_score"] = table["closeness"]
     table["sybil_p"] = np.where(has, p_syb[np.maximum(idx, 0)] if len(p_syb) else 1.0, 1.0)

@@ -244,7 +244,7 @@ def sybil_groups(directions: np.ndarray, *, min_group: int = 10) -> tuple[np.nda
 
 
 def individuality(rounds: Sequence[tuple[Sequence[str], np.ndarray]], client_ids: Sequence[str],
-                  directions: np.ndarray, *, neighbours: int = 9) -> np.ndarray:
+                  directions: np.ndarray, *, neighbours: int = 9) -> tuple[np.ndarray, np.ndarray]:
     """How far what sets each client apart from its nearest clients persists from round to round.
 
     A client's neighbours are the ``neighbours`` clients nearest in cosine to its accumulated direction
@@ -265,14 +265,16 @@ def individuality(rounds: Sequence[tuple[Sequence[str], np.ndarray]], client_ids
 
     Returns
     -------
-    ndarray of float64, shape (n,)
+    individuality : ndarray of float64, shape (n,)
         NaN for a client seen in fewer than two rounds (with neighbours beside it).
+    neighbours : ndarray of int, shape (n, m)
+        Each client's nearest clients (rows of ``directions``), nearest first.
     """
     neighbours = check_int(neighbours, "neighbours", low=2)
     ids = [str(c) for c in client_ids]
     n = len(ids)
     if n < 3:
-        return np.full(n, np.nan)
+        return np.full(n, np.nan), np.zeros((n, 0), dtype=np.int64)
     x = _unit(np.asarray(directions, dtype=np.float64))
     sim = x @ x.T
     np.fill_diagonal(sim, -np.inf)
@@ -295,16 +297,16 @@ def individuality(rounds: Sequence[tuple[Sequence[str], np.ndarray]], client_ids
                 cosines.setdefault(c, []).append(float(previous[c] @ current[c]))
         previous = current
     own = np.array([np.mean(cosines[c]) if c in cosines else np.nan for c in ids])
-    return np.where(np.isfinite(own), np.fmax(own, _nanmedian(own[near], axis=1)), np.nan)
+    return np.where(np.isfinite(own), np.fmax(own, _nanmedian(own[near], axis=1)), np.nan), near
 
 
-def shared_pool(individuality: np.ndarray, group: np.ndarray, sybil_p: np.ndarray, *, k: int,
-                min_group: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def shared_pool(individuality: np.ndarray, neighbours: np.ndarray, group: np.ndarray, sybil_p: np.ndarray, *,
+                k: int, min_group: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Clients whose individuality is within chance, as tail probabilities; and the closeness test kept for them.
 
     Parameters
     ----------
-    individuality : ndarray, shape (n,)
+    individuality, neighbours : ndarray, shapes (n,) and (n, m)
         From :func:`individuality` (NaN: not measured yet).
     group, sybil_p : ndarray, shape (n,)
         From :func:`sybil_groups`.
@@ -316,42 +318,41 @@ def shared_pool(individuality: np.ndarray, group: np.ndarray, sybil_p: np.ndarra
     Returns
     -------
     pool_p : ndarray of float64, shape (n,)
-        For a client within chance (individuality <= ``POOL_BAND / sqrt(k)``): the lower-tail probability of its
-        log individuality (floored at ``1 / sqrt(k)``) under a normal fitted robustly to that of the clients beyond
-        chance; a member of an HDBSCAN group within chance (the median of its measured members) that is itself
-        unusual (below ``GROUP_MEMBER_P``) carries the group's evidence, that of its median. 1 elsewhere.
+        For a client within chance (individuality <= ``POOL_BAND / sqrt(k)``) in a crowd (at least half its nearest
+        clients within chance too): the lower-tail probability of its log individuality (floored at
+        ``1 / sqrt(k)``) under a normal fitted robustly to that of the clients beyond chance; a member of an HDBSCAN
+        group within chance (the median of its measured members) that is itself unusual (below ``GROUP_MEMBER_P``)
+        carries the group's evidence, that of its median. 1 elsewhere.
     sybil_p : ndarray of float64, shape (n,)
-        ``sybil_p`` where closeness can speak for a pool: members of groups of which at most half are measured
-        beyond chance, ungrouped clients within chance or not measured yet; 1 elsewhere.
+        ``sybil_p`` where closeness can speak for a pool: clients within chance or not measured yet, and every member
+        of a group within chance; 1 elsewhere.
     """
     ind = np.asarray(individuality, dtype=np.float64)
+    near = np.asarray(neighbours, dtype=np.int64)
     group, sybil_p = np.asarray(group), np.asarray(sybil_p, dtype=np.float64)
     floor, band = 1.0 / np.sqrt(k), POOL_BAND / np.sqrt(k)
     known = np.isfinite(ind)
     within = known & (ind <= band)
+    # A crowd, not a lone client: honest clients whose large datasets are sampled anew each round sat at 0.11 among
+    # balanced image clients (2 of 100 flagged) with their nearest clients beyond chance. Sybils that HDBSCAN put in
+    # a group with honest clients (100 among 150 on reviews at Dirichlet 0.1) still have each other as neighbours.
+    crowd = within & ((within[near].mean(axis=1) >= 0.5) if near.shape[1] else False)
     stat = np.log(np.maximum(np.where(known, ind, 1.0), floor))
     pool_p = np.ones(len(ind))
-    kept = np.where(known & ~within, 1.0, sybil_p)
-    reference = stat[known & ~within]
-    pooled = []  # groups within chance
-    tested = within & (group < 0)  # ungrouped clients within chance, and below the members of pooled groups
+    kept = np.where(known & ~within, 1.0, sybil_p)  # devices with their own data are alike as a class is
+    pooled = []
     for g in np.unique(group[group >= 0]):
         inside = group == g
-        if (known & ~within)[inside].mean() > 0.5:  # most are devices with their own data: alike as a class is
-            kept[inside] = 1.0
-            continue
-        kept[inside] = sybil_p[inside]  # new clients (not measured yet) are judged by closeness alone
         if known[inside].any() and np.median(ind[inside & known]) <= band:
+            kept[inside] = sybil_p[inside]  # a boosted attacker among the sybils keeps the group's closeness
             pooled.append(inside)
-            tested |= inside & within
+    reference = stat[known & ~within]
     if len(reference) < min_group:
         return pool_p, kept
-    # A member of a group of devices with their own data is not tested alone: honest clients whose large datasets
-    # are sampled anew each round sat at 0.11 among balanced image clients, 2 of 100 flagged.
-    pool_p[tested] = 1.0 - _gaussian_tail(stat[tested], reference)
+    pool_p[crowd] = 1.0 - _gaussian_tail(stat[crowd], reference)
     for inside in pooled:
         whole = 1.0 - float(_gaussian_tail(np.array([np.median(stat[inside & known])]), reference)[0])
-        carry = inside & within & (pool_p < GROUP_MEMBER_P)
+        carry = inside & crowd & (pool_p < GROUP_MEMBER_P)
         pool_p[carry] = np.minimum(pool_p[carry], whole)
     return pool_p, kept
 
