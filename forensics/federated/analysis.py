@@ -7,8 +7,8 @@ Each signal of :mod:`forensics.federated.signals` becomes a tail probability (lo
   generalized Pareto tail above the 87.5th percentile, so an eighth of the clients cannot shape their own null;
   a sybil group, alike by design, would make every honest non-IID client look far from the rest);
 - ``sybil``: its closeness under that of the clients outside its HDBSCAN group and of the other groups
-  (:func:`~.signals.sybil_groups`; a group may be half of the federation), counted only where the group (or the
-  ungrouped client) is without individuality or not measured yet (:func:`~.signals.shared_pool`);
+  (:func:`~.signals.sybil_groups`; a group may be half of the federation), counted only for a client without
+  individuality or not measured yet, or in a group without it (:func:`~.signals.shared_pool`);
 - ``pool``: its individuality (:func:`~.signals.individuality`: whether what sets it apart from its look-alikes
   persists over rounds) within chance, under that of the clients beyond chance: many ids fed from one data pool;
 - ``stale``: each all-zero update, or one byte-identical to an earlier update of the same client, counts

@@ -34,9 +34,9 @@ Over rounds:
   (cosine ~ N(0, 1/k) in a k-dimensional sketch). Closeness alone cannot tell such a pool from a class: on two-class
   review snippets at Dirichlet 0.1, honest clients of one class are more alike than 100 sybils (closeness 3.4-5.1
   against 2.1-2.3) and half the honest clients were flagged, no sybil; the honest clients' individuality there is
-  0.13-0.95, the sybils' -0.07-0.16. So a group (or an ungrouped client) is tested for being alike only where its
-  individuality is within chance (``2 / sqrt(k)``), and being within chance is itself evidence, measured against the
-  clients whose individuality is not;
+  0.13-0.95, the sybils' -0.07-0.16. So a client is tested for being alike only where its individuality (or its
+  group's) is within chance (``POOL_BAND / sqrt(k)``), and being within chance among others that are is itself
+  evidence, measured against the clients whose individuality is not;
 - :func:`consistency`: mean cosine between a client's consecutive residual directions (context);
 - staleness (in :mod:`.analysis`): an all-zero update or one byte-identical to an earlier one of the client.
 """
