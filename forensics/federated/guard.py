@@ -21,8 +21,9 @@ A client that joins after the first round screened can be put on ``probation``: 
 recorded and analysed but not aggregated. Sybils give nothing to measure their lack of individuality by before their
 second round (:func:`~forensics.federated.signals.individuality`), and one round aggregated can be enough: on the
 bundled reviews, 100 sybils among 100 honest clients at Dirichlet 1.0 were caught from their second round on and the
-phrase they planted in their first round stayed learned (attack success 0.20 at the end; ``benchmarks/federated.py
-text``). An honest newcomer gives up its first update.
+phrase they planted in their first round stayed learned (attack success 0.19-0.23 at the end against 0.15 for a model
+trained without them; 0.05-0.06 with ``probation=1``; ``benchmarks/federated.py text``). An honest newcomer gives up
+its first update.
 """
 
 from __future__ import annotations
