@@ -139,7 +139,7 @@ def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
             run = simulate_federation(sc, *data, aggregate=flower_aggregate(kind, N_SYBILS))
         last = run.history.iloc[-1]
         out[kind] = dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"]),
-                         seconds=round(time.perf_counter() - t0, 1))
+                         flips=float(last["attack_flips"]), seconds=round(time.perf_counter() - t0, 1))
         if guard is not None:
             out["guard"].update(guard_rates(run, guard))
             honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
@@ -313,7 +313,7 @@ def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> 
     out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else dict(
         honest=honest, alpha=alpha, noise=noise, seed=seed)
     for kind in ("fedavg", "clean", "guard", "probation"):
-        if kind in out:
+        if "flips" in out.get(kind, {}):
             continue
         t0 = time.perf_counter()
         sc = text_scenario(honest, alpha, noise, seed, attack=kind != "clean")
@@ -329,7 +329,7 @@ def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> 
                                        on_round=on_round)
         last = run.history.iloc[-1]
         out[kind] = dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"]),
-                         seconds=round(time.perf_counter() - t0, 1))
+                         flips=float(last["attack_flips"]), seconds=round(time.perf_counter() - t0, 1))
         if kind == "probation":
             out[kind].update(guard_rates(run, guard))
         if kind != "guard":
@@ -374,10 +374,11 @@ def text(args: argparse.Namespace) -> None:
                     print(f"text cell honest={honest} alpha={alpha} noise={noise} seed={seed}", flush=True)
                     rows.append(text_cell(honest, alpha, noise, seed, data))
     print("| honest | alpha | noise | seed | recall r1 / r2 / r3 | honest flagged r3 | ASR clean | fedavg | guard | "
-          "guard + probation | acc clean | fedavg | guard | guard + probation | group named | its top phrase "
+          "guard + probation | flips clean | fedavg | guard | guard + probation | acc clean | fedavg | guard | "
+          "guard + probation | group named | its top phrase "
           "(target): rise, next | the true sybils' top phrase (target): rise, next; ASR with / without | honest "
           "control: top phrase, rise |")
-    print("|" + "---|" * 18)
+    print("|" + "---|" * 22)
 
     def found(ph: dict[str, Any] | None, asr: bool) -> str:
         if not ph:
@@ -390,6 +391,8 @@ def text(args: argparse.Namespace) -> None:
         print(f"| {d['honest']} | {d['alpha']} | {d['noise']} | {d['seed']} | {g['recall_r1']:.2f} / "
               f"{g['recall_r2']:.2f} / {g['recall_r3']:.2f} | {100 * g['honest_flagged_r3']:.1f}% | "
               f"{d['clean']['asr']:.3f} | {d['fedavg']['asr']:.3f} | {g['asr']:.3f} | {d['probation']['asr']:.3f} | "
+              f"{d['clean']['flips']:.3f} | {d['fedavg']['flips']:.3f} | {g['flips']:.3f} | "
+              f"{d['probation']['flips']:.3f} | "
               f"{d['clean']['accuracy']:.3f} | {d['fedavg']['accuracy']:.3f} | {g['accuracy']:.3f} | "
               f"{d['probation']['accuracy']:.3f} | {d['named']} | "
               f"{found(d.get('phrases'), False)} | {found(true, True)} | "

@@ -149,7 +149,9 @@ class FederatedRun:
         The final global model, flat (see :func:`build_model`).
     history : DataFrame
         Per round: ``accuracy`` on the test images, ``attack_success`` (share of triggered test images of other
-        classes predicted ``target``), ``n_clients``, ``n_excluded`` (clients the aggregate left out).
+        classes predicted ``target``), ``attack_flips`` (the same share among those the model classifies right
+        without the trigger: what the trigger itself flips, where a weak model errs towards ``target`` anyway),
+        ``n_clients``, ``n_excluded`` (clients the aggregate left out).
     trigger : PatchTrigger or TextTrigger
     layout : list of (name, shape)
         The flat parameters' layout, in the order of a torch ``state_dict`` of :func:`build_model`.
@@ -490,6 +492,7 @@ def _run(s: FederatedScenario, x_all: np.ndarray, y: np.ndarray, n_classes: int,
     import torch
 
     n = len(y)
+    other = yt != s.target  # the rows of ``xt_trig``, in order
     y_all = np.concatenate([y, np.full(len(x_all) - n, s.target)])
     attack_data = np.concatenate([np.setdiff1d(pool, poisoned), n + np.arange(len(x_all) - n)])
     xa, ya = torch.from_numpy(np.ascontiguousarray(x_all, dtype=np.float32)), torch.from_numpy(y_all)
@@ -560,8 +563,10 @@ def _run(s: FederatedScenario, x_all: np.ndarray, y: np.ndarray, n_classes: int,
             on_round(r, ids, updates, n_ex, params)
         step, excluded = aggregate(r, ids, updates, n_ex)
         params = (params + s.server_lr * np.asarray(step, dtype=np.float32)).astype(np.float32)
-        history.append(dict(round=r, accuracy=float(np.mean(predict(params, layout, xt_flat) == yt)),
-                            attack_success=float(np.mean(predict(params, layout, xt_trig) == s.target)),
+        pred, pred_trig = predict(params, layout, xt_flat), predict(params, layout, xt_trig) == s.target
+        right = pred[other] == yt[other]  # the trigger's flips, where the model is right without it
+        history.append(dict(round=r, accuracy=float(np.mean(pred == yt)), attack_success=float(np.mean(pred_trig)),
+                            attack_flips=float(np.mean(pred_trig[right])) if right.any() else float("nan"),
                             n_clients=len(ids), n_excluded=len(excluded)))
     return FederatedRun(truth=truth, params=params, history=pd.DataFrame(history).set_index("round"),
                         trigger=trigger, layout=layout, scenario=s, preprocess=preprocess)
