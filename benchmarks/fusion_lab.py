@@ -13,7 +13,10 @@ Fusions compared:
 
 - ``cached``: the suspicion stored with the cell before ``find_triggers`` (the fusion shipped when it was scored),
   ``cached_final``: after it,
-- ``shipped``: :func:`forensics.signals.combine.combine` as it is now, on the (refreshed) scores,
+- ``shipped``: :func:`forensics.signals.combine.combine` as it is now, on the (refreshed) scores, with the label
+  null of the cell's model (``label_null``, from its cached probabilities, as ``investigate`` passes it),
+- ``bound_label_null``: as shipped, with the label signals always read against the bound ``k q`` (the fusion
+  before the label gate),
 - ``plain_fisher``: every signal through a fitted tail (exact p-values as they are), one piece each, summed, and
   the sum's tail from :func:`forensics.signals.combine.evidence_tail` (the fusion before the label nulls, the
   evidence groups and the Fisher bound),
@@ -24,9 +27,9 @@ Fusions compared:
 - ``no_floor``: as shipped, without the floor a confirmed trigger sets (``combine(..., floor=())``),
 - ``exact_floor``: as shipped, with every exact p-value signal (activation cluster, shared mark, source) setting a
   floor like the trigger's: its strongest p-value times the number of pieces of evidence,
-- ``predicted_label_null``: as shipped, with ``high_loss``'s probability read from the model's own predicted
-  distribution (the share of labels a calibrated model would draw with probability at most the label's) instead of
-  the bound ``k q`` (not with ``--anchor``).
+- ``predicted_label_null``: as ``bound_label_null``, with ``high_loss``'s probability read from the model's own
+  predicted distribution (the share of labels a calibrated model would draw with probability at most the label's)
+  instead of the bound ``k q`` whatever the labels show (no gate; not with ``--anchor``).
 
 The cells' ``trigger`` scores (from ``find_triggers``) are summed like any signal, so ``shipped`` is the suspicion
 after trigger discovery.
@@ -81,6 +84,9 @@ class Cell:
             fresh, _ = compute_signals(arrays["features"], self.labels, probs=arrays["probs"], dataset=built.train,
                                        signals=todo, random_state=int(seed))
             self.scores.update({s: fresh[f"{s}_score"].to_numpy() for s in todo})
+        # The label null of the cell's model (what investigate() passes to combine), from its cached probabilities.
+        arrays_path = work / f"matrix-{self.name}" / "activations.npz"
+        self.probs = np.load(arrays_path)["probs"] if arrays_path.is_file() else None
         self.nulls: dict[str, np.ndarray] = {}
         if anchor:
             # A trusted set: clean samples drawn per cell, scored with the data, then set apart.
@@ -93,6 +99,8 @@ class Cell:
             self.table = self.table[keep].reset_index(drop=True)
             self.labels, self.is_poison = self.labels[keep], self.is_poison[keep]
             self.scores = {s: v[keep] for s, v in self.scores.items()}
+            self.probs = None if self.probs is None else self.probs[keep]
+        self.label_null = None if self.probs is None else cb.label_null(self.probs)
 
 
 def _plain_fisher(c: Cell) -> np.ndarray:
@@ -106,7 +114,7 @@ def _plain_fisher(c: Cell) -> np.ndarray:
 
 
 def _hmp(c: Cell) -> np.ndarray:
-    p = cb.combine(c.scores, c.labels).tail_p.to_numpy()
+    p = cb.combine(c.scores, c.labels, label_null=c.label_null).tail_p.to_numpy()
     return -np.log10(cb.evidence_tail(np.log(np.mean(1.0 / p, axis=1)).clip(0)))
 
 
@@ -133,16 +141,17 @@ def _predicted_label_null(c: Cell) -> np.ndarray | None:
 FUSIONS: dict[str, Callable[[Cell], np.ndarray | None]] = {
     "cached": lambda c: c.table["suspicion"].to_numpy(),
     "cached_final": lambda c: c.table["combined"].to_numpy(),
-    "shipped": lambda c: cb.combine(c.scores, c.labels).suspicion,
+    "shipped": lambda c: cb.combine(c.scores, c.labels, label_null=c.label_null).suspicion,
+    "bound_label_null": lambda c: cb.combine(c.scores, c.labels).suspicion,
     "plain_fisher": _plain_fisher,
     "hmp": _hmp,
-    "no_floor": lambda c: cb.combine(c.scores, c.labels, floor=()).suspicion,
+    "no_floor": lambda c: cb.combine(c.scores, c.labels, floor=(), label_null=c.label_null).suspicion,
     "exact_floor": lambda c: cb.combine(c.scores, c.labels,
                                         floor=[s for s in c.scores if null_kind(s) == "exact_p"]).suspicion,
     "predicted_label_null": _predicted_label_null,
 }
 ANCHORED: dict[str, Callable[[Cell], np.ndarray | None]] = {
-    "anchored": lambda c: cb.combine(c.scores, c.labels, null_scores=c.nulls).suspicion,
+    "anchored": lambda c: cb.combine(c.scores, c.labels, null_scores=c.nulls, label_null=c.label_null).suspicion,
 }
 
 

@@ -101,6 +101,9 @@ def investigate(
         images the strongest shared mark, -1 for none), ``signals`` (one
         ``<signal>_score`` column per signal, ``suspicion``, ``reasons``); ``map`` and ``clusters`` are computed
         on first use. The model, when there is one, is kept as ``inv.model`` (not saved with the investigation).
+        With the model's probabilities the label signals are read against its own predicted distribution where
+        the labels show an attack (``inv.params["label_gate"]`` below 1e-3;
+        :func:`~forensics.signals.combine.label_null`).
     """
     from .investigation import Investigation
 
@@ -174,6 +177,9 @@ def investigate(
         # Kept so that a later recombination (a confirmed trigger, a plan) measures against the same null.
         "trusted_null_scores": {name: [float(v) if np.isfinite(v) else None for v in values]
                                 for name, values in info["null_scores"].items()},
+        # The label null of the model's predictions (combine's label_null), for the same reason.
+        "label_null": None if info["label_null"] is None else info["label_null"].tolist(),
+        "label_gate": info["label_gate"] if np.isfinite(info["label_gate"]) else None,
         "reference_model_trained": trained, "activation_meta": {k: str(v) for k, v in meta.items()},
         "toolkit_version": info["toolkit_version"], "seconds": round(time.perf_counter() - t0, 2),
     }

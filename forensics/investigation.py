@@ -411,6 +411,19 @@ class Investigation:
         return {name: np.array([np.nan if v is None else v for v in values], dtype=np.float64)
                 for name, values in kept.items()}
 
+    @property
+    def label_null(self) -> np.ndarray | None:
+        """The model's label null (:func:`~forensics.signals.combine.label_null`, kept so that a recombination reads
+        the label signals as the investigation did); None without the model's probabilities."""
+        kept = self._params.get("label_null")
+        if kept is None:
+            return None
+        try:
+            return np.asarray(kept, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError("params['label_null'] must be a list of [probability, share] pairs "
+                             "(combine's label_null)") from None
+
     def replace_signals(self, table: pd.DataFrame) -> None:
         """Replace the signals table (same samples; ``suspicion`` and ``reasons`` required), e.g. after a new
         signal was added. A cluster table already built keeps the suspicion it was built with."""

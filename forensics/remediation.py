@@ -318,7 +318,8 @@ def _label_signal_strongest(inv: Investigation) -> np.ndarray:
     if not scores:
         return np.zeros(len(inv.dataset), dtype=bool)
     tail = _combine.combine(scores, inv.dataset.labels, n_classes=len(inv.dataset.class_names),
-                            null_scores={k: v for k, v in inv.null_scores.items() if k in scores}).tail_p
+                            null_scores={k: v for k, v in inv.null_scores.items() if k in scores},
+                            label_null=inv.label_null).tail_p
     strongest = np.asarray(tail.columns, dtype=object)[tail.to_numpy().argmin(axis=1)]
     return np.isin(strongest, list(signals_tagged("label")))
 

@@ -182,3 +182,58 @@ def test_signals_of_one_group_count_once():
     assert np.abs(grouped.suspicion[top] - alone.suspicion[top]).max() < 0.1
     assert np.all(double.suspicion[top] > grouped.suspicion[top] + 0.2)
     assert list(grouped.tail_p.columns)[-2:] == ["spectral", "robust_spectral"]  # each still has its own reasons
+
+
+def _confident_model(n, k, rng, flips=0, learned=(1e-4, 0.3)):
+    """A calibrated, confident model's probabilities, each label drawn from them; ``flips`` labels then changed to
+    another class that the model learned in part (its probability of the new label log-uniform in ``learned``)."""
+    probs = rng.dirichlet(np.full(k, 0.05), size=n)
+    labels = np.array([rng.choice(k, p=row) for row in probs])
+    flipped = rng.choice(n, flips, replace=False)
+    for i in flipped:
+        new = rng.choice([c for c in range(k) if c != labels[i]])
+        row = probs[i] * (1.0 - (q := np.exp(rng.uniform(*np.log(learned))))) / (1.0 - probs[i, new] + 1e-12)
+        row[new] = q
+        probs[i], labels[i] = row / row.sum(), new
+    return probs, labels, flipped
+
+
+def test_the_label_null_of_the_model_ranks_flips_the_model_half_learned_and_only_when_labels_show_an_attack():
+    from forensics.signals.combine import LABEL_GATE, label_null
+
+    rng = np.random.default_rng(7)
+    n, k = 10_000, 10
+    scores, _ = _null(n=n, seed=7)
+    silent = {name: scores[name] for name in ("normal", "heavy", "gated", "discrete", "correlated")}
+
+    def signals(probs, labels):
+        q = probs[np.arange(n), labels]
+        return {**silent, "high_loss": -np.log(q), "label_quality": 1.0 - q}
+
+    # Clean labels: the gate stays shut and nothing changes.
+    probs, labels, _ = _confident_model(n, k, rng)
+    bound = combine(signals(probs, labels), labels, n_classes=k)
+    read = combine(signals(probs, labels), labels, n_classes=k, label_null=label_null(probs))
+    assert read.label_gate >= LABEL_GATE and np.isnan(bound.label_gate)
+    np.testing.assert_array_equal(read.suspicion, bound.suspicion)
+    assert np.mean(read.suspicion >= DEFAULT_THRESHOLD) <= 0.01
+
+    # 5% flipped, some learned in part (probability 1e-4 to 0.3 of the new label): the bound k q calls those above
+    # 0.1 certain; the model's own predicted distribution says a clean label is rarely so improbable.
+    probs, labels, flipped = _confident_model(n, k, rng, flips=500)
+    s = signals(probs, labels)
+    bound = combine(s, labels, n_classes=k)
+    read = combine(s, labels, n_classes=k, label_null=label_null(probs))
+    assert read.label_gate < 1e-20
+    budget = 2 * len(flipped)
+
+    def recall(susp):
+        return np.isin(flipped, np.argsort(-susp, kind="stable")[:budget]).mean()
+
+    # Beside five silent signals (measured: the loss alone 0.90 at twice the flips, the bound 0.64, the null 0.83).
+    alone = recall(s["high_loss"])
+    assert recall(read.suspicion) >= recall(bound.suspicion) + 0.15
+    assert recall(read.suspicion) >= alone - 0.1
+    assert np.all(read.tail_p["high_loss"] <= bound.tail_p["high_loss"])
+    with pytest.raises(InputError, match="label_null must be label_null"):
+        combine(s, labels, label_null=np.array([[0.5, 0.1], [0.2, 0.3]]))

@@ -136,14 +136,17 @@ def compute_signals(
     if not scores:
         raise InputError(f"no signal could run: {'; '.join(f'{k} {v}' for k, v in skipped.items())}")
     t = time.perf_counter()
-    combined = _combine.combine(scores, ctx.labels, n_classes=ctx.n_classes, null_scores=null_scores)
+    label_null = None if ctx.probs is None else _combine.label_null(ctx.probs)
+    combined = _combine.combine(scores, ctx.labels, n_classes=ctx.n_classes, null_scores=null_scores,
+                                label_null=label_null)
     seconds["combine"] = round(time.perf_counter() - t, 3)
     table = pd.DataFrame({score_column(k): v for k, v in scores.items()})
     table["suspicion"] = combined.suspicion
     table["reasons"] = combined.reasons
     info = {"seconds": seconds, "shared_seconds": shared_seconds, "skipped": skipped, "signals": list(scores),
             "signal_params": selected, "threshold": _combine.DEFAULT_THRESHOLD, "random_state": ctx.random_state,
-            "toolkit_version": __version__, "anchored": sorted(null_scores), "null_scores": null_scores, **outputs}
+            "toolkit_version": __version__, "anchored": sorted(null_scores), "null_scores": null_scores,
+            "label_null": label_null, "label_gate": combined.label_gate, **outputs}
     return table, info
 
 

@@ -228,7 +228,8 @@ def find_triggers(
         signals[column] = scores
         present = score_columns(signals)
         combined = _combine.combine(present, ds.labels, n_classes=len(ds.class_names),
-                                    null_scores={k: v for k, v in inv.null_scores.items() if k in present})
+                                    null_scores={k: v for k, v in inv.null_scores.items() if k in present},
+                                    label_null=inv.label_null)
         signals["suspicion"] = combined.suspicion
         signals["reasons"] = combined.reasons
         inv.replace_signals(signals)
