@@ -415,6 +415,9 @@ def test_group_phrases_names_the_phrase_the_sybils_plant_in_a_text_model(text_fe
     run, first, probes, probe_labels = text_federation
     assert run.trigger.phrase == "lol" and run.trigger.target == 0
     assert run.history["attack_success"].iloc[-1] > run.history["attack_success"].iloc[1] + 0.3
+    # What the phrase itself flips, among the snippets the model gets right without it: none before the sybils.
+    flips = run.history["attack_flips"]
+    assert flips.iloc[1] < 0.01 and flips.iloc[-1] > 0.5
     model = build_model(first["params"], run.layout)
     sybils = first["updates"][np.char.startswith(first["ids"], "sybil")].mean(axis=0)
     honest = first["updates"][np.char.startswith(first["ids"], "honest")][:10].mean(axis=0)
