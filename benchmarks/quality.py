@@ -589,6 +589,8 @@ def run_scenario(name: str, seed: int, work: Path) -> tuple[pd.DataFrame, dict]:
     extra = {"scenario": name, "n": len(labels), "n_poison": int(is_poison.sum()), "layer": f.layer,
              "dim": f.features.shape[1], **f.seconds, "signals_s": signal_seconds, "triggers_s": trigger_seconds,
              "confirmed_triggers": "; ".join(confirmed) or "none", "anchors_s": anchor_seconds,
+             # Below 1e-3 the label signals were read against the model's own predictions (combine's label_null).
+             "label_gate": f"{info['label_gate']:.0e}",
              "total_s": round(time.perf_counter() - t0, 1), **{k: round(v, 3) for k, v in f.attack.items()}}
     return metrics, extra
 
