@@ -12,6 +12,7 @@ from forensics.analysis import compute_signals
 from forensics.errors import InputError
 from forensics.evaluate import auroc
 from forensics.redteam import patch_backdoor, random_label_flips
+from forensics.signals.combine import combine
 from forensics.signals.registry import default_signals
 
 
@@ -91,6 +92,13 @@ def test_investigate_trains_a_reference_model_and_finds_the_planted_poison(poiso
     by_source = inv.signals["source_score"].groupby(ds.sources).max().sort_values(ascending=False)
     assert set(by_source.index[:2]) == {"worker-98", "worker-99"}
     assert inv.model is not None
+    # The model's label null is kept, so that a recombination (a confirmed trigger, a plan) reads labels the same way.
+    curve = inv.label_null
+    assert curve.shape == (256, 2) and (np.diff(curve[:, 1]) >= 0).all() and curve[-1, 1] == 1.0
+    assert 0.0 <= inv.params["label_gate"] <= 1.0
+    scores = {c[: -len("_score")]: inv.signals[c].to_numpy() for c in inv.signals.columns if c.endswith("_score")}
+    again = combine(scores, ds.labels, n_classes=len(ds.class_names), label_null=curve)
+    np.testing.assert_array_equal(again.suspicion, inv.signals["suspicion"].to_numpy())
 
 
 def test_investigate_checks_activation_alignment(poisoned_digits):
