@@ -126,6 +126,15 @@ def test_other_inputs_are_checked(ds, signals):
         Investigation(ds, signals=signals, samples=ds.to_frame().iloc[:2])
     with pytest.raises(InputError, match="dataset must be a forensics.data.Dataset; got list"):
         Investigation([1, 2], signals=signals)
+    # A saved investigation's label null is read, not trusted: a ragged or wrong one is named where it is used.
+    assert Investigation(ds, signals=signals).label_null is None
+    with pytest.raises(InputError, match=r"params\['label_null'\] must be a list of \[probability, share\] pairs"):
+        _ = Investigation(ds, signals=signals, params={"label_null": [[0.5, 0.1], [1.0]]}).label_null
+    from forensics.signals.combine import combine
+
+    bent = Investigation(ds, signals=signals, params={"label_null": [[0.5, 0.9], [1.0, 0.2]]}).label_null
+    with pytest.raises(InputError, match="label_null must be label_null"):
+        combine({"high_loss": np.ones(8)}, np.zeros(8, dtype=np.int64), label_null=bent)
     inv = Investigation(ds, signals=signals)
     with pytest.raises(InputError, match=r"triggers has no column\(s\) \['verdict', 'sample_ids'\]"):
         inv.triggers = pd.DataFrame({c: [] for c in TRIGGER_COLUMNS[:-2]})
