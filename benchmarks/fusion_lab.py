@@ -146,7 +146,7 @@ FUSIONS: dict[str, Callable[[Cell], np.ndarray | None]] = {
     "plain_fisher": _plain_fisher,
     "hmp": _hmp,
     "no_floor": lambda c: cb.combine(c.scores, c.labels, floor=(), label_null=c.label_null).suspicion,
-    "exact_floor": lambda c: cb.combine(c.scores, c.labels,
+    "exact_floor": lambda c: cb.combine(c.scores, c.labels, label_null=c.label_null,
                                         floor=[s for s in c.scores if null_kind(s) == "exact_p"]).suspicion,
     "predicted_label_null": _predicted_label_null,
 }
