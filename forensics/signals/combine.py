@@ -51,11 +51,11 @@ probabilities below 0.01 and 29-30% below 0.3: near uniform), but read on every 
 speak everywhere: their noise put a group of sybil sources 0.54 below its best signal on a tuning cell and 2.6% of
 clean review snippets over the threshold (``benchmarks/RESULTS.md``, "Since: the labels read against the model's own
 predictions"). So it is read only where the labels show an attack: more labels at the null's ``LABEL_ALPHA`` (1%)
-than a binomial draw of a calibrated model's allows, at p below ``LABEL_GATE`` (1e-3); otherwise the bound. On the tuning seeds the gate
-opened on every random-flip cell (p 1e-28 to 1e-60) and on one overlay whose ranking it left as it was, on no clean
-control, pair flip, bot or sybil group (p >= 0.01), and the random flips' gap went from -0.05..-0.08 to
--0.01..-0.04, no other cell changing; on the report seeds (100-109, not looked at before) from -0.04..-0.08 to
--0.01..-0.02 (r@2x median 0.922 -> 0.966), the 35 other cells and 20 clean controls as they were.
+than a binomial draw of a calibrated model's allows, at p below ``LABEL_GATE`` (1e-3); otherwise the bound. On the
+tuning seeds the gate opened on every random-flip cell (p 1e-28 to 1e-60) and on one overlay whose ranking it left
+as it was, on no clean control, pair flip, bot or sybil group (p >= 0.01), and the random flips' gap went from
+-0.05..-0.08 to -0.01..-0.04, no other cell changing; on the report seeds (100-109, not looked at before) from
+-0.04..-0.08 to -0.01..-0.02 (r@2x median 0.922 -> 0.966), the 35 other cells and 20 clean controls as they were.
 
 A trusted set (``investigate(..., trusted=...)``, 500 samples or more) anchors the fitted nulls of the signals that
 can score it with the data (``null_scores``; :data:`~forensics.signals.compute.ANCHORED_SIGNALS`): their tails are
