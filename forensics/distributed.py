@@ -50,8 +50,16 @@ def check_client(client: Any) -> Any:
     if client.status != "running":
         raise InputError(f"the Dask client is {client.status!r}, not connected to a scheduler")
     if not client.scheduler_info().get("workers"):
-        raise InputError(f"the Dask cluster at {client.scheduler.address} has no workers")
+        try:  # a cluster whose workers are (re)starting: wait for one rather than fail
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (TimeoutError, OSError):
+            raise InputError(f"the Dask cluster at {client.scheduler.address} has no workers (none joined in "
+                             f"{WORKER_WAIT_S:g} s)") from None
     return client
+
+
+#: Seconds to wait for a worker to join a cluster that has none (one restarting after a crash).
+WORKER_WAIT_S = 30.0
 
 
 #: On a worker: the models it has unpacked, by model hash (a task reuses the one sent before it).

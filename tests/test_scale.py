@@ -213,10 +213,11 @@ class DyingPreprocess(CountingPreprocess):
         self.marker = str(marker)
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
-        if not os.path.exists(self.marker):
-            Path(self.marker).write_text("died once")
-            os._exit(1)
-        return super().__call__(images)
+        try:  # created atomically: when both workers start a batch at once, only one of them dies
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return super().__call__(images)
+        os._exit(1)
 
 
 @pytest.mark.slow
@@ -286,3 +287,17 @@ def test_investigate_with_a_client(data, client):
 def test_a_client_that_is_not_one_is_refused(data):
     with pytest.raises(InputError, match="client must be a dask.distributed.Client; got str"):
         compute_signals(np.zeros((N, 4), np.float32) + np.arange(N)[:, None], data.labels, client="tcp://x:8786")
+
+
+def test_a_cluster_without_workers_is_waited_for_then_named(data, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from forensics import distributed as fd
+
+    monkeypatch.setattr(fd, "WORKER_WAIT_S", 0.5)
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as c:
+        with pytest.raises(InputError, match=r"has no workers \(none joined in 0.5 s\)"):
+            fd.check_client(c)
+        cluster.scale(1)  # a worker that joins while the check waits is used
+        monkeypatch.setattr(fd, "WORKER_WAIT_S", 30.0)
+        assert fd.check_client(c) is c
