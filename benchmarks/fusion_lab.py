@@ -122,10 +122,9 @@ def _predicted_label_null(c: Cell) -> np.ndarray | None:
     """As shipped, with ``high_loss``'s probability read from the model's own predictions instead of the bound
     ``k q``: the share of labels a calibrated model would draw with probability at most ``q``,
     ``mean_i sum_c p_ic [p_ic <= q]`` (needs the cell's cached probabilities)."""
-    arrays = c.work / f"matrix-{c.name}" / "activations.npz"
-    if c.nulls or "high_loss" not in c.scores or not arrays.is_file():  # (with --anchor the rows differ)
+    if c.nulls or "high_loss" not in c.scores or c.probs is None:  # (with --anchor the rows differ)
         return None
-    probs = np.load(arrays)["probs"]
+    probs = c.probs
     comb = cb.combine(c.scores, c.labels)
     tail_p = comb.tail_p.copy()
     flat = np.sort(probs.ravel())

@@ -289,7 +289,7 @@ def test_a_client_that_is_not_one_is_refused(data):
         compute_signals(np.zeros((N, 4), np.float32) + np.arange(N)[:, None], data.labels, client="tcp://x:8786")
 
 
-def test_a_cluster_without_workers_is_waited_for_then_named(data, monkeypatch):
+def test_a_cluster_without_workers_is_waited_for_then_named(monkeypatch):
     distributed = pytest.importorskip("distributed")
     from forensics import distributed as fd
 

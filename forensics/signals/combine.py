@@ -417,7 +417,7 @@ def combine(
         s[top] = np.inf
         tails[name] = _signal_tail(name, s, k, anchors.get(name))
         if curve is not None and null_kind(name) in ("label_loss", "label_doubt"):
-            label_q[name] = np.exp(-s) if null_kind(name) == "label_loss" else 1.0 - s
+            label_q[name] = _label_q(null_kind(name), s)
     gate = float("nan")
     if label_q:
         read = {name: np.clip(np.nan_to_num(_label_p(q, curve, k), nan=1.0), 1e-300, 1.0)  # type: ignore[arg-type]
@@ -455,6 +455,11 @@ def combine(
     return Combined(suspicion=suspicion, tail_p=tail_p, reasons=reasons, top_signal=top_signal, label_gate=gate)
 
 
+def _label_q(null: str, s: np.ndarray) -> np.ndarray:
+    """A label signal's score as the model's probability of the label: a loss (``-ln q``) or ``1 - q``."""
+    return np.exp(-s) if null == "label_loss" else 1.0 - s
+
+
 def _signal_tail(name: str, s: np.ndarray, n_classes: int, reference: np.ndarray | None = None) -> np.ndarray:
     """One signal's tail probabilities under the null it is registered with (NaN: no evidence, probability 1);
     ``reference``: clean samples' scores that a fitted null is measured against instead of the bulk."""
@@ -465,7 +470,7 @@ def _signal_tail(name: str, s: np.ndarray, n_classes: int, reference: np.ndarray
                 raise InputError(f"scores[{name!r}] are -log10 p-values and cannot be negative; got {np.nanmin(s)}")
             p = 10.0 ** -s
         elif null in ("label_loss", "label_doubt"):
-            q = np.exp(-s) if null == "label_loss" else 1.0 - s
+            q = _label_q(null, s)
             if ((q < 0) | (q > 1 + 1e-9)).any():
                 kind = "losses (-ln of a probability)" if null == "label_loss" else "one minus a probability"
                 raise InputError(f"scores[{name!r}] are {kind} and must lie in [0, "
