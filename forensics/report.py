@@ -567,14 +567,12 @@ def _source_section(inv: Investigation, suspicion: np.ndarray, threshold: float)
                           "share_flagged": g["flagged"].mean(), "mean_suspicion": g["suspicion"].mean(),
                           "max_suspicion": g["suspicion"].max()})
     if len(table) >= 2:
-        from .signals.sources import source_table, suspicion_among_sources
+        from .signals.sources import source_table
 
         pred = inv.samples["prediction"].to_numpy() if "prediction" in inv.samples else None
         st = source_table(ds.sources, ds.labels, n_classes=len(ds.class_names), predictions=pred,
                           scores=suspicion, flagged=flagged)
         keep = [c for c in ("source_suspicion", "evidence", "dominant_label", "dominant_share") if c in st]
-        st["suspicion_among_sources"] = suspicion_among_sources(st["source_suspicion"].to_numpy(),
-                                                                st["n_samples"].to_numpy())
         table = table.join(st[["suspicion_among_sources", *keep]])
         if "dominant_label" in table:
             table["dominant_label"] = [ds.class_names[int(v)] if pd.notna(v) else "" for v in table["dominant_label"]]
@@ -582,10 +580,10 @@ def _source_section(inv: Investigation, suspicion: np.ndarray, threshold: float)
     else:
         table = table.sort_values("share_flagged", ascending=False, kind="stable")
     return ("<h2 id=sources>Sources</h2><p>Per source: samples, how many reach the threshold, "
-            "<code>suspicion_among_sources</code> (how unusual the source is against the bulk of the sources, on "
-            f"the scale of the sample suspicion: {threshold:g} = about {_pct(10 ** -threshold)} of clean sources "
-            "reach it) and the test behind it, <code>source_suspicion</code> (-log10 of the corrected p-value of its "
-            "strongest evidence against the other sources). The first "
+            "<code>suspicion_among_sources</code> (how unusual the source is, read with the heterogeneity the sources "
+            f"show, on the scale of the sample suspicion: {threshold:g} = about {_pct(10 ** -threshold)} of clean "
+            "sources reach it) and the test behind it, <code>source_suspicion</code> (-log10 of the corrected p-value "
+            "of its strongest evidence against the other sources). The first "
             f"{min(len(table), MAX_TABLE_ROWS)} of {len(table)} sources.</p>"
             + _table(table.head(MAX_TABLE_ROWS), percent=("share_flagged", "dominant_share")))
 

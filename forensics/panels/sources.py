@@ -114,7 +114,7 @@ class SourcePanel(Panel):
     def summary(self) -> pd.DataFrame:
         """:func:`source_summary` with the current review, and, when the ``source`` signal ran, each source's
         ``suspicion_among_sources``: the signal's score, which every sample of the source carries
-        (:func:`forensics.signals.sources.suspicion_among_sources`)."""
+        (:func:`forensics.signals.sources.source_scores`: 0 where the source is like the others)."""
         if not self.available:
             raise InputError("this dataset has no sources")
         marked = np.isin(review_status(self.inv), _FLAGGED)

@@ -131,7 +131,8 @@ def _shared_mark(ctx: SignalContext, **params: Any) -> np.ndarray:
 @register("source", reason="its source is suspicious", null="exact_p", needs=("sources",), tags=("source",),
           default=True)
 def _source(ctx: SignalContext) -> np.ndarray:
-    """-log10 p of the source against the other sources: class mix, disagreement with the model, duplicate groups."""
+    """-log10 p of the source among the sources (class mix, disagreement with the model, duplicate groups), read with
+    their heterogeneity; 0 below 2."""
     return sources.source_scores(ctx.sources, ctx.labels, n_classes=ctx.n_classes, predictions=ctx.predictions,
                                  groups=ctx.duplicate_groups())
 
