@@ -47,7 +47,7 @@ only 3.1 to 7.6; read with the heterogeneity (and the class-mix expectation abov
 of hard classes reached 3.4 on disagreement alone) honest contributors of the clean sets reach at most 2.7 and the
 image attackers 4.0 to 300 (text sybils whose labels look like anyone's: 0.4 to 2.5, from 0 to 1). In the suspicion:
 cells more than 0.02 below their best signal 13 -> 9 of 65, the worst clean image control 0.97% -> 0.55% flagged,
-fake-source groups flagged at 2 from 3-66% to 100% of their samples. Carrying the value below 2 too added every
+fake-source groups flagged at 2 from 1-66% to 100% of their samples. Carrying the value below 2 too added every
 source's noise to Fisher's sum (clean review snippets up to 1.56% flagged).
 
 Baselines get a half-count pseudo-count so that a baseline rate of 0 does not make one success infinitely
@@ -232,7 +232,8 @@ def source_table(
     -------
     DataFrame
         Indexed by source (named ``source``), sorted by ``source_suspicion`` (descending), then size
-        (descending), then name. ``evidence`` names the test behind the suspicion (the smallest p-value).
+        (descending), then name. ``evidence`` names the test behind the suspicion (the smallest p-value);
+        ``suspicion_among_sources`` is the same minimum with each test read with the sources' heterogeneity.
     """
     y = np.asarray(labels)
     n = len(y) if y.ndim == 1 else -1
