@@ -184,6 +184,29 @@ def test_signals_of_one_group_count_once():
     assert list(grouped.tail_p.columns)[-2:] == ["spectral", "robust_spectral"]  # each still has its own reasons
 
 
+
+def test_a_by_class_signal_reads_a_clean_mode_every_class_has_as_clean_and_one_class_s_group_as_not():
+    # Robust spectral distances on short texts: 5% of every class far out (uninformative snippets far from each
+    # class's core), beyond what a tail fitted to the bulk's quartiles expects. A group in one class goes further.
+    rng = np.random.default_rng(8)
+    labels = np.repeat(np.arange(4), 3000)
+    s = np.abs(rng.normal(size=len(labels)))
+    mode = rng.random(len(labels)) < 0.05
+    s[mode] = 30 + 20 * np.abs(rng.normal(size=int(mode.sum())))
+    planted = np.flatnonzero((labels == 1) & ~mode)[:60]
+    s[planted] = 300 + rng.random(60)
+    by_class = combine({"robust_spectral": s}, labels).tail_p["robust_spectral"].to_numpy()
+    bulk = combine({"plain": s}, labels).tail_p["plain"].to_numpy()  # an unregistered signal: a fitted null
+    clean = np.ones(len(s), dtype=bool)
+    clean[planted] = False
+    assert np.mean(bulk[clean] <= 0.01) > 0.04  # the bulk's tail calls the whole mode 1-in-100
+    assert np.mean(by_class[clean] <= 0.01) <= 0.015
+    assert np.all(by_class[planted] < 1e-3)
+    # With one class there is no other class to read: the bulk's tail alone.
+    one = np.zeros(len(s), dtype=np.int64)
+    assert np.array_equal(combine({"robust_spectral": s}, one).tail_p["robust_spectral"].to_numpy(),
+                          combine({"plain": s}, one).tail_p["plain"].to_numpy())
+
 def _confident_model(n, k, rng, flips=0, learned=(1e-4, 0.3)):
     """A calibrated, confident model's probabilities, each label drawn from them; ``flips`` labels then changed to
     another class that the model learned in part (its probability of the new label log-uniform in ``learned``)."""

@@ -42,8 +42,8 @@ def _high_loss(ctx: SignalContext) -> np.ndarray:
     return ctx.loss
 
 
-@register("low_loss", reason="unusually confident for its class", needs=("probs",), tags=("backdoor",),
-          default=True)
+@register("low_loss", reason="unusually confident for its class", null="by_class", needs=("probs",),
+          tags=("backdoor",), default=True)
 def _low_loss(ctx: SignalContext) -> np.ndarray:
     """Loss far below its class's (robust z): a trigger makes the model surer than any clean feature does."""
     return loss.low_loss_within_class(ctx.loss, ctx.labels)
@@ -77,13 +77,15 @@ def _activation_cluster(ctx: SignalContext, **params: Any) -> np.ndarray:
     return clustering.cluster_evidence(found, ctx.labels)
 
 
-@register("spectral", reason="spectral signature", group="spectral", tags=("backdoor",), default=True)
+@register("spectral", reason="spectral signature", null="by_class", group="spectral", tags=("backdoor",),
+          default=True)
 def _spectral(ctx: SignalContext) -> np.ndarray:
     """Squared projection on the class's top singular direction, over its bulk spread."""
     return spectral.spectral_signature(ctx.features, ctx.labels, random_state=ctx.random_state)
 
 
-@register("robust_spectral", reason="robust spectral signature", group="spectral", tags=("backdoor",),
+@register("robust_spectral", reason="robust spectral signature", null="by_class", group="spectral",
+          tags=("backdoor",),
           params={"n_components": 10, "keep": 0.5, "alpha": 4.0, "max_iter": 20}, default=True)
 def _robust_spectral(ctx: SignalContext, **params: Any) -> np.ndarray:
     """Quantum-entropy score after robust whitening of each class (SPECTRE)."""

@@ -81,6 +81,19 @@ r@2x gap -0.02 to 0.00, poison flagged at 2 from 77% to 85%). Letting every exac
 a clean image one: those tests are exact against their own null, but their nulls are about groups, not single
 samples.
 
+**The ``"by_class"`` null** (``spectral``, ``robust_spectral``, ``low_loss``: signals that see a backdoor in the one
+class it relabels to). A tail fitted to the bulk's median and quartiles cannot see a mode of clean samples beyond them:
+on the attack matrix's clean review snippets 3-5% of each class lie 30 to 600 robust spreads from its core (short
+snippets the model is unsure of, whose activations sit near zero, far from every class's centre), and
+``robust_spectral`` alone put 4.3% and 5.0% of two clean sets below 0.01 (tuning seed 0, report seed 101; 1.4% and 3.2%
+of them over the threshold). Such a signal's tail probability is therefore never below the median, over the other
+classes, of a tail fitted to each one's top :data:`CLASS_TAIL_COUNT` scores: the attack leaves the other classes clean,
+and a mode every class has is in them. On the tuning seeds (``fusion_lab.py --seeds 0-4``) the worst clean text went
+from 1.37% to 1.02% flagged, the worst clean image from 0.55% to 0.53%, and no attacked cell's gap to its best signal
+fell by more than 0.01 (worst -0.34 to -0.30); on the report seeds (100-109, after the choice) the worst clean text from
+3.20% to 1.19% (median 0.99% to 0.51%), the clean images as they were (worst 0.37%), and no attacked cell moved by more
+than 0.03.
+
 Signals are compared on their own scale, pooled over classes: the built-in ones that need it standardize within each
 class themselves (spectral, robust spectral, low loss, kNN distance), and standardizing losses or label-quality
 scores within classes would shrink exactly the attacked class, whose spread the attack inflates (``standardize``
@@ -127,6 +140,10 @@ LABEL_GATE = 1e-3
 #: Knots of a label null, log-spaced over the probabilities ``[LABEL_Q_MIN, 1]``.
 LABEL_KNOTS = 256
 LABEL_Q_MIN = 1e-12
+#: A ``"by_class"`` signal's tail under another class is fitted from about this many of that class's top scores.
+CLASS_TAIL_COUNT = 32
+#: At most this many other classes are read for a ``"by_class"`` signal (evenly spaced over the classes).
+MAX_REFERENCE_CLASSES = 32
 
 @dataclass(frozen=True)
 class Combined:
@@ -399,7 +416,7 @@ def combine(
     k = int(y.max()) + 1 if n_classes is None else int(n_classes)
     anchors = {}
     for name, values in (null_scores or {}).items():
-        if null_kind(name) != "fitted" or name not in names:
+        if null_kind(name) not in ("fitted", "by_class") or name not in names:
             raise InputError(f"null_scores[{name!r}]: only a combined signal with a fitted null can be anchored")
         anchors[name] = check_scores(values, name=f"null_scores[{name!r}]")
         if np.isfinite(anchors[name]).sum() < 2:
@@ -415,7 +432,7 @@ def combine(
             raise InputError(f"scores[{name!r}] has {len(s)} entries but labels has {n}")
         s = _within_class_z(s, y) if name in standardize else s.copy()
         s[top] = np.inf
-        tails[name] = _signal_tail(name, s, k, anchors.get(name))
+        tails[name] = _signal_tail(name, s, k, anchors.get(name), y)
         if curve is not None and null_kind(name) in ("label_loss", "label_doubt"):
             label_q[name] = _label_q(null_kind(name), s)
     gate = float("nan")
@@ -460,9 +477,11 @@ def _label_q(null: str, s: np.ndarray) -> np.ndarray:
     return np.exp(-s) if null == "label_loss" else 1.0 - s
 
 
-def _signal_tail(name: str, s: np.ndarray, n_classes: int, reference: np.ndarray | None = None) -> np.ndarray:
+def _signal_tail(name: str, s: np.ndarray, n_classes: int, reference: np.ndarray | None = None,
+                 labels: np.ndarray | None = None) -> np.ndarray:
     """One signal's tail probabilities under the null it is registered with (NaN: no evidence, probability 1);
-    ``reference``: clean samples' scores that a fitted null is measured against instead of the bulk."""
+    ``reference``: clean samples' scores that a fitted null is measured against instead of the bulk; ``labels``:
+    the classes a ``"by_class"`` null reads."""
     null = null_kind(name)
     with np.errstate(over="ignore"):
         if null == "exact_p":
@@ -480,9 +499,41 @@ def _signal_tail(name: str, s: np.ndarray, n_classes: int, reference: np.ndarray
         else:
             # Past 1/n**2 (n times rarer than the rarest sample that can be seen) a fitted tail has no data behind it.
             gain = float(min(MAX_GAIN, max(1, len(s))))
-            return tail_probability(s, reference=reference, max_shape=0.0 if null == "log_p" else MAX_SHAPE,
-                                    max_gain=gain)
+            p = tail_probability(s, reference=reference, max_shape=0.0 if null == "log_p" else MAX_SHAPE,
+                                 max_gain=gain)
+            if null == "by_class" and labels is not None:
+                p = np.maximum(p, _other_classes_tail(s, labels, gain))
+            return p
     return np.clip(np.nan_to_num(p, nan=1.0), 1e-300, 1.0)
+
+
+def _other_classes_tail(s: np.ndarray, labels: np.ndarray, max_gain: float) -> np.ndarray:
+    """Each sample's tail probability under the other classes' scores: the median, over the other classes, of the
+    tail fitted to that class's top :data:`CLASS_TAIL_COUNT` scores (0, no bound, where no other class has 8 finite
+    scores).
+
+    An attack that one class's signal sees (a backdoor relabels to its target) leaves the other classes' tails clean,
+    and the median over them is not moved by a few attacked classes; a mode of clean samples that every class has
+    (short, uninformative texts far from every class's core) is in them too, and a fit to the top of each class sees
+    it where a fit to the bulk's median and quartiles does not.
+    """
+    finite = np.isfinite(s)
+    classes = np.unique(labels[finite])
+    if len(classes) > MAX_REFERENCE_CLASSES:
+        classes = classes[np.linspace(0, len(classes) - 1, MAX_REFERENCE_CLASSES).round().astype(int)]
+    per_class = np.full((len(classes), len(s)), np.nan)
+    for row, c in enumerate(classes):
+        ref = s[finite & (labels == c)]
+        if len(ref) < 8:
+            continue
+        m = min(1 - TAIL_QUANTILES[2], CLASS_TAIL_COUNT / len(ref))
+        per_class[row] = tail_probability(s, reference=ref, quantiles=(1 - 4 * m, 1 - 2 * m, 1 - m),
+                                          max_gain=max_gain)
+        per_class[row, labels == c] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a sample with no other class read: all NaN
+        out = np.nanmedian(per_class, axis=0)
+    return np.nan_to_num(out, nan=0.0)
 
 
 def _evidence_pieces(tail_p: pd.DataFrame) -> np.ndarray:

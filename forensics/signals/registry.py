@@ -1,13 +1,14 @@
 """The signal registry: every signal declared in one place, and the shared context its scoring function reads.
 
 A signal is a :class:`Signal`: its name, the words the reasons use for it, how the combination models its null
-(``"fitted"``: a tail fitted to the bulk of its scores; ``"log_p"``: its scores are -log10 p-values whose tail is
-exponential; ``"exact_p"``: -log10 p-values of an exact test, taken as they are; ``"label_loss"`` and
-``"label_doubt"``: ``-ln q`` and ``1 - q`` for ``q`` the probability a model gives the sample's label, read as
-``p = min(1, k q)`` for ``k`` classes), the group of signals that read the same evidence (counted once), whether
-it only gives context (shown, never summed into the suspicion), its tags (``backdoor``, ``label``, ``source``), what
-it needs (``probs``, ``images``, ``texts``, ``sources``, ``trusted``), its parameters with their defaults, and its
-scoring function ``score(ctx, **params) -> ndarray (n,)``, **higher = more suspicious**.
+(``"fitted"``: a tail fitted to the bulk of its scores; ``"by_class"``: the same, never rarer than under the other
+classes' own tails, for a signal that sees an attack in the one class it targets; ``"log_p"``: its scores are
+-log10 p-values whose tail is exponential; ``"exact_p"``: -log10 p-values of an exact test, taken as they are;
+``"label_loss"`` and ``"label_doubt"``: ``-ln q`` and ``1 - q`` for ``q`` the probability a model gives the sample's
+label, read as ``p = min(1, k q)`` for ``k`` classes), the group of signals that read the same evidence (counted
+once), whether it only gives context (shown, never summed into the suspicion), its tags (``backdoor``, ``label``,
+``source``), what it needs (``probs``, ``images``, ``texts``, ``sources``, ``trusted``), its parameters with their
+defaults, and its scoring function ``score(ctx, **params) -> ndarray (n,)``, **higher = more suspicious**.
 
 :func:`register` adds one (the built-in ones are in :mod:`forensics.signals.builtin`); a user's own signal,
 registered in a notebook, runs in :func:`forensics.compute_signals` and :func:`forensics.investigate` and shows in
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from .neighbors import Metric
 
 #: How the combination models a signal's null (see :mod:`forensics.signals.combine`).
-NULL_KINDS = ("fitted", "log_p", "exact_p", "label_loss", "label_doubt")
+NULL_KINDS = ("fitted", "by_class", "log_p", "exact_p", "label_loss", "label_doubt")
 #: What a signal may need beyond the features and labels; a signal whose needs are not met is skipped with a reason.
 NEEDS = {
     "probs": "needs the model's predicted probabilities",
@@ -108,8 +109,8 @@ def register(
         Letters, digits and underscores; the table column is ``<name>_score``.
     reason : str
         How a sample's reasons name the signal ("its neighbours carry other labels").
-    null : {"fitted", "log_p", "exact_p", "label_loss", "label_doubt"}
-        How the combination turns its scores into tail probabilities.
+    null : {"fitted", "by_class", "log_p", "exact_p", "label_loss", "label_doubt"}
+        How the combination turns its scores into tail probabilities (see :mod:`forensics.signals.combine`).
     context_only : bool
         Shown beside the suspicion, never summed into it.
     group : str, optional
