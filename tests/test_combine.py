@@ -202,6 +202,11 @@ def test_a_by_class_signal_reads_a_clean_mode_every_class_has_as_clean_and_one_c
     assert np.mean(bulk[clean] <= 0.01) > 0.04  # the bulk's tail calls the whole mode 1-in-100
     assert np.mean(by_class[clean] <= 0.01) <= 0.015
     assert np.all(by_class[planted] < 1e-3)
+    # Beyond MAX_REFERENCE_CLASSES classes an even subset of them is read, with the same effect.
+    many = np.repeat(np.arange(40), 1000)
+    many_s = np.where(rng.random(len(many)) < 0.05, 30 + 20 * np.abs(rng.normal(size=len(many))),
+                      np.abs(rng.normal(size=len(many))))
+    assert np.mean(combine({"robust_spectral": many_s}, many).tail_p["robust_spectral"] <= 0.01) <= 0.015
     # With one class there is no other class to read: the bulk's tail alone.
     one = np.zeros(len(s), dtype=np.int64)
     assert np.array_equal(combine({"robust_spectral": s}, one).tail_p["robust_spectral"].to_numpy(),

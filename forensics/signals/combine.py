@@ -144,6 +144,7 @@ LABEL_Q_MIN = 1e-12
 CLASS_TAIL_COUNT = 32
 #: At most this many other classes are read for a ``"by_class"`` signal (evenly spaced over the classes).
 MAX_REFERENCE_CLASSES = 32
+_BLOCK = 1 << 16
 
 @dataclass(frozen=True)
 class Combined:
@@ -228,16 +229,34 @@ def tail_probability(
     p = np.ones_like(z)
     ok = ~np.isnan(z)
     v = z[ok]
-    ref = v if reference is None else np.asarray(reference, dtype=np.float64)
-    ref = np.sort(ref[~np.isnan(ref)])
-    finite = ref[np.isfinite(ref)]
-    if len(v) == 0 or len(finite) == 0:  # nothing scored, or nothing finite to measure against
+    fit = _fit_tail(v if reference is None else np.asarray(reference, dtype=np.float64), quantiles, max_shape)
+    if len(v) == 0 or fit is None:  # nothing scored, or nothing finite to measure against
         return p
     # Shares at or above each value (ties count in full; +inf sorts last).
-    surv_ref = 1.0 - np.searchsorted(ref, v, side="left") / len(ref)
     surv_own = 1.0 - np.searchsorted(np.sort(v), v, side="left") / len(v)
+    p[ok] = np.clip(np.maximum(_eval_tail(fit, v), surv_own / max_gain), 1e-300, 1.0)
+    return p
+
+
+@dataclass(frozen=True)
+class _Tail:
+    """A fitted null: the sorted reference (empirical shares up to ``top``), a generalized Pareto tail above."""
+
+    ref: np.ndarray
+    top: float
+    share: float
+    shape: float
+    scale: float
+
+
+def _fit_tail(reference: np.ndarray, quantiles: tuple[float, float, float], max_shape: float) -> _Tail | None:
+    """The null of :func:`tail_probability` fitted to ``reference`` (None when it holds no finite value)."""
+    ref = np.sort(reference[~np.isnan(reference)])
+    finite = ref[np.isfinite(ref)]
+    if len(finite) == 0:
+        return None
     a, b, c = np.quantile(finite, quantiles)
-    share = 1.0 - q_hi
+    share = 1.0 - quantiles[2]
     if c > b:
         # Pickands: for a generalized Pareto tail the gaps of these quantiles grow by 2**xi.
         shape = max_shape if b <= a else float(np.clip(np.log2((c - b) / (b - a)), 0.0, max_shape))
@@ -247,18 +266,22 @@ def tail_probability(
         above = finite[finite > c]
         share = float(np.mean(ref > c))
         shape, scale = 0.0, float(np.mean(above - c)) if len(above) else 0.0
-    excess = np.maximum(v - c, 0.0)
+    return _Tail(ref=ref, top=float(c), share=share, shape=shape, scale=scale)
+
+
+def _eval_tail(fit: _Tail, v: np.ndarray) -> np.ndarray:
+    """Tail probabilities of the (non-NaN) values ``v`` under a fitted null, before any floor."""
+    surv_ref = 1.0 - np.searchsorted(fit.ref, v, side="left") / len(fit.ref)
+    excess = np.maximum(v - fit.top, 0.0)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        if scale <= 0:
+        if fit.scale <= 0:
             tail = np.zeros_like(v)
-        elif shape == 0:
-            tail = share * np.exp(-excess / scale)
+        elif fit.shape == 0:
+            tail = fit.share * np.exp(-excess / fit.scale)
         else:
-            tail = share * (1.0 + shape * excess / scale) ** (-1.0 / shape)
+            tail = fit.share * (1.0 + fit.shape * excess / fit.scale) ** (-1.0 / fit.shape)
     tail = np.where(np.isposinf(v), 0.0, tail)
-    out = np.where(v > c, tail, surv_ref)
-    p[ok] = np.clip(np.maximum(out, surv_own / max_gain), 1e-300, 1.0)
-    return p
+    return np.where(v > fit.top, tail, surv_ref)
 
 
 def evidence_tail(evidence: np.ndarray, *, max_gain: float = MAX_GAIN) -> np.ndarray:
@@ -502,12 +525,12 @@ def _signal_tail(name: str, s: np.ndarray, n_classes: int, reference: np.ndarray
             p = tail_probability(s, reference=reference, max_shape=0.0 if null == "log_p" else MAX_SHAPE,
                                  max_gain=gain)
             if null == "by_class" and labels is not None:
-                p = np.maximum(p, _other_classes_tail(s, labels, gain))
+                p = np.maximum(p, _other_classes_tail(s, labels))
             return p
     return np.clip(np.nan_to_num(p, nan=1.0), 1e-300, 1.0)
 
 
-def _other_classes_tail(s: np.ndarray, labels: np.ndarray, max_gain: float) -> np.ndarray:
+def _other_classes_tail(s: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each sample's tail probability under the other classes' scores: the median, over the other classes, of the
     tail fitted to that class's top :data:`CLASS_TAIL_COUNT` scores (0, no bound, where no other class has 8 finite
     scores).
@@ -515,25 +538,43 @@ def _other_classes_tail(s: np.ndarray, labels: np.ndarray, max_gain: float) -> n
     An attack that one class's signal sees (a backdoor relabels to its target) leaves the other classes' tails clean,
     and the median over them is not moved by a few attacked classes; a mode of clean samples that every class has
     (short, uninformative texts far from every class's core) is in them too, and a fit to the top of each class sees
-    it where a fit to the bulk's median and quartiles does not.
+    it where a fit to the bulk's median and quartiles does not. A class's top scores reach into such a mode only when
+    the class is large enough (a 5% mode: 640 samples or more); a smaller class's tail is fitted at the bulk's
+    quantiles, and the bound then adds little to the bulk's own tail.
     """
     finite = np.isfinite(s)
     classes = np.unique(labels[finite])
     if len(classes) > MAX_REFERENCE_CLASSES:
         classes = classes[np.linspace(0, len(classes) - 1, MAX_REFERENCE_CLASSES).round().astype(int)]
-    per_class = np.full((len(classes), len(s)), np.nan)
-    for row, c in enumerate(classes):
+    fits = []
+    for c in classes:
         ref = s[finite & (labels == c)]
-        if len(ref) < 8:
-            continue
-        m = min(1 - TAIL_QUANTILES[2], CLASS_TAIL_COUNT / len(ref))
-        per_class[row] = tail_probability(s, reference=ref, quantiles=(1 - 4 * m, 1 - 2 * m, 1 - m),
-                                          max_gain=max_gain)
-        per_class[row, labels == c] = np.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a sample with no other class read: all NaN
-        out = np.nanmedian(per_class, axis=0)
-    return np.nan_to_num(out, nan=0.0)
+        if len(ref) >= 8:
+            m = min(1.0 - TAIL_QUANTILES[2], CLASS_TAIL_COUNT / len(ref))
+            fit = _fit_tail(ref, (1.0 - 4 * m, 1.0 - 2 * m, 1.0 - m), MAX_SHAPE)
+            if fit is not None:
+                fits.append((c, fit))
+    out = np.zeros(len(s))
+    if not fits:
+        return out
+    # In blocks, so that a million samples against 32 classes never hold more than a few MB at once.
+    for start in range(0, len(s), _BLOCK):
+        v, y = s[start:start + _BLOCK], labels[start:start + _BLOCK]
+        block = np.full((len(fits), len(v)), np.nan)
+        for row, (c, fit) in enumerate(fits):
+            block[row] = _eval_tail(fit, v)
+            block[row, y == c] = np.nan
+        out[start:start + _BLOCK] = _column_nanmedian(block)
+    return out
+
+
+def _column_nanmedian(block: np.ndarray) -> np.ndarray:
+    """Median of each column's non-NaN values (0 where there is none): ``np.nanmedian`` loops over the columns."""
+    ordered = np.sort(block, axis=0)  # NaN last
+    count = (~np.isnan(block)).sum(axis=0)
+    lo = np.take_along_axis(ordered, np.maximum(count - 1, 0)[None, :] // 2, axis=0)[0]
+    hi = np.take_along_axis(ordered, (count // 2)[None, :], axis=0)[0]
+    return np.where(count > 0, (lo + hi) / 2.0, 0.0)
 
 
 def _evidence_pieces(tail_p: pd.DataFrame) -> np.ndarray:
