@@ -68,6 +68,15 @@ def test_high_loss_is_cross_entropy_of_the_given_label():
     assert got.dtype == np.float64
 
 
+def test_a_saturated_label_s_loss_is_read_from_the_other_classes_so_confident_samples_do_not_tie():
+    # float32 softmax outputs: the label's probability rounds to 1, the other classes' keep their size.
+    probs = np.array([[1.0, 1e-9, 1e-10], [1.0, 1e-11, 0.0], [0.999, 0.001, 0.0], [0.0, 1.0, 0.0]], dtype=np.float32)
+    got = high_loss(probs, np.array([0, 0, 0, 0]))
+    np.testing.assert_allclose(got[:3], [1.1e-9, 1e-11, -np.log(0.999)], rtol=1e-6)
+    assert got[3] == pytest.approx(-np.log(1e-12))  # an impossible label still floors
+    assert len(np.unique(low_loss_within_class(got, np.zeros(4, dtype=int)))) == 4
+
+
 def test_high_loss_passes_a_loss_through_and_ranks_flips_first(flipped):
     features, labels, flips = flipped
     # A model's probabilities: softmax of minus the squared distance to the true class centres.
