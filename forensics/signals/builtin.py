@@ -85,8 +85,7 @@ def _spectral(ctx: SignalContext) -> np.ndarray:
 
 
 @register("robust_spectral", reason="robust spectral signature", null="by_class", group="spectral",
-          tags=("backdoor",),
-          params={"n_components": 10, "keep": 0.5, "alpha": 4.0, "max_iter": 20}, default=True)
+          tags=("backdoor",), params={"n_components": 10, "keep": 0.5, "alpha": 4.0, "max_iter": 20}, default=True)
 def _robust_spectral(ctx: SignalContext, **params: Any) -> np.ndarray:
     """Quantum-entropy score after robust whitening of each class (SPECTRE)."""
     return spectral.robust_spectral(ctx.features, ctx.labels, random_state=ctx.random_state, **params)
