@@ -269,6 +269,7 @@ def plan_remediation(
             if not (cluster_of == c).any():
                 raise InputError(f"cluster {c} is not on the map; choose from {sorted(set(cluster_of.tolist()))}")
             take(cluster_of == c, "remove", f"cluster: every sample of cluster {c}")
+    suspicion = inv.signals["suspicion"].to_numpy(dtype=np.float64)
     if pairs:
         found = inv.params.get("relabelled_pairs") or []
         column = "targeted_flip_score"
@@ -279,11 +280,11 @@ def plan_remediation(
             a, b, excess = int(pair["label"]), int(pair["looks_like"]), int(pair["excess"])
             rows = np.flatnonzero((ds.labels == a) & ~done & (score > 0))
             chosen = np.zeros(n, dtype=bool)
-            chosen[rows[np.argsort(-score[rows], kind="stable")[:excess]]] = True
+            # The score is a probability that reaches 1 for many: ties go to the more suspicious.
+            chosen[rows[np.lexsort((-suspicion[rows], -score[rows]))[:excess]]] = True
             new_label[chosen] = names[b]
             take(chosen, "relabel", f"pair: {names[a]} holds about {excess} relabelled {names[b]}; among the most "
                                     f"{names[b]}-like")
-    suspicion = inv.signals["suspicion"].to_numpy(dtype=np.float64)
     if threshold is not None:
         high = suspicion >= threshold
         if relabel and "prediction" in inv.samples:

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from forensics.errors import InputError
-from forensics.signals.combine import DEFAULT_THRESHOLD, MAX_GAIN, combine, evidence_tail, tail_probability
+from forensics.signals.combine import (
+    DEFAULT_THRESHOLD,
+    MAX_GAIN,
+    combine,
+    evidence_tail,
+    posterior_tail,
+    tail_probability,
+)
 
 
 def _null(n=20_000, k=6, seed=0):
@@ -168,6 +175,30 @@ def test_one_signal_that_sees_the_attack_is_not_drowned_by_silent_ones():
     assert np.isin(flips, alone).mean() == 1.0
     assert np.isin(flips, budget).mean() >= 0.98
     assert np.mean(np.delete(c.suspicion, flips) >= DEFAULT_THRESHOLD) <= 0.01
+
+
+def test_a_posterior_is_read_as_the_expected_share_of_clean_samples_at_or_above_it():
+    s = np.array([0.0, 0.9, 0.5, 0.9, np.nan, 1.0, 0.0, 0.0, 0.0, 0.0])
+    # At or above 1.0: no clean sample expected; 0.9: two at 0.1 each; 0.5: another 0.5. Plus one, over n = 10.
+    np.testing.assert_allclose(posterior_tail(s), [1, 0.12, 0.17, 0.12, 1, 0.1, 1, 1, 1, 1])
+    with pytest.raises(InputError, match=r"posterior scores must lie in \[0, 1\]"):
+        posterior_tail(np.array([0.2, 1.5]))
+    # The registered relabelling signal is read so: certain scores are as rare as one sample in n, and a label's
+    # unsure samples reach 0.01 only as far as their own probabilities say.
+    rng = np.random.default_rng(8)
+    labels = np.repeat(np.arange(10), 1000)
+    prob = np.where(labels == 3, rng.beta(0.2, 8.0, 10_000), 0.0)  # label 3's samples: mostly clean, a few unsure
+    prob[:40] = 1.0  # 40 label-0 samples the pair test found certainly relabelled
+    c = combine({"targeted_flip": prob}, labels)
+    np.testing.assert_allclose(c.tail_p["targeted_flip"], posterior_tail(prob))
+    assert np.all(c.tail_p["targeted_flip"].to_numpy()[:40] == pytest.approx(1 / 10_000))
+    # Calibrated probabilities: a sample is relabelled with the probability it scores. Of the samples that were
+    # not, about 1% reach 0.01 (the sum of 1 - s over those flagged is 99 of 10,000 by construction; the draw adds
+    # its noise), and those that were reach it far more often.
+    relabelled = rng.random(10_000) < prob
+    flagged = c.tail_p["targeted_flip"].to_numpy() <= 0.01
+    assert 0.005 < np.mean(flagged[~relabelled]) <= 0.012
+    assert np.mean(flagged[relabelled & (labels == 3)]) > 0.3
 
 
 def test_signals_of_one_group_count_once():

@@ -60,9 +60,9 @@ def _label_quality(ctx: SignalContext, *, method: str) -> np.ndarray:
 
 
 @register("targeted_flip", reason="looks like a class that its label holds far too many of (a one-way relabelling)",
-          tags=("label",), params={"alpha": relabel.ALPHA}, default=True)
+          null="posterior", tags=("label",), params={"alpha": relabel.ALPHA}, default=True)
 def _targeted_flip(ctx: SignalContext, *, alpha: float) -> np.ndarray:
-    """Posterior of a one-way relabelling between two classes (their confusion is not mutual)."""
+    """Probability of a one-way relabelling between two classes (their confusion is not mutual)."""
     oof = ctx.out_of_fold()
     pairs = ctx.shared(("relabelled_pairs", alpha), lambda: relabel.relabelled_pairs(ctx.labels, oof, alpha=alpha))
     ctx.outputs["relabelled_pairs"] = pairs

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .neighbors import Metric
 
 #: How the combination models a signal's null (see :mod:`forensics.signals.combine`).
-NULL_KINDS = ("fitted", "by_class", "log_p", "exact_p", "label_loss", "label_doubt")
+NULL_KINDS = ("fitted", "by_class", "log_p", "exact_p", "label_loss", "label_doubt", "posterior")
 #: What a signal may need beyond the features and labels; a signal whose needs are not met is skipped with a reason.
 NEEDS = {
     "probs": "needs the model's predicted probabilities",
@@ -109,7 +109,7 @@ def register(
         Letters, digits and underscores; the table column is ``<name>_score``.
     reason : str
         How a sample's reasons name the signal ("its neighbours carry other labels").
-    null : {"fitted", "by_class", "log_p", "exact_p", "label_loss", "label_doubt"}
+    null : {"fitted", "by_class", "log_p", "exact_p", "label_loss", "label_doubt", "posterior"}
         How the combination turns its scores into tail probabilities (see :mod:`forensics.signals.combine`).
     context_only : bool
         Shown beside the suspicion, never summed into it.
