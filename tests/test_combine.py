@@ -199,6 +199,11 @@ def test_a_posterior_is_read_as_the_expected_share_of_clean_samples_at_or_above_
     flagged = c.tail_p["targeted_flip"].to_numpy() <= 0.01
     assert 0.005 < np.mean(flagged[~relabelled]) <= 0.012
     assert np.mean(flagged[relabelled & (labels == 3)]) > 0.3
+    # With a trusted set's scores, the clean samples' own, the tail is fitted to them instead.
+    trusted = rng.beta(0.2, 8.0, 2000)
+    anchored = combine({"targeted_flip": prob}, labels, null_scores={"targeted_flip": trusted})
+    np.testing.assert_allclose(anchored.tail_p["targeted_flip"], tail_probability(prob, reference=trusted,
+                                                                                  max_gain=10_000))
 
 
 def test_signals_of_one_group_count_once():

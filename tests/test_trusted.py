@@ -134,8 +134,7 @@ def test_a_large_trusted_set_is_scored_with_the_data_and_anchors_the_nulls():
     table, info = compute_signals(x, y, probs=probs, trusted=(tx, ty, tprobs), signals=chosen)
     assert info["anchored"] == ["knn_disagreement", "low_loss", "spectral"]
     _, flip_info = compute_signals(x, y, probs=probs, trusted=(tx, ty, tprobs), signals=("targeted_flip",))
-    # A probability has no fitted null to anchor: the pair test reads the data alone.
-    assert flip_info["anchored"] == [] and "relabelled_pairs" in flip_info
+    assert flip_info["anchored"] == ["targeted_flip"] and "relabelled_pairs" in flip_info  # kept from the union
     assert list(table.columns[:4]) == [f"{name}_score" for name in chosen]  # the order asked for
     # Each anchored signal scored the data and the trusted samples together; the trusted rows are its null.
     union, _ = compute_signals(np.vstack([x, tx]), np.r_[y, ty], probs=np.vstack([probs, tprobs]),

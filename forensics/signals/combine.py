@@ -23,7 +23,9 @@ Each signal's scores become a tail probability under the null it is registered w
   the scores themselves (the fitted null, before) bounded the evidence a probability can carry (an exponential tail
   over a score in [0, 1]) while putting 1.2-5% of all clean samples of a pair-flip cell of the attack matrix below
   0.01; read as a posterior, 0-0.6% on the tuning seeds, and the worst pair flip went from 0.15 to 0.06 below the
-  signal alone (``python benchmarks/fusion_lab.py --seeds 0-4 --families pair_flip --refresh targeted_flip``).
+  signal alone (``python benchmarks/fusion_lab.py --seeds 0-4 --families pair_flip --refresh targeted_flip``). A
+  trusted set's scores (``null_scores``) are a better null still, the clean samples' own: it is then read as a fitted
+  null against them.
 
 The evidence is summed (``sum -ln p``, Fisher's statistic): several moderate signals that agree (a flip has a high
 loss, a disagreeing out-of-fold prediction and neighbours of another class) outrank one signal's chance outlier,
@@ -410,9 +412,10 @@ def combine(
         Number of classes, for the signals whose null reads a model's probability of the label (``label_loss``,
         ``label_doubt``); default: the largest label + 1.
     null_scores : mapping of signal name to array, optional
-        For a signal with a fitted null: the same signal's scores on samples known to be clean (a trusted set scored
-        with the data). Its tail is then measured against them instead of the bulk of the data, which a poisoned
-        minority inflates. The tail of the summed evidence stays the bulk's.
+        For a signal with a fitted null or a posterior: the same signal's scores on samples known to be clean (a
+        trusted set scored with the data). Its tail is then measured against them (a tail fitted to them), instead of
+        the bulk of the data, which a poisoned minority inflates, or of its own probabilities. The tail of the summed
+        evidence stays the bulk's.
     floor : collection of str
         Signals with an exact null (``"exact_p"``) whose p-value times the number of pieces of evidence (a Bonferroni
         bound) caps a sample's tail probability: its suspicion is never below that, whatever the other signals say.
@@ -446,8 +449,9 @@ def combine(
     k = int(y.max()) + 1 if n_classes is None else int(n_classes)
     anchors = {}
     for name, values in (null_scores or {}).items():
-        if null_kind(name) not in ("fitted", "by_class") or name not in names:
-            raise InputError(f"null_scores[{name!r}]: only a combined signal with a fitted null can be anchored")
+        if null_kind(name) not in ("fitted", "by_class", "posterior") or name not in names:
+            raise InputError(f"null_scores[{name!r}]: only a combined signal with a fitted null or a posterior can be "
+                             "anchored")
         anchors[name] = check_scores(values, name=f"null_scores[{name!r}]")
         if np.isfinite(anchors[name]).sum() < 2:
             raise InputError(f"null_scores[{name!r}] holds fewer than 2 finite scores")
@@ -557,7 +561,7 @@ def _signal_tail(name: str, s: np.ndarray, n_classes: int, reference: np.ndarray
                                  f"{'inf' if null == 'label_loss' else 1}]; got values out of that range")
             # A clean label is a draw from the model's predicted distribution: P(q <= t) <= n_classes * t.
             p = n_classes * q
-        elif null == "posterior":
+        elif null == "posterior" and reference is None:
             p = posterior_tail(s)
         else:
             # Past 1/n**2 (n times rarer than the rarest sample that can be seen) a fitted tail has no data behind it.

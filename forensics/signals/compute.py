@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 Selection = Sequence[str] | Mapping[str, Mapping[str, Any] | None] | None
 
 #: Built-in signals whose fitted null a trusted set anchors: they read the activations, labels and predictions
-#: only, so the trusted samples can be scored with the data (those that read payloads or sources cannot;
-#: ``targeted_flip`` is a probability, read as one, with no null to anchor).
-ANCHORED_SIGNALS = ("low_loss", "spectral", "robust_spectral", "knn_disagreement")
+#: only, so the trusted samples can be scored with the data (those that read payloads or sources cannot).
+ANCHORED_SIGNALS = ("low_loss", "targeted_flip", "spectral", "robust_spectral", "knn_disagreement")
 
 #: Fewest trusted samples that anchor those nulls: on the tuning seeds of the attack matrix 500 clean samples as the
 #: null kept the clean controls near the threshold's 1%, 200 let one reach 4.9% (benchmarks/RESULTS.md, "A trusted
