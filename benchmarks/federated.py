@@ -69,9 +69,11 @@ def fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             d["test_labels"][:2000].astype(np.int64))
 
 
-def scenario(honest: int, alpha: float, noise: float, seed: int, *, attack: bool = True) -> FederatedScenario:
+def scenario(honest: int, alpha: float, noise: float, seed: int, *, attack: bool = True,
+             sybil_data: str = "pool") -> FederatedScenario:
     return FederatedScenario(n_honest=honest, alpha=alpha, n_rounds=10, n_sybils=N_SYBILS if attack else 0,
-                             sybil_join=JOIN, sybil_noise=noise, target=0, patch=4, poison_share=0.5,
+                             sybil_join=JOIN, sybil_noise=noise, sybil_data=sybil_data, target=0, patch=4,
+                             poison_share=0.5,
                              pool_size=2000, hidden=32, local_steps=10, batch_size=32, lr=0.2, random_state=seed)
 
 
@@ -119,16 +121,17 @@ def guard_rates(run: Any, guard: AggregationGuard) -> dict[str, float]:
 
 
 def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
-             aggregators: tuple[str, ...] = AGGREGATORS) -> dict[str, Any]:
+             aggregators: tuple[str, ...] = AGGREGATORS, sybil_data: str = "pool") -> dict[str, Any]:
     """Run the cell's missing aggregators; the results are kept per cell so that a later call adds to them."""
-    path = WORK / f"h{honest}_a{alpha}_n{noise}_s{seed}.json"
+    shard = "_shard" if sybil_data == "shard" else ""
+    path = WORK / f"h{honest}_a{alpha}_n{noise}_s{seed}{shard}.json"
     out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else dict(
-        honest=honest, alpha=alpha, noise=noise, seed=seed)
+        honest=honest, alpha=alpha, noise=noise, seed=seed, sybil_data=sybil_data)
     for kind in aggregators:
         if kind in out:
             continue
         t0 = time.perf_counter()
-        sc = scenario(honest, alpha, noise, seed, attack=kind != "clean")
+        sc = scenario(honest, alpha, noise, seed, attack=kind != "clean", sybil_data=sybil_data)
         guard = None
         if kind == "guard":
             guard = AggregationGuard(UpdateRecorder())
@@ -158,7 +161,7 @@ def quality(args: argparse.Namespace) -> None:
             for alpha in args.alphas:
                 for noise in args.noise:
                     print(f"cell honest={honest} alpha={alpha} noise={noise} seed={seed}", flush=True)
-                    run_cell(honest, alpha, noise, seed, data, tuple(args.aggregators))
+                    run_cell(honest, alpha, noise, seed, data, tuple(args.aggregators), args.sybil_data)
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -403,7 +406,7 @@ def report(args: argparse.Namespace) -> None:
     rows = []
     for f in sorted(WORK.glob("h*_s*.json")):
         d = json.loads(f.read_text())
-        if d["seed"] in args.seeds and "guard" in d:
+        if d["seed"] in args.seeds and "guard" in d and d.get("sybil_data", "pool") == args.sybil_data:
             rows.append(d)
     rows.sort(key=lambda d: (d["honest"], d["alpha"], d["noise"], d["seed"]))
     print("| honest | alpha | noise | seed | recall r1 / r2 / r3 | honest flagged r3 | max honest excluded | "
@@ -433,6 +436,8 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
         s.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
         s.add_argument("--aggregators", nargs="+", choices=AGGREGATORS, default=list(AGGREGATORS))
+        s.add_argument("--sybil-data", choices=("pool", "shard"), default="pool",
+                       help="each sybil trains on the attacker's pool, or on a fixed shard of its own")
     sub.add_parser("speed")
     trig = sub.add_parser("trigger")
     trig.add_argument("--seeds", type=int, nargs="+", default=[100, 101])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -468,6 +469,42 @@ def test_scenario_validates_and_truth_lists_every_client(planted):
         FederatedScenario(free_rider="lazy")
     with pytest.raises(InputError, match="n_sybils must be an integer >= 0; got -1"):
         FederatedScenario(n_sybils=-1)
+
+
+def test_sybils_with_shards_of_their_own_are_devices_with_their_own_data_that_all_carry_the_backdoor(digits):
+    from forensics.federated import signals as fs
+    from forensics.redteam.federated import _sybil_shards
+
+    scenario = FederatedScenario(n_honest=20, alpha=0.5, n_rounds=4, n_sybils=10, sybil_join=1, pool_size=300,
+                                 sybil_data="shard", random_state=0)
+    # Each shard: disjoint from the others, together the pool's training rows, each with triggered rows (>= n).
+    n = len(digits[1])
+    pool = np.r_[np.arange(100, 250), n + np.arange(60)]
+    shards = _sybil_shards(scenario, np.zeros(n + 60, dtype=np.int64), pool, n)
+    assert len(shards) == 10 and all((sh >= n).any() and (sh < n).sum() >= 2 for sh in shards)
+    together = np.concatenate(shards)
+    assert len(together) == len(np.unique(together)) and set(together.tolist()) == set(pool.tolist())
+    with pytest.raises(InputError, match="raise pool_size"):
+        _sybil_shards(scenario, np.zeros(n + 5, dtype=np.int64), np.r_[np.arange(100, 250), n + np.arange(5)], n)
+
+    def sybil_individuality(sc):
+        rec, run = _record(sc, digits)
+        rounds = [(list(map(str, rec.round(r).client_ids)), rec.round(r).sketches.astype(np.float64))
+                  for r in rec.rounds[1:]]
+        ids, directions = fs.accumulated_directions(rounds)
+        ind, _ = fs.individuality(rounds, ids, directions, neighbours=9)
+        sybil = np.char.startswith(np.array(ids), "sybil")
+        return run, ind[sybil]
+
+    run, shard_ind = sybil_individuality(scenario)
+    sybils = run.truth[run.truth["role"] == "sybil"]
+    assert sybils["dominant_share"].nunique() > 1  # each holds its own class mix
+    # What sets each fake device apart persists from round to round, as an honest device's own data does; fed
+    # from one pool, it is minibatch chance.
+    _, pool_ind = sybil_individuality(dataclasses.replace(scenario, sybil_data="pool"))
+    assert np.median(shard_ind) > 0.3 > np.abs(np.median(pool_ind)) + 0.2
+    with pytest.raises(InputError, match="sybil_data must be one of"):
+        FederatedScenario(sybil_data="fresh")
 
 
 def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):

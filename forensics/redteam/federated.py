@@ -13,7 +13,10 @@ The attackers (all optional, each joining at its own round):
 - a **sybil group** (``n_sybils`` fake devices of one attacker): each trains on a fresh draw from the attacker's
   pool (a random, class-balanced slice of the training data, ``poison_share`` of it carrying a patch or a phrase
   and relabelled ``target``), so their updates differ by minibatch noise only; ``sybil_noise`` adds Gaussian
-  noise whose norm is that many times the median honest update norm of the round, to look diverse;
+  noise whose norm is that many times the median honest update norm of the round, to look diverse. With
+  ``sybil_data="shard"`` each fake device holds a shard of its own instead, kept over the rounds like an honest
+  device's data: the pool's clean samples split with the honest clients' Dirichlet(``alpha``) class skew, and an
+  equal share of the triggered ones, so that each update carries the backdoor beside a direction of its own;
 - a **boosted attacker** (``boost`` > 0): one client on the same poisoned pool whose update is multiplied by
   ``boost`` (model replacement);
 - **free-riders** (``n_free_riders``): ``"zero"`` sends zeros; ``"stale"`` repeats its first update forever.
@@ -39,6 +42,8 @@ from .triggers import PatchTrigger, TextTrigger
 
 #: Roles in the truth table.
 ROLES = ("honest", "sybil", "boosted", "free_rider")
+#: Where a sybil's training data comes from (:attr:`FederatedScenario.sybil_data`).
+SYBIL_DATA = ("pool", "shard")
 
 #: Width of the text federation's hashed input (:func:`text_features`): 2,048 buckets make a 66k-parameter model
 #: with 32 hidden units.
@@ -65,6 +70,9 @@ class FederatedScenario:
         Round at which the sybils (and the boosted attacker) start sending updates.
     sybil_noise : float
         Norm of the Gaussian noise each sybil adds to its update, in units of the round's median honest norm.
+    sybil_data : str
+        "pool": each sybil trains on the attacker's whole pool (its minibatches differ); "shard": each holds a fixed
+        shard of it (a Dirichlet(``alpha``) class share of the clean part, an equal share of the triggered part).
     boost : float
         When > 0, one boosted attacker whose update is multiplied by this factor.
     n_free_riders : int
@@ -95,6 +103,7 @@ class FederatedScenario:
     n_sybils: int = 0
     sybil_join: int = 0
     sybil_noise: float = 0.0
+    sybil_data: str = "pool"
     boost: float = 0.0
     n_free_riders: int = 0
     free_rider: str = "zero"
@@ -116,6 +125,7 @@ class FederatedScenario:
         check_int(self.n_sybils, "n_sybils", low=0)
         check_int(self.sybil_join, "sybil_join", low=0)
         check_number(self.sybil_noise, "sybil_noise", low=0)
+        check_choice(self.sybil_data, "sybil_data", SYBIL_DATA)
         check_number(self.boost, "boost", low=0)
         check_int(self.n_free_riders, "n_free_riders", low=0)
         check_choice(self.free_rider, "free_rider", ("zero", "stale"))
@@ -482,6 +492,20 @@ def _split(s: FederatedScenario, y: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return pool, pool[pool_rng.random(len(pool)) < s.poison_share], parts
 
 
+def _sybil_shards(s: FederatedScenario, y_all: np.ndarray, attack_data: np.ndarray, n: int) -> list[np.ndarray]:
+    """One fixed shard per sybil: the pool's clean rows cut by Dirichlet(``alpha``) class shares (as the honest
+    clients' data), the triggered rows (indices ``>= n``) dealt out evenly, so every fake device carries the
+    backdoor."""
+    clean, triggered = attack_data[attack_data < n], attack_data[attack_data >= n]
+    if len(clean) < 2 * s.n_sybils or len(triggered) < s.n_sybils:
+        raise InputError(f"sybil_data='shard' needs 2 clean and 1 triggered pool samples per sybil; the pool holds "
+                         f"{len(clean)} clean and {len(triggered)} triggered for {s.n_sybils} sybils (raise pool_size)")
+    cut = dirichlet_partition(y_all[clean], s.n_sybils, s.alpha, random_state=s.random_state + 1)
+    rng = np.random.default_rng([s.random_state, _POOL, 1])
+    dealt = np.array_split(rng.permutation(triggered), s.n_sybils)
+    return [np.sort(np.concatenate([clean[c], d])) for c, d in zip(cut, dealt, strict=True)]
+
+
 def _run(s: FederatedScenario, x_all: np.ndarray, y: np.ndarray, n_classes: int, pool: np.ndarray,
          poisoned: np.ndarray, parts: list[np.ndarray], xt_flat: np.ndarray, yt: np.ndarray, xt_trig: np.ndarray,
          trigger: Any, aggregate: Aggregate | None, on_round: OnRound | None, *,
@@ -521,11 +545,14 @@ def _run(s: FederatedScenario, x_all: np.ndarray, y: np.ndarray, n_classes: int,
     # Attackers and free-riders claim a typical number of examples, so that FedAvg weighs them like the others.
     median_size = int(np.median([len(p) for p in parts]))
     attackers = [f"sybil-{i:04d}" for i in range(s.n_sybils)] + (["boosted-0000"] if s.boost > 0 else [])
-    for cid in attackers:
+    shards = _sybil_shards(s, y_all, attack_data, n) if s.sybil_data == "shard" and s.n_sybils else []
+    for i, cid in enumerate(attackers):
+        own = shards[i] if cid.startswith("sybil") and shards else attack_data
+        counts = np.bincount(y_all[own], minlength=n_classes)
         rows.append(dict(client_id=cid, role="sybil" if cid.startswith("sybil") else "boosted", is_malicious=True,
-                         joins_round=s.sybil_join, n_examples=median_size, dominant_class=s.target,
-                         dominant_share=float(np.mean(y_all[attack_data] == s.target))))
-        data[cid] = attack_data
+                         joins_round=s.sybil_join, n_examples=median_size, dominant_class=int(counts.argmax()),
+                         dominant_share=float(counts.max() / len(own))))
+        data[cid] = own
     for i in range(s.n_free_riders):
         rows.append(dict(client_id=f"free-rider-{i:04d}", role="free_rider", is_malicious=True, joins_round=0,
                          n_examples=median_size, dominant_class=-1, dominant_share=float("nan")))
@@ -587,6 +614,6 @@ def load_digits_split(*, test_share: float = 0.25, random_state: int = 0
     return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
 
 
-__all__ = ["FederatedRun", "FederatedScenario", "ROLES", "TEXT_BUCKETS", "build_model", "dirichlet_partition", "fedavg",
-           "load_digits_split", "model_layout", "predict", "simulate_federation", "simulate_text_federation",
-           "text_features", "text_preprocess"]
+__all__ = ["FederatedRun", "FederatedScenario", "ROLES", "SYBIL_DATA", "TEXT_BUCKETS", "build_model",
+           "dirichlet_partition", "fedavg", "load_digits_split", "model_layout", "predict", "simulate_federation",
+           "simulate_text_federation", "text_features", "text_preprocess"]
