@@ -10,6 +10,8 @@ norm (``noise`` 1.0). Ten rounds. Per cell the same federation runs under:
 - ``guard``: :class:`forensics.federated.guard.AggregationGuard` in the loop (record, analyse the last 3 rounds,
   leave the flagged clients out of FedAvg, and out of their next ``HOLD`` = 3 updates too); its report at round 5
   (the third round of the sybils) gives the sybil recall and the share of honest clients flagged;
+- ``guard_sticky`` (only when asked for): the same guard with ``sticky=True``, a client flagged once is left out for
+  good;
 - ``krum``, ``median``, ``trimmed``: Flower's own ``aggregate_krum`` (told the true number of attackers),
   ``aggregate_median`` and ``aggregate_trimmed_avg`` (cut 0.2), from ``flwr.server.strategy.aggregate``;
 - ``clean``: FedAvg without any attacker (the honest accuracy to keep).
@@ -56,7 +58,7 @@ from forensics.federated.guard import AggregationGuard
 from forensics.redteam.federated import FederatedScenario, fedavg, simulate_federation
 
 WORK = Path(__file__).resolve().parent / "_work" / "federated"
-AGGREGATORS = ("fedavg", "guard", "krum", "median", "trimmed", "clean")
+AGGREGATORS = ("fedavg", "guard", "guard_sticky", "krum", "median", "trimmed", "clean")
 JOIN = 3
 N_SYBILS = 100
 
@@ -133,8 +135,8 @@ def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
         t0 = time.perf_counter()
         sc = scenario(honest, alpha, noise, seed, attack=kind != "clean", sybil_data=sybil_data)
         guard = None
-        if kind == "guard":
-            guard = AggregationGuard(UpdateRecorder())
+        if kind in ("guard", "guard_sticky"):
+            guard = AggregationGuard(UpdateRecorder(), sticky=kind == "guard_sticky")
             run = simulate_federation(sc, *data, aggregate=guarded(guard))
         elif kind in ("fedavg", "clean"):
             run = simulate_federation(sc, *data)
@@ -144,10 +146,10 @@ def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
         out[kind] = dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"]),
                          flips=float(last["attack_flips"]), seconds=round(time.perf_counter() - t0, 1))
         if guard is not None:
-            out["guard"].update(guard_rates(run, guard))
+            out[kind].update(guard_rates(run, guard))
             honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
-            out["guard"]["max_honest_excluded"] = max(len(set(ex) & honest_ids) for ex in guard.excluded.values())
-            out["guard"]["hold"] = guard.hold
+            out[kind]["max_honest_excluded"] = max(len(set(ex) & honest_ids) for ex in guard.excluded.values())
+            out[kind]["hold"] = guard.hold
         print(f"  {kind:8s} {out[kind]}", flush=True)
         WORK.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=1))
@@ -435,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--honest", type=int, nargs="+", default=[100, 400])
         s.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
         s.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
-        s.add_argument("--aggregators", nargs="+", choices=AGGREGATORS, default=list(AGGREGATORS))
+        s.add_argument("--aggregators", nargs="+", choices=AGGREGATORS,
+                       default=[a for a in AGGREGATORS if a != "guard_sticky"])
         s.add_argument("--sybil-data", choices=("pool", "shard"), default="pool",
                        help="each sybil trains on the attacker's pool, or on a fixed shard of its own")
     sub.add_parser("speed")

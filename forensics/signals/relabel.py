@@ -17,10 +17,13 @@ p = 2e-11.) Pairs beyond a Bonferroni-corrected level are relabelled in excess.
 class. The out-of-sample probabilities come from a model trained on the attacked labels, so they do not compare the
 two classes' looks: they give the share of each look that carries each label. Where ``b`` was relabelled ``a`` at
 the rate ``rho_b``, a sample that looks wholly like ``b`` gets ``p_b = 1 - rho_b`` (and ``p_a = rho_b``), so
-``p_b / (1 - rho_b)`` is the probability that it looks like ``b`` at all; given the label ``a``, that is the
-probability that it was relabelled. ``rho_b`` is the excess over the mirror, per member of ``b`` before the
-relabelling. (The likelihood ratio ``p_b / p_a`` times the prior ``pi_b``, read as odds, put half-learned flips at
-a posterior of 0.3-0.4 on the attack matrix and left them below clean samples other signals lit.) Samples of other
+``p_b / (1 - rho_b)`` is the probability that it looks like ``b`` at all; given the label ``a``, it is read as the
+probability that it was relabelled (the natural lookalikes of ``b`` among ``a``'s samples score high too; the
+mirror count says about how many). ``rho_b`` is the excess over the mirror, per member of ``b`` before the
+relabelling. On the attack matrix's pair flips (tuning seeds) the likelihood ratio ``p_b / p_a`` times the prior,
+read as odds (the score before), put half-learned flips at 0.3-0.4, below clean samples other signals lit; Bayes'
+rule with the label, ``rho_b p_b / ((1 - rho_b) p_a)``, ranked them worse still (the probe gives a flip more of
+``a`` than ``rho_b``, and the excess undercounts). Samples of other
 labels score 0, and so does every sample when no pair is in excess (random flips are mutual and leave this signal
 silent: the loss and label-quality signals find those). The combination reads the score as the posterior it is
 (:mod:`forensics.signals.combine`, the ``"posterior"`` null).
