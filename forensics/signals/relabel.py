@@ -23,10 +23,10 @@ mirror count says about how many). ``rho_b`` is the excess over the mirror, per 
 relabelling. On the attack matrix's pair flips (tuning seeds) the likelihood ratio ``p_b / p_a`` times the prior,
 read as odds (the score before), put half-learned flips at 0.3-0.4, below clean samples other signals lit; Bayes'
 rule with the label, ``rho_b p_b / ((1 - rho_b) p_a)``, ranked them worse still (the probe gives a flip more of
-``a`` than ``rho_b``, and the excess undercounts). Samples of other
-labels score 0, and so does every sample when no pair is in excess (random flips are mutual and leave this signal
-silent: the loss and label-quality signals find those). The combination reads the score as the posterior it is
-(:mod:`forensics.signals.combine`, the ``"posterior"`` null).
+``a`` than ``rho_b``, and the excess undercounts). Samples of other labels score 0, and so does every sample when no
+pair is in excess (random flips are mutual and leave this signal silent: the loss and label-quality signals find
+those). The combination reads the score as the posterior it is (:mod:`forensics.signals.combine`, the
+``"posterior"`` null).
 """
 
 from __future__ import annotations
