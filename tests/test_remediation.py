@@ -93,8 +93,9 @@ def test_each_sample_takes_the_first_rule_that_applies(inv):
 
 
 def test_a_one_way_relabelling_is_relabelled_back_as_a_whole():
-    """The investigation found "dog" holding about 3 relabelled "cat"s: the 3 most cat-like dogs not yet decided
-    are relabelled cat, whatever their suspicion; the review still comes first."""
+    """The investigation found "dog" holding cats relabelled one way, and the dogs not yet decided are cats with
+    probabilities summing to 3.2: the 3 most cat-like are relabelled cat, whatever their suspicion; the review still
+    comes first. The pair test's excess (an undercount) does not set how many."""
     pair = {"label": 1, "looks_like": 0, "count": 9, "mirror": 6, "excess": 3, "p_value": 1e-4, "label_name": "dog",
             "looks_like_name": "cat"}
     inv = _investigation({"relabelled_pairs": [pair]})  # as investigate() records what it found
@@ -109,6 +110,9 @@ def test_a_one_way_relabelling_is_relabelled_back_as_a_whole():
     assert set(pair["action"]) == {"relabel"} and plan.table.loc["s11", "action"] == "quarantine"
     assert pair["rule"].iloc[0] == "pair: dog holds about 3 relabelled cat; among the most cat-like"
     assert plan.policy["pairs"] is True
+    inv.params["relabelled_pairs"] = [{**pair_row, "excess": 1} for pair_row in inv.params["relabelled_pairs"]]
+    assert list(plan_remediation(inv, pairs=True).table.query("rule.str.startswith('pair:')").index) == \
+        ["s21", "s23", "s25"]
     del inv.signals["targeted_flip_score"]
     with pytest.raises(InputError, match="pairs=True needs the targeted_flip signal"):
         plan_remediation(inv, pairs=True)
