@@ -55,7 +55,7 @@ import numpy as np
 
 from forensics.federated import UpdateRecorder, analyze_clients
 from forensics.federated.guard import AggregationGuard
-from forensics.redteam.federated import FederatedScenario, fedavg, simulate_federation
+from forensics.redteam.federated import SYBIL_DATA, FederatedScenario, fedavg, simulate_federation
 
 WORK = Path(__file__).resolve().parent / "_work" / "federated"
 AGGREGATORS = ("fedavg", "guard", "guard_sticky", "krum", "median", "trimmed", "clean")
@@ -75,8 +75,8 @@ def scenario(honest: int, alpha: float, noise: float, seed: int, *, attack: bool
              sybil_data: str = "pool") -> FederatedScenario:
     return FederatedScenario(n_honest=honest, alpha=alpha, n_rounds=10, n_sybils=N_SYBILS if attack else 0,
                              sybil_join=JOIN, sybil_noise=noise, sybil_data=sybil_data, target=0, patch=4,
-                             poison_share=0.5,
-                             pool_size=2000, hidden=32, local_steps=10, batch_size=32, lr=0.2, random_state=seed)
+                             poison_share=0.5, pool_size=2000, hidden=32, local_steps=10, batch_size=32, lr=0.2,
+                             random_state=seed)
 
 
 def flower_aggregate(kind: str, n_attackers: int):
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
         s.add_argument("--aggregators", nargs="+", choices=AGGREGATORS,
                        default=[a for a in AGGREGATORS if a != "guard_sticky"])
-        s.add_argument("--sybil-data", choices=("pool", "shard"), default="pool",
+        s.add_argument("--sybil-data", choices=SYBIL_DATA, default="pool",
                        help="each sybil trains on the attacker's pool, or on a fixed shard of its own")
     sub.add_parser("speed")
     trig = sub.add_parser("trigger")
