@@ -31,6 +31,7 @@ Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 1
     python benchmarks/federated.py report-cost --rounds 200    # forensics clients --report on a long recording
     python benchmarks/federated.py trigger --seeds 100 101     # the sybils' patch rebuilt from the model alone
     python benchmarks/federated.py report --seeds 100 101      # the markdown tables
+    python benchmarks/federated.py pushers --seeds 100 101     # who pushes a known trigger; a guard that watches it
     python benchmarks/federated.py text --seeds 100            # the bundled reviews: 100 sybils plant "lol"
 
 Text (``text``): the same protocol on the bundled review snippets (the planted carriers left out; 2,525 test
@@ -289,6 +290,106 @@ def induced_trigger(args: argparse.Namespace) -> None:
                           f"{ctrl['mask_ratio']:.1f}, {ctrl['asr_rise']:+.2f} | {seconds:.0f} |", flush=True)
 
 
+def probe_images() -> tuple[np.ndarray, np.ndarray]:
+    """1,000 Fashion-MNIST test images the simulation does not measure on: the server's probes."""
+    from forensics.sample_data._sources import read_fashion_mnist
+
+    d = read_fashion_mnist()
+    return d["test_images"][2000:3000], d["test_labels"][2000:3000].astype(np.int64)
+
+
+def watched(sc: FederatedScenario, data: Any, run: Any, probes: np.ndarray, labels: np.ndarray, start: int
+            ) -> tuple[Any, AggregationGuard]:
+    """The guard as shipped, told at round ``start`` to watch the run's trigger; the last round and the guard."""
+    from forensics.redteam.federated import build_model
+
+    guard = AggregationGuard(UpdateRecorder())
+    state: dict[str, Any] = {}
+
+    def on_round(r, ids, updates, n_ex, params):
+        state["model"] = build_model(params, run.layout)
+        if r == start:
+            guard.watch(run.trigger, probes, labels=labels)
+
+    def aggregate(r, ids, updates, n_ex):
+        kept = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int), model=state["model"])
+        rows = [ids.index(c) for c in kept]
+        return fedavg(r, kept, updates[rows], n_ex[rows])[0], [c for c in ids if c not in kept]
+
+    return simulate_federation(sc, *data, aggregate=aggregate, on_round=on_round).history.iloc[-1], guard
+
+
+def pushers(args: argparse.Namespace) -> None:
+    """Which clients' own updates push the trigger (``trigger_pushers``), and a guard that watches it.
+
+    Detection: a FedAvg run; at each of the sybils' first three rounds, every client's update of that round on that
+    round's global model, with the planted patch (the analyst knows it: confirmed by ``group_effect``) and with the
+    trigger ``group_trigger`` rebuilds from the largest HDBSCAN group of the analysis at the sybils' third round (the
+    analyst does not). Defence: the guard as shipped, told to watch the patch from the sybils' fourth round on (once
+    the third round's analysis and confirmation are done), and from the first round (the trigger known beforehand);
+    a clean FedAvg beside them."""
+    from forensics.federated import group_trigger, trigger_pushers
+    from forensics.redteam.federated import build_model
+
+    data = fashion()
+    probes, probe_labels = probe_images()
+    print("| sybil data | honest | alpha | seed | recall r1 / r2 / r3 (patch) | honest flagged max | rebuilt: target, "
+          "recall, honest flagged (r3) | ASR clean | fedavg | guard | watch from r6 | from r0 | acc clean | fedavg | "
+          "guard | watch from r6 | from r0 | max honest left out (r6) | s |")
+    print("|" + "---|" * 18)
+    for sybil_data in args.sybil_data:
+        for seed in args.seeds:
+            for honest in args.honest:
+                for alpha in args.alphas:
+                    t0 = time.perf_counter()
+                    base = run_cell(honest, alpha, 0.0, seed, data, ("fedavg", "guard", "clean"), sybil_data)
+                    sc = scenario(honest, alpha, 0.0, seed, sybil_data=sybil_data)
+                    rec, kept = UpdateRecorder(), {}
+
+                    def on_round(r, ids, updates, n_ex, params, rec=rec, kept=kept):
+                        if r <= JOIN + 2:
+                            rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+                        if JOIN <= r <= JOIN + 2:
+                            kept[r] = (list(ids), updates.copy(), params.copy())
+                    run = simulate_federation(sc, *data, on_round=on_round)
+                    sybils = run.truth.index[run.truth["role"] == "sybil"]
+                    honest_ids = run.truth.index[run.truth["role"] == "honest"]
+
+                    def rates(table, sybils=sybils, honest_ids=honest_ids):
+                        flagged = table.index[table["is_pusher"]]
+                        return (len(flagged.intersection(sybils)) / len(sybils),
+                                len(flagged.intersection(honest_ids)) / len(honest_ids))
+
+                    found = {}
+                    for r, (ids, updates, params) in kept.items():
+                        model = build_model(params, run.layout)
+                        found[r] = rates(trigger_pushers(model, updates, run.trigger, probes, client_ids=ids,
+                                                         labels=probe_labels))
+                    ids, updates, params = kept[JOIN + 2]
+                    groups = analyze_clients(rec).groups
+                    rebuilt = "no group"
+                    if len(groups):
+                        members = set(groups.loc[groups["size"].idxmax(), "members"])
+                        rows = [i for i, c in enumerate(ids) if c in members]
+                        model = build_model(params, run.layout)
+                        trig, info = group_trigger(model, updates[rows].mean(axis=0), probes, labels=probe_labels)
+                        rr, hh = rates(trigger_pushers(model, updates, trig, probes, client_ids=ids,
+                                                       labels=probe_labels))
+                        rebuilt = f"{info['target']} ({sc.target}), {rr:.2f}, {100 * hh:.1f}%"
+                    late, late_guard = watched(sc, data, run, probes, probe_labels, JOIN + 3)
+                    early, _ = watched(sc, data, run, probes, probe_labels, 0)
+                    left_out = max(len(set(ex).intersection(honest_ids)) for ex in late_guard.excluded.values())
+                    rec_r = " / ".join(f"{found[r][0]:.2f}" for r in sorted(found))
+                    print(f"| {sybil_data} | {honest} | {alpha} | {seed} | {rec_r} | "
+                          f"{100 * max(h for _, h in found.values()):.1f}% | {rebuilt} | "
+                          + " | ".join(f"{v:.3f}" for v in (
+                              base["clean"]["asr"], base["fedavg"]["asr"], base["guard"]["asr"],
+                              late["attack_success"], early["attack_success"], base["clean"]["accuracy"],
+                              base["fedavg"]["accuracy"], base["guard"]["accuracy"], late["accuracy"],
+                              early["accuracy"]))
+                          + f" | {left_out} | {time.perf_counter() - t0:.0f} |", flush=True)
+
+
 TEXT_WATCH = ["lol", "omg", "brb", "zq vortex"]
 
 
@@ -453,12 +554,17 @@ def main(argv: list[str] | None = None) -> None:
     txt.add_argument("--honest", type=int, nargs="+", default=[100, 400])
     txt.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     txt.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
+    push = sub.add_parser("pushers")
+    push.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    push.add_argument("--honest", type=int, nargs="+", default=[100, 400])
+    push.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
+    push.add_argument("--sybil-data", choices=SYBIL_DATA, nargs="+", default=["shard", "pool"])
     cost = sub.add_parser("report-cost")
     cost.add_argument("--rounds", type=int, default=200)
     cost.add_argument("--timeline-rounds", type=int, default=None, help="passed to the command (default: its own)")
     args = p.parse_args(argv)
     {"quality": quality, "speed": speed, "report": report, "report-cost": report_cost,
-     "trigger": induced_trigger, "text": text}[args.cmd](args)
+     "trigger": induced_trigger, "text": text, "pushers": pushers}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from forensics.federated import (
     group_phrases,
     group_trigger,
     sketch,
+    trigger_pushers,
 )
 from forensics.federated.guard import HOLD, AggregationGuard
 from forensics.federated.views import timeline_rounds
@@ -505,6 +506,80 @@ def test_sybils_with_shards_of_their_own_are_devices_with_their_own_data_that_al
     assert np.median(shard_ind) > 0.3 > np.abs(np.median(pool_ind)) + 0.2
     with pytest.raises(InputError, match="sybil_data must be one of"):
         FederatedScenario(sybil_data="fresh")
+
+
+@pytest.fixture(scope="module")
+def shard_round(digits):
+    """20 sybils, each with a poisoned shard of its own, among 40 honest clients; their second round's updates."""
+    scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=4, n_sybils=20, sybil_join=2, sybil_data="shard",
+                                 random_state=0)
+    kept: dict = {}
+
+    def on_round(r, ids, updates, n_ex, params):
+        if r == 3:
+            kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
+
+    run = simulate_federation(scenario, *digits, on_round=on_round)
+    return scenario, run, kept
+
+
+def test_trigger_pushers_names_every_sybil_with_a_shard_of_its_own_and_no_honest_client(digits, shard_round):
+    _, run, kept = shard_round
+    _, _, xte, yte = digits
+    model = build_model(kept["params"], run.layout)
+    ids, updates = kept["ids"], kept["updates"]
+    table = trigger_pushers(model, updates, run.trigger, xte, client_ids=ids, labels=yte)
+    assert list(table.index) == ids
+    sybil = table.index.str.startswith("sybil")
+    assert table.loc[sybil, "is_pusher"].all() and not table.loc[~sybil, "is_pusher"].any()
+    np.testing.assert_allclose(table["push"], table["rise_triggered"] - table["rise_clean"])
+    assert table.loc[sybil, "push"].min() > table.loc[~sybil, "push"].max()
+    # The same patch sending images to another class is pushed by nobody.
+    other = dataclasses.replace(run.trigger, target=(run.trigger.target + 1) % 10)
+    assert not trigger_pushers(model, updates, other, xte, client_ids=ids, labels=yte)["is_pusher"].any()
+    # A mapping of client -> update reads the same; a NaN update is no push (the analysis flags it).
+    bad = dict(zip(ids, updates))
+    bad["honest-0001"] = np.full(updates.shape[1], np.nan, dtype=np.float32)
+    nan_table = trigger_pushers(model, bad, run.trigger, xte, labels=yte)
+    assert np.isnan(nan_table.loc["honest-0001", "push"]) and not nan_table.loc["honest-0001", "is_pusher"]
+    assert nan_table.loc[[c for c in ids if c.startswith("sybil")], "is_pusher"].all()
+    with pytest.raises(InputError, match="at least 8 are needed"):
+        trigger_pushers(model, updates[:5], run.trigger, xte, labels=yte)
+    with pytest.raises(InputError, match="client_ids names 3 clients"):
+        trigger_pushers(model, updates, run.trigger, xte, client_ids=ids[:3])
+    with pytest.raises(InputError, match="trigger must have apply"):
+        trigger_pushers(model, updates, "lol", xte)
+    with pytest.raises(InputError, match="update of client 'c0'"):
+        trigger_pushers(model, np.ones((8, 3)), run.trigger, xte, client_ids=[f"c{i}" for i in range(8)])
+
+
+def test_a_guard_that_watches_the_trigger_leaves_out_sybils_the_analysis_reads_as_devices(digits, shard_round):
+    scenario, run, _ = shard_round
+    _, _, xte, yte = digits
+    guard = AggregationGuard(UpdateRecorder())
+    state: dict = {}
+
+    def on_round(r, ids, updates, n_ex, params):
+        state["model"] = build_model(params, run.layout)
+        if r == scenario.sybil_join:
+            guard.watch(run.trigger, xte, labels=yte)
+
+    def aggregate(r, ids, updates, n_ex):
+        kept = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int), model=state["model"])
+        rows = [ids.index(c) for c in kept]
+        return fedavg(r, kept, updates[rows], n_ex[rows])[0], [c for c in ids if c not in kept]
+
+    watched = simulate_federation(scenario, *digits, aggregate=aggregate, on_round=on_round)
+    sybils = {c for c in watched.truth.index if c.startswith("sybil")}
+    for r in (2, 3):
+        assert sybils <= set(guard.excluded[r]) and len(set(guard.excluded[r]) - sybils) <= 1
+        assert set(guard.pushes[r].index[guard.pushes[r]["is_pusher"]]) == sybils
+    assert watched.history["attack_success"].iloc[-1] < run.history["attack_success"].iloc[-1] - 0.2
+    with pytest.raises(InputError, match="screen\\(..., model=\\) needs the global model"):
+        guard.screen(9, np.zeros((8, len(run.params)), np.float32), client_ids=[f"c{i}" for i in range(8)])
+    assert 9 in guard.recorder.rounds  # recorded before the error: nothing is lost
+    with pytest.raises(InputError, match="trigger must have apply"):
+        guard.watch("lol", xte)
 
 
 def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):

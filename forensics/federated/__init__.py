@@ -7,7 +7,9 @@ groups far more alike than honest non-IID clients, stale and non-finite updates)
 with reasons; :func:`group_effect` measures what a flagged group's mean update does to the global model (attack
 success of a trigger with and without it, and which classes gain predictions), and :func:`group_trigger`
 reconstructs the image trigger it induces from the model alone when none is known (:func:`group_phrases`: the
-phrase, for a text model). The Flower strategy wrapper
+phrase, for a text model); once a trigger is known, :func:`trigger_pushers` says which clients' own updates push it
+(fake devices that hold poisoned data of their own look like honest devices of one class in every other respect). The
+Flower strategy wrapper
 (:func:`forensics.federated.flower.ForensicStrategy`) records every round and can leave flagged clients out of
 the aggregation; it imports flwr on first use. :func:`write_client_report` writes a self-contained HTML report of the
 clients (:mod:`forensics.federated.report`).
@@ -26,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from .analysis import DEFAULT_THRESHOLD, ClientReport, analyze_clients
-from .confirm import InducedTrigger, apply_update, group_effect, group_phrases, group_trigger
+from .confirm import InducedTrigger, apply_update, group_effect, group_phrases, group_trigger, trigger_pushers
 from .recorder import RoundRecord, UpdateRecorder
 from .sketch import SKETCH_DIM, flatten_update, sketch
 
@@ -43,4 +45,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["ClientReport", "DEFAULT_THRESHOLD", "ForensicStrategy", "InducedTrigger", "RoundRecord", "SKETCH_DIM",
            "UpdateRecorder", "analyze_clients", "apply_update", "client_report_html", "flatten_update", "group_effect",
-           "group_phrases", "group_trigger", "sketch", "write_client_report"]
+           "group_phrases", "group_trigger", "sketch", "trigger_pushers", "write_client_report"]

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .._validate import check_images, check_int, check_number
 from ..errors import InputError
@@ -195,6 +196,162 @@ def group_effect(
         out["asr_with"] = float(np.mean(_predict(with_group, xt, preprocess, batch_size) == trigger.target))
         out["asr_rise"] = out["asr_with"] - out["asr_without"]
     return out
+
+
+def _null_left(push: np.ndarray) -> tuple[float, float]:
+    """Centre and spread of the clients that do not push, read from the left of the pushes: the centre is the
+    median of the densest quarter of them, the spread the median distance below it over 0.6745 (a half-normal's).
+    Pushers sit to the right only, so up to half of the clients can push without moving either."""
+    srt = np.sort(push)
+    h = max(len(srt) // 4, 2)
+    widths = srt[h - 1:] - srt[: len(srt) - h + 1]
+    j = int(np.argmin(widths))
+    centre = float(np.median(srt[j:j + h]))
+    below = centre - srt[srt < centre]
+    spread = float(np.median(below)) / 0.6745 if len(below) else 0.0
+    if not spread > 0:
+        spread = float(np.std(srt)) or 1.0
+    return centre, spread
+
+
+def trigger_pushers(
+    model: Any,
+    updates: Mapping[str, Any] | np.ndarray,
+    trigger: Any,
+    images: Any,
+    *,
+    client_ids: list[str] | None = None,
+    labels: np.ndarray | None = None,
+    preprocess: Callable[[Any], Any] | None = None,
+    threshold: float = 2.0,
+    batch_size: int = 512,
+    random_state: int = 0,
+) -> pd.DataFrame:
+    """Which clients' own updates push a known trigger: each client's update applied alone to the global model.
+
+    A fake device that holds poisoned data of its own looks like an honest device of the target's class in every
+    statistic of its update (its data persist, it is alike its kind only as a class is); what gives it away is what
+    its update teaches. Once the trigger is known (confirmed with :func:`group_effect`, rebuilt by
+    :func:`group_trigger` or :func:`group_phrases`, or read from the data), each client's **push** is the rise of
+    the target's log-odds on triggered probes under its update, minus the rise on the same probes without the
+    trigger: what the update does to every input (a client whose data lean to the target raises it everywhere)
+    cancels, what it ties to the trigger remains. Honest pushes scatter around zero; a client's tail probability
+    comes from a normal whose centre and spread are read from the left of the round's pushes (the densest quarter,
+    and the distances below it), so that pushers, who sit to the right, can be up to half of the round. Its
+    ``suspicion`` is ``-log10(min(1, n * p))`` over the ``n`` clients, as in
+    :func:`~forensics.federated.analysis.analyze_clients`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The global model the round's updates were computed from.
+    updates : mapping client id -> update, or ndarray (n_clients, n_params)
+        The round's updates (flat, or ``state_dict`` deltas; see :func:`apply_update`); with an array, ``client_ids``
+        names the rows.
+    trigger : object with ``apply`` and ``target``
+        A patch, an :class:`InducedTrigger`, a :class:`~forensics.redteam.TextTrigger`.
+    images : ndarray of uint8 (n, h, w[, c]), or a sequence of str
+        Probe images or texts (texts need ``preprocess``), at least 10 not of the target.
+    client_ids : list of str, optional
+    labels : ndarray of int, optional
+        The probes' classes: the target's own are left out (without labels, those the model already calls the target).
+    preprocess : callable, optional
+        Batch of probes -> model input.
+    threshold : float
+        Suspicion at or above which a client is a pusher (2: about 1% of honest rounds would name one).
+    batch_size, random_state : int
+        Probes per forward pass; the trigger's placement.
+
+    Returns
+    -------
+    DataFrame
+        One row per client, in the given order (index ``client_id``): ``push``, ``rise_triggered``, ``rise_clean``,
+        ``z``, ``suspicion``, ``is_pusher``. A non-finite update has NaN there and is not a pusher (the analysis flags
+        it as an anomaly).
+    """
+    import torch
+
+    from ..activations import _logits_of, _model_inputs, _resolve_preprocess
+
+    if not (hasattr(trigger, "apply") and hasattr(trigger, "target")):
+        raise InputError(f"trigger must have apply() and target, like forensics.redteam.PatchTrigger; got "
+                         f"{type(trigger).__name__}")
+    threshold = check_number(threshold, "threshold", low=0)
+    batch_size = check_int(batch_size, "batch_size", low=1)
+    if isinstance(updates, Mapping):
+        ids, rows = [str(c) for c in updates], list(updates.values())
+    else:
+        arr = np.asarray(updates)
+        if arr.ndim != 2:
+            raise InputError(f"updates must be a mapping client id -> update or an array (n_clients, n_params); got "
+                             f"shape {arr.shape}")
+        ids = [str(c) for c in client_ids] if client_ids is not None else [str(i) for i in range(len(arr))]
+        if len(ids) != len(arr):
+            raise InputError(f"client_ids names {len(ids)} clients; updates has {len(arr)} rows")
+        rows = list(arr)
+    if len(set(ids)) != len(ids):
+        raise InputError("client_ids must be unique")
+    if len(ids) < 8:
+        raise InputError(f"{len(ids)} clients: the pushes of at least 8 are needed to tell a push from the spread")
+    x = _probes(images, preprocess)
+    prep = _resolve_preprocess(model, "text" if x.dtype == object else "image", preprocess)
+    model = copy.deepcopy(model).eval()
+
+    def batches(payload: np.ndarray) -> list[tuple[int, Any]]:
+        return [(len(chunk), prep(chunk if chunk.dtype != object else list(chunk)))
+                for chunk in (payload[i:i + batch_size] for i in range(0, len(payload), batch_size))]
+
+    def log_softmax(net: Any, prepared: list[tuple[int, Any]]) -> Any:
+        with torch.no_grad():
+            parts = []
+            for n, batch in prepared:
+                args, kwargs = _model_inputs(batch, torch.device("cpu"))
+                parts.append(torch.log_softmax(_logits_of(net(*args, **kwargs), n), dim=1))
+        return torch.cat(parts)
+
+    c = int(trigger.target)
+
+    def target_log_odds(net: Any, prepared: list[tuple[int, Any]]) -> np.ndarray:
+        lp = log_softmax(net, prepared)
+        rest = torch.cat([lp[:, :c], lp[:, c + 1:]], dim=1)
+        return (lp[:, c] - torch.logsumexp(rest, dim=1)).numpy().astype(np.float64)
+
+    before = log_softmax(model, batches(x))
+    called, n_classes = before.argmax(dim=1).numpy(), int(before.shape[1])
+    if not 0 <= c < n_classes:
+        raise InputError(f"the trigger's target {c} is not a class of the model ({n_classes} classes)")
+    keep = (called if labels is None else _probe_labels(labels, len(x))) != c
+    if keep.sum() < 10:
+        raise InputError(f"only {int(keep.sum())} probes are not of the trigger's target {c}; 10 are needed")
+    xs = x[keep]
+    xt = trigger.apply(xs if xs.dtype != object else list(xs), random_state=random_state)
+    xt = np.asarray(xt) if not isinstance(xt, list) else np.array(xt, dtype=object)
+    clean, triggered = batches(xs), batches(xt)
+    base_clean, base_trig = target_log_odds(model, clean), target_log_odds(model, triggered)
+    rise_t = np.full(len(ids), np.nan)
+    rise_c = np.full(len(ids), np.nan)
+    for i, u in enumerate(rows):
+        values = [flatten_update(v)[0] for v in u.values()] if isinstance(u, Mapping) else [flatten_update(u)[0]]
+        if not all(np.isfinite(v).all() for v in values):
+            continue  # evidence for the analysis (an anomaly), not a push
+        try:
+            net = apply_update(model, u)
+        except InputError as e:
+            raise InputError(f"update of client {ids[i]!r}: {e}") from e
+        rise_t[i] = float(np.mean(target_log_odds(net, triggered) - base_trig))
+        rise_c[i] = float(np.mean(target_log_odds(net, clean) - base_clean))
+    push = rise_t - rise_c
+    ok = np.isfinite(push)
+    if ok.sum() < 8:
+        raise InputError(f"{int(ok.sum())} clients sent finite updates: at least 8 are needed")
+    centre, spread = _null_left(push[ok])
+    z = (push - centre) / spread
+    with np.errstate(divide="ignore"):
+        suspicion = -np.log10(np.minimum(1.0, ok.sum() * stats.norm.sf(z)))
+    suspicion = np.where(ok, np.minimum(suspicion, 300.0), np.nan)
+    return pd.DataFrame(dict(push=push, rise_triggered=rise_t, rise_clean=rise_c, z=z, suspicion=suspicion,
+                             is_pusher=ok & (suspicion >= threshold)),
+                        index=pd.Index(ids, name="client_id"))
 
 
 @dataclass(frozen=True)
@@ -521,4 +678,4 @@ def group_phrases(
     return table.sort_values("rise", ascending=False, kind="stable").reset_index(drop=True)
 
 
-__all__ = ["InducedTrigger", "apply_update", "group_effect", "group_phrases", "group_trigger"]
+__all__ = ["InducedTrigger", "apply_update", "group_effect", "group_phrases", "group_trigger", "trigger_pushers"]

@@ -24,6 +24,12 @@ bundled reviews, 100 sybils among 100 honest clients at Dirichlet 1.0 were caugh
 phrase they planted in their first round stayed learned (attack success 0.19-0.23 at the end against 0.15 for a model
 trained without them; 0.05-0.06 with ``probation=1``; ``benchmarks/federated.py text``). An honest newcomer gives up
 its first update.
+
+Once the analyst knows the trigger (confirmed with :func:`~forensics.federated.confirm.group_effect`, rebuilt by
+:func:`~forensics.federated.confirm.group_trigger`), ``guard.watch(trigger, probes)`` leaves out, from the next round
+on, every client whose own update pushes it (:func:`~forensics.federated.confirm.trigger_pushers`); ``screen`` then
+needs the round's global model. This catches fake devices that each hold poisoned data of their own, whose updates
+the analysis reads as honest devices of one class.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ import numpy as np
 
 from .._validate import check_int
 from ..errors import InputError
-from .analysis import ClientReport, analyze_clients
+from .analysis import DEFAULT_THRESHOLD, ClientReport, analyze_clients
+from .confirm import trigger_pushers
 from .recorder import UpdateRecorder
 
 #: Unflagged updates a flagged client sends before it is aggregated again: the analysis's default window.
@@ -72,6 +79,11 @@ class AggregationGuard:
         Clients that are no longer flagged but still held out: how many more of their updates will be.
     on_probation : dict str -> int
         Newcomers and how many more of their updates will not be aggregated.
+    watched : list of dict
+        The triggers watched (see :meth:`watch`).
+    pushes : dict round -> DataFrame
+        Each watched round's :func:`~forensics.federated.confirm.trigger_pushers` table (the largest suspicion over
+        the triggers watched).
     """
 
     def __init__(self, recorder: UpdateRecorder, *, exclude: bool = True, sticky: bool = False,
@@ -90,23 +102,61 @@ class AggregationGuard:
         self.reports: dict[int, ClientReport] = {}
         self.excluded: dict[int, list[str]] = {}
         self.held: dict[str, int] = {}
+        self.watched: list[dict[str, Any]] = []
+        self.pushes: dict[int, Any] = {}
 
     @property
     def last_report(self) -> ClientReport | None:
         """The report of the latest round screened."""
         return self.reports[max(self.reports)] if self.reports else None
 
+    def watch(self, trigger: Any, images: Any, *, labels: np.ndarray | None = None, preprocess: Any = None,
+              threshold: float = DEFAULT_THRESHOLD) -> None:
+        """From the next round screened on, also leave out the clients whose own update pushes ``trigger``.
+
+        Arguments as for :func:`~forensics.federated.confirm.trigger_pushers` (probe images or texts the server holds,
+        their labels, the model's preprocess); ``screen`` then needs ``model=``, the round's global model.
+        """
+        if not (hasattr(trigger, "apply") and hasattr(trigger, "target")):
+            raise InputError(f"trigger must have apply() and target, like forensics.redteam.PatchTrigger; got "
+                             f"{type(trigger).__name__}")
+        self.watched.append(dict(trigger=trigger, images=images, labels=labels, preprocess=preprocess,
+                                 threshold=threshold))
+
+    def _pushers(self, round: int, model: Any, updates: Mapping[str, Any] | np.ndarray, given: list[str],
+                 usable: set[str]) -> set[str]:
+        if model is None:
+            raise InputError("the guard watches a trigger: screen(..., model=) needs the global model the round's "
+                             "updates were computed from")
+        rows = updates if isinstance(updates, Mapping) else dict(zip(given, updates))
+        fine = {str(c): u for c, u in rows.items() if str(c) in usable}
+        if len(fine) < 8:  # too few to read the spread of pushes from; the analysis still runs
+            return set()
+        tables = [trigger_pushers(model, fine, w["trigger"], w["images"], labels=w["labels"],
+                                  preprocess=w["preprocess"], threshold=w["threshold"]) for w in self.watched]
+        table = tables[0]
+        for t in tables[1:]:  # per client, the trigger it pushes most
+            table = table.where(table["suspicion"] >= t["suspicion"], t)
+        self.pushes[int(round)] = table
+        return set(table.index[table["is_pusher"]])
+
     def screen(self, round: int, updates: Mapping[str, Any] | np.ndarray, *, client_ids: Sequence[str] | None = None,
                n_examples: Mapping[str, int] | Sequence[int] | None = None,
-               metadata: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
-        """Record ``updates`` as round ``round``, analyse, and return the ids to aggregate (in the given order)."""
+               metadata: Mapping[str, Mapping[str, Any]] | None = None, model: Any = None) -> list[str]:
+        """Record ``updates`` as round ``round``, analyse, and return the ids to aggregate (in the given order).
+
+        ``model``: the round's global model, needed only while a trigger is watched (:meth:`watch`).
+        """
         rec = self.recorder.record_round(round, updates, client_ids=client_ids, n_examples=n_examples,
                                          metadata=metadata, bad_shape="record")
         report = analyze_clients(self.recorder, **self.analysis)
         self.reports[int(round)] = report
-        now = set(report.flagged)
-        self.flagged |= now
         given = [str(c) for c in (updates if isinstance(updates, Mapping) else (client_ids or []))]
+        usable = {str(c) for c, ok in zip(rec.client_ids, rec.finite) if ok}
+        now = set(report.flagged)
+        if self.watched:
+            now |= self._pushers(round, model, updates, given, usable)
+        self.flagged |= now
         # A client flagged now owes ``hold`` unflagged updates; one held from before pays one with this update.
         still = {c for c in given if c not in now and self.held.get(c, 0) > 0}
         out = self.flagged if self.sticky else now | still
@@ -124,7 +174,6 @@ class AggregationGuard:
             if not self.on_probation[c]:
                 del self.on_probation[c]
         self._seen.update(given)
-        usable = {str(c) for c, ok in zip(rec.client_ids, rec.finite) if ok}
         kept = [c for c in given if c in usable and not (self.exclude and (c in out or c in waiting))]
         self.excluded[int(round)] = [c for c in given if c not in kept]
         return kept
