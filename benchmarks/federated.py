@@ -298,23 +298,29 @@ def probe_images() -> tuple[np.ndarray, np.ndarray]:
     return d["test_images"][2000:3000], d["test_labels"][2000:3000].astype(np.int64)
 
 
-def watched(sc: FederatedScenario, data: Any, run: Any, probes: np.ndarray, labels: np.ndarray, start: int
-            ) -> tuple[Any, AggregationGuard]:
-    """The guard as shipped, told at round ``start`` to watch the run's trigger; the last round and the guard."""
+def watched(sc: FederatedScenario, data: Any, run: Any, probes: np.ndarray, labels: np.ndarray, start: int, *,
+            rollback: int | None = None) -> tuple[Any, AggregationGuard]:
+    """The guard as shipped, told at round ``start`` to watch the run's trigger; with ``rollback``, the global model
+    also goes back then to what it was before round ``rollback`` (the server's checkpoint), dropping what the rounds
+    since taught. Returns the last round and the guard."""
     from forensics.redteam.federated import build_model
 
     guard = AggregationGuard(UpdateRecorder())
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"params": {}}
 
     def on_round(r, ids, updates, n_ex, params):
-        state["model"] = build_model(params, run.layout)
+        state["model"], state["now"] = build_model(params, run.layout), params
+        state["params"][r] = params.copy()
         if r == start:
             guard.watch(run.trigger, probes, labels=labels)
 
     def aggregate(r, ids, updates, n_ex):
         kept = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int), model=state["model"])
         rows = [ids.index(c) for c in kept]
-        return fedavg(r, kept, updates[rows], n_ex[rows])[0], [c for c in ids if c not in kept]
+        step = fedavg(r, kept, updates[rows], n_ex[rows])[0]
+        if rollback is not None and r == start:  # the updates were computed on the current model: applied after
+            step = step + (state["params"][rollback] - state["now"]) / sc.server_lr
+        return step, [c for c in ids if c not in kept]
 
     return simulate_federation(sc, *data, aggregate=aggregate, on_round=on_round).history.iloc[-1], guard
 
@@ -326,17 +332,18 @@ def pushers(args: argparse.Namespace) -> None:
     round's global model, with the planted patch (the analyst knows it: confirmed by ``group_effect``) and with the
     trigger ``group_trigger`` rebuilds from the largest HDBSCAN group of the analysis at the sybils' third round (the
     analyst does not). Defence: the guard as shipped, told to watch the patch from the sybils' fourth round on (once
-    the third round's analysis and confirmation are done), and from the first round (the trigger known beforehand);
-    a clean FedAvg beside them."""
+    the third round's analysis and confirmation are done), the same with the global model rolled back then to its
+    checkpoint before the sybils joined, and from the first round (the trigger known beforehand); a clean FedAvg
+    beside them."""
     from forensics.federated import group_trigger, trigger_pushers
     from forensics.redteam.federated import build_model
 
     data = fashion()
     probes, probe_labels = probe_images()
     print("| sybil data | honest | alpha | seed | recall r1 / r2 / r3 (patch) | honest flagged max | rebuilt: target, "
-          "recall, honest flagged (r3) | ASR clean | fedavg | guard | watch from r6 | from r0 | acc clean | fedavg | "
-          "guard | watch from r6 | from r0 | max honest left out (r6) | s |")
-    print("|" + "---|" * 18)
+          "recall, honest flagged (r3) | ASR clean | fedavg | guard | watch from r6 | + rollback to r3 | from r0 | "
+          "acc clean | fedavg | guard | watch from r6 | + rollback | from r0 | max honest left out (r6) | s |")
+    print("|" + "---|" * 20)
     for sybil_data in args.sybil_data:
         for seed in args.seeds:
             for honest in args.honest:
@@ -378,15 +385,16 @@ def pushers(args: argparse.Namespace) -> None:
                         rebuilt = f"{info['target']} ({sc.target}), {rr:.2f}, {100 * hh:.1f}%"
                     late, late_guard = watched(sc, data, run, probes, probe_labels, JOIN + 3)
                     early, _ = watched(sc, data, run, probes, probe_labels, 0)
+                    back, _ = watched(sc, data, run, probes, probe_labels, JOIN + 3, rollback=JOIN)
                     left_out = max(len(set(ex).intersection(honest_ids)) for ex in late_guard.excluded.values())
                     rec_r = " / ".join(f"{found[r][0]:.2f}" for r in sorted(found))
                     print(f"| {sybil_data} | {honest} | {alpha} | {seed} | {rec_r} | "
                           f"{100 * max(h for _, h in found.values()):.1f}% | {rebuilt} | "
                           + " | ".join(f"{v:.3f}" for v in (
                               base["clean"]["asr"], base["fedavg"]["asr"], base["guard"]["asr"],
-                              late["attack_success"], early["attack_success"], base["clean"]["accuracy"],
-                              base["fedavg"]["accuracy"], base["guard"]["accuracy"], late["accuracy"],
-                              early["accuracy"]))
+                              late["attack_success"], back["attack_success"], early["attack_success"],
+                              base["clean"]["accuracy"], base["fedavg"]["accuracy"], base["guard"]["accuracy"],
+                              late["accuracy"], back["accuracy"], early["accuracy"]))
                           + f" | {left_out} | {time.perf_counter() - t0:.0f} |", flush=True)
 
 

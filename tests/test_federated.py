@@ -448,6 +448,21 @@ def test_group_phrases_names_the_phrase_the_sybils_plant_in_a_text_model(text_fe
         group_phrases(model, sybils, probes, preprocess=run.preprocess, candidates="lol")
 
 
+def test_trigger_pushers_names_the_sybils_that_plant_a_phrase_in_a_text_model(text_federation):
+    run, first, probes, probe_labels = text_federation
+    model = build_model(first["params"], run.layout)
+    table = trigger_pushers(model, first["updates"], run.trigger, probes, client_ids=list(first["ids"]),
+                            labels=probe_labels, preprocess=run.preprocess)
+    sybil = table.index.str.startswith("sybil")
+    assert table.loc[sybil, "is_pusher"].sum() >= 9
+    # Hashed word features: an honest client whose words share the phrase's buckets pushes it for real, a little
+    # (2 of 40 here, at a quarter of the sybils' median push or less).
+    honest_pushers = table.loc[~sybil & table["is_pusher"], "push"]
+    assert len(honest_pushers) <= 2 and (honest_pushers < table.loc[sybil, "push"].median() / 4).all()
+    with pytest.raises(InputError, match="probe texts need preprocess="):
+        trigger_pushers(model, first["updates"], run.trigger, probes)
+
+
 # ------------------------------------------------------------------------------------------------ red team
 def test_dirichlet_partition_is_a_partition_and_skews_with_alpha():
     y = np.repeat(np.arange(10), 100)
@@ -617,6 +632,20 @@ def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
     expected = params + updates[honest_rows].mean(axis=0)
     got = np.concatenate([a.ravel() for a in parameters_to_ndarrays(new)])
     np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Watching the trigger needs the model's architecture; with it, the strategy names the pushers.
+    watching = ForensicStrategy(UpdateRecorder(), initial_parameters=ndarrays_to_parameters(to_arrays(params)))
+    _, _, xte, yte = load_digits_split()
+    watching.guard.watch(run.trigger, xte, labels=yte)
+    results = [(SimpleNamespace(cid=c), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(to_arrays(params + u)),
+                                               20, {})) for c, u in zip(ids, updates)]
+    with pytest.raises(InputError, match="model=\\) needs the global model"):
+        watching.aggregate_fit(4, results, [])
+    watching = ForensicStrategy(UpdateRecorder(), initial_parameters=ndarrays_to_parameters(to_arrays(params)),
+                                model=build_model(np.zeros_like(params), run.layout))
+    watching.guard.watch(run.trigger, xte, labels=yte)
+    watching.aggregate_fit(4, results, [])
+    pushes = watching.guard.pushes[4]
+    assert set(pushes.index[pushes["is_pusher"]]) == sybils
 
 
 def test_timeline_rounds_are_evenly_spaced_with_the_first_and_the_last():

@@ -8,7 +8,8 @@ returned weights minus the global weights it was sent, which the strategy rememb
 ``configure_fit`` and its own previous aggregate) goes through an
 :class:`~forensics.federated.guard.AggregationGuard` (record, analyse, exclude), and FedAvg then averages the clients
 the guard keeps. The round's report is in ``strategy.guard.reports``; the metrics returned to the server add
-``forensics_excluded`` and ``forensics_flagged``.
+``forensics_excluded`` and ``forensics_flagged``. Given the global model's architecture (``model=``),
+``strategy.guard.watch(trigger, probes)`` also leaves out the clients whose own update pushes a known trigger.
 
 Examples
 --------
@@ -63,14 +64,19 @@ class ForensicStrategy(FedAvg):
     client_id : callable, optional
         ``(client_proxy, fit_res) -> str``; default: ``fit_res.metrics["client_id"]`` if present, else the proxy's
         ``cid``.
+    model : torch.nn.Module, optional
+        The global model's architecture, whose ``state_dict`` floating entries, in order, are the arrays the clients
+        exchange: each round the global weights are loaded into a copy of it, for a trigger the guard watches
+        (:meth:`~forensics.federated.guard.AggregationGuard.watch`).
     **fedavg_kwargs
         Passed to Flower's ``FedAvg`` (``initial_parameters``, ``min_fit_clients``, ...).
     """
 
     def __init__(self, recorder: UpdateRecorder, *, exclude: bool = True, sticky: bool = False, hold: int = HOLD,
                  probation: int = 0, analysis: Mapping[str, Any] | None = None,
-                 client_id: Callable[[Any, Any], str] | None = None, **fedavg_kwargs: Any):
+                 client_id: Callable[[Any, Any], str] | None = None, model: Any = None, **fedavg_kwargs: Any):
         super().__init__(**fedavg_kwargs)
+        self.model = model
         self.guard = AggregationGuard(recorder, exclude=exclude, sticky=sticky, hold=hold, probation=probation,
                                       analysis=analysis)
         self.client_id = _default_client_id if client_id is None else client_id
@@ -117,7 +123,7 @@ class ForensicStrategy(FedAvg):
             updates[cid] = flat - base if flat.size == base.size else flat
             n_examples[cid] = int(fit_res.num_examples)
             by_id[cid] = (proxy, fit_res)
-        kept = self.guard.screen(server_round, updates, n_examples=n_examples)
+        kept = self.guard.screen(server_round, updates, n_examples=n_examples, model=self._global_model(base))
         kept_results = [by_id[c] for c in kept]
         if not kept_results:
             return None, {"forensics_excluded": len(results), "forensics_flagged": len(self.guard.flagged)}
@@ -128,6 +134,19 @@ class ForensicStrategy(FedAvg):
         metrics["forensics_excluded"] = len(results) - len(kept)
         metrics["forensics_flagged"] = len(self.guard.flagged)
         return params, metrics
+
+    def _global_model(self, base: np.ndarray) -> Any:
+        """The global model of the round, where a watched trigger needs it (the guard says so when none is given)."""
+        if not self.guard.watched or self.model is None:
+            return None
+        from .confirm import apply_update
+
+        own = np.concatenate([v.detach().cpu().numpy().astype(np.float64).ravel()
+                              for v in self.model.state_dict().values() if v.is_floating_point()])
+        if own.size != base.size:
+            raise InputError(f"the global weights have {base.size} values; the model= given has {own.size} "
+                             "floating-point parameters and buffers in its state_dict")
+        return apply_update(self.model, base - own)
 
 
 __all__ = ["ForensicStrategy", "ndarrays_to_parameters"]
