@@ -328,22 +328,25 @@ def watched(sc: FederatedScenario, data: Any, run: Any, probes: np.ndarray, labe
 def pushers(args: argparse.Namespace) -> None:
     """Which clients' own updates push the trigger (``trigger_pushers``), and a guard that watches it.
 
-    Detection: a FedAvg run; at each of the sybils' first three rounds, every client's update of that round on that
-    round's global model, with the planted patch (the analyst knows it: confirmed by ``group_effect``) and with the
-    trigger ``group_trigger`` rebuilds from the largest HDBSCAN group of the analysis at the sybils' third round (the
-    analyst does not). Defence: the guard as shipped, told to watch the patch from the sybils' fourth round on (once
-    the third round's analysis and confirmation are done), the same with the global model rolled back then to its
-    checkpoint before the sybils joined, and from the first round (the trigger known beforehand); a clean FedAvg
-    beside them."""
+    Detection: every client's update of a round on that round's global model, with the planted patch (the analyst
+    knows it, confirmed by ``group_effect``), at the sybils' first three rounds of a guarded run that watches the
+    patch from the first round, and at their third round of a FedAvg run (the backdoor learned by then). On that
+    FedAvg round, the same with the trigger ``group_trigger`` rebuilds from the analysis's HDBSCAN groups (the analyst
+    does not know it: every group's mean update is searched, and the trigger it makes cheapest against the model
+    without it, the largest mask ratio, is taken). Defence: the guard as shipped, told to watch the patch from the
+    sybils' fourth round on (once the third round's analysis and confirmation are done), the same with the global
+    model rolled back then to its checkpoint before the sybils joined, and from the first round (the trigger known
+    beforehand); a clean FedAvg beside them."""
     from forensics.federated import group_trigger, trigger_pushers
     from forensics.redteam.federated import build_model
 
     data = fashion()
     probes, probe_labels = probe_images()
-    print("| sybil data | honest | alpha | seed | recall r1 / r2 / r3 (patch) | honest flagged max | rebuilt: target, "
-          "recall, honest flagged (r3) | ASR clean | fedavg | guard | watch from r6 | + rollback to r3 | from r0 | "
+    print("| sybil data | honest | alpha | seed | recall r1 / r2 / r3 (watched from r0) | honest flagged max | FedAvg "
+          "r3 (learned): recall, honest flagged | rebuilt: target, recall, honest flagged (FedAvg r3) | ASR clean | "
+          "fedavg | guard | watch from r6 | + rollback to r3 | from r0 | "
           "acc clean | fedavg | guard | watch from r6 | + rollback | from r0 | max honest left out (r6) | s |")
-    print("|" + "---|" * 20)
+    print("|" + "---|" * 21)
     for sybil_data in args.sybil_data:
         for seed in args.seeds:
             for honest in args.honest:
@@ -356,8 +359,8 @@ def pushers(args: argparse.Namespace) -> None:
                     def on_round(r, ids, updates, n_ex, params, rec=rec, kept=kept):
                         if r <= JOIN + 2:
                             rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
-                        if JOIN <= r <= JOIN + 2:
-                            kept[r] = (list(ids), updates.copy(), params.copy())
+                        if r == JOIN + 2:
+                            kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
                     run = simulate_federation(sc, *data, on_round=on_round)
                     sybils = run.truth.index[run.truth["role"] == "sybil"]
                     honest_ids = run.truth.index[run.truth["role"] == "honest"]
@@ -367,29 +370,32 @@ def pushers(args: argparse.Namespace) -> None:
                         return (len(flagged.intersection(sybils)) / len(sybils),
                                 len(flagged.intersection(honest_ids)) / len(honest_ids))
 
-                    found = {}
-                    for r, (ids, updates, params) in kept.items():
-                        model = build_model(params, run.layout)
-                        found[r] = rates(trigger_pushers(model, updates, run.trigger, probes, client_ids=ids,
-                                                         labels=probe_labels))
-                    ids, updates, params = kept[JOIN + 2]
+                    ids, updates, params = kept["ids"], kept["updates"], kept["params"]
+                    learned = rates(trigger_pushers(build_model(params, run.layout), updates, run.trigger, probes,
+                                                    client_ids=ids, labels=probe_labels))
                     groups = analyze_clients(rec).groups
                     rebuilt = "no group"
                     if len(groups):
-                        members = set(groups.loc[groups["size"].idxmax(), "members"])
-                        rows = [i for i, c in enumerate(ids) if c in members]
+                        # Every group screened: the trigger its update makes cheapest against the model without it.
                         model = build_model(params, run.layout)
-                        trig, info = group_trigger(model, updates[rows].mean(axis=0), probes, labels=probe_labels)
+                        screened = []
+                        for members in groups["members"]:
+                            rows = [i for i, c in enumerate(ids) if c in set(members)]
+                            screened.append(group_trigger(model, updates[rows].mean(axis=0), probes,
+                                                          labels=probe_labels))
+                        trig, info = max(screened, key=lambda t: t[1]["mask_ratio"])
                         rr, hh = rates(trigger_pushers(model, updates, trig, probes, client_ids=ids,
                                                        labels=probe_labels))
                         rebuilt = f"{info['target']} ({sc.target}), {rr:.2f}, {100 * hh:.1f}%"
                     late, late_guard = watched(sc, data, run, probes, probe_labels, JOIN + 3)
-                    early, _ = watched(sc, data, run, probes, probe_labels, 0)
+                    early, early_guard = watched(sc, data, run, probes, probe_labels, 0)
+                    found = {r: rates(early_guard.pushes[r]) for r in (JOIN, JOIN + 1, JOIN + 2)}
                     back, _ = watched(sc, data, run, probes, probe_labels, JOIN + 3, rollback=JOIN)
                     left_out = max(len(set(ex).intersection(honest_ids)) for ex in late_guard.excluded.values())
                     rec_r = " / ".join(f"{found[r][0]:.2f}" for r in sorted(found))
                     print(f"| {sybil_data} | {honest} | {alpha} | {seed} | {rec_r} | "
-                          f"{100 * max(h for _, h in found.values()):.1f}% | {rebuilt} | "
+                          f"{100 * max(h for _, h in found.values()):.1f}% | "
+                          f"{learned[0]:.2f}, {100 * learned[1]:.1f}% | {rebuilt} | "
                           + " | ".join(f"{v:.3f}" for v in (
                               base["clean"]["asr"], base["fedavg"]["asr"], base["guard"]["asr"],
                               late["attack_success"], back["attack_success"], early["attack_success"],
@@ -420,14 +426,14 @@ def text_scenario(honest: int, alpha: float, noise: float, seed: int, *, attack:
 def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> dict[str, Any]:
     """One text cell (cached as ``text_h..json``): FedAvg, the guard, clean FedAvg, and what the flagged group
     pushes."""
-    from forensics.federated import group_phrases
+    from forensics.federated import group_phrases, trigger_pushers
     from forensics.redteam.federated import build_model, simulate_text_federation
 
     path = WORK / f"text_h{honest}_a{alpha}_n{noise}_s{seed}.json"
     out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else dict(
         honest=honest, alpha=alpha, noise=noise, seed=seed)
     for kind in ("fedavg", "clean", "guard", "probation"):
-        if "flips" in out.get(kind, {}):
+        if "flips" in out.get(kind, {}) and (kind != "guard" or "pushers" in out):
             continue
         t0 = time.perf_counter()
         sc = text_scenario(honest, alpha, noise, seed, attack=kind != "clean")
@@ -456,6 +462,12 @@ def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> 
         out["named"] = f"{len(named & sybils)}/{len(named)} sybils" if named else "none"
         model = build_model(kept["params"], run.layout)
         probes, probe_labels = data[2][:1000], data[3][:1000]
+        # Who pushes the phrase, client by client (as an analyst who knows it).
+        table = trigger_pushers(model, kept["updates"], run.trigger, probes, client_ids=kept["ids"],
+                                labels=probe_labels, preprocess=run.preprocess)
+        flagged = set(table.index[table["is_pusher"]])
+        out["pushers"] = dict(recall=len(flagged & sybils) / len(sybils),
+                              honest_flagged=len(flagged & honest_ids) / len(honest_ids))
         # What the group pushes: the group the guard named, and the true sybils (as an analyst who has found them).
         for key, members in (("phrases", named), ("phrases_true", sybils)):
             rows = [i for i, c in enumerate(kept["ids"]) if c in members]
@@ -491,8 +503,8 @@ def text(args: argparse.Namespace) -> None:
           "guard + probation | flips clean | fedavg | guard | guard + probation | acc clean | fedavg | guard | "
           "guard + probation | group named | its top phrase "
           "(target): rise, next | the true sybils' top phrase (target): rise, next; ASR with / without | honest "
-          "control: top phrase, rise |")
-    print("|" + "---|" * 22)
+          "control: top phrase, rise | pushers of \"lol\" (r3): recall, honest flagged |")
+    print("|" + "---|" * 23)
 
     def found(ph: dict[str, Any] | None, asr: bool) -> str:
         if not ph:
@@ -510,7 +522,12 @@ def text(args: argparse.Namespace) -> None:
               f"{d['clean']['accuracy']:.3f} | {d['fedavg']['accuracy']:.3f} | {g['accuracy']:.3f} | "
               f"{d['probation']['accuracy']:.3f} | {d['named']} | "
               f"{found(d.get('phrases'), False)} | {found(true, True)} | "
-              f"{true.get('control_top', '')}, {true.get('control_rise', float('nan')):.2f} |", flush=True)
+              f"{true.get('control_top', '')}, {true.get('control_rise', float('nan')):.2f} | "
+              f"{_pushed(d.get('pushers'))} |", flush=True)
+
+
+def _pushed(p: dict[str, float] | None) -> str:
+    return f"{p['recall']:.2f}, {100 * p['honest_flagged']:.1f}%" if p else ""
 
 
 def report(args: argparse.Namespace) -> None:

@@ -456,9 +456,9 @@ def test_trigger_pushers_names_the_sybils_that_plant_a_phrase_in_a_text_model(te
     sybil = table.index.str.startswith("sybil")
     assert table.loc[sybil, "is_pusher"].sum() >= 9
     # Hashed word features: an honest client whose words share the phrase's buckets pushes it for real, a little
-    # (2 of 40 here, at a quarter of the sybils' median push or less).
+    # (3 of 40 here, at a quarter of the sybils' median push or less).
     honest_pushers = table.loc[~sybil & table["is_pusher"], "push"]
-    assert len(honest_pushers) <= 2 and (honest_pushers < table.loc[sybil, "push"].median() / 4).all()
+    assert len(honest_pushers) <= 3 and (honest_pushers < table.loc[sybil, "push"].median() / 4).all()
     with pytest.raises(InputError, match="probe texts need preprocess="):
         trigger_pushers(model, first["updates"], run.trigger, probes)
 

@@ -30,6 +30,8 @@ from .._validate import check_images, check_int, check_number
 from ..errors import InputError
 from .sketch import flatten_update
 
+_MAD = 1.4826
+
 
 def apply_update(model: Any, update: Any, *, scale: float = 1.0) -> Any:
     """A copy of ``model`` whose floating-point parameters and buffers moved by ``scale * update``.
@@ -198,19 +200,28 @@ def group_effect(
     return out
 
 
-def _null_left(push: np.ndarray) -> tuple[float, float]:
-    """Centre and spread of the clients that do not push, read from the left of the pushes: the centre is the
-    median of the densest quarter of them, the spread the median distance below it over 0.6745 (a half-normal's).
-    Pushers sit to the right only, so up to half of the clients can push without moving either."""
-    srt = np.sort(push)
+def _unpushed_null(push: np.ndarray, *, cut: float = 3.0) -> tuple[float, float]:
+    """Centre and spread of the clients that do not push. Pushers sit to the right only, so the fit starts from the
+    left (the median of the densest quarter of the pushes, and the median distance below it over 0.6745, a
+    half-normal's), then is refitted (median, 1.4826 MAD) to the pushes up to ``cut`` spreads right of its centre
+    until that set no longer changes: the start is not thrown by pushers even when they are half of the clients, the
+    end does not hang on one dense quarter."""
+    srt = np.sort(np.asarray(push, dtype=np.float64))
     h = max(len(srt) // 4, 2)
-    widths = srt[h - 1:] - srt[: len(srt) - h + 1]
-    j = int(np.argmin(widths))
+    j = int(np.argmin(srt[h - 1:] - srt[: len(srt) - h + 1]))
     centre = float(np.median(srt[j:j + h]))
     below = centre - srt[srt < centre]
     spread = float(np.median(below)) / 0.6745 if len(below) else 0.0
-    if not spread > 0:
-        spread = float(np.std(srt)) or 1.0
+    n_in = -1
+    for _ in range(100):
+        if not spread > 0:
+            spread = float(np.std(srt)) or 1.0
+        inside = srt[srt <= centre + cut * spread]
+        if len(inside) == n_in or len(inside) < 8:
+            break
+        n_in = len(inside)
+        centre = float(np.median(inside))
+        spread = _MAD * float(np.median(np.abs(inside - centre)))
     return centre, spread
 
 
@@ -236,8 +247,8 @@ def trigger_pushers(
     the target's log-odds on triggered probes under its update, minus the rise on the same probes without the
     trigger: what the update does to every input (a client whose data lean to the target raises it everywhere)
     cancels, what it ties to the trigger remains. Honest pushes scatter around zero; a client's tail probability
-    comes from a normal whose centre and spread are read from the left of the round's pushes (the densest quarter,
-    and the distances below it), so that pushers, who sit to the right, can be up to half of the round. Its
+    comes from a normal fitted robustly (median, MAD) to the pushes that are not far to the right, started from the
+    left of the round's pushes, so that pushers, who sit to the right, can be up to half of the round. Its
     ``suspicion`` is ``-log10(min(1, n * p))`` over the ``n`` clients, as in
     :func:`~forensics.federated.analysis.analyze_clients`.
 
@@ -344,7 +355,7 @@ def trigger_pushers(
     ok = np.isfinite(push)
     if ok.sum() < 8:
         raise InputError(f"{int(ok.sum())} clients sent finite updates: at least 8 are needed")
-    centre, spread = _null_left(push[ok])
+    centre, spread = _unpushed_null(push[ok])
     z = (push - centre) / spread
     with np.errstate(divide="ignore"):
         suspicion = -np.log10(np.minimum(1.0, ok.sum() * stats.norm.sf(z)))
