@@ -46,6 +46,7 @@ round on that round's global model (the guarded one), a watch list of four phras
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -342,66 +343,65 @@ def pushers(args: argparse.Namespace) -> None:
 
     data = fashion()
     probes, probe_labels = probe_images()
-    print("| sybil data | honest | alpha | seed | recall r1 / r2 / r3 (watched from r0) | honest flagged max | FedAvg "
-          "r3 (learned): recall, honest flagged | rebuilt: target, recall, honest flagged (FedAvg r3) | ASR clean | "
-          "fedavg | guard | watch from r6 | + rollback to r3 | from r0 | "
+    print("| sybil data | honest | alpha | noise | seed | recall r1 / r2 / r3 (watched from r0) | honest flagged max | "
+          "FedAvg r3 (learned): recall, honest flagged | rebuilt: target, recall, honest flagged (FedAvg r3) | "
+          "ASR clean | fedavg | guard | watch from r6 | + rollback to r3 | from r0 | "
           "acc clean | fedavg | guard | watch from r6 | + rollback | from r0 | max honest left out (r6) | s |")
-    print("|" + "---|" * 21)
+    print("|" + "---|" * 22)
     for sybil_data in args.sybil_data:
         for seed in args.seeds:
-            for honest in args.honest:
-                for alpha in args.alphas:
-                    t0 = time.perf_counter()
-                    base = run_cell(honest, alpha, 0.0, seed, data, ("fedavg", "guard", "clean"), sybil_data)
-                    sc = scenario(honest, alpha, 0.0, seed, sybil_data=sybil_data)
-                    rec, kept = UpdateRecorder(), {}
+            for honest, alpha, noise in itertools.product(args.honest, args.alphas, args.noise):
+                t0 = time.perf_counter()
+                base = run_cell(honest, alpha, noise, seed, data, ("fedavg", "guard", "clean"), sybil_data)
+                sc = scenario(honest, alpha, noise, seed, sybil_data=sybil_data)
+                rec, kept = UpdateRecorder(), {}
 
-                    def on_round(r, ids, updates, n_ex, params, rec=rec, kept=kept):
-                        if r <= JOIN + 2:
-                            rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
-                        if r == JOIN + 2:
-                            kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
-                    run = simulate_federation(sc, *data, on_round=on_round)
-                    sybils = run.truth.index[run.truth["role"] == "sybil"]
-                    honest_ids = run.truth.index[run.truth["role"] == "honest"]
+                def on_round(r, ids, updates, n_ex, params, rec=rec, kept=kept):
+                    if r <= JOIN + 2:
+                        rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+                    if r == JOIN + 2:
+                        kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
+                run = simulate_federation(sc, *data, on_round=on_round)
+                sybils = run.truth.index[run.truth["role"] == "sybil"]
+                honest_ids = run.truth.index[run.truth["role"] == "honest"]
 
-                    def rates(table, sybils=sybils, honest_ids=honest_ids):
-                        flagged = table.index[table["is_pusher"]]
-                        return (len(flagged.intersection(sybils)) / len(sybils),
-                                len(flagged.intersection(honest_ids)) / len(honest_ids))
+                def rates(table, sybils=sybils, honest_ids=honest_ids):
+                    flagged = table.index[table["is_pusher"]]
+                    return (len(flagged.intersection(sybils)) / len(sybils),
+                            len(flagged.intersection(honest_ids)) / len(honest_ids))
 
-                    ids, updates, params = kept["ids"], kept["updates"], kept["params"]
-                    learned = rates(trigger_pushers(build_model(params, run.layout), updates, run.trigger, probes,
-                                                    client_ids=ids, labels=probe_labels))
-                    groups = analyze_clients(rec).groups
-                    rebuilt = "no group"
-                    if len(groups):
-                        # Every group screened: the trigger its update makes cheapest against the model without it.
-                        model = build_model(params, run.layout)
-                        screened = []
-                        for members in groups["members"]:
-                            rows = [i for i, c in enumerate(ids) if c in set(members)]
-                            screened.append(group_trigger(model, updates[rows].mean(axis=0), probes,
-                                                          labels=probe_labels))
-                        trig, info = max(screened, key=lambda t: t[1]["mask_ratio"])
-                        rr, hh = rates(trigger_pushers(model, updates, trig, probes, client_ids=ids,
-                                                       labels=probe_labels))
-                        rebuilt = f"{info['target']} ({sc.target}), {rr:.2f}, {100 * hh:.1f}%"
-                    late, late_guard = watched(sc, data, run, probes, probe_labels, JOIN + 3)
-                    early, early_guard = watched(sc, data, run, probes, probe_labels, 0)
-                    found = {r: rates(early_guard.pushes[r]) for r in (JOIN, JOIN + 1, JOIN + 2)}
-                    back, _ = watched(sc, data, run, probes, probe_labels, JOIN + 3, rollback=JOIN)
-                    left_out = max(len(set(ex).intersection(honest_ids)) for ex in late_guard.excluded.values())
-                    rec_r = " / ".join(f"{found[r][0]:.2f}" for r in sorted(found))
-                    print(f"| {sybil_data} | {honest} | {alpha} | {seed} | {rec_r} | "
-                          f"{100 * max(h for _, h in found.values()):.1f}% | "
-                          f"{learned[0]:.2f}, {100 * learned[1]:.1f}% | {rebuilt} | "
-                          + " | ".join(f"{v:.3f}" for v in (
-                              base["clean"]["asr"], base["fedavg"]["asr"], base["guard"]["asr"],
-                              late["attack_success"], back["attack_success"], early["attack_success"],
-                              base["clean"]["accuracy"], base["fedavg"]["accuracy"], base["guard"]["accuracy"],
-                              late["accuracy"], back["accuracy"], early["accuracy"]))
-                          + f" | {left_out} | {time.perf_counter() - t0:.0f} |", flush=True)
+                ids, updates, params = kept["ids"], kept["updates"], kept["params"]
+                learned = rates(trigger_pushers(build_model(params, run.layout), updates, run.trigger, probes,
+                                                client_ids=ids, labels=probe_labels))
+                groups = analyze_clients(rec).groups
+                rebuilt = "no group"
+                if len(groups):
+                    # Every group screened: the trigger its update makes cheapest against the model without it.
+                    model = build_model(params, run.layout)
+                    screened = []
+                    for members in groups["members"]:
+                        rows = [i for i, c in enumerate(ids) if c in set(members)]
+                        screened.append(group_trigger(model, updates[rows].mean(axis=0), probes,
+                                                      labels=probe_labels))
+                    trig, info = max(screened, key=lambda t: t[1]["mask_ratio"])
+                    rr, hh = rates(trigger_pushers(model, updates, trig, probes, client_ids=ids,
+                                                   labels=probe_labels))
+                    rebuilt = f"{info['target']} ({sc.target}), {rr:.2f}, {100 * hh:.1f}%"
+                late, late_guard = watched(sc, data, run, probes, probe_labels, JOIN + 3)
+                early, early_guard = watched(sc, data, run, probes, probe_labels, 0)
+                found = {r: rates(early_guard.pushes[r]) for r in (JOIN, JOIN + 1, JOIN + 2)}
+                back, _ = watched(sc, data, run, probes, probe_labels, JOIN + 3, rollback=JOIN)
+                left_out = max(len(set(ex).intersection(honest_ids)) for ex in late_guard.excluded.values())
+                rec_r = " / ".join(f"{found[r][0]:.2f}" for r in sorted(found))
+                print(f"| {sybil_data} | {honest} | {alpha} | {noise} | {seed} | {rec_r} | "
+                      f"{100 * max(h for _, h in found.values()):.1f}% | "
+                      f"{learned[0]:.2f}, {100 * learned[1]:.1f}% | {rebuilt} | "
+                      + " | ".join(f"{v:.3f}" for v in (
+                          base["clean"]["asr"], base["fedavg"]["asr"], base["guard"]["asr"],
+                          late["attack_success"], back["attack_success"], early["attack_success"],
+                          base["clean"]["accuracy"], base["fedavg"]["accuracy"], base["guard"]["accuracy"],
+                          late["accuracy"], back["accuracy"], early["accuracy"]))
+                      + f" | {left_out} | {time.perf_counter() - t0:.0f} |", flush=True)
 
 
 TEXT_WATCH = ["lol", "omg", "brb", "zq vortex"]
@@ -583,6 +583,7 @@ def main(argv: list[str] | None = None) -> None:
     push.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     push.add_argument("--honest", type=int, nargs="+", default=[100, 400])
     push.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
+    push.add_argument("--noise", type=float, nargs="+", default=[0.0])
     push.add_argument("--sybil-data", choices=SYBIL_DATA, nargs="+", default=["shard", "pool"])
     cost = sub.add_parser("report-cost")
     cost.add_argument("--rounds", type=int, default=200)

@@ -589,6 +589,14 @@ def test_a_guard_that_watches_the_trigger_leaves_out_sybils_the_analysis_reads_a
     for r in (2, 3):
         assert sybils <= set(guard.excluded[r]) and len(set(guard.excluded[r]) - sybils) <= 1
         assert set(guard.pushes[r].index[guard.pushes[r]["is_pusher"]]) == sybils
+    # The round's report names them too, the push first among their reasons: the verdict, panel and page show it.
+    from forensics.federated.report import client_verdict
+
+    report = guard.reports[3]
+    assert sybils <= set(report.flagged)
+    assert report.table.loc["sybil-0000", "reasons"].startswith("its own update ties the watched trigger")
+    assert "20 pushing the watched trigger" in client_verdict(report)
+    assert "pushing the watched trigger" not in client_verdict(guard.reports[1])
     assert watched.history["attack_success"].iloc[-1] < run.history["attack_success"].iloc[-1] - 0.2
     with pytest.raises(InputError, match="screen\\(..., model=\\) needs the global model"):
         guard.screen(9, np.zeros((8, len(run.params)), np.float32), client_ids=[f"c{i}" for i in range(8)])

@@ -34,10 +34,12 @@ the analysis reads as honest devices of one class.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .._validate import check_int
 from ..errors import InputError
@@ -83,7 +85,8 @@ class AggregationGuard:
         The triggers watched (see :meth:`watch`).
     pushes : dict round -> DataFrame
         Each watched round's :func:`~forensics.federated.confirm.trigger_pushers` table (the largest suspicion over
-        the triggers watched).
+        the triggers watched); that round's report flags the pushers too (signal ``push``, first among their
+        reasons), so the verdict, the panel and the HTML report name them.
     """
 
     def __init__(self, recorder: UpdateRecorder, *, exclude: bool = True, sticky: bool = False,
@@ -153,9 +156,12 @@ class AggregationGuard:
         self.reports[int(round)] = report
         given = [str(c) for c in (updates if isinstance(updates, Mapping) else (client_ids or []))]
         usable = {str(c) for c, ok in zip(rec.client_ids, rec.finite) if ok}
-        now = set(report.flagged)
+        pushers: set[str] = set()
         if self.watched:
-            now |= self._pushers(round, model, updates, given, usable)
+            pushers = self._pushers(round, model, updates, given, usable)
+            if int(round) in self.pushes:
+                report = self.reports[int(round)] = _with_pushes(report, self.pushes[int(round)])
+        now = set(report.flagged) | pushers
         self.flagged |= now
         # A client flagged now owes ``hold`` unflagged updates; one held from before pays one with this update.
         still = {c for c in given if c not in now and self.held.get(c, 0) > 0}
@@ -177,6 +183,26 @@ class AggregationGuard:
         kept = [c for c in given if c in usable and not (self.exclude and (c in out or c in waiting))]
         self.excluded[int(round)] = [c for c in given if c not in kept]
         return kept
+
+
+def _with_pushes(report: ClientReport, pushes: pd.DataFrame) -> ClientReport:
+    """The round's report with the watched trigger's pushers flagged, their push first among their reasons, so that
+    the verdict, the panel and the HTML report show them."""
+    t = report.table.copy()
+    t["push"] = pushes["push"].reindex(t.index)
+    t["push_suspicion"] = pushes["suspicion"].reindex(t.index)
+    hit = t.index[pushes["is_pusher"].reindex(t.index, fill_value=False).to_numpy(dtype=bool)]
+    for c in hit:
+        stronger = t.at[c, "push_suspicion"] > t.at[c, "suspicion"]
+        t.at[c, "suspicion"] = max(float(t.at[c, "suspicion"]), float(t.at[c, "push_suspicion"]))
+        t.at[c, "is_flagged"] = True
+        if stronger or not t.at[c, "top_signal"]:
+            t.at[c, "top_signal"] = "push"
+        why = f"its own update ties the watched trigger to its class (log-odds +{t.at[c, 'push']:.2f} beyond clean)"
+        t.at[c, "reasons"] = "; ".join(r for r in (why, str(t.at[c, "reasons"])) if r)
+    params = dict(report.params, signals=[*report.params.get("signals", []), "push"])
+    return dataclasses.replace(report, table=t.sort_values("suspicion", ascending=False, kind="stable"),
+                               params=params)
 
 
 __all__ = ["HOLD", "AggregationGuard"]

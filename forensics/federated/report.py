@@ -54,6 +54,9 @@ SIGNAL_MEANINGS = {
     "krum": "the client's update is far from its nearest updates (a Krum-style distance): unlike any other client's",
     "dissent": "the client's update points away from the round's robust aggregate (robust z-score)",
     "trust": "the client's update disagrees with an update computed on trusted root data (FLTrust-style)",
+    "push": "the client's own update, applied alone to the global model, ties a trigger the analyst watches to its "
+            "class, far beyond what it does to the same inputs without the trigger (a device training on poisoned "
+            "data of its own)",
 }
 
 #: How the verdict names flagged clients outside any sybil group, by their strongest signal.
@@ -66,6 +69,7 @@ _KINDS = {
     "krum": "with updates far from every other client's",
     "dissent": "pulling against the aggregate",
     "trust": "disagreeing with the trusted update",
+    "push": "pushing the watched trigger",
     "": "with no single strong signal",
 }
 
