@@ -359,7 +359,7 @@ def trigger_pushers(
     z = (push - centre) / spread
     with np.errstate(divide="ignore"):
         suspicion = -np.log10(np.minimum(1.0, ok.sum() * stats.norm.sf(z)))
-    suspicion = np.where(ok, np.minimum(suspicion, 300.0), np.nan)
+    suspicion = np.where(ok, np.minimum(suspicion, 300.0) + 0.0, np.nan)  # + 0.0: no -0.0 where p = 1
     return pd.DataFrame(dict(push=push, rise_triggered=rise_t, rise_clean=rise_c, z=z, suspicion=suspicion,
                              is_pusher=ok & (suspicion >= threshold)),
                         index=pd.Index(ids, name="client_id"))
