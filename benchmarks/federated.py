@@ -301,9 +301,10 @@ def probe_images() -> tuple[np.ndarray, np.ndarray]:
 
 def watched(sc: FederatedScenario, data: Any, run: Any, probes: np.ndarray, labels: np.ndarray, start: int, *,
             rollback: int | None = None) -> tuple[Any, AggregationGuard]:
-    """The guard as shipped, told at round ``start`` to watch the run's trigger; with ``rollback``, the global model
-    also goes back then to what it was before round ``rollback`` (the server's checkpoint), dropping what the rounds
-    since taught. Returns the last round and the guard."""
+    """The guard as shipped, told at round ``start`` to watch the run's trigger, its pushes measured on the server's
+    checkpoint from before round ``JOIN`` when ``start`` is later; with ``rollback``, the global model also goes back
+    then to what it was before round ``rollback``, dropping what the rounds since taught. Returns the last round and
+    the guard."""
     from forensics.redteam.federated import build_model
 
     guard = AggregationGuard(UpdateRecorder())
@@ -313,7 +314,8 @@ def watched(sc: FederatedScenario, data: Any, run: Any, probes: np.ndarray, labe
         state["model"], state["now"] = build_model(params, run.layout), params
         state["params"][r] = params.copy()
         if r == start:
-            guard.watch(run.trigger, probes, labels=labels)
+            reference = build_model(state["params"][JOIN], run.layout) if start > JOIN else None
+            guard.watch(run.trigger, probes, labels=labels, reference=reference)
 
     def aggregate(r, ids, updates, n_ex):
         kept = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int), model=state["model"])
@@ -331,23 +333,25 @@ def pushers(args: argparse.Namespace) -> None:
 
     Detection: every client's update of a round on that round's global model, with the planted patch (the analyst
     knows it, confirmed by ``group_effect``), at the sybils' first three rounds of a guarded run that watches the
-    patch from the first round, and at their third round of a FedAvg run (the backdoor learned by then). On that
+    patch from the first round, and at their third round of a FedAvg run (the backdoor learned by then), on that
+    round's model and on the server's checkpoint from before they joined. On that
     FedAvg round, the same with the trigger ``group_trigger`` rebuilds from the analysis's HDBSCAN groups (the analyst
     does not know it: every group's mean update is searched, and the trigger it makes cheapest against the model
     without it, the largest mask ratio, is taken). Defence: the guard as shipped, told to watch the patch from the
-    sybils' fourth round on (once the third round's analysis and confirmation are done), the same with the global
-    model rolled back then to its checkpoint before the sybils joined, and from the first round (the trigger known
-    beforehand); a clean FedAvg beside them."""
+    sybils' fourth round on (once the third round's analysis and confirmation are done; the pushes measured on the
+    checkpoint from before they joined), the same with the global model rolled back then to that checkpoint, and
+    from the first round (the trigger known beforehand); a clean FedAvg beside them."""
     from forensics.federated import group_trigger, trigger_pushers
     from forensics.redteam.federated import build_model
 
     data = fashion()
     probes, probe_labels = probe_images()
     print("| sybil data | honest | alpha | noise | seed | recall r1 / r2 / r3 (watched from r0) | honest flagged max | "
-          "FedAvg r3 (learned): recall, honest flagged | rebuilt: target, recall, honest flagged (FedAvg r3) | "
+          "FedAvg r3 (learned): recall, honest flagged | the same on the r3 checkpoint | rebuilt: target, recall, "
+          "honest flagged (FedAvg r3) | "
           "ASR clean | fedavg | guard | watch from r6 | + rollback to r3 | from r0 | "
           "acc clean | fedavg | guard | watch from r6 | + rollback | from r0 | max honest left out (r6) | s |")
-    print("|" + "---|" * 22)
+    print("|" + "---|" * 23)
     for sybil_data in args.sybil_data:
         for seed in args.seeds:
             for honest, alpha, noise in itertools.product(args.honest, args.alphas, args.noise):
@@ -359,6 +363,8 @@ def pushers(args: argparse.Namespace) -> None:
                 def on_round(r, ids, updates, n_ex, params, rec=rec, kept=kept):
                     if r <= JOIN + 2:
                         rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+                    if r == JOIN:  # before the sybils' first update is aggregated: the server's checkpoint
+                        kept.update(before=params.copy())
                     if r == JOIN + 2:
                         kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
                 run = simulate_federation(sc, *data, on_round=on_round)
@@ -371,8 +377,9 @@ def pushers(args: argparse.Namespace) -> None:
                             len(flagged.intersection(honest_ids)) / len(honest_ids))
 
                 ids, updates, params = kept["ids"], kept["updates"], kept["params"]
-                learned = rates(trigger_pushers(build_model(params, run.layout), updates, run.trigger, probes,
-                                                client_ids=ids, labels=probe_labels))
+                learned, before = (rates(trigger_pushers(build_model(p, run.layout), updates, run.trigger, probes,
+                                                         client_ids=ids, labels=probe_labels))
+                                   for p in (params, kept["before"]))
                 groups = analyze_clients(rec).groups
                 rebuilt = "no group"
                 if len(groups):
@@ -395,7 +402,8 @@ def pushers(args: argparse.Namespace) -> None:
                 rec_r = " / ".join(f"{found[r][0]:.2f}" for r in sorted(found))
                 print(f"| {sybil_data} | {honest} | {alpha} | {noise} | {seed} | {rec_r} | "
                       f"{100 * max(h for _, h in found.values()):.1f}% | "
-                      f"{learned[0]:.2f}, {100 * learned[1]:.1f}% | {rebuilt} | "
+                      f"{learned[0]:.2f}, {100 * learned[1]:.1f}% | {before[0]:.2f}, {100 * before[1]:.1f}% | "
+                      f"{rebuilt} | "
                       + " | ".join(f"{v:.3f}" for v in (
                           base["clean"]["asr"], base["fedavg"]["asr"], base["guard"]["asr"],
                           late["attack_success"], back["attack_success"], early["attack_success"],

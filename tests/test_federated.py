@@ -531,6 +531,8 @@ def shard_round(digits):
     kept: dict = {}
 
     def on_round(r, ids, updates, n_ex, params):
+        if r == 2:  # the global model before the sybils' first update was aggregated: a checkpoint
+            kept.update(before=params.copy())
         if r == 3:
             kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
 
@@ -603,6 +605,12 @@ def test_a_guard_that_watches_the_trigger_leaves_out_sybils_the_analysis_reads_a
     assert 9 in guard.recorder.rounds  # recorded before the error: nothing is lost
     with pytest.raises(InputError, match="trigger must have apply"):
         guard.watch("lol", xte)
+    # With a checkpoint from before the attack as the reference, screen needs no model.
+    _, _, kept = shard_round
+    checkpoint = AggregationGuard(UpdateRecorder())
+    checkpoint.watch(run.trigger, xte, labels=yte, reference=build_model(kept["before"], run.layout))
+    aggregated = checkpoint.screen(3, kept["updates"], client_ids=kept["ids"])
+    assert not sybils & set(aggregated) and len(aggregated) >= 39
 
 
 def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):

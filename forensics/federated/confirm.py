@@ -255,7 +255,10 @@ def trigger_pushers(
     Parameters
     ----------
     model : torch.nn.Module
-        The global model the round's updates were computed from.
+        The global model the round's updates were computed from, or better a checkpoint of it from before the attack:
+        once a model has learned the trigger, pushes on it fade (100 pool sybils among 100 honest Fashion-MNIST
+        clients, four rounds after they joined: none named on the current model, all on the checkpoint from before
+        they joined, with at most 1% of honest clients).
     updates : mapping client id -> update, or ndarray (n_clients, n_params)
         The round's updates (flat, or ``state_dict`` deltas; see :func:`apply_update`); with an array, ``client_ids``
         names the rows.

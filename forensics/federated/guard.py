@@ -27,8 +27,9 @@ its first update.
 
 Once the analyst knows the trigger (confirmed with :func:`~forensics.federated.confirm.group_effect`, rebuilt by
 :func:`~forensics.federated.confirm.group_trigger`), ``guard.watch(trigger, probes)`` leaves out, from the next round
-on, every client whose own update pushes it (:func:`~forensics.federated.confirm.trigger_pushers`); ``screen`` then
-needs the round's global model. This catches fake devices that each hold poisoned data of their own, whose updates
+on, every client whose own update pushes it (:func:`~forensics.federated.confirm.trigger_pushers`), measured on
+``reference=`` (a checkpoint of the global model from before the attack) or on the round's global model, which
+``screen`` then needs. This catches fake devices that each hold poisoned data of their own, whose updates
 the analysis reads as honest devices of one class.
 """
 
@@ -114,29 +115,32 @@ class AggregationGuard:
         return self.reports[max(self.reports)] if self.reports else None
 
     def watch(self, trigger: Any, images: Any, *, labels: np.ndarray | None = None, preprocess: Any = None,
-              threshold: float = DEFAULT_THRESHOLD) -> None:
+              threshold: float = DEFAULT_THRESHOLD, reference: Any = None) -> None:
         """From the next round screened on, also leave out the clients whose own update pushes ``trigger``.
 
         Arguments as for :func:`~forensics.federated.confirm.trigger_pushers` (probe images or texts the server holds,
-        their labels, the model's preprocess); ``screen`` then needs ``model=``, the round's global model.
+        their labels, the model's preprocess). The pushes are measured on ``reference``, a checkpoint of the global
+        model from before the attack (best: once a model has learned the trigger, pushes on it fade), else on the
+        round's global model, which ``screen`` then needs as ``model=``.
         """
         if not (hasattr(trigger, "apply") and hasattr(trigger, "target")):
             raise InputError(f"trigger must have apply() and target, like forensics.redteam.PatchTrigger; got "
                              f"{type(trigger).__name__}")
         self.watched.append(dict(trigger=trigger, images=images, labels=labels, preprocess=preprocess,
-                                 threshold=threshold))
+                                 threshold=threshold, reference=reference))
 
     def _pushers(self, round: int, model: Any, updates: Mapping[str, Any] | np.ndarray, given: list[str],
                  usable: set[str]) -> set[str]:
-        if model is None:
-            raise InputError("the guard watches a trigger: screen(..., model=) needs the global model the round's "
-                             "updates were computed from")
+        if model is None and any(w["reference"] is None for w in self.watched):
+            raise InputError("the guard watches a trigger without a reference model: screen(..., model=) needs the "
+                             "global model the round's updates were computed from")
         rows = updates if isinstance(updates, Mapping) else dict(zip(given, updates))
         fine = {str(c): u for c, u in rows.items() if str(c) in usable}
         if len(fine) < 8:  # too few to read the spread of pushes from; the analysis still runs
             return set()
-        tables = [trigger_pushers(model, fine, w["trigger"], w["images"], labels=w["labels"],
-                                  preprocess=w["preprocess"], threshold=w["threshold"]) for w in self.watched]
+        tables = [trigger_pushers(model if w["reference"] is None else w["reference"], fine, w["trigger"],
+                                  w["images"], labels=w["labels"], preprocess=w["preprocess"],
+                                  threshold=w["threshold"]) for w in self.watched]
         table = tables[0]
         for t in tables[1:]:  # per client, the trigger it pushes most
             table = table.where(table["suspicion"] >= t["suspicion"], t)
