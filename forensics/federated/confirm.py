@@ -28,9 +28,8 @@ from scipy import stats
 
 from .._validate import check_images, check_int, check_number
 from ..errors import InputError
+from .signals import _MAD
 from .sketch import flatten_update
-
-_MAD = 1.4826
 
 
 def apply_update(model: Any, update: Any, *, scale: float = 1.0) -> Any:
