@@ -441,7 +441,7 @@ def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> 
     out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else dict(
         honest=honest, alpha=alpha, noise=noise, seed=seed)
     for kind in ("fedavg", "clean", "guard", "probation"):
-        if "flips" in out.get(kind, {}) and (kind != "guard" or "pushers" in out):
+        if "flips" in out.get(kind, {}) and (kind != "guard" or "pushers_checkpoint" in out):
             continue
         t0 = time.perf_counter()
         sc = text_scenario(honest, alpha, noise, seed, attack=kind != "clean")
@@ -450,6 +450,8 @@ def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> 
         guard = AggregationGuard(UpdateRecorder(), probation=int(kind == "probation"))
 
         def on_round(r, ids, updates, n_ex, params, kept=kept):
+            if r == JOIN:  # the global model before any sybil update: a checkpoint from before the attack
+                kept.update(before=params.copy())
             if r == JOIN + 2:  # the sybils' third round: what the analysis at that round names them by
                 kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
         run = simulate_text_federation(sc, data[0], data[1], data[2], data[3], phrase="lol",
@@ -473,9 +475,13 @@ def text_cell(honest: int, alpha: float, noise: float, seed: int, data: Any) -> 
         # Who pushes the phrase, client by client (as an analyst who knows it).
         table = trigger_pushers(model, kept["updates"], run.trigger, probes, client_ids=kept["ids"],
                                 labels=probe_labels, preprocess=run.preprocess)
-        flagged = set(table.index[table["is_pusher"]])
-        out["pushers"] = dict(recall=len(flagged & sybils) / len(sybils),
-                              honest_flagged=len(flagged & honest_ids) / len(honest_ids))
+        # The same, read on the checkpoint from before the sybils joined: a model the phrase has not yet moved.
+        checkpoint = trigger_pushers(build_model(kept["before"], run.layout), kept["updates"], run.trigger, probes,
+                                     client_ids=kept["ids"], labels=probe_labels, preprocess=run.preprocess)
+        for key, found_table in (("pushers", table), ("pushers_checkpoint", checkpoint)):
+            flagged = set(found_table.index[found_table["is_pusher"]])
+            out[key] = dict(recall=len(flagged & sybils) / len(sybils),
+                            honest_flagged=len(flagged & honest_ids) / len(honest_ids))
         # What the group pushes: the group the guard named, and the true sybils (as an analyst who has found them).
         for key, members in (("phrases", named), ("phrases_true", sybils)):
             rows = [i for i, c in enumerate(kept["ids"]) if c in members]
@@ -511,8 +517,9 @@ def text(args: argparse.Namespace) -> None:
           "guard + probation | flips clean | fedavg | guard | guard + probation | acc clean | fedavg | guard | "
           "guard + probation | group named | its top phrase "
           "(target): rise, next | the true sybils' top phrase (target): rise, next; ASR with / without | honest "
-          "control: top phrase, rise | pushers of \"lol\" (r3): recall, honest flagged |")
-    print("|" + "---|" * 23)
+          "control: top phrase, rise | pushers of \"lol\" (r3): recall, honest flagged | the same on the "
+          "checkpoint before the join |")
+    print("|" + "---|" * 24)
 
     def found(ph: dict[str, Any] | None, asr: bool) -> str:
         if not ph:
@@ -531,7 +538,7 @@ def text(args: argparse.Namespace) -> None:
               f"{d['probation']['accuracy']:.3f} | {d['named']} | "
               f"{found(d.get('phrases'), False)} | {found(true, True)} | "
               f"{true.get('control_top', '')}, {true.get('control_rise', float('nan')):.2f} | "
-              f"{_pushed(d.get('pushers'))} |", flush=True)
+              f"{_pushed(d.get('pushers'))} | {_pushed(d.get('pushers_checkpoint'))} |", flush=True)
 
 
 def _pushed(p: dict[str, float] | None) -> str:
