@@ -664,6 +664,53 @@ def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
     assert set(pushes.index[pushes["is_pusher"]]) == sybils
 
 
+def test_message_api_strategy_records_and_excludes_by_driving_aggregate_train(planted):
+    from types import SimpleNamespace
+
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+    from forensics.federated.flower import ForensicFedAvg
+
+    rec, run, _ = planted
+    scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=5, n_sybils=10, sybil_join=2, random_state=0)
+    rounds: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+    simulate_federation(scenario, *load_digits_split(),
+                        on_round=lambda r, ids, u, n, p: rounds.append((list(ids), u.copy(), p.copy())))
+    shapes = [s for _, s in run.layout]
+
+    def to_arrays(flat):
+        cuts = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+        return [a.reshape(s) for a, s in zip(np.split(flat.astype(np.float32), cuts), shapes)]
+
+    def reply(node, weights, **records):
+        content = RecordDict(records or {"arrays": ArrayRecord(to_arrays(weights)),
+                                         "metrics": MetricRecord({"num-examples": 20})})
+        return SimpleNamespace(has_error=lambda: False, content=content, metadata=SimpleNamespace(src_node_id=node))
+
+    strategy = ForensicFedAvg(UpdateRecorder())
+    with pytest.raises(InputError, match="set_global_arrays first"):
+        strategy.aggregate_train(0, [reply(1, rounds[0][2])])
+    node = {}  # Flower names a client by its node id (an int); here one per client of the recorded federation
+    for r, (ids, updates, params) in enumerate(rounds):
+        strategy.set_global_arrays(ArrayRecord(to_arrays(params)))
+        replies = [reply(node.setdefault(c, 1000 + len(node)), params + u) for c, u in zip(ids, updates)]
+        arrays, metrics = strategy.aggregate_train(r, replies)
+        assert arrays is not None and metrics["forensics-excluded"] == len(strategy.guard.excluded[r])
+    sybils = {str(node[c]) for c in run.truth.index if c.startswith("sybil")}
+    assert strategy.guard.flagged == sybils and set(strategy.guard.excluded[4]) == sybils
+    ids, updates, params = rounds[4]
+    honest_rows = [i for i, c in enumerate(ids) if str(node[c]) not in sybils]
+    got = np.concatenate([a.ravel() for a in arrays.to_numpy_ndarrays()])
+    np.testing.assert_allclose(got, params + updates[honest_rows].mean(axis=0), atol=1e-5)
+    # Bad replies: a client twice in one round, a reply without its metrics.
+    strategy.set_global_arrays(to_arrays(params))
+    with pytest.raises(InputError, match="two replies of round 5 come from client '7'"):
+        strategy.aggregate_train(5, [reply(7, params), reply(7, params)])
+    with pytest.raises(InputError, match="client '8' in round 6 must hold one ArrayRecord and one MetricRecord "
+                                         "with 'num-examples'; it holds 1 and 0"):
+        strategy.aggregate_train(6, [reply(8, params, arrays=ArrayRecord(to_arrays(params)))])
+
+
 def test_timeline_rounds_are_evenly_spaced_with_the_first_and_the_last():
     assert timeline_rounds([3, 1, 2], 5) == [1, 2, 3]
     assert timeline_rounds(range(10), 2) == [0, 9]

@@ -9,10 +9,10 @@ success of a trigger with and without it, and which classes gain predictions), a
 reconstructs the image trigger it induces from the model alone when none is known (:func:`group_phrases`: the
 phrase, for a text model); once a trigger is known, :func:`trigger_pushers` says which clients' own updates push it
 (fake devices that hold poisoned data of their own look like honest devices of one class in every other respect). The
-Flower strategy wrapper
-(:func:`forensics.federated.flower.ForensicStrategy`) records every round and can leave flagged clients out of
-the aggregation; it imports flwr on first use. :func:`write_client_report` writes a self-contained HTML report of the
-clients (:mod:`forensics.federated.report`).
+Flower strategy wrappers (:class:`forensics.federated.flower.ForensicStrategy`, and
+:class:`~forensics.federated.flower.ForensicFedAvg` for Flower's Message API) record every round and can leave
+flagged clients out of the aggregation; they import flwr on first use. :func:`write_client_report` writes a
+self-contained HTML report of the clients (:mod:`forensics.federated.report`).
 
 Examples
 --------
@@ -32,7 +32,8 @@ from .confirm import InducedTrigger, apply_update, group_effect, group_phrases, 
 from .recorder import RoundRecord, UpdateRecorder
 from .sketch import SKETCH_DIM, flatten_update, sketch
 
-_LAZY = {"ForensicStrategy": "flower", "client_report_html": "report", "write_client_report": "report"}
+_LAZY = {"ForensicFedAvg": "flower", "ForensicStrategy": "flower", "client_report_html": "report",
+         "write_client_report": "report"}
 
 
 def __getattr__(name: str) -> Any:
@@ -43,6 +44,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'forensics.federated' has no attribute {name!r}")
 
 
-__all__ = ["ClientReport", "DEFAULT_THRESHOLD", "ForensicStrategy", "InducedTrigger", "RoundRecord", "SKETCH_DIM",
-           "UpdateRecorder", "analyze_clients", "apply_update", "client_report_html", "flatten_update", "group_effect",
-           "group_phrases", "group_trigger", "sketch", "trigger_pushers", "write_client_report"]
+__all__ = ["ClientReport", "DEFAULT_THRESHOLD", "ForensicFedAvg", "ForensicStrategy", "InducedTrigger", "RoundRecord",
+           "SKETCH_DIM", "UpdateRecorder", "analyze_clients", "apply_update", "client_report_html", "flatten_update",
+           "group_effect", "group_phrases", "group_trigger", "sketch", "trigger_pushers", "write_client_report"]

@@ -1,7 +1,13 @@
 """Flower integration: a FedAvg strategy that records every round's client updates and can leave flagged clients
-out of the aggregation.
+out of the aggregation, for both of Flower's strategy APIs.
 
 Needs flwr (``pip install poison-forensics[bench]``); the rest of :mod:`forensics.federated` does not.
+
+- :class:`ForensicStrategy`: the ``flwr.server.strategy.FedAvg`` of ``start_server`` and ``ServerAppComponents``
+  (``Parameters``, ``FitRes``).
+- :class:`ForensicFedAvg`: the ``flwr.serverapp.strategy.FedAvg`` of a ``ServerApp``'s ``main`` (Flower 1.21 and
+  later: ``ArrayRecord`` replies, ``strategy.start(grid, initial_arrays, ...)``). A client is named by its node id,
+  or by ``client_id(message)``.
 
 :class:`ForensicStrategy` is Flower's ``FedAvg`` with one change in ``aggregate_fit``: each client's update (its
 returned weights minus the global weights it was sent, which the strategy remembers from ``initialize_parameters``,
@@ -28,14 +34,40 @@ import numpy as np
 from ..errors import InputError
 
 try:
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
     from flwr.common import Parameters, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server.strategy import FedAvg
+    from flwr.serverapp.strategy import FedAvg as MessageFedAvg
 except ImportError as e:  # pragma: no cover - exercised only without flwr
     raise ImportError("forensics.federated.flower needs Flower (flwr): install the extra with "
-                      "pip install poison-forensics[bench]") from e
+                      "pip install poison-forensics[bench] (Flower 1.21 or later)") from e
 
 from .guard import HOLD, AggregationGuard
 from .recorder import UpdateRecorder
+
+
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) if arrays else np.zeros(0)
+
+
+def _delta(flat: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """A client's update from its returned weights; a wrong-size one is kept as it is, for the guard to record as
+    an anomaly (its delta cannot be taken)."""
+    return flat - base if flat.size == base.size else flat
+
+
+def _global_model(model: Any, guard: AggregationGuard, base: np.ndarray) -> Any:
+    """The round's global model, where a watched trigger needs it (the guard says so when none is given)."""
+    if model is None or all(w["reference"] is not None for w in guard.watched):
+        return None
+    from .confirm import apply_update
+
+    own = np.concatenate([v.detach().cpu().numpy().astype(np.float64).ravel()
+                          for v in model.state_dict().values() if v.is_floating_point()])
+    if own.size != base.size:
+        raise InputError(f"the global weights have {base.size} values; the model= given has {own.size} "
+                         "floating-point parameters and buffers in its state_dict")
+    return apply_update(model, base - own)
 
 
 def _default_client_id(proxy: Any, fit_res: Any) -> str:
@@ -108,7 +140,7 @@ class ForensicStrategy(FedAvg):
         if self._global is None:
             raise InputError("ForensicStrategy does not know the global weights the clients started from: give "
                              "initial_parameters, or call set_global_parameters before aggregate_fit")
-        base = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in self._global])
+        base = _flat(self._global)
         updates: dict[str, Any] = {}
         n_examples: dict[str, int] = {}
         by_id: dict[str, tuple[Any, Any]] = {}
@@ -116,14 +148,11 @@ class ForensicStrategy(FedAvg):
             cid = self.client_id(proxy, fit_res)
             if cid in updates:
                 raise InputError(f"two results of round {server_round} come from client {cid!r}")
-            arrays = parameters_to_ndarrays(fit_res.parameters)
-            flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]) if arrays else (
-                np.zeros(0))
-            # A wrong-size update is recorded as an anomaly by the guard; its delta cannot be taken.
-            updates[cid] = flat - base if flat.size == base.size else flat
+            updates[cid] = _delta(_flat(parameters_to_ndarrays(fit_res.parameters)), base)
             n_examples[cid] = int(fit_res.num_examples)
             by_id[cid] = (proxy, fit_res)
-        kept = self.guard.screen(server_round, updates, n_examples=n_examples, model=self._global_model(base))
+        kept = self.guard.screen(server_round, updates, n_examples=n_examples,
+                                 model=_global_model(self.model, self.guard, base))
         kept_results = [by_id[c] for c in kept]
         if not kept_results:
             return None, {"forensics_excluded": len(results), "forensics_flagged": len(self.guard.flagged)}
@@ -135,18 +164,95 @@ class ForensicStrategy(FedAvg):
         metrics["forensics_flagged"] = len(self.guard.flagged)
         return params, metrics
 
-    def _global_model(self, base: np.ndarray) -> Any:
-        """The global model of the round, where a watched trigger needs it (the guard says so when none is given)."""
-        if self.model is None or all(w["reference"] is not None for w in self.guard.watched):
-            return None
-        from .confirm import apply_update
 
-        own = np.concatenate([v.detach().cpu().numpy().astype(np.float64).ravel()
-                              for v in self.model.state_dict().values() if v.is_floating_point()])
-        if own.size != base.size:
-            raise InputError(f"the global weights have {base.size} values; the model= given has {own.size} "
-                             "floating-point parameters and buffers in its state_dict")
-        return apply_update(self.model, base - own)
+def _node_id(message: Message) -> str:
+    return str(message.metadata.src_node_id)
 
 
-__all__ = ["ForensicStrategy", "ndarrays_to_parameters"]
+class ForensicFedAvg(MessageFedAvg):
+    """Flower's Message-API ``FedAvg`` that records every round into ``recorder`` and excludes the clients the
+    analysis flags: :class:`ForensicStrategy` for a ``ServerApp``'s ``main``.
+
+    Each reply's weights (its one ``ArrayRecord``) minus the global arrays ``configure_train`` sent is the client's
+    update, its MetricRecord's ``weighted_by_key`` entry its number of examples; they go through the
+    :class:`~forensics.federated.guard.AggregationGuard`, and FedAvg averages the replies it keeps. Replies that
+    carry an error are left to FedAvg, which logs them (nothing came back to record). The round's report is in
+    ``strategy.guard.reports``; the aggregated metrics add ``forensics-excluded`` and ``forensics-flagged``.
+
+    Parameters
+    ----------
+    recorder : UpdateRecorder
+    exclude, sticky, hold, probation, analysis, model
+        As :class:`ForensicStrategy`.
+    client_id : callable, optional
+        ``(reply message) -> str``; default: the sending node's id (``message.metadata.src_node_id``).
+    **fedavg_kwargs
+        Passed to Flower's ``flwr.serverapp.strategy.FedAvg`` (``fraction_train``, ``min_available_nodes``, ...).
+
+    Examples
+    --------
+    >>> strategy = ForensicFedAvg(UpdateRecorder("runs/fl-audit"), fraction_train=1.0)
+    >>> result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=10)
+    >>> strategy.guard.flagged
+    """
+
+    def __init__(self, recorder: UpdateRecorder, *, exclude: bool = True, sticky: bool = False, hold: int = HOLD,
+                 probation: int = 0, analysis: Mapping[str, Any] | None = None,
+                 client_id: Callable[[Message], str] | None = None, model: Any = None, **fedavg_kwargs: Any):
+        super().__init__(**fedavg_kwargs)
+        self.model = model
+        self.guard = AggregationGuard(recorder, exclude=exclude, sticky=sticky, hold=hold, probation=probation,
+                                      analysis=analysis)
+        self.client_id = _node_id if client_id is None else client_id
+        self._global: np.ndarray | None = None
+
+    def __repr__(self) -> str:
+        return f"ForensicFedAvg(exclude={self.guard.exclude}, flagged={len(self.guard.flagged)})"
+
+    def set_global_arrays(self, arrays: ArrayRecord | list[np.ndarray]) -> None:
+        """Tell the strategy the global weights the next round's clients start from (``configure_train`` does)."""
+        self._global = _flat(arrays.to_numpy_ndarrays() if isinstance(arrays, ArrayRecord) else list(arrays))
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
+                        ) -> Any:
+        self.set_global_arrays(arrays)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Any) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        answered = [m for m in replies if not m.has_error()]
+        if not answered:
+            return super().aggregate_train(server_round, replies)
+        if self._global is None:
+            raise InputError("ForensicFedAvg does not know the global arrays the clients started from: "
+                             "aggregate_train follows configure_train (strategy.start calls both), or call "
+                             "set_global_arrays first")
+        updates: dict[str, Any] = {}
+        n_examples: dict[str, int] = {}
+        by_id: dict[str, Message] = {}
+        for message in answered:
+            cid = str(self.client_id(message))
+            if cid in updates:
+                raise InputError(f"two replies of round {server_round} come from client {cid!r}")
+            arrays, metrics = message.content.array_records, message.content.metric_records
+            if len(arrays) != 1 or len(metrics) != 1 or self.weighted_by_key not in next(iter(metrics.values())):
+                raise InputError(f"the reply of client {cid!r} in round {server_round} must hold one ArrayRecord "
+                                 f"and one MetricRecord with {self.weighted_by_key!r}; it holds "
+                                 f"{len(arrays)} and {len(metrics)}")
+            updates[cid] = _delta(_flat(next(iter(arrays.values())).to_numpy_ndarrays()), self._global)
+            n_examples[cid] = int(next(iter(metrics.values()))[self.weighted_by_key])
+            by_id[cid] = message
+        kept = self.guard.screen(server_round, updates, n_examples=n_examples,
+                                 model=_global_model(self.model, self.guard, self._global))
+        counts = {"forensics-excluded": len(answered) - len(kept), "forensics-flagged": len(self.guard.flagged)}
+        if not kept:
+            return None, MetricRecord(counts)
+        failed = [m for m in replies if m.has_error()]
+        arrays_out, metrics_out = super().aggregate_train(server_round, [by_id[c] for c in kept] + failed)
+        metrics_out = MetricRecord() if metrics_out is None else metrics_out
+        for key, value in counts.items():
+            metrics_out[key] = value
+        return arrays_out, metrics_out
+
+
+__all__ = ["ForensicFedAvg", "ForensicStrategy", "ndarrays_to_parameters"]
