@@ -26,12 +26,18 @@ Examples
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+
+# Ray (Flower's simulation engine) replaces builtins.print with a Python function for its progress bars, unless told
+# not to; numba, compiling pynndescent's and UMAP's functions later in the same process, then failed with "Untyped
+# global name 'print'" (the approximate neighbours of a large class, right after a simulation).
+os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
