@@ -135,7 +135,8 @@ def test_a_weakly_confirmed_trigger_keeps_its_carriers_above_agreeing_moderate_e
     assert plain.suspicion[carriers].min() < plain.suspicion[agreeing].max()
     others = np.setdiff1d(np.arange(10_000), carriers)
     np.testing.assert_array_equal(c.suspicion[others], plain.suspicion[others])
-    with pytest.raises(InputError, match=r"floor names \['normal'\], whose null is not an exact p-value"):
+    with pytest.raises(InputError, match=r"floor names \['normal'\], whose null is neither an exact p-value nor a "
+                                         r"share of clean samples"):
         combine(scores, labels, floor=["normal"])
 
 
@@ -175,6 +176,31 @@ def test_one_signal_that_sees_the_attack_is_not_drowned_by_silent_ones():
     assert np.isin(flips, alone).mean() == 1.0
     assert np.isin(flips, budget).mean() >= 0.98
     assert np.mean(np.delete(c.suspicion, flips) >= DEFAULT_THRESHOLD) <= 0.01
+
+
+def test_a_one_way_relabelling_keeps_its_samples_above_agreeing_moderate_evidence():
+    """Samples a relabelling's posterior calls relabelled, beside clean samples on which several silent signals
+    agree moderately: the share floor keeps each at -log10 of twice its posterior tail (the sum or the share:
+    two rules), the plain sum puts some below the agreeing clean samples."""
+    scores, labels = _null(n=10_000, seed=9)
+    rng = np.random.default_rng(9)
+    agreeing = rng.choice(10_000, 60, replace=False)
+    for name in ("normal", "correlated"):
+        scores[name][agreeing] = 2.3
+    scores["heavy"][agreeing] = np.quantile(scores["heavy"], 0.98)
+    relabelled = np.setdiff1d(rng.choice(10_000, 100, replace=False), agreeing)[:40]
+    prob = np.zeros(10_000)
+    prob[relabelled] = rng.uniform(0.9, 1.0, 40)
+    plain = combine({**scores, "targeted_flip": prob}, labels, floor=())
+    c = combine({**scores, "targeted_flip": prob}, labels)
+    share = -np.log10(np.minimum(1.0, 2 * posterior_tail(prob)))
+    np.testing.assert_allclose(c.suspicion, np.maximum(plain.suspicion, share))
+    assert c.suspicion[relabelled].min() > c.suspicion[agreeing].max()
+    assert plain.suspicion[relabelled].min() < plain.suspicion[agreeing].max()
+    # Where no pair was found (no sample with a posterior), nothing moves.
+    silent = combine({**scores, "targeted_flip": np.zeros(10_000)}, labels)
+    np.testing.assert_array_equal(silent.suspicion, combine({**scores, "targeted_flip": np.zeros(10_000)}, labels,
+                                                            floor=()).suspicion)
 
 
 def test_a_posterior_is_read_as_the_expected_share_of_clean_samples_at_or_above_it():

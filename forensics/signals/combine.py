@@ -90,6 +90,18 @@ r@2x gap -0.02 to 0.00, poison flagged at 2 from 77% to 85%). Letting every exac
 a clean image one: those tests are exact against their own null, but their nulls are about groups, not single
 samples.
 
+A one-way relabelling sets a floor too (``targeted_flip``, whose ``"posterior"`` tail is already an estimated share
+of clean samples at or above a score): a sample's tail probability is at most twice that share
+(:data:`SHARE_FLOOR_RULES`: flagged by the sum or by the share, two rules). In the sum, natural hard samples of the
+pair, on which the spectral, neighbour and label signals agree moderately, outranked relabelled samples whose
+posterior was high: on the attack matrix's pair flips (``fusion_lab.py --refresh targeted_flip``) the worst gap to
+the signal alone went from -0.06 to -0.01 on the tuning seeds (0-4; seed 3, poison flagged at 2 from 27% to 88%)
+and, once chosen, from -0.13 to -0.01 on the report seeds (100-109: seed 102 from 0.84 to 0.97 r@2x, pair flips
+short of -0.02 from 2 of 10 to none, poison flagged at 2 from 0.78 to 0.93 on average), every clean control, bot and
+random flip as it was (the posterior is silent where no pair is found). Without the factor two (the share alone) the
+tuning seeds gave the same ranking; corrected over the pieces of evidence, as for a trigger, the report worst stayed
+at -0.11.
+
 **The ``"by_class"`` null** (``spectral``, ``robust_spectral``, ``low_loss``: signals that see a backdoor in the one
 class it relabels to). A tail fitted to the bulk's median and quartiles cannot see a mode of clean samples beyond them:
 on the attack matrix's clean review snippets 3-5% of each class lie 30 to 600 robust spreads from its core (short
@@ -139,8 +151,12 @@ MAX_SHAPE = 2.0
 MAX_GAIN = 1e6
 #: Default threshold: an estimated 1% of clean samples reach it.
 DEFAULT_THRESHOLD = 2.0
-#: Signals whose own exact p-value bounds the suspicion from below (see :func:`combine`'s ``floor``).
-FLOOR_SIGNALS = ("trigger",)
+#: Signals whose own tail probability bounds the suspicion from below (see :func:`combine`'s ``floor``): a confirmed
+#: trigger's exact p-value, a one-way relabelling's estimated share of clean samples (its ``"posterior"`` null).
+FLOOR_SIGNALS = ("trigger", "targeted_flip")
+#: The share floor's factor: a sample flagged by the sum or by the share is flagged by one of two rules, each
+#: reaching an estimated share ``p`` of clean samples at most (a Bonferroni bound over the two).
+SHARE_FLOOR_RULES = 2
 #: The label signals read the model's own predicted distribution (:func:`label_null`) when more labels lie at a
 #: predicted share at most ``LABEL_ALPHA`` than a calibrated model would draw, at a one-sided binomial p-value
 #: below ``LABEL_GATE`` (a label attack); otherwise the bound ``k q``.
@@ -417,9 +433,11 @@ def combine(
         the bulk of the data, which a poisoned minority inflates, or of its own probabilities. The tail of the summed
         evidence stays the bulk's.
     floor : collection of str
-        Signals with an exact null (``"exact_p"``) whose p-value times the number of pieces of evidence (a Bonferroni
-        bound) caps a sample's tail probability: its suspicion is never below that, whatever the other signals say.
-        Default: :data:`FLOOR_SIGNALS` (a confirmed trigger); ``()`` for the plain sum.
+        Signals whose tail probability caps a sample's: its suspicion is never below that, whatever the other
+        signals say. With an exact null (``"exact_p"``) the p-value times the number of pieces of evidence (a
+        Bonferroni bound); with a ``"posterior"`` null (an estimated share of clean samples at or above) that share
+        times :data:`SHARE_FLOOR_RULES`. Default: :data:`FLOOR_SIGNALS` (a confirmed trigger, a one-way
+        relabelling); ``()`` for the plain sum.
     label_null : ndarray, optional
         :func:`label_null` of the model's predicted probabilities. The label signals (``label_loss``,
         ``label_doubt``) are then read against it wherever the labels show an attack (:data:`LABEL_GATE`), else
@@ -484,16 +502,18 @@ def combine(
     evidence = -np.log(pieces).sum(axis=1)
     # No fit to the bulk may claim a sum rarer than Fisher's statistic of half as many independent p-values would be.
     tail = np.maximum(evidence_tail(evidence), stats.gamma.sf(evidence, pieces.shape[1] / 2.0))
-    # A floor signal's exact p-value, Bonferroni-corrected over the pieces, bounds the suspicion from below: silent
-    # signals beside a confirmed trigger must not drown its carriers.
+    # A floor signal bounds the suspicion from below (an exact p-value Bonferroni-corrected over the pieces, an
+    # estimated share of clean samples over the two rules): silent signals beside a confirmed trigger or a one-way
+    # relabelling must not drown what it found.
     chosen = set(floor)
     floored = [name for name in names if name in chosen]
-    inexact = [name for name in floored if null_kind(name) != "exact_p"]
+    inexact = [name for name in floored if null_kind(name) not in ("exact_p", "posterior")]
     if inexact:
-        raise InputError(f"floor names {inexact}, whose null is not an exact p-value; only such a signal can set "
-                         "a floor")
-    if floored:
-        tail = np.minimum(tail, np.minimum(1.0, pieces.shape[1] * tail_p[floored].to_numpy().min(axis=1)))
+        raise InputError(f"floor names {inexact}, whose null is neither an exact p-value nor a share of clean "
+                         "samples; only such a signal can set a floor")
+    for name in floored:
+        factor = pieces.shape[1] if null_kind(name) == "exact_p" else SHARE_FLOOR_RULES
+        tail = np.minimum(tail, np.minimum(1.0, factor * tail_p[name].to_numpy()))
     suspicion = -np.log10(np.clip(tail, 1e-300, 1.0)) + 0.0
     top_signal = np.asarray(tail_p.columns, dtype=object)[p.argmin(axis=1)]
     order = np.argsort(p, axis=1)
