@@ -613,15 +613,11 @@ def test_a_guard_that_watches_the_trigger_leaves_out_sybils_the_analysis_reads_a
     assert not sybils & set(aggregated) and len(aggregated) >= 39
 
 
-def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
-    from types import SimpleNamespace
-
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-
-    from forensics.federated.flower import ForensicStrategy
-
-    rec, run, _ = planted
-    # Replay the recorded federation's real updates of rounds 0-4 through the strategy, from one global model.
+@pytest.fixture(scope="module")
+def replayed(planted):
+    """The planted federation's real updates of rounds 0-4, (client ids, updates, global weights) per round, to replay
+    through a Flower strategy, and the flat weights cut into the model's arrays."""
+    _, run, _ = planted
     scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=5, n_sybils=10, sybil_join=2, random_state=0)
     rounds: list[tuple[list[str], np.ndarray, np.ndarray]] = []
     simulate_federation(scenario, *load_digits_split(),
@@ -631,6 +627,20 @@ def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
     def to_arrays(flat):
         cuts = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
         return [a.reshape(s) for a, s in zip(np.split(flat.astype(np.float32), cuts), shapes)]
+
+    return rounds, to_arrays
+
+
+def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted, replayed):
+    from types import SimpleNamespace
+
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    from forensics.federated.flower import ForensicStrategy
+
+    rec, run, _ = planted
+    # Replay the recorded federation's real updates of rounds 0-4 through the strategy, from one global model.
+    rounds, to_arrays = replayed
 
     strategy = ForensicStrategy(UpdateRecorder(), initial_parameters=ndarrays_to_parameters(to_arrays(rounds[0][2])))
     for r, (ids, updates, params) in enumerate(rounds):
@@ -664,23 +674,15 @@ def test_flower_strategy_records_and_excludes_by_driving_aggregate_fit(planted):
     assert set(pushes.index[pushes["is_pusher"]]) == sybils
 
 
-def test_message_api_strategy_records_and_excludes_by_driving_aggregate_train(planted):
+def test_message_api_strategy_records_and_excludes_by_driving_aggregate_train(planted, replayed):
     from types import SimpleNamespace
 
     from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
     from forensics.federated.flower import ForensicFedAvg
 
-    rec, run, _ = planted
-    scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=5, n_sybils=10, sybil_join=2, random_state=0)
-    rounds: list[tuple[list[str], np.ndarray, np.ndarray]] = []
-    simulate_federation(scenario, *load_digits_split(),
-                        on_round=lambda r, ids, u, n, p: rounds.append((list(ids), u.copy(), p.copy())))
-    shapes = [s for _, s in run.layout]
-
-    def to_arrays(flat):
-        cuts = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
-        return [a.reshape(s) for a, s in zip(np.split(flat.astype(np.float32), cuts), shapes)]
+    _, run, _ = planted
+    rounds, to_arrays = replayed
 
     def reply(node, weights, **records):
         content = RecordDict(records or {"arrays": ArrayRecord(to_arrays(weights)),
