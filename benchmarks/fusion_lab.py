@@ -79,7 +79,8 @@ class Cell:
         todo = [s for s in (self.signals if refresh == ["all"] else refresh) if s in self.scores and s != "trigger"]
         if todo:
             family, seed = self.name.rsplit("-seed", 1)
-            built = matrix.draw(family, int(seed)).build()
+            family, _, epochs = family.partition("-e")  # "warp-e8": the victim trained 8 epochs
+            built = matrix.draw(family, int(seed), int(epochs) if epochs else None).build()
             arrays = np.load(work / f"matrix-{self.name}" / "activations.npz")
             fresh, _ = compute_signals(arrays["features"], self.labels, probs=arrays["probs"], dataset=built.train,
                                        signals=todo, random_state=int(seed))
@@ -204,12 +205,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="signals to recompute on each cell first ('all': every signal of the cell)")
     parser.add_argument("--anchor", type=int, default=0, metavar="N",
                         help="add the 'anchored' fusion: N clean samples per cell as a trusted set")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="the cells of the victim trained this many epochs (matrix.py --epochs)")
     parser.add_argument("--work", type=Path, default=matrix.WORK)
     args = parser.parse_args(argv)
+    victim = "" if args.epochs is None else f"-e{args.epochs}"
     rows = []
     for seed in matrix._seeds(args.seeds):
         for family in args.families:
-            folder = args.work / f"{family}-seed{seed}"
+            folder = args.work / f"{family}{victim}-seed{seed}"
             if (folder / "signals.parquet").is_file():
                 rows.append(compare(Cell(folder, args.work, args.refresh, args.anchor)))
     if not rows:

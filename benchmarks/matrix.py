@@ -88,10 +88,12 @@ class Cell:
     seed: int
     params: dict[str, Any]
     build: Callable[[], q.Built]
+    epochs: int | None = None  # the victim's training epochs; None: the reference model's default (3 here)
 
     @property
     def name(self) -> str:
-        return f"{self.family}-seed{self.seed}"
+        victim = "" if self.epochs is None else f"-e{self.epochs}"
+        return f"{self.family}{victim}-seed{self.seed}"
 
 
 def _rate(rng: np.random.Generator, lo: float = 0.003, hi: float = 0.10) -> float:
@@ -116,8 +118,9 @@ def _colour_fashion(seed: int) -> tuple[Dataset, Dataset]:
     return paint(train, 0), paint(test, 1)
 
 
-def draw(family: str, seed: int) -> Cell:
-    """The cell of ``family`` at ``seed``: its parameters, drawn from a generator seeded by both."""
+def draw(family: str, seed: int, epochs: int | None = None) -> Cell:
+    """The cell of ``family`` at ``seed``: its parameters, drawn from a generator seeded by both (the same draw
+    whatever the victim's ``epochs``)."""
     rng = np.random.default_rng([seed, FAMILIES.index(family)])
     target = int(rng.integers(10))
     p: dict[str, Any] = {}
@@ -221,7 +224,7 @@ def draw(family: str, seed: int) -> Cell:
         build = lambda: q._unpoisoned(q._reviews)(seed)  # noqa: E731
     else:
         raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
-    return Cell(family, seed, p, build)
+    return Cell(family, seed, p, build, epochs)
 
 
 # ============================================================================================ one cell
@@ -230,7 +233,8 @@ def score_cell(cell: Cell, work: Path, *, rescore: bool = False) -> pd.DataFrame
     folder = work / cell.name
     rows_file = folder / "rows.csv"
     built = cell.build()
-    f = q.model_features(f"matrix-{cell.family}", built, cell.seed, work)
+    victim = f"matrix-{cell.name.rpartition('-seed')[0]}"
+    f = q.model_features(victim, built, cell.seed, work, epochs=cell.epochs)
     key = {"content_hash": built.train.content_hash, "models": q._models_digest(), "signals": _signals_digest()}
     key_file = folder / "key.json"
     if not rescore and rows_file.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
@@ -241,7 +245,7 @@ def score_cell(cell: Cell, work: Path, *, rescore: bool = False) -> pd.DataFrame
     table, info = compute_signals(f.features, labels, probs=f.probs, dataset=built.train, random_state=cell.seed)
     signal_seconds = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    model_path = work / f"matrix-{cell.family}-seed{cell.seed}" / "model"
+    model_path = work / f"{victim}-seed{cell.seed}" / "model"
     final, confirmed = q.with_triggers(table, f, built, model_path, cell.seed)
     trigger_seconds = round(time.perf_counter() - t, 1)
     thr = q.combine.DEFAULT_THRESHOLD
@@ -257,6 +261,7 @@ def score_cell(cell: Cell, work: Path, *, rescore: bool = False) -> pd.DataFrame
     metrics.insert(0, "family", cell.family)
     metrics.insert(1, "seed", cell.seed)
     metrics["params"] = json.dumps(cell.params, sort_keys=True)
+    metrics["epochs"] = cell.epochs if cell.epochs is not None else np.nan
     metrics["attack_success"] = f.attack.get("attack_success", np.nan)
     metrics["clean_accuracy"] = f.attack.get("clean_accuracy", np.nan)
     metrics["confirmed"] = "; ".join(confirmed)
@@ -386,9 +391,11 @@ def cells_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 def report(rows: pd.DataFrame, command: str, total: float) -> str:
     seeds = sorted(rows["seed"].unique())
+    epochs = sorted({int(e) for e in rows.get("epochs", pd.Series(dtype=float)).dropna()})
+    victim = f"victim trained {', '.join(map(str, epochs))} epochs; " if epochs else ""
     return "\n\n".join([
         "# Attack matrix",
-        f"Command: `{command}`  \nMachine: {q._machine(1)}  \nSeeds: {', '.join(map(str, seeds))}; "
+        f"Command: `{command}`  \nMachine: {q._machine(1)}  \nSeeds: {', '.join(map(str, seeds))}; {victim}"
         f"{rows.groupby(['family', 'seed']).ngroups} cells; {total:.0f} s (cached cells are not recomputed)",
         "## Per family (r@2x)\n\nFirst over every cell of the family (the suspicion after `find_triggers`, and its "
         "worst gap to the best single signal), then over the cells whose attack took (ASR >= 0.9; the overlay's "
@@ -412,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="100-109", help="e.g. 0-4 (tuning) or 100-109 (report)")
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="train the victim this many epochs (default 3): a longer-trained victim learns the "
+                             "faint overlays and warps that the 3-epoch one does not; its cells are kept apart")
     parser.add_argument("--rescore", action="store_true", help="recompute the scores of cached cells")
     parser.add_argument("--report-only", action="store_true", help="only cells already computed")
     parser.add_argument("--work", type=Path, default=WORK)
@@ -432,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("ignore", FutureWarning)
         for seed in _seeds(args.seeds):
             for family in args.families:
-                cell = draw(family, seed)
+                cell = draw(family, seed, args.epochs)
                 if args.report_only and not (args.work / cell.name / "rows.csv").is_file():
                     continue
                 t = time.perf_counter()
@@ -452,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = pd.concat(all_rows, ignore_index=True)
     text = report(rows, command.strip(), time.perf_counter() - t0)
     print(text)
-    out = args.out or args.work / f"matrix-{args.seeds}.md"
+    out = args.out or args.work / (f"matrix-{args.seeds}.md" if args.epochs is None else
+                                   f"matrix-{args.seeds}-e{args.epochs}.md")
     out.write_text(text + "\n")
     rows.to_csv(out.with_suffix(".csv"), index=False)
     return 0

@@ -222,8 +222,9 @@ class Features:
     attack: dict[str, float]  # clean accuracy / attack success on the test split
 
 
-def model_features(name: str, built: Built, seed: int, work: Path) -> Features:
-    """Activations at the default layer and the model's probabilities, cached by scenario, seed and data hash."""
+def model_features(name: str, built: Built, seed: int, work: Path, *, epochs: int | None = None) -> Features:
+    """Activations at the default layer and the model's probabilities, cached by scenario, seed and data hash
+    (``epochs``: the victim's training epochs, None for the reference default)."""
     import torch
 
     from forensics.activations import extract_activations
@@ -244,7 +245,7 @@ def model_features(name: str, built: Built, seed: int, work: Path) -> Features:
     if built.model_dir is not None:
         model, _ = load_model(built.model_dir)
     else:
-        model = train_reference_model(built.train, random_state=seed, progress=False)
+        model = train_reference_model(built.train, epochs=epochs, random_state=seed, progress=False)
         save_model(model, folder / "model")
     seconds["train"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
