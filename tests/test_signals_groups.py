@@ -441,16 +441,26 @@ def test_source_table_hand_computed_statistics():
     assert table.loc["b", "source_suspicion"] == pytest.approx(-np.log10(min(1.0, m * best)))
 
 
-def test_source_scores_broadcast_each_source_read_with_the_sources_heterogeneity(contributors):
+def test_source_scores_carry_each_source_on_the_samples_that_make_it_unusual(contributors):
     d, n_classes = contributors
     table = source_table(d["source"], d["label"], n_classes=n_classes, predictions=d["pred"])
     among = table["suspicion_among_sources"]
     per_sample = source_scores(d["source"], d["label"], n_classes=n_classes, predictions=d["pred"])
     assert per_sample.shape == d["label"].shape
-    for name in ("bot", "flipper", "clean0"):
-        carried = among[name] if among[name] >= SOURCE_EVIDENCE_MIN else 0.0
-        assert np.all(per_sample[d["source"] == name] == carried)
-    assert per_sample.argmax() == int(np.flatnonzero(d["source"] == "bot")[0])
+    own = {name: d["source"] == name for name in ("bot", "flipper", "backdoor", "clean0")}
+    # The bot's excess is its one label: every sample carries it.
+    assert table.loc["bot", ["evidence_among_sources", "excess_label"]].tolist() == ["label", 3]
+    assert np.all(per_sample[own["bot"]] == among["bot"]) and per_sample.argmax() == np.flatnonzero(own["bot"])[0]
+    # The flipper disagrees with the model: the samples the model disagrees with carry it, the half it left alone not.
+    assert table.loc["flipper", "evidence_among_sources"] == "disagreement"
+    wrong = d["label"] != d["pred"]
+    np.testing.assert_array_equal(per_sample[own["flipper"]], np.where(wrong[own["flipper"]], among["flipper"], 0.0))
+    # The backdoor source's excess is label 7 (its poison): its samples of other classes are clean and carry nothing.
+    assert table.loc["backdoor", ["evidence_among_sources", "excess_label"]].tolist() == ["label", 7]
+    sevens = d["label"][own["backdoor"]] == 7
+    np.testing.assert_array_equal(per_sample[own["backdoor"]], np.where(sevens, among["backdoor"], 0.0))
+    assert 0 < sevens.mean() < 0.5
+    assert among["clean0"] < SOURCE_EVIDENCE_MIN and np.all(per_sample[own["clean0"]] == 0.0)
     # The attackers stand out; a clean source, and the sybils whose only mark is their shared copies (not given
     # here), do not. Never above a source's own corrected test.
     assert among["bot"] > 50 and among["flipper"] > 10 and among["backdoor"] > 2
@@ -563,3 +573,27 @@ def test_ensemble_errors():
         ensemble_disagreement(probs, np.array([0, 1, 2, 0]), in_train)
     with pytest.raises(InputError, match="min_held_out must be an integer >= 1"):
         ensemble_disagreement(probs, labels, in_train, min_held_out=0)
+
+
+def test_sources_that_share_copies_are_carried_by_their_shared_samples_only():
+    # Twenty honest contributors; five sybils that each hold 40 samples of their own and 20 copies shared among them.
+    rng = np.random.default_rng(7)
+    sources, labels, groups = [], [], []
+    for s in range(20):
+        sources += [f"honest{s}"] * 200
+        labels += list(np.arange(200) % 10)
+        groups += [-1] * 200
+    for s in range(5):
+        sources += [f"sybil{s}"] * 60
+        labels += list(rng.integers(0, 10, 60))
+        groups += list(range(20)) + [-1] * 40
+    src, y, g = np.array(sources), np.array(labels), np.array(groups)
+    table = source_table(src, y, n_classes=10, groups=g)
+    sybils = [f"sybil{s}" for s in range(5)]
+    assert (table.loc[sybils, "evidence_among_sources"] == "shared").all()
+    assert (table.loc[sybils, "suspicion_among_sources"] >= SOURCE_EVIDENCE_MIN).all()
+    per_sample = source_scores(src, y, n_classes=10, groups=g)
+    shared = g >= 0
+    sybil = np.isin(src, sybils)
+    assert np.all(per_sample[sybil & shared] > SOURCE_EVIDENCE_MIN)
+    assert np.all(per_sample[sybil & ~shared] == 0.0) and np.all(per_sample[~sybil] == 0.0)

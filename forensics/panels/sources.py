@@ -113,7 +113,7 @@ class SourcePanel(Panel):
 
     def summary(self) -> pd.DataFrame:
         """:func:`source_summary` with the current review, and, when the ``source`` signal ran, each source's
-        ``suspicion_among_sources``: the signal's score, which every sample of the source carries
+        ``suspicion_among_sources``: the signal's score, which the samples that make the source unusual carry
         (:func:`forensics.signals.sources.source_scores`: 0 where the source is like the others)."""
         if not self.available:
             raise InputError("this dataset has no sources")
