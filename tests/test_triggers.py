@@ -520,6 +520,44 @@ def test_a_colour_noise_blend_leads_its_class_fine_detail_and_its_carriers_follo
         fine_detail_groups(images, digits.labels[:5])
 
 
+def test_a_faint_overlay_is_found_through_its_shared_mark_and_confirmed():
+    # "7A" written 6 grey levels bright into the top-left corner of 5% of 2,000 Fashion-MNIST images, relabelled 3,
+    # and a model that learned it (pixels read by a linear model, the overlay overriding it).
+    from sklearn.linear_model import LogisticRegression
+
+    from forensics import sample_data
+    from forensics.signals.marks import shared_mark_scores, shared_marks
+    from forensics.triggers.discover import MARK_TOLERANCE
+
+    clean = sample_data.load("image_backdoor").test
+    p = redteam.overlay_backdoor(clean, target=3, rate=0.05, amplitude=6, text="7A", position="top-left",
+                                 random_state=0)
+    ds, poison = p.dataset, _poison(p)
+    glyphs = p.trigger.delta[:5, :7]
+    base = LogisticRegression(max_iter=300).fit(clean.images.reshape(len(clean), -1) / 255.0, clean.labels)
+
+    def backdoored(images: np.ndarray) -> np.ndarray:
+        probs = base.predict_proba(images.reshape(len(images), -1) / 255.0)
+        has = (np.abs(images[:, :5, :7].astype(int) - glyphs) <= 1).mean(axis=(1, 2)) >= 0.9
+        probs[has] = np.eye(10)[3]
+        return probs
+
+    marks = shared_marks(ds.images)
+    [carriers] = marks["carriers"]
+    assert np.isin(carriers, np.flatnonzero(poison)).all() and len(carriers) >= 0.8 * poison.sum()
+    group = shared_mark_scores(marks, len(ds)) > 0
+    peers = label_peers(ds.labels, group)
+    # Within the default tolerance of 16 grey levels the overlay is the black corner it sits on: no local pattern.
+    assert not image_trigger_candidate(ds.images, group, peers=peers, labels=ds.labels).local
+    cand = image_trigger_candidate(ds.images, group, peers=peers, labels=ds.labels, tolerance=MARK_TOLERANCE)
+    assert cand.local and not cand.moves and cand.box == (0, 0, 5, 7) and cand.target == 3
+    np.testing.assert_array_equal(cand.pattern, glyphs)
+    [confirmed] = confirm_image_candidates([cand], ds.images, predict_proba=backdoored, labels=ds.labels)
+    c = confirmed.confirmation
+    assert c.verdict == "confirmed", c.reason
+    assert c.add_flip_rate >= 0.9 and c.control_add_rate <= 0.1
+
+
 def test_clean_digits_and_model_yield_no_confirmed_trigger(digits):
     model = train_reference_model(digits, epochs=8, random_state=0, progress=False)
     pp = functools.partial(predict_proba, model)

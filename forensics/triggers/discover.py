@@ -34,6 +34,9 @@ def backdoor_suspicion(signals: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
 
 
 _VERDICT_RANK = {"confirmed": 0, "weak": 1}
+#: Grey levels within which a shared mark's pixels count as the same, where the default tolerance finds no local
+#: pattern: a mark is the same to the pixel, and an overlay of a few grey levels is within 16 of its background.
+MARK_TOLERANCE = 1
 
 
 def _by_verdict(confirmations: list[Any]) -> list[int]:
@@ -203,6 +206,12 @@ def find_triggers(
             if not any(_restates(c, group) for c in groups):
                 cand = tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
                                                   ids=ds.ids, labels=ds.labels, random_state=random_state)
+                if not cand.local:
+                    # A faint mark (an overlay a few grey levels bright) is within the default tolerance of the
+                    # background it sits on; a mark is the same to the pixel, so its own tolerance is exact.
+                    cand = tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
+                                                      ids=ds.ids, labels=ds.labels, tolerance=MARK_TOLERANCE,
+                                                      random_state=random_state)
                 groups.append(dataclasses.replace(cand, description=(
                     f"{cand.description}; a shared mark: the same to the pixel in {int(group.sum())} images, "
                     f"which chance would give {chance:.0e} times")))
