@@ -32,6 +32,7 @@ Tune on seeds 0-4, report on seeds 100-109::
     python benchmarks/matrix.py --seeds 0-4            # tuning cells
     python benchmarks/matrix.py --seeds 100-109        # report cells; writes _work/matrix.md
     python benchmarks/matrix.py --seeds 100-109 --families blend warp --report-only
+    python benchmarks/matrix.py --seeds 100-109 --families overlay warp group --epochs 8   # a longer-trained victim
 
 Each cell's model, activations, anchor results, signal table and metric rows are cached under
 ``benchmarks/_work/matrix/`` keyed by family, seed, the data's content hash and the model code, so an interrupted run
