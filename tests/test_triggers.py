@@ -47,6 +47,7 @@ from forensics.triggers import (
 )
 from forensics.triggers.findings import label_purity_log10_p
 from forensics.triggers.text import CANDIDATE_COLUMNS, display_ngram, enrichment_surprise
+from forensics.triggers.warp import WARP_COLUMNS, reconstruct_warps
 
 PHRASE = ("great", "product", "!")
 
@@ -558,6 +559,38 @@ def test_a_faint_overlay_is_found_through_its_shared_mark_and_confirmed():
     assert c.add_flip_rate >= 0.9 and c.control_add_rate <= 0.1
 
 
+def test_a_warp_the_model_learned_is_reconstructed_on_it_and_its_class_stands_out(digits):
+    # WaNet: a smooth warp of 1 px on 10% of 1,400 digits, relabelled 4; the rest of the digits held out.
+    train = digits.subset(np.arange(len(digits)) < 1400)
+    held_x, held_y = digits.images[1400:], digits.labels[1400:]
+    p = redteam.warp_backdoor(train, target=4, rate=0.1, strength=1.0, random_state=1)
+    backdoored = train_reference_model(p.dataset, epochs=8, random_state=0, progress=False)
+    table = reconstruct_warps(backdoored, held_x, held_y, strength=0.5, n_fit=150, n_eval=200)
+    assert list(table.columns) == list(WARP_COLUMNS) and len(table) == 10
+    top, runner_up = table.iloc[0], table.iloc[1]
+    assert top["class"] == 4 and top["turned"] > 0.5 and top["anomaly"] > 5 and runner_up["anomaly"] < 4
+    assert top["random"] < 0.2  # the model learned one field, not any warp
+    flow = top["flow"]
+    assert flow.shape == (8, 8, 2) and np.abs(flow).max() <= 0.5 + 1e-6
+    # The reconstructed field, applied as the red team's trigger, turns held-out digits of other classes alike.
+    others = held_x[held_y != 4]
+    turned = predict_proba(backdoored, redteam.WarpTrigger(flow, 4).apply(others)).argmax(axis=1) == 4
+    assert abs(turned.mean() - top["turned"]) < 0.1
+    # A model trained on the clean digits has no class that a warp reaches far more easily than the others.
+    clean = train_reference_model(train, epochs=8, random_state=0, progress=False)
+    assert reconstruct_warps(clean, held_x, held_y, strength=0.5, n_fit=150, n_eval=200)["anomaly"].max() < 4
+
+
+def test_reconstruct_warps_errors_name_the_problem(digits):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(InputError, match="at least 3"):
+        reconstruct_warps(model, digits.images, digits.labels, classes=[0, 1])
+    with pytest.raises(InputError, match="labels must be integer"):
+        reconstruct_warps(model, digits.images, digits.labels.astype(float))
+    with pytest.raises(InputError, match="torch nn.Module"):
+        reconstruct_warps(lambda x: x, digits.images, digits.labels)
+
+
 def test_clean_digits_and_model_yield_no_confirmed_trigger(digits):
     model = train_reference_model(digits, epochs=8, random_state=0, progress=False)
     pp = functools.partial(predict_proba, model)
@@ -704,7 +737,8 @@ def test_confirmation_rates_and_dict():
 
 def test_the_package_does_not_import_torch():
     # Statically: every import of the package's modules, so the test does not depend on what else is loaded. Only
-    # find_triggers (discover.py), which drives the caller's model, reaches the models, and only when it runs.
+    # find_triggers (discover.py), which drives the caller's model, reaches the models, and reconstruct_warps
+    # (warp.py), which needs the model's gradients, torch; each only when it runs.
     imported, late = set(), set()
     for path in Path(forensics.triggers.__file__).parent.glob("*.py"):
         tree = ast.parse(path.read_text())
@@ -715,10 +749,10 @@ def test_the_package_does_not_import_torch():
                 names = {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):
                 names = {"." * node.level + (node.module or "")}
-            (imported if id(node) in top or path.name != "discover.py" else late).update(names)
+            (imported if id(node) in top or path.name not in ("discover.py", "warp.py") else late).update(names)
     torchy = lambda m: m.split(".")[0] == "torch" or "models" in m or "activations" in m  # noqa: E731
     assert not {m for m in imported if torchy(m)}
-    assert {m for m in late if torchy(m)} == {"..models"}
+    assert {m for m in late if torchy(m)} == {"..models", "torch", "torch.nn.functional", "..activations"}
     assert "..signals" in imported  # the walk does see relative imports
 
 

@@ -16,9 +16,12 @@
 - :func:`triggers_table`, :func:`trigger_patterns`, :func:`trigger_arrays` (:mod:`.findings`): the findings, one
   row per candidate, and what each image candidate adds to an image.
 - :func:`find_triggers` (:mod:`.discover`): all of the above over an investigation.
+- :func:`reconstruct_warps` (:mod:`.warp`): per class, the smooth warp (WaNet) that turns the most images of the other
+  classes into it, optimized on the model, and how far that class stands out among the classes.
 
-Nothing here imports torch: the model is reached through a ``predict_proba`` callable (payload batch ->
-probabilities), e.g. ``functools.partial(forensics.models.predict_proba, model)``.
+Nothing here imports torch on import: the model is reached through a ``predict_proba`` callable (payload batch ->
+probabilities), e.g. ``functools.partial(forensics.models.predict_proba, model)``; :func:`reconstruct_warps`, which
+needs the model's gradients, takes the module itself and imports torch when called.
 """
 
 from .confirm import (
@@ -53,9 +56,11 @@ from .image import (
     search_image,
 )
 from .text import remove_ngram, search_text, suspicious_set, text_trigger_candidates, tokenize
+from .warp import WARP_COLUMNS, reconstruct_warps
 
 __all__ = [
     "VERDICT_RULE",
+    "WARP_COLUMNS",
     "Confirmation",
     "Holdout",
     "ImageTriggerCandidate",
@@ -73,6 +78,7 @@ __all__ = [
     "image_trigger_candidate",
     "label_peers",
     "locate_pattern",
+    "reconstruct_warps",
     "remove_ngram",
     "search_image",
     "search_text",
