@@ -16,17 +16,18 @@ repeats gets a cautious prior. A window with net count ``m`` gets ``chance`` = t
 windows with a net count of ``m`` or more, ``base * zeta(alpha, m)``, which already counts every window tested;
 ``log10_p = -log10(min(1, chance))``.
 
-Only windows whose contrast (largest minus smallest value, over every channel) reaches ``min_contrast`` count:
-flat windows (a black corner, a white sky) recur everywhere. A few grey levels suffice (``MIN_CONTRAST = 4``): a faint
-overlay (two glyphs 4-16 grey levels bright in a black corner) is the same to the pixel in all its carriers, and the
-net count and its null already tell a mark from natural repeats; at 64 grey levels, the bar before, no faint overlay
-was found, and at 4 still no net count of the 60,000 clean Fashion-MNIST training images, of the 1,797 scikit-learn
-digits or of two colour Fashion-MNIST subsets of 10,000 reaches a mark. So a patch of one colour pasted over a varying
-background is out of reach: no window with contrast is the same in all its carriers. Exact duplicate images count
-once. Windows whose carriers overlap merge into one mark; a mark that spans more than a quarter of the image is a
-set of near copies, not a mark (the duplicate signal reports those), and is dropped. A patch that moves from image
-to image is out of reach too (window contents recur naturally at some place or other); the trigger search finds
-those among suspicious groups. Places are counted a block of rows at a time, so memory stays bounded.
+Only windows whose contrast (largest minus smallest value, over every channel) reaches ``min_contrast`` count: flat
+windows (a black corner, a white sky) recur everywhere. So a patch of one colour pasted over a varying background is
+out of reach: no window with contrast is the same in all its carriers. A few grey levels of contrast suffice
+(``MIN_CONTRAST = 4``): a faint overlay (two glyphs 4-16 grey levels bright in a black corner) is the same to the
+pixel in all its carriers, and the net count and its null already tell a mark from natural repeats; at 64 grey
+levels, the bar before, no faint overlay was found, and at 4 still no net count of the 60,000 clean Fashion-MNIST
+training images, of the 1,797 scikit-learn digits or of two colour Fashion-MNIST subsets of 10,000 reaches a mark.
+Exact duplicate images count once. Windows whose carriers overlap merge into one mark; a mark that spans more than a
+quarter of the image is a set of near copies, not a mark (the duplicate signal reports those), and is dropped. A
+patch that moves from image to image is out of reach too (window contents recur naturally at some place or other);
+the trigger search finds those among suspicious groups. Places are counted a block of rows at a time, so memory
+stays bounded.
 """
 
 from __future__ import annotations

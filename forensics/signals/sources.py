@@ -308,8 +308,8 @@ def source_table(
         among = {e: _among_normal(log_p[e], size) for e in names_run if e != "label"}
         among["label"] = _among_chi2(g_stat, size, n_classes - 1, log_p["label"])
         stacked = np.maximum(np.column_stack([among[e] for e in names_run]), -300.0)
-    # Each test's own share of it (``among_label`` ...): which of a source's samples carry its evidence depends on
-    # the tests that find it unusual (source_scores).
+    # Each test's own suspicion among the sources (``among_label`` ...), corrected like their maximum: which of a
+    # source's samples carry its evidence depends on the tests that find it unusual (source_scores).
     each = -np.minimum(stacked + np.log10(len(names_run)), 0.0) + 0.0
     for i, e in enumerate(names_run):
         table[f"among_{e}"] = each[:, i]
@@ -393,8 +393,9 @@ def source_scores(
     Carried by every sample of a source, a label excess lent the source's other classes the attack's evidence: on a
     warp spread over 40 contributors, one honest contributor of 736 samples whose share of the target label the
     poison had raised put all of them, 7.4% of the clean samples, below p = 0.01, ahead of the poison that the
-    robust spectral signature alone ranked at 0.98 (``benchmarks/RESULTS.md``, "a source's evidence carried by the
-    samples that make it unusual"). An attacker's own clean samples of other classes are left out alike.
+    robust spectral signature alone ranked at 0.98 (``benchmarks/RESULTS.md``, "Since: a longer-trained victim, a
+    source's evidence on the samples that make it unusual"). An attacker's own clean samples of other classes are left
+    out alike: on the bundled images the remediation's clean samples acted on fell from 1.01% to 0.34%.
 
     Returns
     -------
