@@ -108,8 +108,6 @@ def reconstruct_warps(
     try:
         with torch.no_grad():
             inputs = torch.cat([prep(x[i:i + 256]) for i in range(0, len(x), 256)])
-            predicted = torch.cat([_logits_tensor(model(inputs[i:i + 256]), len(inputs[i:i + 256])).argmax(1)
-                                   for i in range(0, len(inputs), 256)]).numpy()
         if inputs.ndim != 4:
             raise InputError(f"preprocess must give (batch, channels, h, w) image tensors; got {tuple(inputs.shape)}")
         h, w = inputs.shape[2:]
@@ -125,11 +123,19 @@ def reconstruct_warps(
             return F.grid_sample(batch, (identity + shift).expand(len(batch), -1, -1, -1), mode="bilinear",
                                  padding_mode="border", align_corners=True)
 
-        def share_turned(rows_: np.ndarray, flow: torch.Tensor, c: int) -> float:
+        def classes_of(rows_: np.ndarray, flow: torch.Tensor | None = None) -> np.ndarray:
+            """The model's class for the images at ``rows_``, warped by ``flow`` if given."""
+            out = []
             with torch.no_grad():
-                out = torch.cat([_logits_tensor(model(warp(inputs[rows_[i:i + 256]], flow)),
-                                                len(rows_[i:i + 256])).argmax(1) for i in range(0, len(rows_), 256)])
-            return float((out == c).float().mean())
+                for i in range(0, len(rows_), 256):
+                    batch = inputs[rows_[i:i + 256]]
+                    out.append(_logits_tensor(model(batch if flow is None else warp(batch, flow)), len(batch)))
+            return torch.cat(out).argmax(1).numpy()
+
+        def share_turned(rows_: np.ndarray, flow: torch.Tensor, c: int) -> float:
+            return float((classes_of(rows_, flow) == c).mean())
+
+        predicted = classes_of(np.arange(len(inputs)))
 
         out = []
         for c in chosen:
