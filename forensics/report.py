@@ -533,10 +533,11 @@ def _trigger_thumbnail(ds: Any, t: pd.Series, array: np.ndarray | None = None) -
     """What find_triggers stored for the candidate (its patch, or its image-wide difference made visible), else the
     reconstructed patch (carriers' median inside the box) of a fixed image trigger, else one carrier."""
     if array is not None:
-        from .triggers import display_pattern
+        from .triggers import display_pattern, is_flow
 
         wide = np.asarray(array).dtype != np.uint8
-        what = ("image-wide difference from the images the group looks like (grey: none)" if wide
+        what = ("a grid warped by the reconstructed warp, its offsets magnified" if is_flow(array)
+                else "image-wide difference from the images the group looks like (grey: none)" if wide
                 else "reconstructed pattern")
         return (f"<img class=thumb title='{escape_html(what)}' alt='' "
                 f"src='{png_data_url(display_pattern(array), size=64)}'>")

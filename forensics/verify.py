@@ -191,12 +191,20 @@ def _attack_success(predict: Callable[[Any], np.ndarray], holdout: Dataset, pred
 
 
 def _stamp(images: np.ndarray, trig: pd.Series, array: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    """The images with an image trigger added: its patch at its box (at a random place when it moves), or its
-    image-wide difference added."""
+    """The images with an image trigger added: its patch at its box (at a random place when it moves), its
+    image-wide difference added, or its warp applied."""
     if array is None:
         raise InputError(f"the investigation holds no pattern for trigger {trig['trigger_id']!r}; run find_triggers "
                          "again (patterns are kept since this version)")
     a = np.asarray(array)
+    if trig["kind"] == "warp":  # the reconstructed warp, applied as the attacker's would be
+        from .redteam import WarpTrigger
+        from .triggers import is_flow
+
+        if not is_flow(a) or a.shape[:2] != images.shape[1:3]:
+            raise InputError(f"trigger {trig['trigger_id']!r} has a flow of shape {a.shape} but the images are "
+                             f"{images.shape[1:3]}")
+        return WarpTrigger(a, int(trig["target"])).apply(images)
     if a.dtype != np.uint8:  # an image-wide difference, in grey levels
         if a.size != np.prod(images.shape[1:]):
             raise InputError(f"trigger {trig['trigger_id']!r} has a difference of shape {a.shape} but the images are "

@@ -30,8 +30,11 @@ from forensics.triggers import (
     confirm_text_candidates,
     confirm_text_trigger,
     confirmation_log10_p,
+    display_pattern,
+    find_warp,
     fine_detail_groups,
     image_trigger_candidate,
+    is_flow,
     label_peers,
     remove_ngram,
     search_image,
@@ -45,6 +48,7 @@ from forensics.triggers import (
     triggers_table,
     verdict,
 )
+from forensics.triggers.discover import find_triggers
 from forensics.triggers.findings import label_purity_log10_p
 from forensics.triggers.text import CANDIDATE_COLUMNS, display_ngram, enrichment_surprise
 from forensics.triggers.warp import WARP_COLUMNS, reconstruct_warps
@@ -559,13 +563,27 @@ def test_a_faint_overlay_is_found_through_its_shared_mark_and_confirmed():
     assert c.add_flip_rate >= 0.9 and c.control_add_rate <= 0.1
 
 
-def test_a_warp_the_model_learned_is_reconstructed_on_it_and_its_class_stands_out(digits):
-    # WaNet: a smooth warp of 1 px on 10% of 1,400 digits, relabelled 4; the rest of the digits held out.
+@pytest.fixture(scope="module")
+def warped(digits):
+    """WaNet: a smooth warp of 1 px on 10% of 1,400 digits, relabelled 4, and a model that learned it; the rest of the
+    digits held out."""
     train = digits.subset(np.arange(len(digits)) < 1400)
-    held_x, held_y = digits.images[1400:], digits.labels[1400:]
     p = redteam.warp_backdoor(train, target=4, rate=0.1, strength=1.0, random_state=1)
     backdoored = train_reference_model(p.dataset, epochs=8, random_state=0, progress=False)
-    table = reconstruct_warps(backdoored, held_x, held_y, strength=0.5, n_fit=150, n_eval=200)
+    return p, backdoored, digits.subset(np.arange(len(digits)) >= 1400)
+
+
+@pytest.fixture(scope="module")
+def unwarped(digits):
+    """A model trained on the same 1,400 digits, none warped."""
+    return train_reference_model(digits.subset(np.arange(len(digits)) < 1400), epochs=8, random_state=0,
+                                 progress=False)
+
+
+def test_a_warp_the_model_learned_is_reconstructed_on_it_and_its_class_stands_out(warped, unwarped):
+    p, backdoored, held = warped
+    held_x, held_y = held.images, held.labels
+    table = reconstruct_warps(backdoored, held_x, held_y, strength=0.5, steps=60, n_fit=150, n_eval=200)
     assert list(table.columns) == list(WARP_COLUMNS) and len(table) == 10
     top, runner_up = table.iloc[0], table.iloc[1]
     assert top["class"] == 4 and top["turned"] > 0.5 and top["anomaly"] > 5 and runner_up["anomaly"] < 4
@@ -577,8 +595,47 @@ def test_a_warp_the_model_learned_is_reconstructed_on_it_and_its_class_stands_ou
     turned = predict_proba(backdoored, redteam.WarpTrigger(flow, 4).apply(others)).argmax(axis=1) == 4
     assert abs(turned.mean() - top["turned"]) < 0.1
     # A model trained on the clean digits has no class that a warp reaches far more easily than the others.
-    clean = train_reference_model(train, epochs=8, random_state=0, progress=False)
-    assert reconstruct_warps(clean, held_x, held_y, strength=0.5, n_fit=150, n_eval=200)["anomaly"].max() < 4
+    assert reconstruct_warps(unwarped, held_x, held_y, strength=0.5, steps=60, n_fit=150,
+                             n_eval=200)["anomaly"].max() < 4
+
+
+def test_find_triggers_reports_the_warp_confirms_it_and_lifts_its_carriers(warped):
+    from forensics import investigate
+
+    p, backdoored, held = warped
+    ds, poison = p.dataset, _poison(p)
+    inv = investigate(ds, backdoored, random_state=0, progress=False)
+    before = inv.signals["suspicion"].to_numpy()
+    table = find_triggers(inv, holdout=held)
+    [row] = table[table["kind"] == "warp"].to_dict("records")
+    assert row["trigger_id"] == "warp-1" and row["verdict"] == "confirmed" and row["target"] == 4, row["reason"]
+    assert row["add_flip_rate"] >= 0.5 and row["add_flip_rate"] - row["control_add_rate"] >= 0.2
+    assert row["remove_tried"] == 0 and "no remove test" in row["reason"]
+    # Its carriers: images labelled 4 that look to the model like warped digits of other classes.
+    carriers = np.isin(ds.ids, row["sample_ids"])
+    assert (ds.labels[carriers] == 4).all()
+    assert carriers[poison].mean() >= 0.7 and poison[carriers].mean() >= 0.8
+    # The trigger signal lifts them: the poison ranks higher among the suspicion than before.
+    after = inv.signals["suspicion"].to_numpy()
+    assert roc_auc_score(poison, after) > roc_auc_score(poison, before) + 0.05
+    # The reconstructed flow is kept, shown as a warped grid, and applied again as the attacker's trigger.
+    flow = inv.trigger_arrays["warp-1"]
+    assert is_flow(flow) and flow.shape == (8, 8, 2)
+    shown = display_pattern(flow)
+    assert shown.dtype == np.uint8 and shown.shape == (8, 8)
+    straight = display_pattern(np.zeros((8, 8, 2), np.float32))
+    assert set(np.unique(straight)) == {40, 235} and not np.array_equal(shown, straight)
+    others = held.images[held.labels != 4]
+    turned = predict_proba(backdoored, redteam.WarpTrigger(flow, 4).apply(others)).argmax(axis=1) == 4
+    assert turned.mean() >= 0.5
+    # Switched off, or without a holdout, no warp is searched.
+    assert (find_triggers(inv, holdout=held, warps=False)["kind"] != "warp").all()
+    assert (find_triggers(inv)["kind"] != "warp").all()
+
+
+def test_a_model_that_learned_no_warp_gives_no_warp_trigger(warped, unwarped):
+    p, _, held = warped
+    assert find_warp(unwarped, p.dataset.images, p.dataset.labels, held.images, held.labels) is None
 
 
 def test_reconstruct_warps_errors_name_the_problem(digits):

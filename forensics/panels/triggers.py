@@ -123,7 +123,12 @@ class TriggerPanel(Panel):
                 "control_add_rate", "target", "reason")
         rows = [(k, row[k]) for k in keys if k in row.index and not _missing(row[k])]
         shown = ""
-        if row["kind"] == "image" and self.columns is not None and self.inv.dataset.kind == "image":
+        if row["kind"] == "warp" and self.columns is not None and str(row.get("trigger_id")) in self.patterns:
+            grid = png_data_url(self.patterns[str(row["trigger_id"])], size=64)
+            shown = (f'<div style="margin:4px 0"><img src="{grid}" style="image-rendering:pixelated;border:1px solid '
+                     '#ccc" alt="warp"> <span style="font-size:12px">a grid warped by the reconstructed warp (offsets '
+                     'magnified; the warp itself moves pixels by less than one)</span></div>')
+        elif row["kind"] == "image" and self.columns is not None and self.inv.dataset.kind == "image":
             pattern = self.patterns.get(str(row.get("trigger_id")))
             box = _box(row.get("box"))
             if pattern is None and box is not None and len(row["sample_ids"]):

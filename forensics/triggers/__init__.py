@@ -17,7 +17,8 @@
   row per candidate, and what each image candidate adds to an image.
 - :func:`find_triggers` (:mod:`.discover`): all of the above over an investigation.
 - :func:`reconstruct_warps` (:mod:`.warp`): per class, the smooth warp (WaNet) that turns the most images of the other
-  classes into it, optimized on the model, and how far that class stands out among the classes.
+  classes into it, optimized on the model, and how far that class stands out among the classes; :func:`find_warp`:
+  the one that stands out, confirmed by its add test, with its carriers (:class:`WarpTriggerCandidate`).
 
 Nothing here imports torch on import: the model is reached through a ``predict_proba`` callable (payload batch ->
 probabilities), e.g. ``functools.partial(forensics.models.predict_proba, model)``; :func:`reconstruct_warps`, which
@@ -40,6 +41,7 @@ from .findings import (
     confirmation_log10_p,
     confirmed_carriers,
     display_pattern,
+    is_flow,
     trigger_arrays,
     trigger_evidence,
     trigger_patterns,
@@ -56,17 +58,20 @@ from .image import (
     search_image,
 )
 from .text import remove_ngram, search_text, suspicious_set, text_trigger_candidates, tokenize
-from .warp import WARP_COLUMNS, reconstruct_warps
+from .warp import WARP_ANOMALY, WARP_COLUMNS, WarpTriggerCandidate, find_warp, reconstruct_warps
 
 __all__ = [
     "VERDICT_RULE",
+    "WARP_ANOMALY",
     "WARP_COLUMNS",
     "Confirmation",
     "Holdout",
     "ImageTriggerCandidate",
+    "WarpTriggerCandidate",
     "carrier_evidence",
     "carries_difference",
     "fine_detail_groups",
+    "find_warp",
     "confirm_image_candidates",
     "confirm_image_trigger",
     "confirm_text_candidates",
@@ -74,6 +79,7 @@ __all__ = [
     "confirmation_log10_p",
     "confirmed_carriers",
     "display_pattern",
+    "is_flow",
     "holdout_set",
     "image_trigger_candidate",
     "label_peers",

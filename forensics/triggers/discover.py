@@ -39,6 +39,11 @@ _VERDICT_RANK = {"confirmed": 0, "weak": 1}
 MARK_TOLERANCE = 1
 
 
+def _is_torch_module(model: Any) -> bool:
+    """Whether ``model`` is a torch module (a warp is optimized through it), without importing torch."""
+    return any(f"{c.__module__}.{c.__qualname__}" == "torch.nn.modules.module.Module" for c in type(model).__mro__)
+
+
 def _by_verdict(confirmations: list[Any]) -> list[int]:
     """Positions of the candidates, confirmed first, then weak, then the rest; each by the strength of its
     confirmation (:func:`forensics.triggers.confirmation_log10_p`), ties kept in discovery order."""
@@ -99,6 +104,7 @@ def find_triggers(
     top_text: int = 10,
     holdout: Dataset | None = None,
     preprocess: Any = None,
+    warps: bool = True,
     random_state: int | None = None,
 ) -> pd.DataFrame:
     """Discover trigger candidates in an investigation, confirm them on the model, and search for carriers.
@@ -119,8 +125,13 @@ def find_triggers(
     split) is where the add test pastes candidates: the model has not memorized those samples' labels, so the
     rate says how well the trigger works on new inputs. ``preprocess`` turns a payload batch into the model's
     input (default: the one :func:`investigate` was given, else ``model.preprocess``, else for images
-    :func:`~forensics.activations.default_image_preprocess`). ``random_state`` seeds the controls and the sampling
-    (default: the investigation's own seed, ``inv.params["random_state"]``).
+    :func:`~forensics.activations.default_image_preprocess`). With images, a torch model and a ``holdout``, and
+    ``warps`` (the default), the smooth warp (WaNet) the model answers one class to is also searched
+    (:func:`forensics.triggers.warp.find_warp`: a warp leaves nothing in the pixels to find; it is reconstructed on the
+    model, per class, on the held-out images, and its carriers are the images of its class that look to the model like
+    warped images of other classes); it costs a few optimizations per class (about 30 s for ten classes and a small
+    network on one CPU core). ``random_state`` seeds the controls and the sampling (default: the investigation's own
+    seed, ``inv.params["random_state"]``).
 
     Sets ``inv.triggers`` (one row per candidate, with verdicts and carrier ids) and, when a candidate is
     confirmed, adds a ``trigger_score`` signal and recombines the suspicion: a sample that carries a confirmed
@@ -215,8 +226,17 @@ def find_triggers(
                 groups.append(dataclasses.replace(cand, description=(
                     f"{cand.description}; a shared mark: the same to the pixel in {int(group.sum())} images, "
                     f"which chance would give {chance:.0e} times")))
-        confirmed = tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
-                                                predictions=pred, holdout=held, random_state=random_state)
+        confirmed: list[Any] = tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
+                                                           predictions=pred, holdout=held, random_state=random_state)
+        if warps and holdout is not None and _is_torch_module(model) and len(np.unique(holdout.labels)) >= 3:
+            # The probe reads the layer the investigation read, unless its features were given from elsewhere.
+            layer, pooling = inv.params.get("layer"), inv.params.get("pooling")
+            known = isinstance(layer, str) and layer != "given" and pooling in ("flatten", "avg", "max", "cls")
+            warp = tr.find_warp(model, ds.images, ds.labels, holdout.images, holdout.labels, preprocess=preprocess,
+                                layer=layer if known else None, pooling=pooling if known else "flatten",
+                                random_state=random_state)
+            if warp is not None:
+                confirmed.append(warp)
         found.extend(confirmed[i] for i in _by_verdict([c.confirmation for c in confirmed]))
         search_kw = {"images": ds.images}
     table = tr.triggers_table(found, ids=ds.ids)

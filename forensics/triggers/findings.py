@@ -15,6 +15,7 @@ from ..errors import InputError
 from .confirm import CONFIRMATION_COLUMNS, Confirmation
 from .image import ImageTriggerCandidate, carries_difference, search_image
 from .text import _check_texts, search_text
+from .warp import WarpTriggerCandidate
 
 #: An image carries a confirmed image-wide difference when its alignment with it (:func:`carries_difference`)
 #: would be reached by at most this share of the images by chance (a tail fitted to the bulk of the alignments).
@@ -22,8 +23,8 @@ DIFFERENCE_P = 0.01
 
 
 def _items(found: Iterable[Any]) -> list[tuple[str, Any]]:
-    """(kind, item) pairs: rows of confirmed text tables, and image candidates."""
-    if isinstance(found, (pd.DataFrame, ImageTriggerCandidate)):
+    """(kind, item) pairs: rows of confirmed text tables, image candidates, and warps."""
+    if isinstance(found, (pd.DataFrame, ImageTriggerCandidate, WarpTriggerCandidate)):
         found = [found]
     out: list[tuple[str, Any]] = []
     for f in found:
@@ -33,14 +34,16 @@ def _items(found: Iterable[Any]) -> list[tuple[str, Any]]:
             out.extend(("text", row) for _, row in f.iterrows())
         elif isinstance(f, ImageTriggerCandidate):
             out.append(("image", f))
+        elif isinstance(f, WarpTriggerCandidate):
+            out.append(("warp", f))
         else:
-            raise InputError(f"expected text candidate tables (DataFrame) or ImageTriggerCandidate objects; got "
-                             f"{type(f).__name__}")
+            raise InputError(f"expected text candidate tables (DataFrame), ImageTriggerCandidate or "
+                             f"WarpTriggerCandidate objects; got {type(f).__name__}")
     return out
 
 
 def _ids(kind_items: list[tuple[str, Any]]) -> list[str]:
-    counts = {"text": 0, "image": 0}
+    counts = {"text": 0, "image": 0, "warp": 0}
     out = []
     for kind, _ in kind_items:
         counts[kind] += 1
@@ -60,10 +63,10 @@ def triggers_table(found: Iterable[Any], *, ids: Sequence[Any] | np.ndarray | No
 
     Parameters
     ----------
-    found : iterable of DataFrame and ImageTriggerCandidate
+    found : iterable of DataFrame, ImageTriggerCandidate and WarpTriggerCandidate
         Text tables from :func:`confirm_text_candidates` (or unconfirmed ones from
-        :func:`text_trigger_candidates`) and image candidates (confirmed by :func:`confirm_image_candidates`
-        or not).
+        :func:`text_trigger_candidates`), image candidates (confirmed by :func:`confirm_image_candidates`
+        or not) and warps (:func:`find_warp`).
     ids : sequence, optional
         Sample ids of the images the image candidates were found in, to report their carriers by id
         (without them, image carriers are row positions as strings).
@@ -71,8 +74,8 @@ def triggers_table(found: Iterable[Any], *, ids: Sequence[Any] | np.ndarray | No
     Returns
     -------
     DataFrame, one row per candidate in the order given, with columns
-        ``trigger_id`` ("text-1", "image-1", ...: the keys of :func:`trigger_patterns`), ``kind``
-        ("text"/"image"), ``description``, ``evidence``, ``remove_flip_rate``, ``add_flip_rate``,
+        ``trigger_id`` ("text-1", "image-1", "warp-1", ...: the keys of :func:`trigger_patterns`), ``kind``
+        ("text"/"image"/"warp"), ``description``, ``evidence``, ``remove_flip_rate``, ``add_flip_rate``,
         ``verdict`` ("confirmed", "weak", "not confirmed", or "untested"), ``sample_ids`` (the carriers' ids),
         ``target``, ``n_carriers``, the counts behind the rates and the control rates, ``reason``, and
         ``tokens`` (text), ``box``, ``moves``, ``local`` (image). Patterns are in :func:`trigger_patterns`.
@@ -93,6 +96,18 @@ def triggers_table(found: Iterable[Any], *, ids: Sequence[Any] | np.ndarray | No
                              + (f'; top sources {item["sources"]}' if item["sources"] else "")),
                 "sample_ids": carriers, "n_carriers": len(carriers), "tokens": tuple(item["tokens"]),
                 "box": None, "moves": None, "local": None, "target": item["predicted_class"],
+            }
+        elif kind == "warp":
+            conf = item.confirmation.as_dict()
+            carried = item.evidence >= item.threshold
+            carriers = list(id_arr[carried]) if id_arr is not None else [str(g) for g in np.flatnonzero(carried)]
+            row = {
+                "trigger_id": tid, "kind": "warp", "description": item.description,
+                "evidence": (f"{len(carriers)} images labelled {item.target} look, to the model, like warped images "
+                             f"of other classes rather than like its clean held-out images of the class "
+                             f"(p <= {10 ** -item.threshold:.2g})"),
+                "sample_ids": carriers, "n_carriers": len(carriers), "tokens": None, "box": None, "moves": None,
+                "local": False, "target": item.target,
             }
         else:
             c = item.confirmation
@@ -121,20 +136,46 @@ def triggers_table(found: Iterable[Any], *, ids: Sequence[Any] | np.ndarray | No
 
 
 def trigger_arrays(found: Iterable[Any]) -> dict[str, np.ndarray]:
-    """What each image candidate adds to an image, keyed by the ``trigger_id`` of :func:`triggers_table` (same order
+    """What each image candidate does to an image, keyed by the ``trigger_id`` of :func:`triggers_table` (same order
     of ``found``): the reconstructed patch (uint8) of a local candidate, the signed image-wide difference (float32,
-    grey levels) of one that is not local. Text candidates have none. What an investigation stores
-    (``inv.trigger_arrays``), to show and to paste the triggers again."""
+    grey levels) of one that is not local, the flow (float32, shape (h, w, 2), pixels) of a warp. Text candidates have
+    none. What an investigation stores (``inv.trigger_arrays``), to show and to apply the triggers again."""
     items = _items(found)
-    return {tid: (np.asarray(item.pattern) if item.local else np.asarray(item.difference, dtype=np.float32))
-            for (kind, item), tid in zip(items, _ids(items)) if kind == "image"}
+    out = {}
+    for (kind, item), tid in zip(items, _ids(items)):
+        if kind == "image":
+            out[tid] = np.asarray(item.pattern) if item.local else np.asarray(item.difference, dtype=np.float32)
+        elif kind == "warp":
+            out[tid] = np.asarray(item.flow, dtype=np.float32)
+    return out
+
+
+#: Pixels between the lines of the grid a warp is shown on, and the largest offset it is magnified to.
+_GRID_STEP, _SHOWN_OFFSET = 4, 2.0
+
+
+def is_flow(array: np.ndarray) -> bool:
+    """Whether a trigger array is a warp's flow (float, shape (h, w, 2)) rather than a patch or a difference."""
+    a = np.asarray(array)
+    return a.dtype != np.uint8 and a.ndim == 3 and a.shape[2] == 2
 
 
 def display_pattern(array: np.ndarray) -> np.ndarray:
-    """A trigger array as a uint8 image: a patch as it is; a signed difference mapped to 0..255, 128 = none."""
+    """A trigger array as a uint8 image: a patch as it is; a signed difference mapped to 0..255, 128 = none; a warp's
+    flow as a grid of dark lines every 4 pixels warped by it, its offsets magnified to at most 2 pixels (a warp of
+    less than a pixel would not show)."""
     a = np.asarray(array)
     if a.dtype == np.uint8:
         return a
+    if is_flow(a):
+        from scipy import ndimage
+
+        h, w = a.shape[:2]
+        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        grid = np.where((rows % _GRID_STEP == _GRID_STEP // 2) | (cols % _GRID_STEP == _GRID_STEP // 2), 40.0, 235.0)
+        flow = a.astype(np.float64) * (_SHOWN_OFFSET / max(float(np.abs(a).max()), 1e-6))
+        warped = ndimage.map_coordinates(grid, [rows + flow[..., 0], cols + flow[..., 1]], order=1, mode="nearest")
+        return np.clip(np.rint(warped), 0, 255).astype(np.uint8)
     d = a.astype(np.float32)
     scale = max(float(np.abs(d).max()), 1e-6)
     return np.clip(np.rint(128 + 127 * d / scale), 0, 255).astype(np.uint8)
@@ -164,15 +205,21 @@ def confirmation_log10_p(confirmation: Confirmation | Mapping[str, Any]) -> floa
     float >= 0; 0 when a test was not tried.
     """
     c = confirmation.as_dict() if isinstance(confirmation, Confirmation) else confirmation
-    ps = []
-    for k, n, k0, n0 in (("remove_changed", "remove_tried", "control_remove_changed", "control_remove_tried"),
-                         ("add_flipped", "add_tried", "control_add_flipped", "control_add_tried")):
-        tried, control_tried = int(c[n]), int(c[n0])
-        if tried == 0:
-            return 0.0
-        rate = (int(c[k0]) + 1) / (control_tried + 2)
-        ps.append(float(stats.binom.sf(int(c[k]) - 1, tried, rate)))
-    return float(min(300.0, -np.log10(max(max(ps), 1e-300))))
+    if int(c["remove_tried"]) == 0 or int(c["add_tried"]) == 0:
+        return 0.0
+    return min(binomial_log10_p(int(c["remove_changed"]), int(c["remove_tried"]), int(c["control_remove_changed"]),
+                                int(c["control_remove_tried"])),
+               binomial_log10_p(int(c["add_flipped"]), int(c["add_tried"]), int(c["control_add_flipped"]),
+                                int(c["control_add_tried"])))
+
+
+def binomial_log10_p(changed: int, tried: int, control_changed: int, control_tried: int) -> float:
+    """``-log10`` of the one-sided binomial p-value of ``changed / tried`` against the control's Laplace-smoothed
+    rate ``(control_changed + 1) / (control_tried + 2)``, capped at 300; 0 when nothing was tried."""
+    if tried == 0:
+        return 0.0
+    rate = (control_changed + 1) / (control_tried + 2)
+    return float(min(300.0, -np.log10(max(float(stats.binom.sf(changed - 1, tried, rate)), 1e-300))))
 
 
 def carrier_evidence(
@@ -194,6 +241,8 @@ def carrier_evidence(
     for kind, item in _items(found):
         if _verdict(kind, item) != "confirmed":
             out.append(None)
+        elif kind == "warp":  # read on the model when it was found
+            out.append(np.asarray(item.evidence, dtype=np.float64))
         elif kind == "image" and not item.local:
             out.append(_alignment_log10_p(_carries(kind, item, texts, images)))
         else:
@@ -247,8 +296,8 @@ def trigger_evidence(
         raise InputError(f"evidence has {len(carried)} entries but there are {len(items)} candidates")
     for (kind, item), e in zip(items, carried):
         if e is not None:
-            strength = confirmation_log10_p(item if kind == "text" else item.confirmation)
-            if labels is not None and (kind == "text" or item.local):
+            strength = candidate_log10_p(kind, item)
+            if labels is not None and (kind == "text" or kind == "image" and item.local):
                 purity = label_purity_log10_p(labels, e > 0)
                 if purity < -np.log10(PURITY_P):
                     strength = min(strength, purity)
@@ -290,10 +339,12 @@ def confirmed_carriers(
     mask of shape (n,)), else None. A confirmed patch found from a group of the most suspicious images is searched
     in every image, so its carriers are all that hold it, not only the group's; an image-wide difference is carried
     by the images whose deviation from their look-alikes follows it more closely than chance would make all but
-    ``DIFFERENCE_P`` of the images (:func:`carrier_evidence`, which ``evidence=`` passes when already computed)."""
+    ``DIFFERENCE_P`` of the images (:func:`carrier_evidence`, which ``evidence=`` passes when already computed); a
+    warp by the images of its class whose evidence reaches its ``threshold``."""
     carried = evidence if evidence is not None else carrier_evidence(found, texts=texts, images=images,
                                                                      match_threshold=match_threshold)
-    return [None if e is None else e >= -np.log10(DIFFERENCE_P) for e in carried]
+    return [None if e is None else e >= (item.threshold if kind == "warp" else -np.log10(DIFFERENCE_P))
+            for (kind, item), e in zip(_items(found), carried)]
 
 
 def _alignment_log10_p(alignment: np.ndarray) -> np.ndarray:
@@ -318,7 +369,8 @@ def trigger_scores(
     1.0 when it carries the n-gram (text), or the share of the patch's pixels it matches (image, in [0, 1]);
     the signal is the maximum over the candidates, 0.0 where none applies. For an image candidate without a local
     pattern (a blend, a sinusoid) the score is how closely the image's deviation from its look-alikes follows the
-    candidate's image-wide difference (:func:`~forensics.triggers.image.carries_difference`, in [0, 1]).
+    candidate's image-wide difference (:func:`~forensics.triggers.image.carries_difference`, in [0, 1]); for a warp,
+    one minus the p-value of the image's carrier evidence (:class:`~forensics.triggers.warp.WarpTriggerCandidate`).
 
     Parameters
     ----------
@@ -349,6 +401,13 @@ def _n_scored(texts: Sequence[str] | None, images: np.ndarray | None) -> int:
     return len(_check_texts(texts)) if texts is not None else len(check_images(images, allow_empty=False))
 
 
+def candidate_log10_p(kind: str, item: Any) -> float:
+    """The strength of a candidate's confirmation: :func:`confirmation_log10_p`, or a warp's add test alone."""
+    if kind == "warp":
+        return float(item.strength)
+    return confirmation_log10_p(item if kind == "text" else item.confirmation)
+
+
 def _verdict(kind: str, item: Any) -> str:
     if kind == "text":
         return item.get("verdict", "untested")
@@ -363,6 +422,8 @@ def _carries(kind: str, item: Any, texts: Sequence[str] | None, images: np.ndarr
         return search_text(texts, tuple(item["tokens"])).astype(float)
     if images is None:
         raise InputError("an image candidate needs images= to be searched")
+    if kind == "warp":  # one minus the p-value of its carrier evidence, read on the model when it was found
+        return 1.0 - 10.0 ** -np.asarray(item.evidence, dtype=np.float64)
     if not item.local:  # an image-wide difference: how closely each image's deviation from its look-alikes follows it
         return carries_difference(images, item.difference)
     return search_image(images, item.pattern, box=None if item.moves else item.box, moves=item.moves,
