@@ -611,6 +611,8 @@ def test_find_triggers_reports_the_warp_confirms_it_and_lifts_its_carriers(warpe
     assert row["trigger_id"] == "warp-1" and row["verdict"] == "confirmed" and row["target"] == 4, row["reason"]
     assert row["add_flip_rate"] >= 0.5 and row["add_flip_rate"] - row["control_add_rate"] >= 0.2
     assert row["remove_tried"] == 0 and "no remove test" in row["reason"]
+    # Digits are 8 pixels wide: the warp is reconstructed within half a pixel.
+    assert row["description"].startswith("a smooth warp of at most 0.5 pixels (WaNet)")
     # Its carriers: images labelled 4 that look to the model like warped digits of other classes.
     carriers = np.isin(ds.ids, row["sample_ids"])
     assert (ds.labels[carriers] == 4).all()
@@ -626,8 +628,14 @@ def test_find_triggers_reports_the_warp_confirms_it_and_lifts_its_carriers(warpe
     straight = display_pattern(np.zeros((8, 8, 2), np.float32))
     assert set(np.unique(straight)) == {40, 235} and not np.array_equal(shown, straight)
     others = held.images[held.labels != 4]
-    turned = predict_proba(backdoored, redteam.WarpTrigger(flow, 4).apply(others)).argmax(axis=1) == 4
+    warped_again = redteam.WarpTrigger(flow, 4).apply(others)
+    turned = predict_proba(backdoored, warped_again).argmax(axis=1) == 4
     assert turned.mean() >= 0.5
+    # verify() measures its attack success by applying it the same way.
+    from forensics.verify import _stamp
+
+    stamped = _stamp(others, table[table["kind"] == "warp"].iloc[0], flow, np.random.default_rng(0))
+    np.testing.assert_array_equal(stamped, warped_again)
     # Switched off, or without a holdout, no warp is searched.
     assert (find_triggers(inv, holdout=held, warps=False)["kind"] != "warp").all()
     assert (find_triggers(inv)["kind"] != "warp").all()

@@ -324,13 +324,13 @@ def find_warp(
         scores = probe.decision_function((features(x[rows])[0] - mean) / scale)
         evidence[rows] = np.clip(-np.log10(tail_probability(scores, reference=reference)), 0.0, 300.0)
     threshold = min(-np.log10(CARRIER_P), np.log10(len(b) + 1))
-    strength = binomial_log10_p(turned, n_eval, control, n_eval)
-    description = (f"a smooth warp of at most {strength:g} pixel (WaNet) reconstructed on the model: it turns "
+    description = (f"a smooth warp of at most {strength:g} pixels (WaNet) reconstructed on the model: it turns "
                    f"{100 * turned / n_eval:.0f}% of held-out images of other classes into class {target} (a random "
                    f"warp of the same size: {100 * control / n_eval:.0f}%); the class stands out among the classes "
                    f"(anomaly {top['anomaly']:.1f})")
     return WarpTriggerCandidate(target=target, flow=flow, anomaly=float(top["anomaly"]), evidence=evidence,
-                                threshold=float(threshold), confirmation=confirmation, strength=strength,
+                                threshold=float(threshold), confirmation=confirmation,
+                                strength=binomial_log10_p(turned, n_eval, control, n_eval),
                                 description=description)
 
 
