@@ -117,6 +117,8 @@ def reconstruct_warps(
     n_eval = check_int(n_eval, "n_eval", low=1)
     rng = np.random.default_rng(check_random_state(random_state))
     prep = _resolve_preprocess(model, "image", preprocess)
+    # Run where the model's parameters are (a GPU model gets its batches there); the images stay on the CPU.
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
     try:
@@ -126,7 +128,7 @@ def reconstruct_warps(
             raise InputError(f"preprocess must give (batch, channels, h, w) image tensors; got {tuple(inputs.shape)}")
         h, w = inputs.shape[2:]
         rows, cols = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        identity = torch.stack([cols, rows], dim=-1)[None]
+        identity = torch.stack([cols, rows], dim=-1)[None].to(device)
 
         def offsets(coarse: torch.Tensor) -> torch.Tensor:
             """(1, 2, grid, grid) -> (1, 2, h, w) offsets in pixels, at most ``strength``."""
@@ -142,9 +144,9 @@ def reconstruct_warps(
             out = []
             with torch.no_grad():
                 for i in range(0, len(rows_), 256):
-                    batch = inputs[rows_[i:i + 256]]
+                    batch = inputs[rows_[i:i + 256]].to(device)
                     out.append(_logits_tensor(model(batch if flow is None else warp(batch, flow)), len(batch)))
-            return torch.cat(out).argmax(1).numpy()
+            return torch.cat(out).argmax(1).cpu().numpy()
 
         def share_turned(rows_: np.ndarray, flow: torch.Tensor, c: int) -> float:
             return float((classes_of(rows_, flow) == c).mean())
@@ -161,20 +163,21 @@ def reconstruct_warps(
             fit = order[:min(n_fit, len(order) // 2)]
             held = order[len(fit):len(fit) + n_eval]
             coarse = (0.1 * torch.randn(1, 2, grid, grid, generator=torch.Generator().manual_seed(
-                int(rng.integers(2**31))))).requires_grad_(True)
+                int(rng.integers(2**31))))).to(device).requires_grad_(True)
             opt = torch.optim.Adam([coarse], lr=0.1)
-            goal = torch.full((len(fit),), int(c))
+            goal = torch.full((len(fit),), int(c), device=device)
+            fit_inputs = inputs[fit].to(device)
             for _ in range(steps):
                 opt.zero_grad()
-                loss = F.cross_entropy(_logits_tensor(model(warp(inputs[fit], offsets(coarse))), len(fit)), goal)
+                loss = F.cross_entropy(_logits_tensor(model(warp(fit_inputs, offsets(coarse))), len(fit)), goal)
                 loss.backward()
                 opt.step()
             flow = offsets(coarse.detach())
             control = offsets(torch.randn(1, 2, grid, grid, generator=torch.Generator().manual_seed(
-                int(rng.integers(2**31)))))
+                int(rng.integers(2**31)))).to(device))
             out.append({"class": int(c), "turned": share_turned(held, flow, int(c)),
                         "random": share_turned(held, control, int(c)), "n_eval": len(held),
-                        "flow": flow[0].permute(1, 2, 0).numpy().astype(np.float32)})
+                        "flow": flow[0].permute(1, 2, 0).cpu().numpy().astype(np.float32)})
     finally:
         model.train(was_training)
     table = pd.DataFrame(out)
