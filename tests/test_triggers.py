@@ -644,6 +644,12 @@ def test_find_triggers_reports_the_warp_confirms_it_and_lifts_its_carriers(warpe
 def test_a_model_that_learned_no_warp_gives_no_warp_trigger(warped, unwarped):
     p, _, held = warped
     assert find_warp(unwarped, p.dataset.images, p.dataset.labels, held.images, held.labels) is None
+    # A model that answers 0 to everything gets no image of another class right: there is no warp to read, and
+    # find_triggers goes on without one rather than failing.
+    blank = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    torch.nn.init.zeros_(blank[1].weight)
+    torch.nn.init.zeros_(blank[1].bias)
+    assert find_warp(blank, p.dataset.images, p.dataset.labels, held.images, held.labels) is None
 
 
 def test_reconstruct_warps_errors_name_the_problem(digits):

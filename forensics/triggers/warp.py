@@ -48,6 +48,10 @@ MIN_PROBE = 10
 CARRIER_P = 0.01
 
 
+class _TooFewRight(InputError):
+    """The model classifies too few held-out images right to read a warp on."""
+
+
 def reconstruct_warps(
     model: Any,
     images: np.ndarray,
@@ -157,7 +161,7 @@ def reconstruct_warps(
         for c in chosen:
             right = np.flatnonzero((y != c) & (predicted == y))
             if len(right) < 2:
-                raise InputError(f"class {int(c)}: fewer than 2 images of the other classes that the model "
+                raise _TooFewRight(f"class {int(c)}: fewer than 2 images of the other classes that the model "
                                  "classifies right")
             order = rng.permutation(right)
             fit = order[:min(n_fit, len(order) // 2)]
@@ -271,6 +275,8 @@ def find_warp(
     Returns
     -------
     WarpTriggerCandidate or None
+        None when no class stands out, or when the model gets fewer than 2 held-out images of the other classes
+        right for some class.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -289,7 +295,10 @@ def find_warp(
         raise InputError(f"holdout images are {hx.shape[1:]} but the training images are {x.shape[1:]}")
     if strength is None:
         strength = min(1.0, min(x.shape[1:3]) / 16)
-    table = reconstruct_warps(model, hx, hy, strength=strength, preprocess=preprocess, random_state=random_state)
+    try:
+        table = reconstruct_warps(model, hx, hy, strength=strength, preprocess=preprocess, random_state=random_state)
+    except _TooFewRight:  # a model that gets almost nothing right has no warp to read: there is no trigger to show
+        return None
     top = table.iloc[0]
     if not top["anomaly"] >= min_anomaly:
         return None
