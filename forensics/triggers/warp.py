@@ -340,7 +340,8 @@ def find_warp(
         scores = probe.decision_function((features(x[rows])[0] - mean) / scale)
         evidence[rows] = np.clip(-np.log10(tail_probability(scores, reference=reference)), 0.0, 300.0)
     threshold = min(-np.log10(CARRIER_P), np.log10(len(b) + 1))
-    description = (f"a smooth warp of at most {strength:g} pixels (WaNet) reconstructed on the model: it turns "
+    pixels = f"{strength:g} pixel{'' if strength == 1 else 's'}"
+    description = (f"a smooth warp of at most {pixels} (WaNet) reconstructed on the model: it turns "
                    f"{100 * turned / n_eval:.0f}% of held-out images of other classes into class {target} (a random "
                    f"warp of the same size: {100 * control / n_eval:.0f}%); the class stands out among the classes "
                    f"(anomaly {top['anomaly']:.1f})")
