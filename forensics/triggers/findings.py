@@ -404,7 +404,7 @@ def _n_scored(texts: Sequence[str] | None, images: np.ndarray | None) -> int:
 def candidate_log10_p(kind: str, item: Any) -> float:
     """The strength of a candidate's confirmation: :func:`confirmation_log10_p`, or a warp's add test alone."""
     if kind == "warp":
-        return float(item.strength)
+        return float(item.add_log10_p)
     return confirmation_log10_p(item if kind == "text" else item.confirmation)
 
 

@@ -213,7 +213,7 @@ class WarpTriggerCandidate:
     confirmation : Confirmation
         The add test on held-out images beside a random warp of the same size; there is no remove test (a warp
         cannot be taken out of its carriers), so ``remove_tried`` is 0.
-    strength : float
+    add_log10_p : float
         ``-log10`` p of the add test against its control (a one-sided binomial test, as
         :func:`~forensics.triggers.confirmation_log10_p` reads each test).
     description : str
@@ -225,7 +225,7 @@ class WarpTriggerCandidate:
     evidence: np.ndarray = field(repr=False)
     threshold: float
     confirmation: Confirmation
-    strength: float
+    add_log10_p: float
     description: str = ""
 
 
@@ -347,7 +347,7 @@ def find_warp(
                    f"(anomaly {top['anomaly']:.1f})")
     return WarpTriggerCandidate(target=target, flow=flow, anomaly=float(top["anomaly"]), evidence=evidence,
                                 threshold=float(threshold), confirmation=confirmation,
-                                strength=binomial_log10_p(turned, n_eval, control, n_eval),
+                                add_log10_p=binomial_log10_p(turned, n_eval, control, n_eval),
                                 description=description)
 
 
