@@ -11,6 +11,7 @@ The plan's cost is read against the ground truth: poison removed or relabelled, 
 
     python benchmarks/remediation.py [--data image_backdoor text_trigger] [--seed 0]
     python benchmarks/remediation.py --data --matrix blend-seed102 pair_flip-seed100   # cells of the attack matrix
+    python benchmarks/remediation.py --data --matrix warp-e8-seed104   # a victim trained 8 epochs
     python benchmarks/remediation.py --trusted 500   # 500 test samples as a trusted set
 
 Prints a Markdown table with the command that produced it (the numbers go to ``benchmarks/RESULTS.md``).
@@ -19,7 +20,6 @@ Prints a Markdown table with the command that produced it (the numbers go to ``b
 from __future__ import annotations
 
 import argparse
-import functools
 import platform
 import shlex
 import sys
@@ -33,13 +33,16 @@ import forensics
 from forensics import sample_data
 from forensics.data import Dataset
 from forensics.models import train_reference_model
+from forensics.sample_data.build import attack_metrics
 from forensics.verify import verify
 
 
 def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.DataFrame, seed: int, *,
-        pairs: bool = False, trusted: int = 0) -> dict[str, object]:
+        pairs: bool = False, trusted: int = 0, epochs: int | None = None, trigger: Any = None) -> dict[str, object]:
     """The loop on one dataset with its model and ground truth: one row of the table. With ``trusted``, that many
-    samples drawn from the test split (never trained on) are the trusted set, and the rest is the holdout."""
+    samples drawn from the test split (never trained on) are the trusted set, and the rest is the holdout; ``epochs``:
+    the retrained models' (None: the reference default); ``trigger``: the attacker's own (default the one planted in
+    the ground truth, ``truth.attrs["trigger"]``), whose attack success is measured on the retrained models too."""
     t0 = time.perf_counter()
     trusted_set = None
     if trusted:
@@ -52,9 +55,19 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
     sanitized = plan.apply(train_data)
     poison = truth.loc[train_data.ids, "is_poison"].to_numpy(bool)
     acted = np.isin(train_data.ids, plan.table.index)
-    train = functools.partial(train_reference_model, random_state=seed, progress=False)
+    models: list[Any] = []
+
+    def train(ds: Dataset) -> Any:  # the reference model, kept to measure the attacker's own trigger on it
+        models.append(train_reference_model(ds, random_state=seed, progress=False,
+                                            **({} if epochs is None else {"epochs": epochs})))
+        return models[-1]
+
     result = verify(inv, sanitized, holdout=test, train_fn=train, reinvestigate=False)
     clean = verify(inv, train_data.subset(~poison), holdout=test, train_fn=train, reinvestigate=False)
+    trigger = truth.attrs.get("trigger") if trigger is None else trigger
+    # verify trains the original, then the sanitized data; the second call the original again, then the clean data.
+    own = [attack_metrics(m, test, trigger)["attack_success"] for m in (models[0], models[1], models[3])] \
+        if trigger is not None and len(models) == 4 else None
     asr = [c for c in result.table.columns if c.startswith("asr ")]
     counts = plan.counts()
     return {
@@ -67,6 +80,8 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
         "ASR original -> sanitized (truly clean)": "; ".join(
             f"{result.table.loc['original', c]:.3f} -> {result.table.loc['sanitized', c]:.3f} "
             f"({clean.table.loc['sanitized', c]:.3f})" for c in asr) or "-",
+        "attacker's trigger: ASR original -> sanitized (truly clean)": (
+            f"{own[0]:.3f} -> {own[1]:.3f} ({own[2]:.3f})" if own is not None else "-"),
         "accuracy original / sanitized / truly clean": (f"{result.table.loc['original', 'accuracy']:.4f} / "
                                                         f"{result.table.loc['sanitized', 'accuracy']:.4f} / "
                                                         f"{clean.table.loc['sanitized', 'accuracy']:.4f}"),
@@ -81,18 +96,22 @@ def bundled(name: str, seed: int, pairs: bool, trusted: int) -> dict[str, object
 
 
 def matrix_cell(name: str, pairs: bool, trusted: int) -> dict[str, object]:
-    """A cell of the attack matrix (``family-seedN``), with the model the matrix trained and cached for it."""
+    """A cell of the attack matrix (``family-seedN``, or ``family-eK-seedN`` for a victim trained K epochs), with the
+    model the matrix trained and cached for it; the models are retrained as long."""
     import matrix
 
     from forensics.models import load_model
 
     family, seed = name.rsplit("-seed", 1)
-    built = matrix.draw(family, int(seed)).build()
+    family, _, trained = family.partition("-e")
+    epochs = int(trained) if trained else None
+    built = matrix.draw(family, int(seed), epochs).build()
     folder = matrix.WORK / f"matrix-{name}" / "model"
     if not folder.with_suffix(".safetensors").is_file():
         raise SystemExit(f"no cached model for {name}: run python benchmarks/matrix.py first")
     model, _ = load_model(folder)
-    return run(f"matrix {name}", built.train, built.test, model, built.truth, int(seed), pairs=pairs, trusted=trusted)
+    return run(f"matrix {name}", built.train, built.test, model, built.truth, int(seed), pairs=pairs, trusted=trusted,
+               epochs=epochs, trigger=built.trigger)
 
 
 def main(argv: list[str] | None = None) -> int:
