@@ -129,7 +129,7 @@ def find_triggers(
     ``warps`` (the default), the smooth warp (WaNet) the model answers one class to is also searched
     (:func:`forensics.triggers.warp.find_warp`: a warp leaves nothing in the pixels to find; it is reconstructed on the
     model, per class, on the held-out images, and its carriers are the images of its class that look to the model like
-    warped images of other classes); it costs a few optimizations per class (about 30 s for ten classes and a small
+    warped images of other classes); it costs a short optimization per class (30-50 s for ten classes and a small
     network on one CPU core). ``random_state`` seeds the controls and the sampling (default: the investigation's own
     seed, ``inv.params["random_state"]``).
 
