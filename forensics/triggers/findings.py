@@ -99,8 +99,8 @@ def triggers_table(found: Iterable[Any], *, ids: Sequence[Any] | np.ndarray | No
             }
         elif kind == "warp":
             conf = item.confirmation.as_dict()
-            carried = item.evidence >= item.threshold
-            carriers = list(id_arr[carried]) if id_arr is not None else [str(g) for g in np.flatnonzero(carried)]
+            carriers = (list(id_arr[item.carriers]) if id_arr is not None
+                        else [str(g) for g in np.flatnonzero(item.carriers)])
             row = {
                 "trigger_id": tid, "kind": "warp", "description": item.description,
                 "evidence": (f"{len(carriers)} images labelled {item.target} look, to the model, like warped images "
@@ -343,7 +343,7 @@ def confirmed_carriers(
     warp by the images of its class whose evidence reaches its ``threshold``."""
     carried = evidence if evidence is not None else carrier_evidence(found, texts=texts, images=images,
                                                                      match_threshold=match_threshold)
-    return [None if e is None else e >= (item.threshold if kind == "warp" else -np.log10(DIFFERENCE_P))
+    return [None if e is None else item.carriers if kind == "warp" else e >= -np.log10(DIFFERENCE_P)
             for (kind, item), e in zip(_items(found), carried)]
 
 

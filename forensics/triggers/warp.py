@@ -228,6 +228,11 @@ class WarpTriggerCandidate:
     add_log10_p: float
     description: str = ""
 
+    @property
+    def carriers(self) -> np.ndarray:
+        """Which training samples carry the warp: their evidence reaches ``threshold``."""
+        return np.asarray(self.evidence) >= self.threshold
+
 
 def find_warp(
     model: Any,
