@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import forensics
-from forensics import sample_data
+from forensics import redteam, sample_data
 from forensics.data import Dataset
 from forensics.models import train_reference_model
 from forensics.sample_data.build import attack_metrics
@@ -65,6 +65,8 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
     result = verify(inv, sanitized, holdout=test, train_fn=train, reinvestigate=False)
     clean = verify(inv, train_data.subset(~poison), holdout=test, train_fn=train, reinvestigate=False)
     trigger = truth.attrs.get("trigger") if trigger is None else trigger
+    if isinstance(trigger, dict):  # a bundled dataset's ground truth keeps it as its JSON description
+        trigger = redteam.trigger_from_dict(trigger)
     # verify trains the original, then the sanitized data; the second call the original again, then the clean data.
     own = [attack_metrics(m, test, trigger)["attack_success"] for m in (models[0], models[1], models[3])] \
         if trigger is not None and len(models) == 4 else None
