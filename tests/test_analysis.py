@@ -116,9 +116,12 @@ def test_find_triggers_finds_the_planted_corner_patch(poisoned_digits):
     inv = investigate(ds, model, signals=("spectral", "robust_spectral", "activation_cluster", "low_loss"),
                       progress=False)
     table = inv.find_triggers()
-    # One candidate per class from its most suspicious images; the group class 0's fine detail sets apart is the
-    # patch's carriers, which the patch found there already explains (no second, image-wide restatement of it).
-    assert len(table) == len(ds.class_names) and (table["kind"] == "image").all()
+    # One candidate per class from its most suspicious images (the group class 0's fine detail sets apart is the
+    # patch's carriers, which the patch found there already explains: no image-wide restatement of it), and for each
+    # group whose patch the model does not answer, that group's image-wide difference as well.
+    unanswered = int(((table["local"] == True) & (table["verdict"] != "confirmed")).sum())  # noqa: E712
+    assert len(table) == len(ds.class_names) + unanswered and (table["kind"] == "image").all()
+    assert table.groupby("target").size().max() <= 2
     best = table.sort_values("add_flip_rate", ascending=False).iloc[0]
     assert best["box"] == (6, 6, 2, 2)  # the 2x2 patch in the bottom-right corner of 8x8 digits
     assert best["add_flip_rate"] >= 0.5 and best["verdict"] in ("confirmed", "weak")

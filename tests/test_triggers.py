@@ -381,6 +381,20 @@ def test_the_add_test_runs_on_held_out_images_when_given(corner, digits):
                                  holdout=(held[:, :4, :4], digits.labels[:400]))
 
 
+def test_a_patch_group_read_without_patches_offers_its_image_wide_difference(corner):
+    # What find_triggers tries where the model does not answer a group's patch (a sinusoid's crest is a column all
+    # its carriers share): the same group's difference from its look-alikes, which the patch dominates here.
+    p, pp = corner
+    ds, group = p.dataset, _poison(p)
+    cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels,
+                                   patches=False)
+    assert not cand.local and cand.box is None and cand.description.startswith("no local pattern")
+    strength = np.abs(cand.difference)
+    assert strength[5:, 5:].mean() > 3 * strength.mean()
+    [confirmed] = confirm_image_candidates([cand], ds.images, predict_proba=pp, labels=ds.labels)
+    assert confirmed.confirmation.add_flip_rate >= 0.5, confirmed.confirmation.reason
+
+
 def test_a_random_box_is_not_confirmed(corner):
     p, pp = corner
     ds, group = p.dataset, _poison(p)
@@ -468,13 +482,32 @@ def test_an_image_wide_trigger_is_reconstructed_against_look_alikes_not_label_pe
     p, group = sinusoid
     ds = p.dataset
     cand = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
-    assert not cand.local and cand.target == 0 and "the images it looks like" in cand.description
+    assert not cand.local and cand.target == 0 and "the images they look like" in cand.description
     delta = np.asarray(p.trigger.delta, dtype=float)
     # Against the label peers (zeros) the mean difference is the shapes of the other digits, not the sinusoid.
     naive = ds.images[group].astype(float).mean(axis=0) - cand.peer_mean
     assert abs(_cosine(naive, delta)) < 0.2
     assert _cosine(cand.difference, delta) > 0.7
     assert cand.strength == pytest.approx(np.abs(cand.difference).mean() / 255)
+
+
+def test_an_image_wide_difference_is_read_from_the_group_images_that_follow_it(sinusoid):
+    # A group the signals gathered is rarely pure: here as many clean zeros as carriers of the sinusoid.
+    p, group = sinusoid
+    ds = p.dataset
+    clean_zeros = np.flatnonzero((ds.labels == 0) & ~group)[: int(group.sum())]
+    mixed = group.copy()
+    mixed[clean_zeros] = True
+    cand = image_trigger_candidate(ds.images, mixed, peers=label_peers(ds.labels, mixed), labels=ds.labels)
+    assert not cand.local and f"the {int(cand.carriers.sum())} group images" in cand.description
+    chosen = cand.group[cand.carriers]
+    assert len(chosen) == pytest.approx(mixed.sum() / 2, abs=1)
+    assert group[chosen].mean() >= 0.8  # from half: the half that follows the mean difference is mostly carriers
+    delta = np.asarray(p.trigger.delta, dtype=float)
+    assert _cosine(cand.difference, delta) > 0.7
+    # The clean half would have diluted it: the carriers' own difference is as strong as the pure group's.
+    pure = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
+    assert cand.strength >= 0.8 * pure.strength
 
 
 def test_carriers_of_an_image_wide_difference_are_found_by_their_deviation_from_look_alikes(sinusoid):

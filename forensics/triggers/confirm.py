@@ -418,9 +418,9 @@ def confirm_image_trigger(
       adding pastes the pattern at ``box``; the controls fill a random box of the same size elsewhere and
       paste a window of the same size cut at a random place of a random non-carrier image.
     - moving patch: the same at the place found in each carrier (remove) or at a random place (add).
-    - no local pattern: carriers are the candidate's group; removing subtracts the mean difference image,
-      adding adds it (clipped to 0..255); the controls use the mean difference of as many random other images
-      from their look-alikes, at the same strength.
+    - no local pattern: carriers are the candidate's carriers (the group images its difference is the mean of);
+      removing subtracts the mean difference image, adding adds it (clipped to 0..255); the controls use the mean
+      difference of as many random other images from their look-alikes, at the same strength.
 
     Parameters
     ----------
@@ -466,7 +466,7 @@ def confirm_image_trigger(
         carriers = match >= match_threshold
     else:
         carriers = np.zeros(n, dtype=bool)
-        carriers[candidate.group] = True
+        carriers[candidate.group[candidate.carriers]] = True
     target = _target(target if target is not None else candidate.target, carriers, pred)
 
     held = holdout_set(holdout, predict_proba, kind="image", like=x)

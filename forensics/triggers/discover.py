@@ -111,8 +111,9 @@ def find_triggers(
 
     Text: n-grams over-represented among the most suspicious texts and tied to one predicted class. Images: for
     each class, the pattern its most suspicious members (the top ``group_share`` of the class by suspicion, at
-    least ``min_group``) share and the rest of the class lacks (a fixed or moving patch), else their image-wide
-    difference from the images they look like (a blend, a sinusoid); the same for the images each class's fine detail
+    least ``min_group``) share and the rest of the class lacks (a fixed or moving patch), else, or also where the
+    model does not answer the patch (a sinusoid's crest is a column every carrier shares), their image-wide difference
+    from the images they look like (a blend, a sinusoid); the same for the images each class's fine detail
     sets apart (:func:`forensics.triggers.image.fine_detail_groups`: a blended pattern no signal sees, as in colour
     images) where no patch found already explains them; and every shared mark
     (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. Texts are searched three
@@ -211,6 +212,9 @@ def find_triggers(
                 chosen.append(rows)
                 groups.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
                                                          ids=ds.ids, labels=ds.labels, random_state=random_state))
+        # A patch the model does not answer may be the visible part of an image-wide trigger (a sinusoid's crest
+        # is the same column in every carrier): such a group's image-wide difference is tried as well.
+        searched = len(groups)
         # A patch pasted pixel for pixel into many images is a candidate even when the model barely learned it
         # (a clean-label patch): its carriers need not stand out to any other signal.
         for group, chance in _mark_groups(inv):
@@ -228,6 +232,18 @@ def find_triggers(
                     f"which chance would give {chance:.0e} times")))
         confirmed: list[Any] = tr.confirm_image_candidates(groups, ds.images, predict_proba=predict, labels=ds.labels,
                                                            predictions=pred, holdout=held, random_state=random_state)
+        wide = []
+        for c in confirmed[:searched]:
+            if c.local and c.confirmation.verdict != "confirmed":
+                group = np.zeros(len(ds), bool)
+                group[c.group] = True
+                wide.append(tr.image_trigger_candidate(ds.images, group, peers=tr.label_peers(ds.labels, group),
+                                                       ids=ds.ids, labels=ds.labels, patches=False,
+                                                       random_state=random_state))
+        if wide:
+            confirmed += tr.confirm_image_candidates(wide, ds.images, predict_proba=predict, labels=ds.labels,
+                                                     predictions=pred, holdout=held,
+                                                     random_state=random_state + len(confirmed))
         if warps and holdout is not None and _is_torch_module(model) and len(np.unique(holdout.labels)) >= 3:
             # The probe reads the layer the investigation read, unless its features were given from elsewhere.
             layer, pooling = inv.params.get("layer"), inv.params.get("pooling")
