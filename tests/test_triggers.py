@@ -51,7 +51,7 @@ from forensics.triggers import (
 from forensics.triggers.discover import find_triggers
 from forensics.triggers.findings import label_purity_log10_p
 from forensics.triggers.text import CANDIDATE_COLUMNS, display_ngram, enrichment_surprise
-from forensics.triggers.warp import WARP_COLUMNS, reconstruct_warps
+from forensics.triggers.warp import WARP_COLUMNS, probe_carriers, reconstruct_warps
 
 PHRASE = ("great", "product", "!")
 
@@ -508,6 +508,25 @@ def test_an_image_wide_difference_is_read_from_the_group_images_that_follow_it(s
     # The clean half would have diluted it: the carriers' own difference is as strong as the pure group's.
     pure = image_trigger_candidate(ds.images, group, peers=label_peers(ds.labels, group), labels=ds.labels)
     assert cand.strength >= 0.8 * pure.strength
+
+
+def test_the_carriers_of_a_learned_image_wide_trigger_look_to_the_model_like_the_images_it_turns(digits):
+    train, held = digits.subset(np.arange(len(digits)) < 1400), digits.subset(np.arange(len(digits)) >= 1400)
+    p = redteam.sinusoid_backdoor(train, target=0, rate=0.1, amplitude=30, frequency=2.0, random_state=1)
+    model = train_reference_model(p.dataset, epochs=8, random_state=0, progress=False)
+    ds, carriers = p.dataset, _poison(p)
+    others, zeros = held.images[held.labels != 0], held.images[held.labels == 0]
+    evidence, n_clean = probe_carriers(model, ds.images, ds.labels, 0, p.trigger.apply(others), zeros)
+    assert n_clean >= 0.9 * len(zeros) and (evidence[ds.labels != 0] == 0).all()
+    zero = ds.labels == 0
+    assert roc_auc_score(carriers[zero], evidence[zero]) > 0.95
+    # At the bar find_warp sets (what n_clean held-out zeros can tell apart: 37 here, p <= 0.026), nearly every
+    # carrier and few clean zeros (measured 1.00 and 0.12: a null read from 37 images is rough).
+    bar = min(2.0, np.log10(n_clean + 1))
+    assert (evidence[carriers] >= bar).mean() > 0.9 and (evidence[zero & ~carriers] >= bar).mean() < 0.2
+    # Too few triggered images that the model turns: no probe, no evidence.
+    nothing, _ = probe_carriers(model, ds.images, ds.labels, 0, others[:5], zeros)
+    assert not nothing.any()
 
 
 def test_carriers_of_an_image_wide_difference_are_found_by_their_deviation_from_look_alikes(sinusoid):

@@ -18,7 +18,9 @@
 - :func:`find_triggers` (:mod:`.discover`): all of the above over an investigation.
 - :func:`reconstruct_warps` (:mod:`.warp`): per class, the smooth warp (WaNet) that turns the most images of the other
   classes into it, optimized on the model, and how far that class stands out among the classes; :func:`find_warp`:
-  the one that stands out, confirmed by its add test, with its carriers (:class:`WarpTriggerCandidate`).
+  the one that stands out, confirmed by its add test, with its carriers (:class:`WarpTriggerCandidate`);
+  :func:`probe_carriers`: the images of a class that look, in the model's features, like held-out images a trigger
+  turns (a warp's carriers, and an image-wide difference's beside their pixels).
 
 Nothing here imports torch on import: the model is reached through a ``predict_proba`` callable (payload batch ->
 probabilities), e.g. ``functools.partial(forensics.models.predict_proba, model)``; :func:`reconstruct_warps`, which
@@ -58,7 +60,7 @@ from .image import (
     search_image,
 )
 from .text import remove_ngram, search_text, suspicious_set, text_trigger_candidates, tokenize
-from .warp import WARP_ANOMALY, WARP_COLUMNS, WarpTriggerCandidate, find_warp, reconstruct_warps
+from .warp import WARP_ANOMALY, WARP_COLUMNS, WarpTriggerCandidate, find_warp, probe_carriers, reconstruct_warps
 
 __all__ = [
     "VERDICT_RULE",
@@ -84,6 +86,7 @@ __all__ = [
     "image_trigger_candidate",
     "label_peers",
     "locate_pattern",
+    "probe_carriers",
     "reconstruct_warps",
     "remove_ngram",
     "search_image",

@@ -283,13 +283,7 @@ def find_warp(
         None when no class stands out, or when the model gets fewer than 2 held-out images of the other classes
         right for some class.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    from ..activations import extract_activations
-    from ..data import Dataset
     from ..redteam import WarpTrigger
-    from ..signals.combine import tail_probability
     from .findings import binomial_log10_p
 
     x = check_images(images, allow_empty=False)
@@ -323,14 +317,61 @@ def find_warp(
                                 control_add_tried=n_eval, verdict=v, reason=reason)
     flow = np.asarray(top["flow"], dtype=np.float32)
 
+    evidence, n_clean = probe_carriers(model, x, y, target, WarpTrigger(flow, target).apply(hx[hy != target]),
+                                       hx[hy == target], preprocess=preprocess, layer=layer, pooling=pooling,
+                                       random_state=random_state)
+    threshold = min(-np.log10(CARRIER_P), np.log10(n_clean + 1))
+    pixels = f"{strength:g} pixel{'' if strength == 1 else 's'}"
+    description = (f"a smooth warp of at most {pixels} (WaNet) reconstructed on the model: it turns "
+                   f"{100 * turned / n_eval:.0f}% of held-out images of other classes into class {target} (a random "
+                   f"warp of the same size: {100 * control / n_eval:.0f}%); the class stands out among the classes "
+                   f"(anomaly {top['anomaly']:.1f})")
+    return WarpTriggerCandidate(target=target, flow=flow, anomaly=float(top["anomaly"]), evidence=evidence,
+                                threshold=float(threshold), confirmation=confirmation,
+                                add_log10_p=binomial_log10_p(turned, n_eval, control, n_eval),
+                                description=description)
+
+
+def probe_carriers(
+    model: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    target: int,
+    triggered: np.ndarray,
+    clean: np.ndarray,
+    *,
+    preprocess: Any = None,
+    layer: str | None = None,
+    pooling: Any = "flatten",
+    random_state: int = 0,
+) -> tuple[np.ndarray, int]:
+    """How surely each image labelled ``target`` carries a trigger, read in the model's features: ``-log10`` p, 0 for
+    the other images (shape (n,)), and how many clean images the null was read from.
+
+    A logistic probe between the ``triggered`` held-out images of other classes that the model turns to ``target``
+    and the ``clean`` held-out images of ``target`` that it gets right; each image labelled ``target`` is scored by
+    it and read against the clean side's own out-of-fold scores as a tail probability
+    (:func:`forensics.signals.combine.tail_probability`). All zero when either side has fewer than
+    :data:`MIN_PROBE` images. A carrier looks to the model like the trigger it learned, whether or not its pixels
+    show it plainly (a warp leaves nothing to find in them; a faint sinusoid of low frequency is partly taken for the
+    look-alikes' own shading).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from ..activations import extract_activations
+    from ..data import Dataset
+    from ..signals.combine import tail_probability
+
     def features(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         acts = extract_activations(model, Dataset.from_numpy(batch, np.zeros(len(batch), np.int64)), layers=layer,
                                    pooling=pooling, preprocess=preprocess, progress=False)
         return np.asarray(acts.feature(), dtype=np.float64), np.asarray(acts.predictions)
 
-    warped, warped_pred = features(WarpTrigger(flow, target).apply(hx[hy != target]))
-    clean, clean_pred = features(hx[hy == target])
-    a, b = warped[warped_pred == target], clean[clean_pred == target]
+    x, y = np.asarray(images), np.asarray(labels)
+    turned, turned_pred = features(triggered)
+    right, right_pred = features(clean)
+    a, b = turned[turned_pred == target], right[right_pred == target]
     evidence = np.zeros(len(x))
     rows = np.flatnonzero(y == target)
     if min(len(a), len(b)) >= MIN_PROBE and len(rows):
@@ -344,17 +385,8 @@ def find_warp(
         probe.fit((both - mean) / scale, side)
         scores = probe.decision_function((features(x[rows])[0] - mean) / scale)
         evidence[rows] = np.clip(-np.log10(tail_probability(scores, reference=reference)), 0.0, 300.0)
-    threshold = min(-np.log10(CARRIER_P), np.log10(len(b) + 1))
-    pixels = f"{strength:g} pixel{'' if strength == 1 else 's'}"
-    description = (f"a smooth warp of at most {pixels} (WaNet) reconstructed on the model: it turns "
-                   f"{100 * turned / n_eval:.0f}% of held-out images of other classes into class {target} (a random "
-                   f"warp of the same size: {100 * control / n_eval:.0f}%); the class stands out among the classes "
-                   f"(anomaly {top['anomaly']:.1f})")
-    return WarpTriggerCandidate(target=target, flow=flow, anomaly=float(top["anomaly"]), evidence=evidence,
-                                threshold=float(threshold), confirmation=confirmation,
-                                add_log10_p=binomial_log10_p(turned, n_eval, control, n_eval),
-                                description=description)
+    return evidence, len(b)
 
 
 __all__ = ["CARRIER_P", "MIN_PROBE", "MIN_SPREAD", "WARP_ANOMALY", "WARP_COLUMNS", "WarpTriggerCandidate", "find_warp",
-           "reconstruct_warps"]
+           "probe_carriers", "reconstruct_warps"]
