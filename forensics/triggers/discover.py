@@ -247,6 +247,11 @@ def find_triggers(
             confirmed += tr.confirm_image_candidates(wide, ds.images, predict_proba=predict, labels=ds.labels,
                                                      predictions=pred, holdout=held,
                                                      random_state=random_state + len(confirmed))
+        # An image-wide difference whose carriers mostly hold a confirmed patch is that patch seen through a group
+        # it only half explains (its difference is the patch, spread thin): it restates the patch, not a trigger.
+        confirmed_patches = [c for c in confirmed if c.local and c.confirmation.verdict == "confirmed"]
+        confirmed = [c for c in confirmed if c.local or not any(
+            _holds_pattern(patch, ds.images, c.group[c.carriers]) for patch in confirmed_patches)]
         if holdout is not None and _is_torch_module(model):
             # The probes read the layer the investigation read, unless its features were given from elsewhere.
             layer, pooling = inv.params.get("layer"), inv.params.get("pooling")
