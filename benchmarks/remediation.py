@@ -13,6 +13,7 @@ The plan's cost is read against the ground truth: poison removed or relabelled, 
     python benchmarks/remediation.py --data --matrix blend-seed102 pair_flip-seed100   # cells of the attack matrix
     python benchmarks/remediation.py --data --matrix warp-e8-seed104   # a victim trained 8 epochs
     python benchmarks/remediation.py --trusted 500   # 500 test samples as a trusted set
+    python benchmarks/remediation.py --train-seeds 5   # accuracies also as the mean of 5 trainings each
 
 Prints a Markdown table with the command that produced it (the numbers go to ``benchmarks/RESULTS.md``).
 """
@@ -32,17 +33,20 @@ import pandas as pd
 import forensics
 from forensics import redteam, sample_data
 from forensics.data import Dataset
-from forensics.models import train_reference_model
+from forensics.models import predict_proba, train_reference_model
 from forensics.sample_data.build import attack_metrics
 from forensics.verify import verify
 
 
 def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.DataFrame, seed: int, *,
-        pairs: bool = False, trusted: int = 0, epochs: int | None = None, trigger: Any = None) -> dict[str, object]:
+        pairs: bool = False, trusted: int = 0, epochs: int | None = None, trigger: Any = None,
+        train_seeds: int = 1) -> dict[str, object]:
     """The loop on one dataset with its model and ground truth: one row of the table. With ``trusted``, that many
     samples drawn from the test split (never trained on) are the trusted set, and the rest is the holdout; ``epochs``:
     the retrained models' (None: the reference default); ``trigger``: the attacker's own (default the one planted in
-    the ground truth, ``truth.attrs["trigger"]``), whose attack success is measured on the retrained models too."""
+    the ground truth, ``truth.attrs["trigger"]``), whose attack success is measured on the retrained models too;
+    ``train_seeds`` > 1: the three models are trained again with that many seeds in all (``seed``, ``seed + 1``, ...)
+    and their mean accuracies reported too, since one training's accuracy moves by about a point from seed to seed."""
     t0 = time.perf_counter()
     trusted_set = None
     if trusted:
@@ -58,18 +62,25 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
     models: list[Any] = []
 
     def train(ds: Dataset) -> Any:  # the reference model, kept to measure the attacker's own trigger on it
-        models.append(train_reference_model(ds, random_state=seed, progress=False,
-                                            **({} if epochs is None else {"epochs": epochs})))
+        models.append(train_reference_model(ds, random_state=seed, progress=False, epochs=epochs))
         return models[-1]
 
     result = verify(inv, sanitized, holdout=test, train_fn=train, reinvestigate=False)
-    clean = verify(inv, train_data.subset(~poison), holdout=test, train_fn=train, reinvestigate=False)
+    clean_data = train_data.subset(~poison)
+    clean = verify(inv, clean_data, holdout=test, train_fn=train, reinvestigate=False)
     trigger = truth.attrs.get("trigger") if trigger is None else trigger
     if isinstance(trigger, dict):  # a bundled dataset's ground truth keeps it as its JSON description
         trigger = redteam.trigger_from_dict(trigger)
     # verify trains the original, then the sanitized data; the second call the original again, then the clean data.
     own = [attack_metrics(m, test, trigger)["attack_success"] for m in (models[0], models[1], models[3])] \
         if trigger is not None and len(models) == 4 else None
+    accuracies = [[result.table.loc["original", "accuracy"], result.table.loc["sanitized", "accuracy"],
+                   clean.table.loc["sanitized", "accuracy"]]]
+    for s in range(seed + 1, seed + train_seeds):
+        retrained = [train_reference_model(ds, random_state=s, progress=False, epochs=epochs)
+                     for ds in (train_data, sanitized.dataset, clean_data)]
+        accuracies.append([float((predict_proba(m, test).argmax(axis=1) == test.labels).mean()) for m in retrained])
+    mean = np.mean(accuracies, axis=0)
     asr = [c for c in result.table.columns if c.startswith("asr ")]
     counts = plan.counts()
     return {
@@ -87,17 +98,21 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
         "accuracy original / sanitized / truly clean": (f"{result.table.loc['original', 'accuracy']:.4f} / "
                                                         f"{result.table.loc['sanitized', 'accuracy']:.4f} / "
                                                         f"{clean.table.loc['sanitized', 'accuracy']:.4f}"),
+        **({f"accuracy over {train_seeds} training seeds (mean, sanitized minus truly clean)": (
+            f"{mean[0]:.4f} / {mean[1]:.4f} / {mean[2]:.4f} ({100 * (mean[1] - mean[2]):+.2f} points)")}
+           if train_seeds > 1 else {}),
         "seconds": round(time.perf_counter() - t0),
     }
 
 
-def bundled(name: str, seed: int, pairs: bool, trusted: int) -> dict[str, object]:
+def bundled(name: str, seed: int, pairs: bool, trusted: int, train_seeds: int) -> dict[str, object]:
     data = sample_data.load(name)
     model, _ = data.model()
-    return run(name, data.train, data.test, model, sample_data.load_truth(name), seed, pairs=pairs, trusted=trusted)
+    return run(name, data.train, data.test, model, sample_data.load_truth(name), seed, pairs=pairs, trusted=trusted,
+               train_seeds=train_seeds)
 
 
-def matrix_cell(name: str, pairs: bool, trusted: int) -> dict[str, object]:
+def matrix_cell(name: str, pairs: bool, trusted: int, train_seeds: int) -> dict[str, object]:
     """A cell of the attack matrix (``family-seedN``, or ``family-eK-seedN`` for a victim trained K epochs), with the
     model the matrix trained and cached for it; the models are retrained as long."""
     import matrix
@@ -113,7 +128,7 @@ def matrix_cell(name: str, pairs: bool, trusted: int) -> dict[str, object]:
         raise SystemExit(f"no cached model for {name}: run python benchmarks/matrix.py first")
     model, _ = load_model(folder)
     return run(f"matrix {name}", built.train, built.test, model, built.truth, int(seed), pairs=pairs, trusted=trusted,
-               epochs=epochs, trigger=built.trigger)
+               epochs=epochs, trigger=built.trigger, train_seeds=train_seeds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,9 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", action="store_true", help="the plan relabels back one-way relabellings as a whole")
     parser.add_argument("--trusted", type=int, default=0, metavar="N",
                         help="N test samples are a trusted set (investigate(trusted=...)), not the holdout")
+    parser.add_argument("--train-seeds", type=int, default=1, metavar="N",
+                        help="also the mean accuracy of the original, sanitized and truly clean models over N "
+                             "training seeds (one training's accuracy moves by about a point)")
     args = parser.parse_args(argv)
-    rows = ([bundled(name, args.seed, args.pairs, args.trusted) for name in args.data]
-            + [matrix_cell(name, args.pairs, args.trusted) for name in args.matrix])
+    rows = ([bundled(name, args.seed, args.pairs, args.trusted, args.train_seeds) for name in args.data]
+            + [matrix_cell(name, args.pairs, args.trusted, args.train_seeds) for name in args.matrix])
     table = pd.DataFrame(rows)
     print(f"Command: `python benchmarks/remediation.py {shlex.join(argv if argv is not None else sys.argv[1:])}`  ")
     print(f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
