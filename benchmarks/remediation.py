@@ -46,7 +46,8 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
     the retrained models' (None: the reference default); ``trigger``: the attacker's own (default the one planted in
     the ground truth, ``truth.attrs["trigger"]``), whose attack success is measured on the retrained models too;
     ``train_seeds`` > 1: the three models are trained again with that many seeds in all (``seed``, ``seed + 1``, ...)
-    and their mean accuracies reported too, since one training's accuracy moves by about a point from seed to seed."""
+    and their mean accuracies (and the attacker's trigger's mean attack success) reported too, since one training's
+    accuracy moves by about a point from seed to seed."""
     t0 = time.perf_counter()
     trusted_set = None
     if trusted:
@@ -76,10 +77,13 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
         if trigger is not None and len(models) == 4 else None
     accuracies = [[result.table.loc["original", "accuracy"], result.table.loc["sanitized", "accuracy"],
                    clean.table.loc["sanitized", "accuracy"]]]
+    successes = [own] if own is not None else []
     for s in range(seed + 1, seed + train_seeds):
         retrained = [train_reference_model(ds, random_state=s, progress=False, epochs=epochs)
                      for ds in (train_data, sanitized.dataset, clean_data)]
         accuracies.append([float((predict_proba(m, test).argmax(axis=1) == test.labels).mean()) for m in retrained])
+        if own is not None:
+            successes.append([attack_metrics(m, test, trigger)["attack_success"] for m in retrained])
     mean = np.mean(accuracies, axis=0)
     asr = [c for c in result.table.columns if c.startswith("asr ")]
     counts = plan.counts()
@@ -101,6 +105,8 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
         **({f"accuracy over {train_seeds} training seeds (mean, sanitized minus truly clean)": (
             f"{mean[0]:.4f} / {mean[1]:.4f} / {mean[2]:.4f} ({100 * (mean[1] - mean[2]):+.2f} points)")}
            if train_seeds > 1 else {}),
+        **({f"attacker's trigger over {train_seeds} training seeds (mean)": "{:.3f} -> {:.3f} ({:.3f})".format(
+            *np.mean(successes, axis=0))} if train_seeds > 1 and successes else {}),
         "seconds": round(time.perf_counter() - t0),
     }
 
