@@ -395,6 +395,31 @@ def test_a_patch_group_read_without_patches_offers_its_image_wide_difference(cor
     assert confirmed.confirmation.add_flip_rate >= 0.5, confirmed.confirmation.reason
 
 
+def test_an_image_wide_difference_that_restates_a_confirmed_patch_is_dropped(corner):
+    # A group half made of a patch's carriers offers no patch of its own, but the half that follows its mean is the
+    # carriers, whose difference is the patch spread thin: the model answers it. With the patch itself confirmed,
+    # that difference is the patch again, not a second trigger; the difference of a group without carriers stays.
+    from forensics.triggers.discover import _without_restatements
+
+    p, pp = corner
+    ds, poison = p.dataset, _poison(p)
+    clean_zeros = np.flatnonzero((ds.labels == 0) & ~poison)
+    half = poison.copy()
+    half[clean_zeros[:poison.sum()]] = True
+    clean = np.zeros(len(ds), bool)
+    clean[clean_zeros[poison.sum():2 * poison.sum()]] = True
+    cands = [image_trigger_candidate(ds.images, g, peers=label_peers(ds.labels, g), labels=ds.labels,
+                                     patches=local, random_state=0)
+             for g, local in ((poison, True), (half, False), (clean, False))]
+    patch, spread, other = confirm_image_candidates(cands, ds.images, predict_proba=pp, labels=ds.labels,
+                                                    random_state=0)
+    assert patch.local and patch.confirmation.verdict == "confirmed"
+    assert not spread.local and spread.confirmation.verdict == "confirmed", spread.confirmation.reason
+    assert [id(c) for c in _without_restatements([patch, spread, other], ds.images)] == [id(patch), id(other)]
+    # Without a confirmed patch there is nothing it restates.
+    assert [id(c) for c in _without_restatements([spread, other], ds.images)] == [id(spread), id(other)]
+
+
 def test_a_random_box_is_not_confirmed(corner):
     p, pp = corner
     ds, group = p.dataset, _poison(p)

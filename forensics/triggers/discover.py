@@ -80,6 +80,16 @@ def _holds_pattern(candidate: Any, images: np.ndarray, rows: np.ndarray) -> bool
     return bool(np.mean(match >= 0.9) >= 0.5)
 
 
+def _without_restatements(candidates: list[Any], images: np.ndarray) -> list[Any]:
+    """The image candidates without the image-wide differences that restate a confirmed patch: a difference whose
+    carriers mostly hold the patch is that patch seen through a group it only half explains (the half of the group
+    that follows its mean is the patch's carriers, and their difference is the patch spread thin, which the model
+    answers; on the bundled images it was confirmed beside the patch with 642 carriers)."""
+    patches = [c for c in candidates if c.local and c.confirmation.verdict == "confirmed"]
+    return [c for c in candidates if c.local or not any(
+        _holds_pattern(patch, images, c.group[c.carriers]) for patch in patches)]
+
+
 def _mark_groups(inv: Investigation) -> list[tuple[np.ndarray, float]]:
     """The shared marks of an investigation's images as (carrier mask, chance): read back from what
     :func:`investigate` kept (``samples["shared_mark"]`` and the signal's scores), else found anew."""
@@ -116,7 +126,9 @@ def find_triggers(
     from the images they look like (a blend, a sinusoid); the same for the images each class's fine detail
     sets apart (:func:`forensics.triggers.image.fine_detail_groups`: a blended pattern no signal sees, as in colour
     images) where no patch found already explains them; and every shared mark
-    (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. Texts are searched three
+    (:func:`forensics.signals.marks.shared_marks`) those groups do not already hold. An image-wide difference is read
+    from the half of its group that follows the group's mean (a group is rarely pure), and one whose carriers mostly
+    hold a confirmed patch is dropped: it is that patch again. Texts are searched three
     times, up to ``top_text`` candidates each: among the most suspicious samples overall, among those that look
     backdoored (:func:`backdoor_suspicion`, so that label noise cannot hide them), and by the class test alone (a
     trigger too rare for the signals to gather); the candidates are pooled. Every candidate is confirmed on ``model``
@@ -247,11 +259,7 @@ def find_triggers(
             confirmed += tr.confirm_image_candidates(wide, ds.images, predict_proba=predict, labels=ds.labels,
                                                      predictions=pred, holdout=held,
                                                      random_state=random_state + len(confirmed))
-        # An image-wide difference whose carriers mostly hold a confirmed patch is that patch seen through a group
-        # it only half explains (its difference is the patch, spread thin): it restates the patch, not a trigger.
-        confirmed_patches = [c for c in confirmed if c.local and c.confirmation.verdict == "confirmed"]
-        confirmed = [c for c in confirmed if c.local or not any(
-            _holds_pattern(patch, ds.images, c.group[c.carriers]) for patch in confirmed_patches)]
+        confirmed = _without_restatements(confirmed, ds.images)
         if holdout is not None and _is_torch_module(model):
             # The probes read the layer the investigation read, unless its features were given from elsewhere.
             layer, pooling = inv.params.get("layer"), inv.params.get("pooling")
