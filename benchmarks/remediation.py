@@ -99,9 +99,7 @@ def run(name: str, train_data: Dataset, test: Dataset, model: Any, truth: pd.Dat
             f"({clean.table.loc['sanitized', c]:.3f})" for c in asr) or "-",
         "attacker's trigger: ASR original -> sanitized (truly clean)": (
             f"{own[0]:.3f} -> {own[1]:.3f} ({own[2]:.3f})" if own is not None else "-"),
-        "accuracy original / sanitized / truly clean": (f"{result.table.loc['original', 'accuracy']:.4f} / "
-                                                        f"{result.table.loc['sanitized', 'accuracy']:.4f} / "
-                                                        f"{clean.table.loc['sanitized', 'accuracy']:.4f}"),
+        "accuracy original / sanitized / truly clean": " / ".join(f"{a:.4f}" for a in accuracies[0]),
         **({f"accuracy over {train_seeds} training seeds (mean, sanitized minus truly clean)": (
             f"{mean[0]:.4f} / {mean[1]:.4f} / {mean[2]:.4f} ({100 * (mean[1] - mean[2]):+.2f} points)")}
            if train_seeds > 1 else {}),
