@@ -12,7 +12,7 @@ from forensics.activations import extract_activations
 from forensics.analysis import compute_signals
 from forensics.errors import InputError
 from forensics.signals import get_signal, label_quality
-from forensics.signals.relabel import PAIR_COLUMNS, relabelled_pairs, targeted_flip_scores
+from forensics.signals.relabel import LABEL_COLUMNS, PAIR_COLUMNS, relabelled_pairs, targeted_flip_scores
 
 N_PER_CLASS, N_CLASSES = 400, 4
 
@@ -51,7 +51,8 @@ def flipped() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_a_one_way_relabelling_is_found_as_its_pair(flipped):
     labels, probs, flips = flipped
     pairs = relabelled_pairs(labels, probs)
-    assert list(pairs.columns) == list(PAIR_COLUMNS)
+    assert list(pairs.columns) == list(PAIR_COLUMNS + LABEL_COLUMNS)
+    assert list(pairs["test"]) == ["pair"] and list(pairs["purity"]) == [1.0]
     assert [(r.label, r.looks_like) for r in pairs.itertuples()] == [(0, 2)]
     [row] = pairs.itertuples()
     # The mirror is class 2's natural confusion; the excess undercounts the flips (relabelled samples that look
@@ -162,15 +163,17 @@ def test_compute_signals_runs_it_on_the_out_of_fold_probabilities_computed_once(
 def bundled() -> tuple:
     data = sample_data.load("image_backdoor")
     model, _ = data.model()
-    features = extract_activations(model, data.train, progress=False).feature()
-    return data.train, features
+    arrays = extract_activations(model, data.train, progress=False)
+    return data.train, arrays.feature(), arrays.probs
 
 
 def test_bundled_data_has_no_pair_even_with_a_class_cut_to_a_quarter(bundled):
-    ds, features = bundled
+    ds, features, own = bundled
     labels = ds.labels
-    # The bot relabels at random, every way at once: no pair.
+    # The bot relabels at random, every way at once: no pair, and no label holds too many lookalikes, by the probe
+    # or by the model's own probabilities.
     assert relabelled_pairs(labels, label_quality.out_of_fold_probs(features, labels)).empty
+    assert relabelled_pairs(labels, label_quality.out_of_fold_probs(features, labels), model_probs=own).empty
     # Shirts cut to a quarter. The confusion counts stay even both ways (a classifier's boundary moves toward the
     # smaller class), while a null scaled by class size would call a pair at a level far below any correction.
     keep = (labels != 6) | (np.random.default_rng(0).random(len(labels)) < 0.25)
@@ -186,7 +189,7 @@ def test_bundled_data_has_no_pair_even_with_a_class_cut_to_a_quarter(bundled):
 
 
 def test_bundled_shirts_relabelled_t_shirt_are_found(bundled):
-    ds, features = bundled
+    ds, features, own = bundled
     attacked = redteam.pair_flips(ds, from_class="Shirt", to_class="T-shirt/top", rate=0.2, random_state=0)
     labels = attacked.dataset.labels
     probs = label_quality.out_of_fold_probs(features, labels)
@@ -196,3 +199,35 @@ def test_bundled_shirts_relabelled_t_shirt_are_found(bundled):
     assert pairs.loc[0, "excess"] >= 0.5 * flipped.sum()
     top = np.argsort(-targeted_flip_scores(labels, probs, pairs=pairs), kind="stable")[: 2 * flipped.sum()]
     assert flipped[top].sum() / flipped.sum() >= 0.85  # recall when reviewing twice as many as were relabelled
+
+
+def test_a_label_holding_a_few_lookalikes_of_every_class_is_found_many_to_one(bundled):
+    """A backdoor relabelled to its target that the model did not learn: 15 of every other class given label 3 (1.1%
+    of the data). Pairs find only the class that Dress is never confused with (Sandal, 21 against 2); the label
+    test finds the rest, against every class at once, and scales its lookalikes' probabilities by the share of them
+    that the excess explains."""
+    ds, features, own = bundled
+    rng = np.random.default_rng(1)
+    labels = ds.labels.copy()
+    moved = np.concatenate([rng.choice(np.flatnonzero(labels == c), 15, replace=False) for c in range(10) if c != 3])
+    labels[moved] = 3
+    probs = label_quality.out_of_fold_probs(features, labels)
+    pairs = relabelled_pairs(labels, probs)
+    assert set(pairs["label"]) == {3}
+    by_pair, by_label = pairs[pairs["test"] == "pair"], pairs[pairs["test"] == "label"]
+    assert list(by_pair["looks_like"]) == [5] and (by_pair["purity"] == 1).all()
+    assert len(by_label) >= 6 and 5 not in set(by_label["looks_like"])  # a found pair is left out of the label test
+    assert (by_label["p_value"] < 0.01 / 90).all() and (by_label["excess"] > 0).all()
+    purity = by_label["purity"].iloc[0]
+    assert 0.3 < purity < 1 and (by_label["purity"] == purity).all()
+    top = np.argsort(-targeted_flip_scores(labels, probs, pairs=pairs), kind="stable")[: 2 * len(moved)]
+    pair_only = np.argsort(-targeted_flip_scores(labels, probs, pairs=by_pair), kind="stable")[: 2 * len(moved)]
+    # Recall at twice the count: 0.99 here; the pair alone 0.40 (its sandals, and whatever else looks like one).
+    assert np.isin(moved, top).mean() >= 0.9 > 0.5 >= np.isin(moved, pair_only).mean()
+    # The model that never saw these labels (as one that did not learn a backdoor): its own probabilities find them.
+    pairs = relabelled_pairs(labels, probs, model_probs=own)
+    assert set(pairs.loc[pairs["test"] == "label", "label"]) == {3}
+    top = np.argsort(-targeted_flip_scores(labels, probs, pairs=pairs, model_probs=own), kind="stable")
+    assert np.isin(moved, top[: 2 * len(moved)]).mean() >= 0.9
+    with pytest.raises(InputError, match="model_probs"):
+        relabelled_pairs(labels, probs, model_probs=own[:, :4])

@@ -64,9 +64,12 @@ def _label_quality(ctx: SignalContext, *, method: str) -> np.ndarray:
 def _targeted_flip(ctx: SignalContext, *, alpha: float) -> np.ndarray:
     """Probability of a one-way relabelling between two classes (their confusion is not mutual)."""
     oof = ctx.out_of_fold()
-    pairs = ctx.shared(("relabelled_pairs", alpha), lambda: relabel.relabelled_pairs(ctx.labels, oof, alpha=alpha))
+    # The model's own probabilities see a backdoor it did not learn (the label test; see relabel), when they are given.
+    own = ctx.probs if ctx.probs is not None and ctx.probs.shape == oof.shape else None
+    pairs = ctx.shared(("relabelled_pairs", alpha), lambda: relabel.relabelled_pairs(ctx.labels, oof, alpha=alpha,
+                                                                                    model_probs=own))
     ctx.outputs["relabelled_pairs"] = pairs
-    return relabel.targeted_flip_scores(ctx.labels, oof, pairs=pairs, alpha=alpha)
+    return relabel.targeted_flip_scores(ctx.labels, oof, pairs=pairs, alpha=alpha, model_probs=own)
 
 
 @register("activation_cluster", reason="in a small, separate activation cluster", null="exact_p", tags=("backdoor",),

@@ -27,6 +27,26 @@ rule with the label, ``rho_b p_b / ((1 - rho_b) p_a)``, ranked them worse still 
 pair is in excess (random flips are mutual and leave this signal silent: the loss and label-quality signals find
 those). The combination reads the score as the posterior it is (:mod:`forensics.signals.combine`, the
 ``"posterior"`` null).
+
+**Many-to-one.** A backdoor relabels images of every class to its target; where the model did not learn the trigger
+(a faint blend, too few poisoned samples, too short a training), what is left is a label that holds a few lookalikes
+of every other class: 15 to 40 of each, against a natural confusion of each pair that no pair test at a corrected
+level can tell them from. Summed over the label's row they stand out: the label's lookalikes of other classes
+against the other classes' lookalikes of it, one binomial test (the found pairs left out of both sides), at the
+pairs' own corrected level. Its rows (``test == "label"``) carry every class the label holds in excess, and the
+probability of each sample is scaled by the label's *purity*, the share of its lookalikes the excess explains: a
+label test that holds 82 lookalikes against a mirror of 1 makes its lookalikes near-certain, one at 60 against 30
+makes them even odds. The test reads the probe's probabilities and, when given, the model's own (``model_probs``;
+each at half the level): a probe fitted to the model's features learns the trigger from the other poisoned samples
+(the label's excess is then hidden in the probe: report seed 105's sinusoid, p = 0.02 by the probe, 2e-9 by the model),
+while a model that did not learn the trigger gives them the probabilities of their own classes; the reverse also
+happens (report seed 104's blend, 7e-6 by the probe, 4e-3 by the model). At the level ``alpha / n_classes`` a cell of
+10% random flips fired on natural asymmetry (p = 7e-4, tuning seed 2); at the pairs' level no clean control of the
+attack matrix comes near (smallest p 1e-3, tuning and report seeds, both readings). On the attack matrix the cells
+whose backdoor did not take, where only the loss had seen the poison, went from r@2x 0.22-0.71 to 0.99-1.00 on the
+tuning seeds (blend 0, patches 0 and 2), and on the report seeds ten cells rose, all backdoors that did not take
+(sinusoids, blends, a warp: 0.03-0.67 to 0.82-1.00 on the six worst)
+(``benchmarks/RESULTS.md``, "Since: a label that holds a few lookalikes of every class"), no clean control changing.
 """
 
 from __future__ import annotations
@@ -43,6 +63,10 @@ from .loss import check_labels_against
 ALPHA = 0.01
 #: Columns of :func:`relabelled_pairs`.
 PAIR_COLUMNS = ("label", "looks_like", "count", "mirror", "excess", "p_value")
+#: Further columns of :func:`relabelled_pairs`: ``test`` is ``"pair"`` (the pair against its mirror) or ``"label"``
+#: (the label against every other class at once, many-to-one); ``purity`` scales a label row's probabilities;
+#: ``read_on``: the probabilities the counts come from, ``"probe"`` (``pred_probs``) or ``"model"`` (``model_probs``).
+LABEL_COLUMNS = ("test", "purity", "read_on")
 
 
 def _checked(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +76,8 @@ def _checked(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np
     return y, probs
 
 
-def relabelled_pairs(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float = ALPHA) -> pd.DataFrame:
+def relabelled_pairs(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float = ALPHA,
+                     model_probs: np.ndarray | None = None) -> pd.DataFrame:
     """Ordered class pairs whose given label holds far more lookalikes of the other class than the reverse.
 
     Parameters
@@ -64,6 +89,10 @@ def relabelled_pairs(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float
         model's probabilities on its own training data agree with the labels it memorized, flips included.
     alpha : float in (0, 1)
         Family-wise level over all ordered pairs of classes present in ``labels`` (Bonferroni).
+    model_probs : ndarray, shape (n, n_classes), optional
+        The model's own probabilities on these samples, for the label test (default: ``pred_probs``). A backdoor
+        the model did not learn leaves its samples looking like their own classes there, while a probe fitted to
+        the model's features learns the trigger from the other poisoned samples.
 
     Returns
     -------
@@ -82,6 +111,7 @@ def relabelled_pairs(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float
 
     k = probs.shape[1]
     joint = np.rint(compute_confident_joint(y, probs)).astype(np.int64)
+    np.fill_diagonal(joint, 0)
     both = joint + joint.T
     present = np.bincount(y, minlength=k) > 0
     tested = present[:, None] & present[None, :] & ~np.eye(k, dtype=bool) & (both > 0)
@@ -89,11 +119,41 @@ def relabelled_pairs(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float
     p_value[tested] = stats.binom.sf(joint[tested] - 1, both[tested], 0.5)
     n_present = int(present.sum())
     level = alpha / max(n_present * (n_present - 1), 1)
-    rows = []
-    for a, b in zip(*np.nonzero(tested & (p_value < level))):
-        rows.append((int(a), int(b), int(joint[a, b]), int(joint[b, a]), int(joint[a, b] - joint[b, a]),
-                     float(p_value[a, b])))
-    table = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    found = tested & (p_value < level)
+    rows = [(int(a), int(b), int(joint[a, b]), int(joint[b, a]), int(joint[a, b] - joint[b, a]), float(p_value[a, b]),
+             "pair", 1.0, "probe") for a, b in zip(*np.nonzero(found))]
+    if n_present >= 3:
+        # Many-to-one: a label that holds lookalikes of every other class a few at a time (a backdoor relabelled to
+        # its target that the model did not learn) is in excess over its row, though no single pair is. The pairs
+        # already found are left out of both sides. Read on the probe's probabilities and, when given, on the
+        # model's own (each at half the level).
+        readings = [("probe", joint)]
+        if model_probs is not None:
+            own = check_probs(model_probs, len(y), name="model_probs").astype(np.float64)
+            if own.shape[1] != k:
+                raise InputError(f"model_probs has {own.shape[1]} classes; pred_probs has {k}")
+            own_joint = np.rint(compute_confident_joint(y, own)).astype(np.int64)
+            np.fill_diagonal(own_joint, 0)
+            readings.append(("model", own_joint))
+        best: dict[int, tuple[float, str, np.ndarray]] = {}
+        for read_on, counts in readings:
+            rest = np.where(found | found.T, 0, counts)
+            held, given = rest.sum(axis=1), rest.sum(axis=0)
+            label_p = np.ones(k)
+            some = present & (held + given > 0)
+            label_p[some] = stats.binom.sf(held[some] - 1, held[some] + given[some], 0.5)
+            for a in np.flatnonzero(label_p < level / len(readings)):
+                if a not in best or label_p[a] < best[a][0]:
+                    best[int(a)] = (float(label_p[a]), read_on, rest)
+        for a, (p_a, read_on, rest) in sorted(best.items()):
+            # The share of the label's lookalikes of other classes that the excess explains: how likely such a
+            # lookalike is to have been relabelled (its targeted_flip probability is scaled by it).
+            held_a, given_a = rest[a].sum(), rest[:, a].sum()
+            purity = float((held_a - given_a) / held_a)
+            rows += [(a, int(b), int(rest[a, b]), int(rest[b, a]), int(rest[a, b] - rest[b, a]), p_a, "label",
+                      purity, read_on)
+                     for b in np.flatnonzero(present & (rest[a] > rest[:, a])) if b != a]
+    table = pd.DataFrame(rows, columns=list(PAIR_COLUMNS + LABEL_COLUMNS))
     return table.sort_values(["p_value", "label", "looks_like"], ignore_index=True)
 
 
@@ -103,6 +163,7 @@ def targeted_flip_scores(
     *,
     pairs: pd.DataFrame | None = None,
     alpha: float = ALPHA,
+    model_probs: np.ndarray | None = None,
 ) -> np.ndarray:
     """Probability that each sample was relabelled from another class in a pair relabelled in excess.
 
@@ -113,8 +174,8 @@ def targeted_flip_scores(
 
     Parameters
     ----------
-    labels, pred_probs, alpha
-        As for :func:`relabelled_pairs`.
+    labels, pred_probs, alpha, model_probs
+        As for :func:`relabelled_pairs`; a label row (many-to-one) reads ``model_probs`` when given.
     pairs : DataFrame, optional
         The result of :func:`relabelled_pairs` on the same arrays (computed when not given).
 
@@ -125,20 +186,30 @@ def targeted_flip_scores(
     """
     y, probs = _checked(labels, pred_probs)
     if pairs is None:
-        pairs = relabelled_pairs(y, probs, alpha=alpha)
+        pairs = relabelled_pairs(y, probs, alpha=alpha, model_probs=model_probs)
+    own = probs if model_probs is None else check_probs(model_probs, len(y), name="model_probs").astype(np.float64)
+    if own.shape != probs.shape:
+        raise InputError(f"model_probs has shape {own.shape}; pred_probs has {probs.shape}")
+    read_on = pairs["read_on"].to_numpy(dtype=object) if "read_on" in pairs else np.full(len(pairs), "probe", object)
     missing = set(PAIR_COLUMNS) - set(pairs.columns)
     if missing:
         raise InputError(f"pairs lacks the column(s) {sorted(missing)}; pass the result of relabelled_pairs")
     size = np.bincount(y, minlength=probs.shape[1]).astype(np.float64)
     out = np.zeros(len(y))
-    for pair in pairs.itertuples(index=False):
+    purity = pairs["purity"].to_numpy(dtype=np.float64) if "purity" in pairs else np.ones(len(pairs))
+    for pair, share, reading in zip(pairs.itertuples(index=False), purity, read_on):
         a, b = int(pair.label), int(pair.looks_like)
         if not (0 <= a < len(size) and 0 <= b < len(size)) or size[a] == 0 or size[b] == 0:
             raise InputError(f"pairs names classes {a} and {b}, which these labels do not both hold")
+        if not 0 <= share <= 1:
+            raise InputError(f"pairs' purity must lie in [0, 1]; got {share!r} for classes {a} and {b}")
         rows = np.flatnonzero(y == a)
         excess = max(float(pair.excess), 0.0)
-        out[rows] += probs[rows, b] * (size[b] + excess) / size[b]  # p_b / (1 - rho_b)
+        if reading == "model" and model_probs is None:
+            raise InputError(f"pairs reads classes {a} and {b} on the model's probabilities; give model_probs")
+        seen = own if reading == "model" else probs
+        out[rows] += share * seen[rows, b] * (size[b] + excess) / size[b]  # p_b / (1 - rho_b), a label row's share
     return np.minimum(out, 1.0)
 
 
-__all__ = ["ALPHA", "PAIR_COLUMNS", "relabelled_pairs", "targeted_flip_scores"]
+__all__ = ["ALPHA", "LABEL_COLUMNS", "PAIR_COLUMNS", "relabelled_pairs", "targeted_flip_scores"]
