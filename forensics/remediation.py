@@ -12,7 +12,8 @@ takes the first that applies, in this order:
 4. a one-way relabelling (``pairs=True``): for each pair of classes the investigation found relabelled in excess
    (``inv.params["relabelled_pairs"]``), as many samples of label ``a`` as its ``targeted_flip`` probabilities
    expect were relabelled (their sum; shared among the pairs of one label by their ``excess``), the most likely
-   first, are relabelled ``b``;
+   first, are relabelled ``b``; where a label holds a few lookalikes of every class at once (many-to-one), its share
+   is removed instead (which class each came from is not known, and they may carry a trigger);
 5. a suspicion at or above ``threshold``: relabelled to the model's prediction when a label signal is the strongest
    evidence and the model predicts another class (``relabel=True``), removed otherwise.
 
@@ -280,18 +281,29 @@ def plan_remediation(
         if found and column not in inv.signals:
             raise InputError("pairs=True needs the targeted_flip signal's scores; investigate with it")
         score = inv.signals[column].to_numpy(dtype=np.float64) if found else None
+        # One entry per pair; a label's many-to-one rows (test "label") are one entry, with no class to relabel to.
+        entries: dict[tuple[int, int], float] = {}
+        for pair in found:
+            b = -1 if pair.get("test", "pair") == "label" else int(pair["looks_like"])
+            key = (int(pair["label"]), b)
+            entries[key] = entries.get(key, 0) + max(pair["excess"], 1)
         excess_of_label: dict[int, float] = {}
-        for pair in found:
-            excess_of_label[int(pair["label"])] = excess_of_label.get(int(pair["label"]), 0) + max(pair["excess"], 1)
-        for pair in found:
-            a, b = int(pair["label"]), int(pair["looks_like"])
+        for (a, _), excess in entries.items():
+            excess_of_label[a] = excess_of_label.get(a, 0) + excess
+        for (a, b), excess in entries.items():
             rows = np.flatnonzero((ds.labels == a) & ~done & (score > 0))
-            # The scores are probabilities of a relabelling: their sum is how many to expect, this pair's share of
+            # The scores are probabilities of a relabelling: their sum is how many to expect, this entry's share of
             # them by its excess.
-            count = int(round(score[rows].sum() * max(pair["excess"], 1) / excess_of_label[a]))
+            count = int(round(score[rows].sum() * excess / excess_of_label[a]))
             chosen = np.zeros(n, dtype=bool)
             # Many reach probability 1: ties go to the more suspicious.
             chosen[rows[np.lexsort((-suspicion[rows], -score[rows]))[:count]]] = True
+            if b < 0:
+                # A few lookalikes of every class given one label (a backdoor the model did not learn): which class
+                # each came from is not known here, and they may carry a trigger: removed, not relabelled.
+                take(chosen, "remove", f"pair: {names[a]} holds about {count} relabelled lookalikes of other "
+                                       "classes (many-to-one); the most likely")
+                continue
             new_label[chosen] = names[b]
             take(chosen, "relabel", f"pair: {names[a]} holds about {count} relabelled {names[b]}; among the most "
                                     f"{names[b]}-like")

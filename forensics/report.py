@@ -113,10 +113,9 @@ def scan_verdict(inv: Investigation, *, threshold: float = DEFAULT_THRESHOLD, fa
     described = [f"{d} ({len(ids):,} samples carry it)" for d, ids in zip(confirmed, rows["sample_ids"])]
     found = (f"; {len(confirmed)} trigger(s) confirmed on the model: {', '.join(described[:3])}" if confirmed
              else "")
-    pairs = inv.params.get("relabelled_pairs") or []
+    pairs = _relabellings(inv.params.get("relabelled_pairs") or [])
     if pairs:
-        found += "; relabelled one way: " + ", ".join(
-            f"about {p['excess']:.0f} {p['looks_like_name']} as {p['label_name']}" for p in pairs[:3])
+        found += "; relabelled one way: " + ", ".join(short for short, _ in pairs[:3])
     if fail_above is None:
         return Verdict(False, n_flagged, share, threshold, None, confirmed, base + found + ".")
     too_many = share > fail_above
@@ -124,6 +123,27 @@ def scan_verdict(inv: Investigation, *, threshold: float = DEFAULT_THRESHOLD, fa
     limit = f"{'more than' if too_many else 'within'} the {fail_above:.2%} allowed"
     text = f"{'FAIL' if failed else 'PASS'}: {base}, {limit}{found}."
     return Verdict(failed, n_flagged, share, threshold, fail_above, confirmed, text)
+
+
+def _relabellings(pairs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The relabellings an investigation found, a short and a long phrase each: one per pair, and one per label
+    whose many-to-one rows (test ``"label"``) hold a few lookalikes of several classes."""
+    out: list[tuple[str, str]] = []
+    many: dict[str, list[dict[str, Any]]] = {}
+    for p in pairs:
+        if p.get("test", "pair") == "label":
+            many.setdefault(p["label_name"], []).append(p)
+            continue
+        out.append((f"about {p['excess']:.0f} {p['looks_like_name']} as {p['label_name']}",
+                    f"{p['label_name']} holds about {p['excess']:.0f} more {p['looks_like_name']} lookalikes than "
+                    f"{p['looks_like_name']} holds of it (p = {p['p_value']:.1e})"))
+    for label, rows in many.items():
+        excess = sum(r["excess"] for r in rows)
+        classes = ", ".join(str(r["looks_like_name"]) for r in rows)
+        out.append((f"about {excess:.0f} of {len(rows)} classes as {label}",
+                    f"{label} holds about {excess:.0f} more lookalikes of other classes ({classes}) than they hold "
+                    f"of it, a few of each (many-to-one; p = {rows[0]['p_value']:.1e})"))
+    return out
 
 
 def render_report(
@@ -271,11 +291,9 @@ def _summary(inv: Investigation, verdict: Verdict, diff: Any, notes: Sequence[st
     skipped = params.get("skipped_signals") or {}
     if skipped:
         facts.append(("signals skipped", "; ".join(f"{k}: {v}" for k, v in skipped.items())))
-    pairs = params.get("relabelled_pairs") or []
+    pairs = _relabellings(params.get("relabelled_pairs") or [])
     if pairs:
-        facts.append(("one-way relabelling", "; ".join(
-            f"{p['label_name']} holds about {p['excess']:.0f} more {p['looks_like_name']} lookalikes than "
-            f"{p['looks_like_name']} holds of it (p = {p['p_value']:.1e})" for p in pairs[:5])))
+        facts.append(("one-way relabelling", "; ".join(long for _, long in pairs[:5])))
     trig = inv.triggers
     if len(trig):
         confirmed = trig[trig["verdict"] == "confirmed"]

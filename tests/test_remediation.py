@@ -118,6 +118,25 @@ def test_a_one_way_relabelling_is_relabelled_back_as_a_whole():
         plan_remediation(inv, pairs=True)
 
 
+def test_a_many_to_one_relabelling_is_removed_not_relabelled():
+    """"dog" holds a few lookalikes of two classes at once (the label test's rows, which share one p-value and a
+    purity): the 2 most likely of the dogs whose probabilities sum to 2.4 are removed, as one entry, since which class
+    each came from is not known; the report's verdict and facts name it once."""
+    rows = [{"label": 1, "looks_like": b, "count": 5, "mirror": 1, "excess": 4, "p_value": 1e-6, "test": "label",
+             "purity": 0.8, "label_name": "dog", "looks_like_name": name} for b, name in ((0, "cat"), (2, "bird"))]
+    inv = _investigation({"relabelled_pairs": rows})
+    scores = np.zeros(N)
+    scores[[21, 23, 25]] = [0.8, 0.8, 0.8]
+    inv.signals["targeted_flip_score"] = scores
+    plan = plan_remediation(inv, pairs=True, review=False, triggers=False, threshold=None)
+    assert list(plan.table.index) == ["s21", "s23"] and set(plan.table["action"]) == {"remove"}
+    assert plan.table["rule"].iloc[0] == ("pair: dog holds about 2 relabelled lookalikes of other classes "
+                                          "(many-to-one); the most likely")
+    from forensics.report import scan_verdict
+
+    assert "relabelled one way: about 8 of 2 classes as dog" in scan_verdict(inv).text
+
+
 def test_policies_switch_off_and_removal_replaces_relabelling(inv):
     plan = plan_remediation(inv, relabel=False, review=False, triggers=False, threshold=None)
     assert len(plan.table) == 0 and plan.counts().to_dict() == dict.fromkeys(ACTIONS, 0)
