@@ -140,7 +140,7 @@ def _relabellings(pairs: list[dict[str, Any]]) -> list[tuple[str, str]]:
     for label, rows in many.items():
         excess = sum(r["excess"] for r in rows)
         classes = ", ".join(str(r["looks_like_name"]) for r in rows)
-        out.append((f"about {excess:.0f} of {len(rows)} classes as {label}",
+        out.append((f"about {excess:.0f} of {len(rows)} class{'es' if len(rows) > 1 else ''} as {label}",
                     f"{label} holds about {excess:.0f} more lookalikes of other classes ({classes}) than they hold "
                     f"of it, a few of each (many-to-one; p = {rows[0]['p_value']:.1e})"))
     return out

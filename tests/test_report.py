@@ -70,7 +70,10 @@ def _investigation(ds: Dataset) -> Investigation:
     inv = Investigation(ds, signals=signals, features=np.ones((n, 2), np.float32),
                         params={"layer": HOSTILE[0], "toolkit_version": "0.1.0", "relabelled_pairs": [
                             {"label": 0, "looks_like": 1, "count": 30, "mirror": 5, "excess": 25, "p_value": 2e-6,
-                             "label_name": HOSTILE[0], "looks_like_name": HOSTILE[1]}]},
+                             "label_name": HOSTILE[0], "looks_like_name": HOSTILE[1]},
+                            {"label": 1, "looks_like": 0, "count": 9, "mirror": 1, "excess": 8, "p_value": 3e-7,
+                             "test": "label", "purity": 0.8, "read_on": "model", "label_name": HOSTILE[1],
+                             "looks_like_name": HOSTILE[0]}]},
                         map_builder=builder)
     inv.triggers = pd.DataFrame({
         "trigger_id": ["text-1"], "kind": ["text"], "description": [f'phrase "cf mn" {HOSTILE[0]}'],
@@ -105,6 +108,9 @@ def test_every_string_from_the_data_is_escaped_in_every_section():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     # the trigger phrase is highlighted inside the escaped text
     assert "<mark>cf mn</mark>" in page
+    # the one-way pair and the many-to-one label, each named once
+    assert "holds about 25 more" in text and "holds about 8 more lookalikes of other classes" in text
+    assert "many-to-one" in text
 
 
 def test_sections_verdict_and_changed_samples():
@@ -121,7 +127,8 @@ def test_sections_verdict_and_changed_samples():
     assert ("&lt;script&gt;alert(1)&lt;/script&gt; holds about 25 more &lt;img src=x onerror=alert(1)&gt; "
             "lookalikes than") in page
     assert "(p = 2.0e-06)" in page
-    assert scan_verdict(inv).text.endswith(f"; relabelled one way: about 25 {HOSTILE[1]} as {HOSTILE[0]}.")
+    assert scan_verdict(inv).text.endswith(f"; relabelled one way: about 25 {HOSTILE[1]} as {HOSTILE[0]}, "
+                                           f"about 8 of 1 class as {HOSTILE[1]}.")
     assert page.count("Plotly.newPlot") == 1
     assert page.count("plotly.js v") <= 2  # the library is inlined once
 
