@@ -90,9 +90,9 @@ def relabelled_pairs(labels: np.ndarray, pred_probs: np.ndarray, *, alpha: float
     alpha : float in (0, 1)
         Family-wise level over all ordered pairs of classes present in ``labels`` (Bonferroni).
     model_probs : ndarray, shape (n, n_classes), optional
-        The model's own probabilities on these samples, for the label test (default: ``pred_probs``). A backdoor
-        the model did not learn leaves its samples looking like their own classes there, while a probe fitted to
-        the model's features learns the trigger from the other poisoned samples.
+        The model's own probabilities on these samples, read by the label test beside ``pred_probs`` (default:
+        ``pred_probs`` alone). A backdoor the model did not learn leaves its samples looking like their own classes
+        there, while a probe fitted to the model's features learns the trigger from the other poisoned samples.
 
     Returns
     -------
