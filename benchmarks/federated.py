@@ -33,6 +33,7 @@ Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 1
     python benchmarks/federated.py report --seeds 100 101      # the markdown tables
     python benchmarks/federated.py pushers --seeds 100 101     # who pushes a known trigger; a guard that watches it
     python benchmarks/federated.py text --seeds 100            # the bundled reviews: 100 sybils plant "lol"
+    python benchmarks/federated.py spread --seeds 100 --honest 100 --alphas 0.1   # accuracy over 5 trainings
 
 Text (``text``): the same protocol on the bundled review snippets (the planted carriers left out; 2,525 test
 snippets): a 2048-32-2 MLP over hashed word unigrams and bigrams (66k parameters; 5 local steps of 32 at lr 1.0), 100
@@ -46,6 +47,7 @@ round on that round's global model (the guarded one), a watch list of four phras
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -166,6 +168,35 @@ def quality(args: argparse.Namespace) -> None:
                 for noise in args.noise:
                     print(f"cell honest={honest} alpha={alpha} noise={noise} seed={seed}", flush=True)
                     run_cell(honest, alpha, noise, seed, data, tuple(args.aggregators), args.sybil_data)
+
+
+def spread(args: argparse.Namespace) -> None:
+    """Accuracy and attack success of each aggregator over several trainings of the same federation (the
+    scenario's ``training_seed``: the data, its partition and the attacker fixed, the initial weights and the
+    minibatches drawn anew; the first training is the cell's own), so that a defence's cost in accuracy is read
+    against what one training moves it by. Kept per cell in ``spread_<cell>.json``."""
+    data = fashion()
+    for seed, honest, alpha in itertools.product(args.seeds, args.honest, args.alphas):
+        path = WORK / f"spread_h{honest}_a{alpha}_s{seed}.json"
+        done: dict[str, list[dict[str, float]]] = json.loads(path.read_text()) if path.is_file() else {}
+        for kind in args.aggregators:
+            runs = done.setdefault(kind, [])
+            for t in range(len(runs), args.trainings):
+                sc = dataclasses.replace(scenario(honest, alpha, 0.0, seed, attack=kind != "clean"),
+                                         training_seed=None if t == 0 else seed * 1000 + t)
+                agg = guarded(AggregationGuard(UpdateRecorder())) if kind == "guard" else None
+                last = simulate_federation(sc, *data, aggregate=agg).history.iloc[-1]
+                runs.append(dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"])))
+                print(f"  h{honest} a{alpha} s{seed} {kind} training {t}: {runs[-1]}", flush=True)
+                WORK.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(done, indent=1))
+        row = {k: np.array([[r["accuracy"], r["asr"]] for r in v[:args.trainings]]) for k, v in done.items()}
+        if "clean" in row and "guard" in row:
+            acc = {k: row[k][:, 0] for k in ("clean", "fedavg", "guard") if k in row}
+            print(f"| {honest} | {alpha} | {seed} | {len(acc['clean'])} | "
+                  + " | ".join(f"{100 * a.mean():.1f} +- {100 * a.std(ddof=1):.1f}" for a in acc.values())
+                  + f" | {100 * (acc['guard'].mean() - acc['clean'].mean()):+.1f} | "
+                  + f"{100 * (acc['guard'][0] - acc['clean'][0]):+.1f} | {row['guard'][:, 1].mean():.3f} |")
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -600,12 +631,18 @@ def main(argv: list[str] | None = None) -> None:
     push.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     push.add_argument("--noise", type=float, nargs="+", default=[0.0])
     push.add_argument("--sybil-data", choices=SYBIL_DATA, nargs="+", default=["shard", "pool"])
+    spr = sub.add_parser("spread")
+    spr.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    spr.add_argument("--honest", type=int, nargs="+", default=[100, 400])
+    spr.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
+    spr.add_argument("--trainings", type=int, default=5)
+    spr.add_argument("--aggregators", nargs="+", choices=("clean", "fedavg", "guard"), default=["clean", "guard"])
     cost = sub.add_parser("report-cost")
     cost.add_argument("--rounds", type=int, default=200)
     cost.add_argument("--timeline-rounds", type=int, default=None, help="passed to the command (default: its own)")
     args = p.parse_args(argv)
     {"quality": quality, "speed": speed, "report": report, "report-cost": report_cost,
-     "trigger": induced_trigger, "text": text, "pushers": pushers}[args.cmd](args)
+     "trigger": induced_trigger, "text": text, "pushers": pushers, "spread": spread}[args.cmd](args)
 
 
 if __name__ == "__main__":

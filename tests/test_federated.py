@@ -487,6 +487,20 @@ def test_scenario_validates_and_truth_lists_every_client(planted):
         FederatedScenario(n_sybils=-1)
 
 
+def test_a_training_seed_retrains_the_same_federation(digits):
+    scenario = FederatedScenario(n_honest=20, alpha=0.5, n_rounds=2, n_sybils=5, sybil_join=1, pool_size=300,
+                                 random_state=3)
+    base = simulate_federation(scenario, *digits)
+    same = simulate_federation(dataclasses.replace(scenario, training_seed=3), *digits)
+    other = simulate_federation(dataclasses.replace(scenario, training_seed=4), *digits)
+    # The clients, their data and the attacker stay; only the initial weights and the minibatches change.
+    pd.testing.assert_frame_equal(base.truth, other.truth)
+    np.testing.assert_array_equal(base.params, same.params)
+    assert not np.allclose(base.params, other.params)
+    with pytest.raises(InputError, match=r"training_seed must be an integer in \[0, 4294967295\]; got -1"):
+        FederatedScenario(training_seed=-1)
+
+
 def test_sybils_with_shards_of_their_own_are_devices_with_their_own_data_that_all_carry_the_backdoor(digits):
     from forensics.federated import signals as fs
     from forensics.redteam.federated import _sybil_shards
