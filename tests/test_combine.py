@@ -115,8 +115,8 @@ def test_a_confirmed_trigger_is_exact_evidence_whatever_share_carries_it():
 
 def test_a_weakly_confirmed_trigger_keeps_its_carriers_above_agreeing_moderate_evidence():
     """One confirmation at p = 1e-4 beside silent signals, and clean samples on which several signals agree
-    moderately (hard, ambiguous samples): the floor keeps every carrier at least at 4 - log10(pieces) and above
-    them; the plain sum puts the carriers below."""
+    moderately (hard, ambiguous samples): the floor keeps every carrier at least at 4 - log10(2) (two rules flag a
+    sample: the sum, the trigger) and above them; the plain sum puts the carriers below."""
     scores, labels = _null(n=10_000, seed=7)
     rng = np.random.default_rng(7)
     agreeing = rng.choice(10_000, 60, replace=False)
@@ -128,9 +128,13 @@ def test_a_weakly_confirmed_trigger_keeps_its_carriers_above_agreeing_moderate_e
     trigger[carriers] = 4.0
     plain = combine({**scores, "trigger": trigger}, labels, floor=())
     c = combine({**scores, "trigger": trigger}, labels)
-    pieces = len(scores) + 1
-    floor = np.where(trigger > 0, 4 - np.log10(pieces), 0)
+    floor = np.where(trigger > 0, 4 - np.log10(2), 0)
     np.testing.assert_allclose(c.suspicion, np.maximum(plain.suspicion, floor))
+    # Beside a second floor signal (a one-way relabelling that found nothing), three rules.
+    with_flip = {**scores, "trigger": trigger, "targeted_flip": np.zeros(10_000)}
+    np.testing.assert_allclose(combine(with_flip, labels).suspicion,
+                               np.maximum(combine(with_flip, labels, floor=()).suspicion,
+                                          np.where(trigger > 0, 4 - np.log10(3), 0)))
     assert c.suspicion[carriers].min() > c.suspicion[agreeing].max()
     assert plain.suspicion[carriers].min() < plain.suspicion[agreeing].max()
     others = np.setdiff1d(np.arange(10_000), carriers)

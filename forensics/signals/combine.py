@@ -79,7 +79,8 @@ moves where the threshold falls, towards its nominal 1% of clean samples, not th
 A confirmed trigger (the ``trigger`` signal that :meth:`~forensics.investigation.Investigation.find_triggers` adds:
 an exact test on the model, counted in full only when its carriers' labels are pure) also sets a floor
 (``floor``, :data:`FLOOR_SIGNALS`): a carrier's tail probability is at most the confirmation's p-value times the
-number of pieces of evidence (a Bonferroni bound over them), so silent signals cannot drown it. In the sum alone, a
+number of rules that can flag a sample (the sum, and each floor signal present: a Bonferroni bound over the rules),
+so silent signals cannot drown it. In the sum alone, a
 phrase confirmed at p = 1e-4 in a small BERT left its 40 carriers at suspicion 1.5-1.7, below 62 hard clean
 snippets on which five signals agreed moderately (2.0-2.3): r@2x 0.45; with the floor 1.00 (``python
 benchmarks/own_models.py bert --seeds 4 3 2 --epochs 5``; the other seeds unchanged). Samples that carry no
@@ -91,16 +92,28 @@ a clean image one: those tests are exact against their own null, but their nulls
 samples.
 
 A one-way relabelling sets a floor too (``targeted_flip``, whose ``"posterior"`` tail is already an estimated share
-of clean samples at or above a score): a sample's tail probability is at most twice that share
-(:data:`SHARE_FLOOR_RULES`: flagged by the sum or by the share, two rules). In the sum, natural hard samples of the
+of clean samples at or above a score): a sample's tail probability is at most that share times the number of rules
+(twice it without a confirmed trigger: flagged by the sum or by the share). In the sum, natural hard samples of the
 pair, on which the spectral, neighbour and label signals agree moderately, outranked relabelled samples whose
 posterior was high: on the attack matrix's pair flips (``fusion_lab.py --refresh targeted_flip``) the worst gap to
 the signal alone went from -0.06 to -0.01 on the tuning seeds (0-4; seed 3, poison flagged at 2 from 27% to 88%)
 and, once chosen, from -0.13 to -0.01 on the report seeds (100-109: seed 102 from 0.84 to 0.97 r@2x, pair flips
 short of -0.02 from 2 of 10 to none, poison flagged at 2 from 0.78 to 0.93 on average), every clean control, bot and
 random flip as it was (the posterior is silent where no pair is found). Without the factor two (the share alone) the
-tuning seeds gave the same ranking; corrected over the pieces of evidence, as for a trigger, the report worst stayed
-at -0.11.
+tuning seeds gave the same ranking; corrected over the pieces of evidence, as a trigger's floor then was, the report
+worst stayed at -0.11.
+
+**Floors count the rules, not the pieces.** A trigger's floor was first corrected over the pieces of evidence (eleven
+on the images), as if the smallest of them had been picked; but the floor reads one signal named beforehand, and a
+sample is flagged by the sum's rule or by a floor's, so the multiplicity is the number of rules (2 or 3). On a warp
+the model learned, whose carriers the model's features name one by one (``probe_carriers``: -log10 p 2.5 at the
+median; tuning seed 1, attack success 0.90), the pieces' factor kept 63% of them under the threshold and 21 of 533
+below the review budget's cut, under clean samples with moderate evidence everywhere. On the attack
+matrix (``fusion_lab.py``; every clean control and every cell without a confirmed trigger as it was, since no trigger
+is confirmed there): tuning seeds (0-4, 65 cells) short of the best signal - 0.02 from 1 to 0, worst gap -0.04 to
+-0.02, poison flagged at 2 from 0.883 to 0.898 on average (8-epoch victim, 15 cells: 0.823 to 0.863); report seeds
+(100-109, after the choice; 130 cells) short from 10 to 9 (sinusoid 106 -0.03 to 0.00), flagged 0.849 to 0.855
+(8-epoch: short 2 to 1, warp 101 -0.04 to 0.00, flagged 0.888 to 0.929); no cell fell.
 
 **The ``"by_class"`` null** (``spectral``, ``robust_spectral``, ``low_loss``: signals that see a backdoor in the one
 class it relabels to). A tail fitted to the bulk's median and quartiles cannot see a mode of clean samples beyond them:
@@ -154,9 +167,6 @@ DEFAULT_THRESHOLD = 2.0
 #: Signals whose own tail probability bounds the suspicion from below (see :func:`combine`'s ``floor``): a confirmed
 #: trigger's exact p-value, a one-way relabelling's estimated share of clean samples (its ``"posterior"`` null).
 FLOOR_SIGNALS = ("trigger", "targeted_flip")
-#: The share floor's factor: a sample flagged by the sum or by the share is flagged by one of two rules, each
-#: reaching an estimated share ``p`` of clean samples at most (a Bonferroni bound over the two).
-SHARE_FLOOR_RULES = 2
 #: The label signals read the model's own predicted distribution (:func:`label_null`) when more labels lie at a
 #: predicted share at most ``LABEL_ALPHA`` than a calibrated model would draw, at a one-sided binomial p-value
 #: below ``LABEL_GATE`` (a label attack); otherwise the bound ``k q``.
@@ -434,9 +444,9 @@ def combine(
         evidence stays the bulk's.
     floor : collection of str
         Signals whose tail probability caps a sample's: its suspicion is never below that, whatever the other
-        signals say. With an exact null (``"exact_p"``) the p-value times the number of pieces of evidence (a
-        Bonferroni bound); with a ``"posterior"`` null (an estimated share of clean samples at or above) that share
-        times :data:`SHARE_FLOOR_RULES`. Default: :data:`FLOOR_SIGNALS` (a confirmed trigger, a one-way
+        signals say: the p-value of an exact null (``"exact_p"``), or the estimated share of clean samples at or
+        above of a ``"posterior"`` null, times the number of rules that can flag a sample (the sum, and each floor
+        signal present: a Bonferroni bound over them). Default: :data:`FLOOR_SIGNALS` (a confirmed trigger, a one-way
         relabelling); ``()`` for the plain sum.
     label_null : ndarray, optional
         :func:`label_null` of the model's predicted probabilities. The label signals (``label_loss``,
@@ -502,18 +512,18 @@ def combine(
     evidence = -np.log(pieces).sum(axis=1)
     # No fit to the bulk may claim a sum rarer than Fisher's statistic of half as many independent p-values would be.
     tail = np.maximum(evidence_tail(evidence), stats.gamma.sf(evidence, pieces.shape[1] / 2.0))
-    # A floor signal bounds the suspicion from below (an exact p-value Bonferroni-corrected over the pieces, an
-    # estimated share of clean samples over the two rules): silent signals beside a confirmed trigger or a one-way
-    # relabelling must not drown what it found.
+    # A floor signal bounds the suspicion from below (its p-value or share, Bonferroni-corrected over the rules: the
+    # sum and each floor): silent signals beside a confirmed trigger or a one-way relabelling must not drown what it
+    # found.
     chosen = set(floor)
     floored = [name for name in names if name in chosen]
     inexact = [name for name in floored if null_kind(name) not in ("exact_p", "posterior")]
     if inexact:
         raise InputError(f"floor names {inexact}, whose null is neither an exact p-value nor a share of clean "
                          "samples; only such a signal can set a floor")
+    rules = 1 + len(floored)
     for name in floored:
-        factor = pieces.shape[1] if null_kind(name) == "exact_p" else SHARE_FLOOR_RULES
-        tail = np.minimum(tail, np.minimum(1.0, factor * tail_p[name].to_numpy()))
+        tail = np.minimum(tail, np.minimum(1.0, rules * tail_p[name].to_numpy()))
     suspicion = -np.log10(np.clip(tail, 1e-300, 1.0)) + 0.0
     top_signal = np.asarray(tail_p.columns, dtype=object)[p.argmin(axis=1)]
     order = np.argsort(p, axis=1)
