@@ -113,6 +113,14 @@ def guarded(guard: AggregationGuard):
     return aggregate
 
 
+def honest_only(r: int, ids: list[str], updates: np.ndarray, n_ex: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """FedAvg over the honest clients alone (the simulation names them ``honest-*``): what a defence that knew the
+    truth would aggregate."""
+    rows = [i for i, c in enumerate(ids) if c.startswith("honest-")]
+    left_out = [c for c in ids if not c.startswith("honest-")]
+    return fedavg(r, [ids[i] for i in rows], updates[rows], n_ex[rows])[0], left_out
+
+
 def guard_rates(run: Any, guard: AggregationGuard) -> dict[str, float]:
     """Share of the sybils, and of the honest clients, the guard's report flags in each of the sybils' first three
     rounds (``recall_r1`` .. ``r3``, ``honest_flagged_r1`` .. ``r3``)."""
@@ -174,7 +182,14 @@ def spread(args: argparse.Namespace) -> None:
     """Accuracy and attack success of each aggregator over several trainings of the same federation (the
     scenario's ``training_seed``: the data, its partition and the attacker fixed, the initial weights and the
     minibatches drawn anew; the first training is the cell's own), so that a defence's cost in accuracy is read
-    against what one training moves it by. Kept per cell in ``spread_<cell>.json``."""
+    against what one training moves it by. ``honest``: FedAvg over the honest clients alone in the attacked
+    federation (a defence that knows the truth: the same clients, data and minibatches as the guard's run, which
+    ``clean``, a federation drawn without the attacker's pool, does not share); ``probation``: the guard, newcomers'
+    first update analysed but not aggregated. Per cell: the mean and standard deviation of the accuracy, each
+    defence's mean difference to ``honest`` (else ``clean``; the first training's in brackets) and its mean attack
+    success. Kept in ``spread_<cell>.json``; printed as Markdown rows: honest, alpha, seed, trainings, the baseline
+    and its attack success (and ``clean`` beside ``honest``), then mean +- sd, difference and attack success per
+    defence run."""
     data = fashion()
     for seed, honest, alpha in itertools.product(args.seeds, args.honest, args.alphas):
         path = WORK / f"spread_h{honest}_a{alpha}_s{seed}.json"
@@ -184,19 +199,30 @@ def spread(args: argparse.Namespace) -> None:
             for t in range(len(runs), args.trainings):
                 sc = dataclasses.replace(scenario(honest, alpha, 0.0, seed, attack=kind != "clean"),
                                          training_seed=None if t == 0 else seed * 1000 + t)
-                agg = guarded(AggregationGuard(UpdateRecorder())) if kind == "guard" else None
+                guard = AggregationGuard(UpdateRecorder(), probation=int(kind == "probation"))
+                agg = guarded(guard) if kind in ("guard", "probation") else honest_only if kind == "honest" else None
                 last = simulate_federation(sc, *data, aggregate=agg).history.iloc[-1]
                 runs.append(dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"])))
                 print(f"  h{honest} a{alpha} s{seed} {kind} training {t}: {runs[-1]}", flush=True)
                 WORK.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(done, indent=1))
         row = {k: np.array([[r["accuracy"], r["asr"]] for r in v[:args.trainings]]) for k, v in done.items()}
-        if "clean" in row and "guard" in row:
-            acc = {k: row[k][:, 0] for k in ("clean", "fedavg", "guard") if k in row}
-            print(f"| {honest} | {alpha} | {seed} | {len(acc['clean'])} | "
-                  + " | ".join(f"{100 * a.mean():.1f} +- {100 * a.std(ddof=1):.1f}" for a in acc.values())
-                  + f" | {100 * (acc['guard'].mean() - acc['clean'].mean()):+.1f} | "
-                  + f"{100 * (acc['guard'][0] - acc['clean'][0]):+.1f} | {row['guard'][:, 1].mean():.3f} |")
+        base = "honest" if "honest" in row else "clean"
+        if base not in row:
+            continue
+        clean = row[base][:, 0]
+        cols = [str(len(clean)), f"{100 * clean.mean():.1f} +- {100 * clean.std(ddof=1):.1f}",
+                f"{row[base][:, 1].mean():.3f} (max {row[base][:, 1].max():.3f})"]
+        if base == "honest" and "clean" in row:
+            drawn = row["clean"][:, 0]
+            cols.append(f"{100 * drawn.mean():.1f} +- {100 * drawn.std(ddof=1):.1f}")
+        for kind in ("fedavg", "guard", "probation"):
+            if kind in row:
+                acc, asr = row[kind][:, 0], row[kind][:, 1]
+                cols += [f"{100 * acc.mean():.1f} +- {100 * acc.std(ddof=1):.1f}",
+                         f"{100 * (acc.mean() - clean.mean()):+.1f} ({100 * (acc[0] - clean[0]):+.1f})",
+                         f"{asr.mean():.3f} (max {asr.max():.3f})"]
+        print(f"| {honest} | {alpha} | {seed} | " + " | ".join(cols) + " |")
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -636,7 +662,8 @@ def main(argv: list[str] | None = None) -> None:
     spr.add_argument("--honest", type=int, nargs="+", default=[100, 400])
     spr.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     spr.add_argument("--trainings", type=int, default=5)
-    spr.add_argument("--aggregators", nargs="+", choices=("clean", "fedavg", "guard"), default=["clean", "guard"])
+    spr.add_argument("--aggregators", nargs="+", choices=("clean", "honest", "fedavg", "guard", "probation"),
+                     default=["honest", "guard"])
     cost = sub.add_parser("report-cost")
     cost.add_argument("--rounds", type=int, default=200)
     cost.add_argument("--timeline-rounds", type=int, default=None, help="passed to the command (default: its own)")

@@ -26,7 +26,7 @@ Fusions compared:
   does with 500 or more); every fusion is then measured on the other samples,
 - ``no_floor``: as shipped, without the floor a confirmed trigger sets (``combine(..., floor=())``),
 - ``exact_floor``: as shipped, with every exact p-value signal (activation cluster, shared mark, source) setting a
-  floor like the trigger's: its strongest p-value times the number of pieces of evidence,
+  floor like the trigger's: its strongest p-value times the number of rules (the sum and each floor),
 - ``predicted_label_null``: as ``bound_label_null``, with ``high_loss``'s probability read from the model's own
   predicted distribution (the share of labels a calibrated model would draw with probability at most the label's)
   instead of the bound ``k q`` whatever the labels show (no gate; not with ``--anchor``).

@@ -9,6 +9,11 @@ memory of the process, with the command that produced it.
     python benchmarks/speed_signals.py --npz activations.npz   # real arrays: features, labels, probs (optional)
     python benchmarks/speed_signals.py --marks                 # shared marks on Fashion-MNIST's 60,000 images
     python benchmarks/speed_signals.py --n 20000 --cleanlab    # and cleanlab's own label quality, same features
+    python benchmarks/speed_signals.py --fashion 20000 --cleanlab   # real: the reference CNN on Fashion-MNIST
+
+``--fashion N``: the reference CNN (3 epochs, seed ``--seed``) trained on the first N Fashion-MNIST training images,
+its default layer's activations and its probabilities on them (cached in ``_work/fashion<N>-seed<seed>.npz``; the
+training is not timed).
 
 ``--cleanlab`` also times cleanlab's reference run on the same features in the same process: its own
 cross-validated probabilities (``estimate_cv_predicted_probabilities``, 3 folds of scikit-learn's
@@ -27,6 +32,7 @@ import resource
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="BLAS / OpenMP threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--npz", help="real arrays instead: features (n, d), labels (n,), probs (n, k) optional")
+    parser.add_argument("--fashion", type=int, metavar="N",
+                        help="real arrays: the reference CNN trained on the first N Fashion-MNIST images")
     parser.add_argument("--cleanlab", action="store_true",
                         help="also time cleanlab's own cross-validated label quality on the same features")
     parser.add_argument("--marks", action="store_true",
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.marks:
         return _marks(command, args.threads)
 
+    if args.fashion:
+        args.npz = str(_fashion_arrays(args.fashion, args.seed))
     if args.npz:
         arrays = np.load(args.npz)
         x, labels = np.asarray(arrays["features"], dtype=np.float32), np.asarray(arrays["labels"], dtype=np.int64)
@@ -122,6 +132,28 @@ def main(argv: list[str] | None = None) -> int:
                       f"({ours / seconds:.2f}x)."]
     print("\n".join(lines))
     return 0
+
+
+def _fashion_arrays(n: int, seed: int) -> Path:
+    """The reference CNN's activations and probabilities on the first ``n`` Fashion-MNIST training images."""
+    path = Path(__file__).resolve().parent / "_work" / f"fashion{n}-seed{seed}.npz"
+    if not path.is_file():
+        import torch
+
+        from forensics.activations import extract_activations
+        from forensics.data import Dataset
+        from forensics.models import train_reference_model
+        from forensics.sample_data._sources import read_fashion_mnist
+
+        raw = read_fashion_mnist()
+        train = Dataset.from_numpy(raw["train_images"][:n], raw["train_labels"][:n].astype(np.int64))
+        model = train_reference_model(train, random_state=seed, progress=False)
+        with torch.no_grad():
+            act = extract_activations(model, train, progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, features=np.asarray(act.feature(), dtype=np.float32), labels=train.labels,
+                 probs=np.asarray(act.probs, dtype=np.float32))
+    return path
 
 
 def _cleanlab_reference(x: np.ndarray, labels: np.ndarray, threads: int, seed: int) -> float:
