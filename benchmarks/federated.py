@@ -187,23 +187,23 @@ def spread(args: argparse.Namespace) -> None:
     ``clean``, a federation drawn without the attacker's pool, does not share); ``probation``: the guard, newcomers'
     first update analysed but not aggregated. Per cell: the mean and standard deviation of the accuracy, each
     defence's mean difference to ``honest`` (else ``clean``; the first training's in brackets) and its mean attack
-    success. Kept in ``spread_<cell>.json``; printed as Markdown rows: honest, alpha, seed, trainings, the baseline
-    and its attack success (and ``clean`` beside ``honest``), then mean +- sd, difference and attack success per
-    defence run."""
+    success. Kept in ``spread_<cell>.json``; printed as Markdown rows: honest, alpha, noise, seed, trainings, the
+    baseline and its attack success (and ``clean`` beside ``honest``), then mean +- sd, difference and attack
+    success per defence run."""
     data = fashion()
-    for seed, honest, alpha in itertools.product(args.seeds, args.honest, args.alphas):
-        path = WORK / f"spread_h{honest}_a{alpha}_s{seed}.json"
+    for seed, honest, alpha, noise in itertools.product(args.seeds, args.honest, args.alphas, args.noise):
+        path = WORK / f"spread_h{honest}_a{alpha}_s{seed}{f'_n{noise}' if noise else ''}.json"
         done: dict[str, list[dict[str, float]]] = json.loads(path.read_text()) if path.is_file() else {}
         for kind in args.aggregators:
             runs = done.setdefault(kind, [])
             for t in range(len(runs), args.trainings):
-                sc = dataclasses.replace(scenario(honest, alpha, 0.0, seed, attack=kind != "clean"),
+                sc = dataclasses.replace(scenario(honest, alpha, noise, seed, attack=kind != "clean"),
                                          training_seed=None if t == 0 else seed * 1000 + t)
                 guard = AggregationGuard(UpdateRecorder(), probation=int(kind == "probation"))
                 agg = guarded(guard) if kind in ("guard", "probation") else honest_only if kind == "honest" else None
                 last = simulate_federation(sc, *data, aggregate=agg).history.iloc[-1]
                 runs.append(dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"])))
-                print(f"  h{honest} a{alpha} s{seed} {kind} training {t}: {runs[-1]}", flush=True)
+                print(f"  h{honest} a{alpha} n{noise} s{seed} {kind} training {t}: {runs[-1]}", flush=True)
                 WORK.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(done, indent=1))
         row = {k: np.array([[r["accuracy"], r["asr"]] for r in v[:args.trainings]]) for k, v in done.items()}
@@ -222,7 +222,7 @@ def spread(args: argparse.Namespace) -> None:
                 cols += [f"{100 * acc.mean():.1f} +- {100 * acc.std(ddof=1):.1f}",
                          f"{100 * (acc.mean() - clean.mean()):+.1f} ({100 * (acc[0] - clean[0]):+.1f})",
                          f"{asr.mean():.3f} (max {asr.max():.3f})"]
-        print(f"| {honest} | {alpha} | {seed} | " + " | ".join(cols) + " |")
+        print(f"| {honest} | {alpha} | {noise} | {seed} | " + " | ".join(cols) + " |")
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -661,6 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     spr.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     spr.add_argument("--honest", type=int, nargs="+", default=[100, 400])
     spr.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
+    spr.add_argument("--noise", type=float, nargs="+", default=[0.0])
     spr.add_argument("--trainings", type=int, default=5)
     spr.add_argument("--aggregators", nargs="+", choices=("clean", "honest", "fedavg", "guard", "probation"),
                      default=["honest", "guard"])
