@@ -185,16 +185,23 @@ def spread(args: argparse.Namespace) -> None:
     against what one training moves it by. ``honest``: FedAvg over the honest clients alone in the attacked
     federation (a defence that knows the truth: the same clients, data and minibatches as the guard's run, which
     ``clean``, a federation drawn without the attacker's pool, does not share); ``probation``: the guard, newcomers'
-    first update analysed but not aggregated. Per cell: the mean and standard deviation of the accuracy, each
-    defence's mean difference to ``honest`` (else ``clean``; the first training's in brackets) and its mean attack
-    success. Kept in ``spread_<cell>.json``; printed as Markdown rows: honest, alpha, noise, seed, trainings, the
-    baseline and its attack success (and ``clean`` beside ``honest``), then mean +- sd, difference and attack
-    success per defence run."""
+    first update analysed but not aggregated. Kept in ``spread_<cell>.json`` (``clean`` holds no sybil, so the
+    noise-free cell's runs serve every noise). Printed as Markdown rows: honest, alpha, noise, seed, trainings,
+    ``honest`` (accuracy in percent, mean +- sd, and attack success, mean and max), ``clean``, then for ``guard`` and
+    ``probation`` the accuracy, its mean difference to ``honest`` (the first training's in brackets) and the attack
+    success; "–" where an aggregator was not run."""
     data = fashion()
+
+    def path(honest: int, alpha: float, seed: int, noise: float) -> Path:
+        return WORK / f"spread_h{honest}_a{alpha}_s{seed}{f'_n{noise}' if noise else ''}.json"
+
+    def load(file: Path) -> dict[str, list[dict[str, float]]]:
+        return json.loads(file.read_text()) if file.is_file() else {}
+
     for seed, honest, alpha, noise in itertools.product(args.seeds, args.honest, args.alphas, args.noise):
-        path = WORK / f"spread_h{honest}_a{alpha}_s{seed}{f'_n{noise}' if noise else ''}.json"
-        done: dict[str, list[dict[str, float]]] = json.loads(path.read_text()) if path.is_file() else {}
         for kind in args.aggregators:
+            file = path(honest, alpha, seed, 0.0 if kind == "clean" else noise)
+            done = load(file)
             runs = done.setdefault(kind, [])
             for t in range(len(runs), args.trainings):
                 sc = dataclasses.replace(scenario(honest, alpha, noise, seed, attack=kind != "clean"),
@@ -205,23 +212,23 @@ def spread(args: argparse.Namespace) -> None:
                 runs.append(dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"])))
                 print(f"  h{honest} a{alpha} n{noise} s{seed} {kind} training {t}: {runs[-1]}", flush=True)
                 WORK.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(done, indent=1))
-        row = {k: np.array([[r["accuracy"], r["asr"]] for r in v[:args.trainings]]) for k, v in done.items()}
-        base = "honest" if "honest" in row else "clean"
-        if base not in row:
+                file.write_text(json.dumps(done, indent=1))
+        done = {**load(path(honest, alpha, seed, noise)),
+                "clean": load(path(honest, alpha, seed, 0.0)).get("clean", [])}
+        row = {k: np.array([[r["accuracy"], r["asr"]] for r in v[:args.trainings]]) for k, v in done.items() if v}
+        if "honest" not in row:
             continue
-        clean = row[base][:, 0]
-        cols = [str(len(clean)), f"{100 * clean.mean():.1f} +- {100 * clean.std(ddof=1):.1f}",
-                f"{row[base][:, 1].mean():.3f} (max {row[base][:, 1].max():.3f})"]
-        if base == "honest" and "clean" in row:
-            drawn = row["clean"][:, 0]
-            cols.append(f"{100 * drawn.mean():.1f} +- {100 * drawn.std(ddof=1):.1f}")
-        for kind in ("fedavg", "guard", "probation"):
-            if kind in row:
-                acc, asr = row[kind][:, 0], row[kind][:, 1]
-                cols += [f"{100 * acc.mean():.1f} +- {100 * acc.std(ddof=1):.1f}",
-                         f"{100 * (acc.mean() - clean.mean()):+.1f} ({100 * (acc[0] - clean[0]):+.1f})",
-                         f"{asr.mean():.3f} (max {asr.max():.3f})"]
+        acc = lambda a: f"{100 * a.mean():.1f} +- {100 * a.std(ddof=1):.1f}"  # noqa: E731
+        asr = lambda a: f"{a.mean():.3f} (max {a.max():.3f})"  # noqa: E731
+        base = row["honest"][:, 0]
+        cols = [str(len(base)), acc(base), asr(row["honest"][:, 1]), acc(row["clean"][:, 0]) if "clean" in row else "–"]
+        for kind in ("guard", "probation"):
+            if kind not in row:
+                cols += ["–"] * 3
+                continue
+            a = row[kind][:, 0]
+            cols += [acc(a), f"{100 * (a.mean() - base.mean()):+.1f} ({100 * (a[0] - base[0]):+.1f})",
+                     asr(row[kind][:, 1])]
         print(f"| {honest} | {alpha} | {noise} | {seed} | " + " | ".join(cols) + " |")
 
 
@@ -663,7 +670,7 @@ def main(argv: list[str] | None = None) -> None:
     spr.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     spr.add_argument("--noise", type=float, nargs="+", default=[0.0])
     spr.add_argument("--trainings", type=int, default=5)
-    spr.add_argument("--aggregators", nargs="+", choices=("clean", "honest", "fedavg", "guard", "probation"),
+    spr.add_argument("--aggregators", nargs="+", choices=("clean", "honest", "guard", "probation"),
                      default=["honest", "guard"])
     cost = sub.add_parser("report-cost")
     cost.add_argument("--rounds", type=int, default=200)
