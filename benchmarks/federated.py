@@ -34,6 +34,7 @@ Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 1
     python benchmarks/federated.py pushers --seeds 100 101     # who pushes a known trigger; a guard that watches it
     python benchmarks/federated.py text --seeds 100            # the bundled reviews: 100 sybils plant "lol"
     python benchmarks/federated.py spread --seeds 100 --honest 100 --alphas 0.1   # accuracy over 5 trainings
+    python benchmarks/federated.py spread --sybil-data shard --aggregators honest watch clean   # shards, trigger known
 
 Text (``text``): the same protocol on the bundled review snippets (the planted carriers left out; 2,525 test
 snippets): a 2048-32-2 MLP over hashed word unigrams and bigrams (66k parameters; 5 local steps of 32 at lr 1.0), 100
@@ -185,36 +186,48 @@ def spread(args: argparse.Namespace) -> None:
     against what one training moves it by. ``honest``: FedAvg over the honest clients alone in the attacked
     federation (a defence that knows the truth: the same clients, data and minibatches as the guard's run, which
     ``clean``, a federation drawn without the attacker's pool, does not share); ``probation``: the guard, newcomers'
-    first update analysed but not aggregated. Kept in ``spread_<cell>.json`` (``clean`` holds no sybil, so the
-    noise-free cell's runs serve every noise). Printed as Markdown rows: honest, alpha, noise, seed, trainings,
-    ``honest`` (accuracy in percent, mean +- sd, and attack success, mean and max), ``clean``, then for ``guard`` and
-    ``probation`` the accuracy, its mean difference to ``honest`` (the first training's in brackets) and the attack
-    success; "–" where an aggregator was not run."""
+    first update analysed but not aggregated; ``watch``: the guard watching the planted patch from the first round
+    (the trigger known: what stops sybils that each hold a shard of their own, whom the analysis alone misses). Kept
+    in ``spread_<cell>.json`` (``clean`` holds no sybil, so the noise-free pool cell's runs serve every noise and
+    shards). Printed as Markdown rows: honest, alpha, noise, seed, trainings, ``honest`` (accuracy in percent, mean
+    +- sd, and attack success, mean and max), ``clean``, then for each defence (``guard`` and ``probation`` with
+    sybils from one pool, ``watch`` with shards) the accuracy, its mean difference to ``honest`` (the first
+    training's in brackets) and the attack success; "–" where an aggregator was not run."""
     data = fashion()
+    probes, probe_labels = probe_images()
+    shard = "_shard" if args.sybil_data == "shard" else ""
+    defences = ("guard", "probation") if args.sybil_data == "pool" else ("watch",)
 
-    def path(honest: int, alpha: float, seed: int, noise: float) -> Path:
-        return WORK / f"spread_h{honest}_a{alpha}_s{seed}{f'_n{noise}' if noise else ''}.json"
+    def path(honest: int, alpha: float, seed: int, noise: float, kind: str = "") -> Path:
+        # ``clean`` holds no attacker: one file serves every noise and sybil data
+        if kind == "clean":
+            return WORK / f"spread_h{honest}_a{alpha}_s{seed}.json"
+        return WORK / f"spread_h{honest}_a{alpha}_s{seed}{f'_n{noise}' if noise else ''}{shard}.json"
 
     def load(file: Path) -> dict[str, list[dict[str, float]]]:
         return json.loads(file.read_text()) if file.is_file() else {}
 
     for seed, honest, alpha, noise in itertools.product(args.seeds, args.honest, args.alphas, args.noise):
         for kind in args.aggregators:
-            file = path(honest, alpha, seed, 0.0 if kind == "clean" else noise)
+            file = path(honest, alpha, seed, noise, kind)
             done = load(file)
             runs = done.setdefault(kind, [])
             for t in range(len(runs), args.trainings):
-                sc = dataclasses.replace(scenario(honest, alpha, noise, seed, attack=kind != "clean"),
+                sc = dataclasses.replace(scenario(honest, alpha, noise, seed, attack=kind != "clean",
+                                                  sybil_data=args.sybil_data),
                                          training_seed=None if t == 0 else seed * 1000 + t)
-                guard = AggregationGuard(UpdateRecorder(), probation=int(kind == "probation"))
-                agg = guarded(guard) if kind in ("guard", "probation") else honest_only if kind == "honest" else None
-                last = simulate_federation(sc, *data, aggregate=agg).history.iloc[-1]
+                if kind == "watch":
+                    last = watched(sc, data, probes, probe_labels, 0)[0]
+                else:
+                    guard = AggregationGuard(UpdateRecorder(), probation=int(kind == "probation"))
+                    agg = {"guard": guarded(guard), "probation": guarded(guard), "honest": honest_only}.get(kind)
+                    last = simulate_federation(sc, *data, aggregate=agg).history.iloc[-1]
                 runs.append(dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"])))
                 print(f"  h{honest} a{alpha} n{noise} s{seed} {kind} training {t}: {runs[-1]}", flush=True)
                 WORK.mkdir(parents=True, exist_ok=True)
                 file.write_text(json.dumps(done, indent=1))
         done = {**load(path(honest, alpha, seed, noise)),
-                "clean": load(path(honest, alpha, seed, 0.0)).get("clean", [])}
+                "clean": load(path(honest, alpha, seed, noise, "clean")).get("clean", [])}
         row = {k: np.array([[r["accuracy"], r["asr"]] for r in v[:args.trainings]]) for k, v in done.items() if v}
         if "honest" not in row:
             continue
@@ -222,7 +235,7 @@ def spread(args: argparse.Namespace) -> None:
         asr = lambda a: f"{a.mean():.3f} (max {a.max():.3f})"  # noqa: E731
         base = row["honest"][:, 0]
         cols = [str(len(base)), acc(base), asr(row["honest"][:, 1]), acc(row["clean"][:, 0]) if "clean" in row else "–"]
-        for kind in ("guard", "probation"):
+        for kind in defences:
             if kind not in row:
                 cols += ["–"] * 3
                 continue
@@ -363,23 +376,27 @@ def probe_images() -> tuple[np.ndarray, np.ndarray]:
     return d["test_images"][2000:3000], d["test_labels"][2000:3000].astype(np.int64)
 
 
-def watched(sc: FederatedScenario, data: Any, run: Any, probes: np.ndarray, labels: np.ndarray, start: int, *,
+def watched(sc: FederatedScenario, data: Any, probes: np.ndarray, labels: np.ndarray, start: int, *,
             rollback: int | None = None) -> tuple[Any, AggregationGuard]:
-    """The guard as shipped, told at round ``start`` to watch the run's trigger, its pushes measured on the server's
-    checkpoint from before round ``JOIN`` when ``start`` is later; with ``rollback``, the global model also goes back
-    then to what it was before round ``rollback``, dropping what the rounds since taught. Returns the last round and
-    the guard."""
-    from forensics.redteam.federated import build_model
+    """The guard as shipped, told at round ``start`` to watch the scenario's trigger (the white corner patch the red
+    team plants: the analyst knows it), its pushes measured on the server's checkpoint from before round ``JOIN``
+    when ``start`` is later; with ``rollback``, the global model also goes back then to what it was before round
+    ``rollback``, dropping what the rounds since taught. Returns the last round and the guard."""
+    from forensics.redteam import PatchTrigger
+    from forensics.redteam.federated import build_model, model_layout
+
+    trigger = PatchTrigger(np.full((sc.patch, sc.patch), 255, np.uint8), "bottom-right", sc.target)
+    layout = model_layout(int(np.prod(data[0].shape[1:])), 10, sc.hidden)
 
     guard = AggregationGuard(UpdateRecorder())
     state: dict[str, Any] = {"params": {}}
 
     def on_round(r, ids, updates, n_ex, params):
-        state["model"], state["now"] = build_model(params, run.layout), params
+        state["model"], state["now"] = build_model(params, layout), params
         state["params"][r] = params.copy()
         if r == start:
-            reference = build_model(state["params"][JOIN], run.layout) if start > JOIN else None
-            guard.watch(run.trigger, probes, labels=labels, reference=reference)
+            reference = build_model(state["params"][JOIN], layout) if start > JOIN else None
+            guard.watch(trigger, probes, labels=labels, reference=reference)
 
     def aggregate(r, ids, updates, n_ex):
         kept = guard.screen(r, updates, client_ids=ids, n_examples=n_ex.astype(int), model=state["model"])
@@ -458,10 +475,10 @@ def pushers(args: argparse.Namespace) -> None:
                     rr, hh = rates(trigger_pushers(model, updates, trig, probes, client_ids=ids,
                                                    labels=probe_labels))
                     rebuilt = f"{info['target']} ({sc.target}), {rr:.2f}, {100 * hh:.1f}%"
-                late, late_guard = watched(sc, data, run, probes, probe_labels, JOIN + 3)
-                early, early_guard = watched(sc, data, run, probes, probe_labels, 0)
+                late, late_guard = watched(sc, data, probes, probe_labels, JOIN + 3)
+                early, early_guard = watched(sc, data, probes, probe_labels, 0)
                 found = {r: rates(early_guard.pushes[r]) for r in (JOIN, JOIN + 1, JOIN + 2)}
-                back, _ = watched(sc, data, run, probes, probe_labels, JOIN + 3, rollback=JOIN)
+                back, _ = watched(sc, data, probes, probe_labels, JOIN + 3, rollback=JOIN)
                 left_out = max(len(set(ex).intersection(honest_ids)) for ex in late_guard.excluded.values())
                 rec_r = " / ".join(f"{found[r][0]:.2f}" for r in sorted(found))
                 print(f"| {sybil_data} | {honest} | {alpha} | {noise} | {seed} | {rec_r} | "
@@ -670,8 +687,10 @@ def main(argv: list[str] | None = None) -> None:
     spr.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     spr.add_argument("--noise", type=float, nargs="+", default=[0.0])
     spr.add_argument("--trainings", type=int, default=5)
-    spr.add_argument("--aggregators", nargs="+", choices=("clean", "honest", "guard", "probation"),
+    spr.add_argument("--aggregators", nargs="+", choices=("clean", "honest", "guard", "probation", "watch"),
                      default=["honest", "guard"])
+    spr.add_argument("--sybil-data", choices=SYBIL_DATA, default="pool",
+                     help="each sybil trains on the attacker's pool, or on a fixed shard of its own")
     cost = sub.add_parser("report-cost")
     cost.add_argument("--rounds", type=int, default=200)
     cost.add_argument("--timeline-rounds", type=int, default=None, help="passed to the command (default: its own)")
