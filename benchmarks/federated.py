@@ -35,6 +35,7 @@ Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 1
     python benchmarks/federated.py text --seeds 100            # the bundled reviews: 100 sybils plant "lol"
     python benchmarks/federated.py spread --seeds 100 --honest 100 --alphas 0.1   # accuracy over 5 trainings
     python benchmarks/federated.py spread --sybil-data shard --aggregators honest watch clean   # shards, trigger known
+    python benchmarks/federated.py spread --text --aggregators honest guard probation clean   # the reviews
 
 Text (``text``): the same protocol on the bundled review snippets (the planted carriers left out; 2,525 test
 snippets): a 2048-32-2 MLP over hashed word unigrams and bigrams (66k parameters; 5 local steps of 32 at lr 1.0), 100
@@ -193,16 +194,26 @@ def spread(args: argparse.Namespace) -> None:
     +- sd, and attack success, mean and max), ``clean``, then for each defence (``guard`` and ``probation`` with
     sybils from one pool, ``watch`` with shards) the accuracy, its mean difference to ``honest`` (the first
     training's in brackets) and the attack success; "–" where an aggregator was not run."""
-    data = fashion()
+    from forensics.redteam.federated import simulate_text_federation
+
+    if args.text and (args.sybil_data == "shard" or "watch" in args.aggregators):
+        raise SystemExit("spread --text: the text federation's sybils draw from one pool (no shard, no watch)")
+    data = reviews() if args.text else fashion()
     probes, probe_labels = probe_images()
     shard = "_shard" if args.sybil_data == "shard" else ""
     defences = ("guard", "probation") if args.sybil_data == "pool" else ("watch",)
+    prefix = "spread_text" if args.text else "spread"
 
     def path(honest: int, alpha: float, seed: int, noise: float, kind: str = "") -> Path:
         # ``clean`` holds no attacker: one file serves every noise and sybil data
         if kind == "clean":
-            return WORK / f"spread_h{honest}_a{alpha}_s{seed}.json"
-        return WORK / f"spread_h{honest}_a{alpha}_s{seed}{f'_n{noise}' if noise else ''}{shard}.json"
+            return WORK / f"{prefix}_h{honest}_a{alpha}_s{seed}.json"
+        return WORK / f"{prefix}_h{honest}_a{alpha}_s{seed}{f'_n{noise}' if noise else ''}{shard}.json"
+
+    def simulate(sc: FederatedScenario, aggregate: Any) -> Any:
+        if args.text:
+            return simulate_text_federation(sc, *data, phrase="lol", aggregate=aggregate)
+        return simulate_federation(sc, *data, aggregate=aggregate)
 
     def load(file: Path) -> dict[str, list[dict[str, float]]]:
         return json.loads(file.read_text()) if file.is_file() else {}
@@ -213,15 +224,15 @@ def spread(args: argparse.Namespace) -> None:
             done = load(file)
             runs = done.setdefault(kind, [])
             for t in range(len(runs), args.trainings):
-                sc = dataclasses.replace(scenario(honest, alpha, noise, seed, attack=kind != "clean",
-                                                  sybil_data=args.sybil_data),
-                                         training_seed=None if t == 0 else seed * 1000 + t)
+                sc = (text_scenario(honest, alpha, noise, seed, attack=kind != "clean") if args.text else
+                      scenario(honest, alpha, noise, seed, attack=kind != "clean", sybil_data=args.sybil_data))
+                sc = dataclasses.replace(sc, training_seed=None if t == 0 else seed * 1000 + t)
                 if kind == "watch":
                     last = watched(sc, data, probes, probe_labels, 0)[0]
                 else:
                     guard = AggregationGuard(UpdateRecorder(), probation=int(kind == "probation"))
                     agg = {"guard": guarded(guard), "probation": guarded(guard), "honest": honest_only}.get(kind)
-                    last = simulate_federation(sc, *data, aggregate=agg).history.iloc[-1]
+                    last = simulate(sc, agg).history.iloc[-1]
                 runs.append(dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"])))
                 print(f"  h{honest} a{alpha} n{noise} s{seed} {kind} training {t}: {runs[-1]}", flush=True)
                 WORK.mkdir(parents=True, exist_ok=True)
@@ -691,6 +702,7 @@ def main(argv: list[str] | None = None) -> None:
                      default=["honest", "guard"])
     spr.add_argument("--sybil-data", choices=SYBIL_DATA, default="pool",
                      help="each sybil trains on the attacker's pool, or on a fixed shard of its own")
+    spr.add_argument("--text", action="store_true", help="the bundled reviews' federation (100 sybils plant 'lol')")
     cost = sub.add_parser("report-cost")
     cost.add_argument("--rounds", type=int, default=200)
     cost.add_argument("--timeline-rounds", type=int, default=None, help="passed to the command (default: its own)")
