@@ -32,6 +32,7 @@ Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 1
     python benchmarks/federated.py trigger --seeds 100 101     # the sybils' patch rebuilt from the model alone
     python benchmarks/federated.py report --seeds 100 101      # the markdown tables
     python benchmarks/federated.py pushers --seeds 100 101     # who pushes a known trigger; a guard that watches it
+    python benchmarks/federated.py rebuilt --seeds 100 101     # no trigger known: every group's rebuilt, who pushes it
     python benchmarks/federated.py text --seeds 100            # the bundled reviews: 100 sybils plant "lol"
     python benchmarks/federated.py spread --seeds 100 --honest 100 --alphas 0.1   # accuracy over 5 trainings
     python benchmarks/federated.py spread --sybil-data shard --aggregators honest watch clean   # shards, trigger known
@@ -504,6 +505,67 @@ def pushers(args: argparse.Namespace) -> None:
                       + f" | {left_out} | {time.perf_counter() - t0:.0f} |", flush=True)
 
 
+def rebuilt(args: argparse.Namespace) -> None:
+    """No trigger known: every HDBSCAN group of the analysis at the sybils' third round of a FedAvg run screened with
+    ``screen_group_triggers`` (each group's trigger rebuilt on that round's model, its pushers counted on the
+    server's checkpoint from before the sybils joined), the most pushed trigger taken; and the same in the federation
+    drawn without the attacker (its false alarm). Cached per cell in ``rebuilt_<cell>.json``; printed as Markdown
+    rows."""
+    from forensics.federated import screen_group_triggers
+    from forensics.redteam.federated import build_model
+
+    data = fashion()
+    probes, probe_labels = probe_images()
+    print("| sybil data | honest | alpha | noise | seed | groups (size: sybils) | top trigger: target, pushers, "
+          "sybils named, honest named | next group's pushers | without the attacker: groups, most pushers (honest "
+          "share) | s |")
+    print("|" + "---|" * 10)
+    for sybil_data, seed, honest, alpha, noise in itertools.product(args.sybil_data, args.seeds, args.honest,
+                                                                    args.alphas, args.noise):
+        path = WORK / f"rebuilt_h{honest}_a{alpha}_n{noise}_s{seed}_{sybil_data}.json"
+        if path.is_file():
+            cell = json.loads(path.read_text())
+        else:
+            t0 = time.perf_counter()
+            cell = {}
+            for attack in (True, False):
+                sc = scenario(honest, alpha, noise, seed, attack=attack, sybil_data=sybil_data)
+                rec, kept = UpdateRecorder(), {}
+
+                def on_round(r, ids, updates, n_ex, params, rec=rec, kept=kept):
+                    if r <= JOIN + 2:
+                        rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+                    if r == JOIN:
+                        kept.update(before=params.copy())
+                    if r == JOIN + 2:
+                        kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
+                run = simulate_federation(sc, *data, on_round=on_round)
+                sybils = set(run.truth.index[run.truth["role"] == "sybil"])
+                honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
+                groups = analyze_clients(rec).groups
+                table = screen_group_triggers(build_model(kept["params"], run.layout), kept["updates"], groups,
+                                              probes, client_ids=kept["ids"], labels=probe_labels,
+                                              reference=build_model(kept["before"], run.layout))
+                cell["attack" if attack else "clean"] = dict(
+                    groups=[[len(m), len(set(m) & sybils)] for m in table["members"]],
+                    rows=[dict(target=int(t), n_pushers=int(n), sybils=len(set(named) & sybils),
+                               honest=len(set(named) & honest_ids))
+                          for t, n, named in zip(table["target"], table["n_pushers"], table["pushers"])],
+                    n_honest=len(honest_ids), n_sybils=len(sybils))
+            cell["seconds"] = round(time.perf_counter() - t0)
+            WORK.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(cell, indent=1))
+        a, c = cell["attack"], cell["clean"]
+        top = (f"{a['rows'][0]['target']}, {a['rows'][0]['n_pushers']}, {a['rows'][0]['sybils'] / a['n_sybils']:.2f}, "
+               f"{100 * a['rows'][0]['honest'] / a['n_honest']:.1f}%") if a["rows"] else "no group"
+        nxt = str(a["rows"][1]["n_pushers"]) if len(a["rows"]) > 1 else "–"
+        worst = (f"{len(c['rows'])}, {c['rows'][0]['n_pushers']} ({100 * c['rows'][0]['honest'] / c['n_honest']:.1f}%)"
+                 if c["rows"] else "0, –")
+        sizes = ", ".join(f"{n}: {k}" for n, k in a["groups"])
+        print(f"| {sybil_data} | {honest} | {alpha} | {noise} | {seed} | {sizes} | {top} | {nxt} | {worst} | "
+              f"{cell['seconds']} |", flush=True)
+
+
 TEXT_WATCH = ["lol", "omg", "brb", "zq vortex"]
 
 
@@ -692,6 +754,12 @@ def main(argv: list[str] | None = None) -> None:
     push.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     push.add_argument("--noise", type=float, nargs="+", default=[0.0])
     push.add_argument("--sybil-data", choices=SYBIL_DATA, nargs="+", default=["shard", "pool"])
+    reb = sub.add_parser("rebuilt")
+    reb.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
+    reb.add_argument("--honest", type=int, nargs="+", default=[100, 400])
+    reb.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
+    reb.add_argument("--noise", type=float, nargs="+", default=[0.0])
+    reb.add_argument("--sybil-data", choices=SYBIL_DATA, nargs="+", default=["shard", "pool"])
     spr = sub.add_parser("spread")
     spr.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     spr.add_argument("--honest", type=int, nargs="+", default=[100, 400])
@@ -708,7 +776,8 @@ def main(argv: list[str] | None = None) -> None:
     cost.add_argument("--timeline-rounds", type=int, default=None, help="passed to the command (default: its own)")
     args = p.parse_args(argv)
     {"quality": quality, "speed": speed, "report": report, "report-cost": report_cost,
-     "trigger": induced_trigger, "text": text, "pushers": pushers, "spread": spread}[args.cmd](args)
+     "trigger": induced_trigger, "text": text, "pushers": pushers, "spread": spread,
+     "rebuilt": rebuilt}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from forensics.federated import (
     group_effect,
     group_phrases,
     group_trigger,
+    screen_group_triggers,
     sketch,
     trigger_pushers,
 )
@@ -582,6 +583,32 @@ def test_trigger_pushers_names_every_sybil_with_a_shard_of_its_own_and_no_honest
         trigger_pushers(model, updates, "lol", xte)
     with pytest.raises(InputError, match="update of client 'c0'"):
         trigger_pushers(model, np.ones((8, 3)), run.trigger, xte, client_ids=[f"c{i}" for i in range(8)])
+
+
+def test_screening_every_group_rebuilds_the_shard_sybils_trigger_and_names_them_by_who_pushes_it(digits, shard_round):
+    """No trigger known: the sybils' group's rebuilt trigger is pushed by the crowd that was given it, an honest
+    group's by few."""
+    _, run, kept = shard_round
+    _, _, xte, yte = digits
+    ids, updates = kept["ids"], kept["updates"]
+    sybils = [c for c in ids if c.startswith("sybil")]
+    honest = [c for c in ids if c.startswith("honest")][:20]
+    model, before = build_model(kept["params"], run.layout), build_model(kept["before"], run.layout)
+    table = screen_group_triggers(model, updates, [honest, sybils + ["gone"], ["gone"]], xte, client_ids=ids,
+                                  labels=yte, reference=before, steps=150, screen_steps=30)
+    assert len(table) == 2 and table.loc[0, "members"] == sybils  # a group with no member in the round is skipped
+    top = table.iloc[0]
+    assert top["target"] == run.trigger.target
+    named = set(top["pushers"])
+    assert len(named & set(sybils)) >= 0.9 * len(sybils) and len(named - set(sybils)) <= 1
+    assert top["members_pushing"] >= 0.9 and top["n_pushers"] == len(named)
+    assert table.loc[1, "n_pushers"] < len(sybils) / 2
+    # A mapping of client -> update reads the same.
+    mapped = screen_group_triggers(model, dict(zip(ids, updates)), [sybils], xte, labels=yte, reference=before,
+                                   steps=150, screen_steps=30)
+    assert mapped.loc[0, "pushers"] == top["pushers"]
+    with pytest.raises(InputError, match="client_ids must name the"):
+        screen_group_triggers(model, updates, [sybils], xte, client_ids=ids[:3])
 
 
 def test_a_guard_that_watches_the_trigger_leaves_out_sybils_the_analysis_reads_as_devices(digits, shard_round):

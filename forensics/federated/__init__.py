@@ -8,7 +8,8 @@ with reasons; :func:`group_effect` measures what a flagged group's mean update d
 success of a trigger with and without it, and which classes gain predictions), and :func:`group_trigger`
 reconstructs the image trigger it induces from the model alone when none is known (:func:`group_phrases`: the
 phrase, for a text model); once a trigger is known, :func:`trigger_pushers` says which clients' own updates push it
-(fake devices that hold poisoned data of their own look like honest devices of one class in every other respect). The
+(fake devices that hold poisoned data of their own look like honest devices of one class in every other respect), and
+:func:`screen_group_triggers` rebuilds every group's trigger and counts who pushes it, for when none is known. The
 Flower strategy wrappers (:class:`forensics.federated.flower.ForensicStrategy`, and
 :class:`~forensics.federated.flower.ForensicFedAvg` for Flower's Message API) record every round and can leave
 flagged clients out of the aggregation; they import flwr on first use. :func:`write_client_report` writes a
@@ -28,7 +29,15 @@ from __future__ import annotations
 from typing import Any
 
 from .analysis import DEFAULT_THRESHOLD, ClientReport, analyze_clients
-from .confirm import InducedTrigger, apply_update, group_effect, group_phrases, group_trigger, trigger_pushers
+from .confirm import (
+    InducedTrigger,
+    apply_update,
+    group_effect,
+    group_phrases,
+    group_trigger,
+    screen_group_triggers,
+    trigger_pushers,
+)
 from .recorder import RoundRecord, UpdateRecorder
 from .sketch import SKETCH_DIM, flatten_update, sketch
 
@@ -46,4 +55,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["ClientReport", "DEFAULT_THRESHOLD", "ForensicFedAvg", "ForensicStrategy", "InducedTrigger", "RoundRecord",
            "SKETCH_DIM", "UpdateRecorder", "analyze_clients", "apply_update", "client_report_html", "flatten_update",
-           "group_effect", "group_phrases", "group_trigger", "sketch", "trigger_pushers", "write_client_report"]
+           "group_effect", "group_phrases", "group_trigger", "screen_group_triggers", "sketch", "trigger_pushers",
+           "write_client_report"]
