@@ -609,6 +609,8 @@ def test_screening_every_group_rebuilds_the_shard_sybils_trigger_and_names_them_
     assert mapped.loc[0, "pushers"] == top["pushers"]
     with pytest.raises(InputError, match="client_ids must name the"):
         screen_group_triggers(model, updates, [sybils], xte, client_ids=ids[:3])
+    with pytest.raises(InputError, match="refine"):
+        screen_group_triggers(model, updates, [sybils], xte, client_ids=ids, refine=-1)
 
 
 def test_a_guard_that_watches_the_trigger_leaves_out_sybils_the_analysis_reads_as_devices(digits, shard_round):
