@@ -603,10 +603,13 @@ def test_screening_every_group_rebuilds_the_shard_sybils_trigger_and_names_them_
     assert len(named & set(sybils)) >= 0.9 * len(sybils) and len(named - set(sybils)) <= 1
     assert top["members_pushing"] >= 0.9 and top["n_pushers"] == len(named)
     assert table.loc[1, "n_pushers"] < len(sybils) / 2
-    # A mapping of client -> update reads the same.
-    mapped = screen_group_triggers(model, dict(zip(ids, updates)), [sybils], xte, labels=yte, reference=before,
-                                   steps=150, screen_steps=30)
-    assert mapped.loc[0, "pushers"] == top["pushers"]
+    # A mapping of client -> update reads the same; a NaN update joins no group's mean and pushes nothing.
+    mapped = dict(zip(ids, updates))
+    mapped["honest-0000"] = np.full(updates.shape[1], np.nan, dtype=np.float32)
+    screened = screen_group_triggers(model, mapped, [sybils + ["honest-0000"], ["honest-0000"]], xte, labels=yte,
+                                     reference=before, steps=150, screen_steps=30)
+    assert len(screened) == 1 and screened.loc[0, "members"] == sybils
+    assert set(screened.loc[0, "pushers"]) == named - {"honest-0000"}
     with pytest.raises(InputError, match="client_ids must name the"):
         screen_group_triggers(model, updates, [sybils], xte, client_ids=ids[:3])
     with pytest.raises(InputError, match="refine"):

@@ -579,7 +579,7 @@ def screen_group_triggers(
         The round's updates, flat or ``state_dict`` deltas in the model's order; with an array, ``client_ids`` names
         the rows.
     groups : DataFrame with a ``members`` column (``ClientReport.groups``), or a sequence of lists of client ids
-        Groups of clients of the round; members without an update are ignored.
+        Groups of clients of the round; members without an update, or with a non-finite one, are left out.
     images : ndarray of uint8 (n, h, w[, c])
         Probe images the server holds (at least 20).
     client_ids : list of str, optional
@@ -618,7 +618,8 @@ def screen_group_triggers(
         ids = [str(c) for c in client_ids]
     refine = check_int(refine, "refine", low=0)
     member_lists = list(groups["members"]) if isinstance(groups, pd.DataFrame) else list(groups)
-    where = {c: i for i, c in enumerate(ids)}
+    # A non-finite update cannot be applied (the analysis flags it as an anomaly): it joins no group's mean.
+    where = {c: i for i, c in enumerate(ids) if np.isfinite(rows[i]).all()}
     out = []
     for members in member_lists:
         present = [str(c) for c in members if str(c) in where]
