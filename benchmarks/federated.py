@@ -389,15 +389,16 @@ def probe_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 def watched(sc: FederatedScenario, data: Any, probes: np.ndarray, labels: np.ndarray, start: int, *,
-            rollback: int | None = None) -> tuple[Any, AggregationGuard]:
-    """The guard as shipped, told at round ``start`` to watch the scenario's trigger (the white corner patch the red
-    team plants: the analyst knows it), its pushes measured on the server's checkpoint from before round ``JOIN``
-    when ``start`` is later; with ``rollback``, the global model also goes back then to what it was before round
-    ``rollback``, dropping what the rounds since taught. Returns the last round and the guard."""
+            rollback: int | None = None, trigger: Any = None) -> tuple[Any, AggregationGuard]:
+    """The guard as shipped, told at round ``start`` to watch ``trigger`` (default: the scenario's, the white corner
+    patch the red team plants, as an analyst who knows it), its pushes measured on the server's checkpoint from before
+    round ``JOIN`` when ``start`` is later; with ``rollback``, the global model also goes back then to what it was
+    before round ``rollback``, dropping what the rounds since taught. Returns the last round and the guard."""
     from forensics.redteam import PatchTrigger
     from forensics.redteam.federated import build_model, model_layout
 
-    trigger = PatchTrigger(np.full((sc.patch, sc.patch), 255, np.uint8), "bottom-right", sc.target)
+    if trigger is None:
+        trigger = PatchTrigger(np.full((sc.patch, sc.patch), 255, np.uint8), "bottom-right", sc.target)
     layout = model_layout(int(np.prod(data[0].shape[1:])), 10, sc.hidden)
 
     guard = AggregationGuard(UpdateRecorder())
@@ -509,43 +510,46 @@ def rebuilt(args: argparse.Namespace) -> None:
     """No trigger known: every HDBSCAN group of the analysis at the sybils' third round of a FedAvg run screened with
     ``screen_group_triggers`` (each group's trigger rebuilt on that round's model, its pushers counted on the
     server's checkpoint from before the sybils joined), the most pushed trigger taken; and the same in the federation
-    drawn without the attacker (its false alarm). Cached per cell in ``rebuilt_<cell>.json``; printed as Markdown
-    rows."""
+    drawn without the attacker (its false alarm). With ``--act``, the guard then told to watch that trigger from the
+    sybils' fourth round on, its pushes measured on that checkpoint (as ``pushers``' "watch from r6" with the planted
+    patch). Cached per cell in ``rebuilt_<cell>.json``; printed as Markdown rows."""
     from forensics.federated import screen_group_triggers
     from forensics.redteam.federated import build_model
 
     data = fashion()
     probes, probe_labels = probe_images()
+
+    def screened(sc: FederatedScenario) -> tuple[Any, Any, dict[str, Any]]:
+        rec, kept = UpdateRecorder(), {}
+
+        def on_round(r, ids, updates, n_ex, params):
+            if r <= JOIN + 2:
+                rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
+            if r == JOIN:
+                kept.update(before=params.copy())
+            if r == JOIN + 2:
+                kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
+        run = simulate_federation(sc, *data, on_round=on_round)
+        table = screen_group_triggers(build_model(kept["params"], run.layout), kept["updates"],
+                                      analyze_clients(rec).groups, probes, client_ids=kept["ids"],
+                                      labels=probe_labels, reference=build_model(kept["before"], run.layout))
+        return run, table, kept
+
     print("| sybil data | honest | alpha | noise | seed | groups (size: sybils) | top trigger: target, pushers, "
           "sybils named, honest named | next group's pushers | without the attacker: groups, most pushers (honest "
-          "share) | s |")
-    print("|" + "---|" * 10)
+          "share) | s |" + (" ASR fedavg | watch rebuilt from r6: ASR | accuracy | max honest left out |"
+                            if args.act else ""))
+    print("|" + "---|" * (14 if args.act else 10))
     for sybil_data, seed, honest, alpha, noise in itertools.product(args.sybil_data, args.seeds, args.honest,
                                                                     args.alphas, args.noise):
         path = WORK / f"rebuilt_h{honest}_a{alpha}_n{noise}_s{seed}_{sybil_data}.json"
-        if path.is_file():
-            cell = json.loads(path.read_text())
-        else:
+        cell = json.loads(path.read_text()) if path.is_file() else {}
+        if "attack" not in cell:
             t0 = time.perf_counter()
-            cell = {}
             for attack in (True, False):
-                sc = scenario(honest, alpha, noise, seed, attack=attack, sybil_data=sybil_data)
-                rec, kept = UpdateRecorder(), {}
-
-                def on_round(r, ids, updates, n_ex, params, rec=rec, kept=kept):
-                    if r <= JOIN + 2:
-                        rec.record_round(r, updates, client_ids=ids, n_examples=n_ex.astype(int))
-                    if r == JOIN:
-                        kept.update(before=params.copy())
-                    if r == JOIN + 2:
-                        kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
-                run = simulate_federation(sc, *data, on_round=on_round)
+                run, table, _ = screened(scenario(honest, alpha, noise, seed, attack=attack, sybil_data=sybil_data))
                 sybils = set(run.truth.index[run.truth["role"] == "sybil"])
                 honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
-                groups = analyze_clients(rec).groups
-                table = screen_group_triggers(build_model(kept["params"], run.layout), kept["updates"], groups,
-                                              probes, client_ids=kept["ids"], labels=probe_labels,
-                                              reference=build_model(kept["before"], run.layout))
                 cell["attack" if attack else "clean"] = dict(
                     groups=[[len(m), len(set(m) & sybils)] for m in table["members"]],
                     rows=[dict(target=int(t), n_pushers=int(n), sybils=len(set(named) & sybils),
@@ -555,6 +559,15 @@ def rebuilt(args: argparse.Namespace) -> None:
             cell["seconds"] = round(time.perf_counter() - t0)
             WORK.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(cell, indent=1))
+        if args.act and "act" not in cell:
+            sc = scenario(honest, alpha, noise, seed, sybil_data=sybil_data)
+            run, table, _ = screened(sc)
+            last, guard = watched(sc, data, probes, probe_labels, JOIN + 3, trigger=table.loc[0, "trigger"])
+            honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
+            cell["act"] = dict(asr_fedavg=float(run.history["attack_success"].iloc[-1]),
+                               asr=float(last["attack_success"]), accuracy=float(last["accuracy"]),
+                               max_honest_left_out=max(len(set(ex) & honest_ids) for ex in guard.excluded.values()))
+            path.write_text(json.dumps(cell, indent=1))
         a, c = cell["attack"], cell["clean"]
         top = (f"{a['rows'][0]['target']}, {a['rows'][0]['n_pushers']}, {a['rows'][0]['sybils'] / a['n_sybils']:.2f}, "
                f"{100 * a['rows'][0]['honest'] / a['n_honest']:.1f}%") if a["rows"] else "no group"
@@ -562,9 +575,10 @@ def rebuilt(args: argparse.Namespace) -> None:
         worst = (f"{len(c['rows'])}, {c['rows'][0]['n_pushers']} ({100 * c['rows'][0]['honest'] / c['n_honest']:.1f}%)"
                  if c["rows"] else "0, –")
         sizes = ", ".join(f"{n}: {k}" for n, k in a["groups"])
+        act = (f" {cell['act']['asr_fedavg']:.3f} | {cell['act']['asr']:.3f} | {cell['act']['accuracy']:.3f} | "
+               f"{cell['act']['max_honest_left_out']} |" if args.act else "")
         print(f"| {sybil_data} | {honest} | {alpha} | {noise} | {seed} | {sizes} | {top} | {nxt} | {worst} | "
-              f"{cell['seconds']} |", flush=True)
-
+              f"{cell['seconds']} |{act}", flush=True)
 
 TEXT_WATCH = ["lol", "omg", "brb", "zq vortex"]
 
@@ -760,6 +774,7 @@ def main(argv: list[str] | None = None) -> None:
     reb.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
     reb.add_argument("--noise", type=float, nargs="+", default=[0.0])
     reb.add_argument("--sybil-data", choices=SYBIL_DATA, nargs="+", default=["shard", "pool"])
+    reb.add_argument("--act", action="store_true", help="and a guard watching the top trigger from the fourth round")
     spr = sub.add_parser("spread")
     spr.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     spr.add_argument("--honest", type=int, nargs="+", default=[100, 400])
