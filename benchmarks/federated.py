@@ -519,7 +519,7 @@ def rebuilt(args: argparse.Namespace) -> None:
     data = fashion()
     probes, probe_labels = probe_images()
 
-    def screened(sc: FederatedScenario) -> tuple[Any, Any, dict[str, Any]]:
+    def screened(sc: FederatedScenario) -> tuple[Any, Any]:
         rec, kept = UpdateRecorder(), {}
 
         def on_round(r, ids, updates, n_ex, params):
@@ -533,7 +533,7 @@ def rebuilt(args: argparse.Namespace) -> None:
         table = screen_group_triggers(build_model(kept["params"], run.layout), kept["updates"],
                                       analyze_clients(rec).groups, probes, client_ids=kept["ids"],
                                       labels=probe_labels, reference=build_model(kept["before"], run.layout))
-        return run, table, kept
+        return run, table
 
     print("| sybil data | honest | alpha | noise | seed | groups (size: sybils) | top trigger: target, pushers, "
           "sybils named, honest named | next group's pushers | without the attacker: groups, most pushers (honest "
@@ -544,10 +544,12 @@ def rebuilt(args: argparse.Namespace) -> None:
                                                                     args.alphas, args.noise):
         path = WORK / f"rebuilt_h{honest}_a{alpha}_n{noise}_s{seed}_{sybil_data}.json"
         cell = json.loads(path.read_text()) if path.is_file() else {}
+        attacked = None  # the attacked federation's run and screen, when computed here
         if "attack" not in cell:
             t0 = time.perf_counter()
             for attack in (True, False):
-                run, table, _ = screened(scenario(honest, alpha, noise, seed, attack=attack, sybil_data=sybil_data))
+                run, table = screened(scenario(honest, alpha, noise, seed, attack=attack, sybil_data=sybil_data))
+                attacked = attacked or (run, table)
                 sybils = set(run.truth.index[run.truth["role"] == "sybil"])
                 honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
                 cell["attack" if attack else "clean"] = dict(
@@ -561,7 +563,7 @@ def rebuilt(args: argparse.Namespace) -> None:
             path.write_text(json.dumps(cell, indent=1))
         if args.act and "act" not in cell:
             sc = scenario(honest, alpha, noise, seed, sybil_data=sybil_data)
-            run, table, _ = screened(sc)
+            run, table = attacked or screened(sc)
             last, guard = watched(sc, data, probes, probe_labels, JOIN + 3, trigger=table.loc[0, "trigger"])
             honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
             cell["act"] = dict(asr_fedavg=float(run.history["attack_success"].iloc[-1]),
