@@ -620,6 +620,7 @@ def screen_group_triggers(
     member_lists = list(groups["members"]) if isinstance(groups, pd.DataFrame) else list(groups)
     # A non-finite update cannot be applied (the analysis flags it as an anomaly): it joins no group's mean.
     where = {c: i for i, c in enumerate(ids) if np.isfinite(rows[i]).all()}
+    measured_on = model if reference is None else reference
     out = []
     for members in member_lists:
         present = [str(c) for c in members if str(c) in where]
@@ -627,8 +628,8 @@ def screen_group_triggers(
             continue
         trigger, info = group_trigger(model, rows[[where[c] for c in present]].mean(axis=0), images, labels=labels,
                                       to_input=to_input, random_state=random_state, **search)
-        table = trigger_pushers(model if reference is None else reference, rows, trigger, images, client_ids=ids,
-                                labels=labels, preprocess=preprocess, random_state=random_state)
+        table = trigger_pushers(measured_on, rows, trigger, images, client_ids=ids, labels=labels,
+                                preprocess=preprocess, random_state=random_state)
         named = list(table.index[table["is_pusher"]])
         for _ in range(refine):
             if not named:
@@ -636,8 +637,8 @@ def screen_group_triggers(
             trigger, info = group_trigger(model, rows[[where[c] for c in named]].mean(axis=0), images, labels=labels,
                                           to_input=to_input, random_state=random_state,
                                           **{**search, "target": info["target"]})
-            table = trigger_pushers(model if reference is None else reference, rows, trigger, images, client_ids=ids,
-                                    labels=labels, preprocess=preprocess, random_state=random_state)
+            table = trigger_pushers(measured_on, rows, trigger, images, client_ids=ids, labels=labels,
+                                    preprocess=preprocess, random_state=random_state)
             named = list(table.index[table["is_pusher"]])
         out.append(dict(members=present, target=info["target"], mask_ratio=info["mask_ratio"],
                         asr_rise=info["asr_rise"], n_pushers=len(named), pushers=named,
