@@ -27,6 +27,7 @@ from forensics.federated import (
     sketch,
     trigger_pushers,
 )
+from forensics.federated.confirm import SCREEN_PHRASES
 from forensics.federated.guard import HOLD, AggregationGuard
 from forensics.federated.views import timeline_rounds
 from forensics.redteam.federated import (
@@ -462,6 +463,48 @@ def test_trigger_pushers_names_the_sybils_that_plant_a_phrase_in_a_text_model(te
     assert len(honest_pushers) <= 3 and (honest_pushers < table.loc[sybil, "push"].median() / 4).all()
     with pytest.raises(InputError, match="probe texts need preprocess="):
         trigger_pushers(model, first["updates"], run.trigger, probes)
+
+
+def test_screening_names_text_sybils_with_shards_of_their_own_by_the_phrase_they_push(text_data):
+    """No phrase known, sybils that each hold reviews of their own: the analysis puts 7 of them in a group with 14
+    honest clients and flags nobody; the screen reads "lol" from that group and names all ten by who pushes it."""
+    scenario = FederatedScenario(n_honest=40, alpha=0.5, n_rounds=4, n_sybils=10, sybil_join=2, sybil_data="shard",
+                                 target=0, local_steps=5, lr=1.0, random_state=0)
+    rec, kept = UpdateRecorder(), {}
+
+    def on_round(r, ids, updates, n_ex, params):
+        rec.record_round(r, updates, client_ids=ids)
+        if r == 2:
+            kept.update(before=params.copy())
+        if r == 3:
+            kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
+
+    run = simulate_text_federation(scenario, *text_data, phrase="lol", on_round=on_round)
+    report = analyze_clients(rec)
+    sybils = {c for c in kept["ids"] if c.startswith("sybil")}
+    assert not report.flagged and run.history["attack_success"].iloc[-1] > 0.8
+    probes, probe_labels = text_data[2][:300], text_data[3][:300]
+    table = screen_group_triggers(build_model(kept["params"], run.layout), kept["updates"], report.groups, probes,
+                                  client_ids=kept["ids"], labels=probe_labels, preprocess=run.preprocess,
+                                  reference=build_model(kept["before"], run.layout),
+                                  candidates=["lol", "zq vortex", "omg"], max_candidates=150)
+    top = table.iloc[0]
+    assert top["trigger"].phrase == "lol" and top["target"] == 0 and np.isnan(top["mask_ratio"])
+    named = set(top["pushers"])
+    # Hashed word features: an honest client whose words share the phrase's buckets pushes it a little.
+    assert named >= sybils and len(named - sybils) <= 3
+    assert table["n_pushers"].iloc[1:].max() < 5
+    # The sybils' group: its mean update raises the words of the class its honest members lean to more than "lol",
+    # which group_phrases' default ten leave out; among the screen's wider choice, who pushes it tells it apart.
+    group = next(m for m in table["members"] if len(set(m) & sybils) >= 5)
+    rows = [kept["ids"].index(c) for c in group]
+    ten, wider = (group_phrases(build_model(kept["params"], run.layout), kept["updates"][rows].mean(axis=0), probes,
+                                preprocess=run.preprocess, labels=probe_labels, candidates=["lol", "zq vortex", "omg"],
+                                max_candidates=150, top=top) for top in (10, SCREEN_PHRASES))
+    assert "lol" not in set(ten["phrase"]) and list(wider["phrase"]).index("lol") > 0
+    with pytest.raises(InputError, match="probe texts need preprocess="):
+        screen_group_triggers(build_model(kept["params"], run.layout), kept["updates"], report.groups, probes,
+                              client_ids=kept["ids"])
 
 
 # ------------------------------------------------------------------------------------------------ red team

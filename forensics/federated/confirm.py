@@ -224,6 +224,10 @@ def _unpushed_null(push: np.ndarray, *, cut: float = 3.0) -> tuple[float, float]
     return centre, spread
 
 
+#: A client whose push reaches this suspicion is a pusher (about 1% of honest rounds would name one).
+PUSHER_THRESHOLD = 2.0
+
+
 def trigger_pushers(
     model: Any,
     updates: Mapping[str, Any] | np.ndarray,
@@ -233,7 +237,7 @@ def trigger_pushers(
     client_ids: list[str] | None = None,
     labels: np.ndarray | None = None,
     preprocess: Callable[[Any], Any] | None = None,
-    threshold: float = 2.0,
+    threshold: float = PUSHER_THRESHOLD,
     batch_size: int = 512,
     random_state: int = 0,
 ) -> pd.DataFrame:
@@ -282,10 +286,6 @@ def trigger_pushers(
         ``z``, ``suspicion``, ``is_pusher``. A non-finite update has NaN there and is not a pusher (the analysis flags
         it as an anomaly).
     """
-    import torch
-
-    from ..activations import _logits_of, _model_inputs, _resolve_preprocess
-
     if not (hasattr(trigger, "apply") and hasattr(trigger, "target")):
         raise InputError(f"trigger must have apply() and target, like forensics.redteam.PatchTrigger; got "
                          f"{type(trigger).__name__}")
@@ -306,7 +306,21 @@ def trigger_pushers(
         raise InputError("client_ids must be unique")
     if len(ids) < 8:
         raise InputError(f"{len(ids)} clients: the pushes of at least 8 are needed to tell a push from the spread")
-    x = _probes(images, preprocess)
+    rise_t, rise_c = _rises(model, ids, rows, [trigger], _probes(images, preprocess), labels=labels,
+                            preprocess=preprocess, batch_size=batch_size, random_state=random_state)
+    return _push_table(ids, rise_t[:, 0], rise_c[:, 0], threshold)
+
+
+def _rises(model: Any, ids: list[str], rows: list[Any], triggers: list[Any], x: np.ndarray, *,
+           labels: np.ndarray | None, preprocess: Callable[[Any], Any] | None, batch_size: int,
+           random_state: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per client (row) and trigger (column): the mean rise of the trigger's target log-odds under the client's
+    update on the triggered probes, and on the same probes clean; NaN for a non-finite update. Each update is
+    applied once for all the triggers."""
+    import torch
+
+    from ..activations import _logits_of, _model_inputs, _resolve_preprocess
+
     prep = _resolve_preprocess(model, "text" if x.dtype == object else "image", preprocess)
     model = copy.deepcopy(model).eval()
 
@@ -322,27 +336,29 @@ def trigger_pushers(
                 parts.append(torch.log_softmax(_logits_of(net(*args, **kwargs), n), dim=1))
         return torch.cat(parts)
 
-    c = int(trigger.target)
-
-    def target_log_odds(net: Any, prepared: list[tuple[int, Any]]) -> np.ndarray:
-        lp = log_softmax(net, prepared)
+    def target_log_odds(lp: Any, c: int) -> np.ndarray:
         rest = torch.cat([lp[:, :c], lp[:, c + 1:]], dim=1)
         return (lp[:, c] - torch.logsumexp(rest, dim=1)).numpy().astype(np.float64)
 
-    before = log_softmax(model, batches(x))
+    probes = batches(x)
+    before = log_softmax(model, probes)
     called, n_classes = before.argmax(dim=1).numpy(), int(before.shape[1])
-    if not 0 <= c < n_classes:
-        raise InputError(f"the trigger's target {c} is not a class of the model ({n_classes} classes)")
-    keep = (called if labels is None else _probe_labels(labels, len(x))) != c
-    if keep.sum() < 10:
-        raise InputError(f"only {int(keep.sum())} probes are not of the trigger's target {c}; 10 are needed")
-    xs = x[keep]
-    xt = trigger.apply(xs if xs.dtype != object else list(xs), random_state=random_state)
-    xt = np.asarray(xt) if not isinstance(xt, list) else np.array(xt, dtype=object)
-    clean, triggered = batches(xs), batches(xt)
-    base_clean, base_trig = target_log_odds(model, clean), target_log_odds(model, triggered)
-    rise_t = np.full(len(ids), np.nan)
-    rise_c = np.full(len(ids), np.nan)
+    truth = called if labels is None else _probe_labels(labels, len(x))
+    plans = []  # per trigger: target, probes kept, their triggered batches, the model's log-odds before
+    for trigger in triggers:
+        c = int(trigger.target)
+        if not 0 <= c < n_classes:
+            raise InputError(f"the trigger's target {c} is not a class of the model ({n_classes} classes)")
+        keep = truth != c
+        if keep.sum() < 10:
+            raise InputError(f"only {int(keep.sum())} probes are not of the trigger's target {c}; 10 are needed")
+        xs = x[keep]
+        xt = trigger.apply(xs if xs.dtype != object else list(xs), random_state=random_state)
+        triggered = batches(np.asarray(xt) if not isinstance(xt, list) else np.array(xt, dtype=object))
+        plans.append((c, keep, triggered, target_log_odds(log_softmax(model, triggered), c),
+                      target_log_odds(before[torch.from_numpy(keep)], c)))
+    rise_t = np.full((len(ids), len(triggers)), np.nan)
+    rise_c = np.full((len(ids), len(triggers)), np.nan)
     for i, u in enumerate(rows):
         values = [flatten_update(v)[0] for v in u.values()] if isinstance(u, Mapping) else [flatten_update(u)[0]]
         if not all(np.isfinite(v).all() for v in values):
@@ -351,8 +367,15 @@ def trigger_pushers(
             net = apply_update(model, u)
         except InputError as e:
             raise InputError(f"update of client {ids[i]!r}: {e}") from e
-        rise_t[i] = float(np.mean(target_log_odds(net, triggered) - base_trig))
-        rise_c[i] = float(np.mean(target_log_odds(net, clean) - base_clean))
+        clean = log_softmax(net, probes)
+        for j, (c, keep, triggered, base_trig, base_clean) in enumerate(plans):
+            rise_t[i, j] = float(np.mean(target_log_odds(log_softmax(net, triggered), c) - base_trig))
+            rise_c[i, j] = float(np.mean(target_log_odds(clean[torch.from_numpy(keep)], c) - base_clean))
+    return rise_t, rise_c
+
+
+def _push_table(ids: list[str], rise_t: np.ndarray, rise_c: np.ndarray, threshold: float) -> pd.DataFrame:
+    """:func:`trigger_pushers`' table from the clients' rises."""
     push = rise_t - rise_c
     ok = np.isfinite(push)
     if ok.sum() < 8:
@@ -545,6 +568,12 @@ def group_trigger(
     return trigger, info
 
 
+#: Phrases of a group's update whose pushers :func:`screen_group_triggers` counts: a group the analysis found holds
+#: honest clients too, and the phrase its sybils plant can rank below the words of the class they all lean to (on the
+#: reviews, 7 shard sybils among 14 honest clients: "lol" not among group_phrases' default ten, seventh of twenty).
+SCREEN_PHRASES = 20
+
+
 def screen_group_triggers(
     model: Any,
     updates: Mapping[str, Any] | np.ndarray,
@@ -564,12 +593,12 @@ def screen_group_triggers(
 
     For sybils that each hold data of their own, the analysis finds a group (they are alike as a class is) but no
     reason to flag it; what sets them apart is that a crowd pushes the same trigger. So every group is screened, not
-    only a flagged one: :func:`group_trigger` on the group's mean update, then :func:`trigger_pushers` of every
-    client of the round with that trigger, measured on ``reference`` (a checkpoint from before the attack: once a
-    model has learned a backdoor, pushes on it fade). An honest group's trigger is a feature of the class its data
-    lean to and a few of its class-mates push it; a planted backdoor is pushed by the many who were given it. On the
-    Fashion-MNIST federations of ``benchmarks/federated.py`` (``python benchmarks/federated.py rebuilt``): see
-    ``benchmarks/RESULTS.md``.
+    only a flagged one: :func:`group_trigger` on the group's mean update (for probe texts, :func:`group_phrases`,
+    its top phrase taken), then :func:`trigger_pushers` of every client of the round with that trigger, measured on
+    ``reference`` (a checkpoint from before the attack: once a model has learned a backdoor, pushes on it fade). An
+    honest group's trigger is a feature of the class its data lean to and a few of its class-mates push it; a planted
+    backdoor is pushed by the many who were given it. On the Fashion-MNIST and review federations of
+    ``benchmarks/federated.py`` (``python benchmarks/federated.py rebuilt [--text]``): see ``benchmarks/RESULTS.md``.
 
     Parameters
     ----------
@@ -580,8 +609,8 @@ def screen_group_triggers(
         the rows.
     groups : DataFrame with a ``members`` column (``ClientReport.groups``), or a sequence of lists of client ids
         Groups of clients of the round; members without an update, or with a non-finite one, are left out.
-    images : ndarray of uint8 (n, h, w[, c])
-        Probe images the server holds (at least 20).
+    images : ndarray of uint8 (n, h, w[, c]), or a sequence of str
+        Probe images or texts the server holds (at least 20; texts need ``preprocess``).
     client_ids : list of str, optional
     labels : ndarray of int, optional
         The probes' classes.
@@ -589,7 +618,7 @@ def screen_group_triggers(
         The model the pushes are measured on (default: ``model``).
     to_input, preprocess : callable, optional
         As for :func:`group_trigger` (differentiable, float images in [0, 1] channels first -> input) and
-        :func:`trigger_pushers` (batch of probes -> input).
+        :func:`trigger_pushers` / :func:`group_phrases` (batch of probes -> input).
     refine : int
         How many times the trigger is rebuilt once more from the mean update of the clients that push it (a group
         the analysis found holds honest clients too, whose updates blur the trigger): on tuning seed 0 of the
@@ -597,15 +626,19 @@ def screen_group_triggers(
         a second added nothing.
     random_state : int
     **search
-        Passed to :func:`group_trigger` (``target``, ``steps``, ``screen_steps``, ``l1``, ``lr``, ``scale``).
+        Passed to :func:`group_trigger` (``target``, ``steps``, ``screen_steps``, ``l1``, ``lr``, ``scale``), or for
+        texts to :func:`group_phrases` (``candidates``: a watch list, since a trigger rare in real text is not among
+        the probes' words; ``max_candidates``, ``top``, default :data:`SCREEN_PHRASES`, ``screen``, ``scale``): each of
+        its ``top`` phrases is tried and the most pushed kept.
 
     Returns
     -------
     DataFrame
         One row per group with at least one member in the round, the most pushed trigger first: ``members``,
-        ``target``, ``mask_ratio``, ``asr_rise`` (from :func:`group_trigger`), ``n_pushers``, ``pushers`` (the client
-        ids named), ``members_pushing`` (the share of the group's members named) and ``trigger``
-        (:class:`InducedTrigger`).
+        ``target``, ``mask_ratio``, ``asr_rise`` (from :func:`group_trigger`; for texts ``mask_ratio`` is NaN and
+        ``asr_rise`` the top phrase's ``asr_with - asr_without``), ``n_pushers``, ``pushers`` (the client ids named),
+        ``members_pushing`` (the share of the group's members named) and ``trigger`` (:class:`InducedTrigger`, or
+        :class:`~forensics.redteam.TextTrigger`).
     """
     if isinstance(updates, Mapping):
         ids = [str(c) for c in updates]
@@ -617,29 +650,52 @@ def screen_group_triggers(
                              f"{None if client_ids is None else len(client_ids)}")
         ids = [str(c) for c in client_ids]
     refine = check_int(refine, "refine", low=0)
+    probes = _probes(images, preprocess)
     member_lists = list(groups["members"]) if isinstance(groups, pd.DataFrame) else list(groups)
     # A non-finite update cannot be applied (the analysis flags it as an anomaly): it joins no group's mean.
     where = {c: i for i, c in enumerate(ids) if np.isfinite(rows[i]).all()}
     measured_on = model if reference is None else reference
+
+    def rebuilt(clients: list[str], target: int | None) -> list[tuple[Any, dict[str, Any]]]:
+        """The trigger the clients' mean update induces (towards ``target`` when one is already read); for texts,
+        each phrase :func:`group_phrases` measured, best first."""
+        update = rows[[where[c] for c in clients]].mean(axis=0)
+        if probes.dtype != object:
+            return [group_trigger(model, update, probes, labels=labels, to_input=to_input, random_state=random_state,
+                                  **({**search, "target": target} if target is not None else search))]
+        from ..redteam import TextTrigger
+
+        assert preprocess is not None  # _probes asked texts for one
+        found = group_phrases(model, update, probes, preprocess=preprocess, labels=labels, random_state=random_state,
+                              **{"top": SCREEN_PHRASES, **search})
+        same = found[found["target"] == target] if target is not None else found
+        return [(TextTrigger(str(row["phrase"]), int(row["target"])),
+                 dict(target=int(row["target"]), mask_ratio=float("nan"),
+                      asr_rise=float(row["asr_with"] - row["asr_without"])))
+                for _, row in (same if len(same) else found).iterrows()]
+
+    def most_pushed(found: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any], pd.DataFrame, list[str]]:
+        # A group the analysis found holds honest clients too: the phrase its mean update raises most can be the
+        # words of the class they lean to, and the planted one rank below (on the reviews, "of the" before "lol"
+        # for 10 sybils among 12 honest clients); who pushes a candidate tells which is planted.
+        rise_t, rise_c = _rises(measured_on, ids, list(rows), [t for t, _ in found], probes, labels=labels,
+                                preprocess=preprocess, batch_size=512, random_state=random_state)
+        tried = []
+        for j, (trigger, info) in enumerate(found):
+            table = _push_table(ids, rise_t[:, j], rise_c[:, j], PUSHER_THRESHOLD)
+            tried.append((trigger, info, table, list(table.index[table["is_pusher"]])))
+        return max(tried, key=lambda t: len(t[3]))  # the first of the most pushed: the larger rise on a tie
+
     out = []
     for members in member_lists:
         present = [str(c) for c in members if str(c) in where]
         if not present:
             continue
-        trigger, info = group_trigger(model, rows[[where[c] for c in present]].mean(axis=0), images, labels=labels,
-                                      to_input=to_input, random_state=random_state, **search)
-        table = trigger_pushers(measured_on, rows, trigger, images, client_ids=ids, labels=labels,
-                                preprocess=preprocess, random_state=random_state)
-        named = list(table.index[table["is_pusher"]])
+        trigger, info, table, named = most_pushed(rebuilt(present, None))
         for _ in range(refine):
             if not named:
                 break
-            trigger, info = group_trigger(model, rows[[where[c] for c in named]].mean(axis=0), images, labels=labels,
-                                          to_input=to_input, random_state=random_state,
-                                          **{**search, "target": info["target"]})
-            table = trigger_pushers(measured_on, rows, trigger, images, client_ids=ids, labels=labels,
-                                    preprocess=preprocess, random_state=random_state)
-            named = list(table.index[table["is_pusher"]])
+            trigger, info, table, named = most_pushed(rebuilt(named, info["target"]))
         out.append(dict(members=present, target=info["target"], mask_ratio=info["mask_ratio"],
                         asr_rise=info["asr_rise"], n_pushers=len(named), pushers=named,
                         members_pushing=float(table.loc[present, "is_pusher"].mean()), trigger=trigger))
