@@ -79,8 +79,8 @@ def fashion() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def scenario(honest: int, alpha: float, noise: float, seed: int, *, attack: bool = True,
-             sybil_data: str = "pool") -> FederatedScenario:
-    return FederatedScenario(n_honest=honest, alpha=alpha, n_rounds=10, n_sybils=N_SYBILS if attack else 0,
+             sybil_data: str = "pool", sybils: int = N_SYBILS) -> FederatedScenario:
+    return FederatedScenario(n_honest=honest, alpha=alpha, n_rounds=10, n_sybils=sybils if attack else 0,
                              sybil_join=JOIN, sybil_noise=noise, sybil_data=sybil_data, target=0, patch=4,
                              poison_share=0.5, pool_size=2000, hidden=32, local_steps=10, batch_size=32, lr=0.2,
                              random_state=seed)
@@ -137,18 +137,24 @@ def guard_rates(run: Any, guard: AggregationGuard) -> dict[str, float]:
     return out
 
 
+def sybil_tag(sybils: int) -> str:
+    """The cache files' suffix for a group of other than ``N_SYBILS`` sybils."""
+    return "" if sybils == N_SYBILS else f"_y{sybils}"
+
+
 def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
-             aggregators: tuple[str, ...] = AGGREGATORS, sybil_data: str = "pool") -> dict[str, Any]:
+             aggregators: tuple[str, ...] = AGGREGATORS, sybil_data: str = "pool",
+             sybils: int = N_SYBILS) -> dict[str, Any]:
     """Run the cell's missing aggregators; the results are kept per cell so that a later call adds to them."""
     shard = "_shard" if sybil_data == "shard" else ""
-    path = WORK / f"h{honest}_a{alpha}_n{noise}_s{seed}{shard}.json"
+    path = WORK / f"h{honest}_a{alpha}_n{noise}_s{seed}{shard}{sybil_tag(sybils)}.json"
     out: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else dict(
-        honest=honest, alpha=alpha, noise=noise, seed=seed, sybil_data=sybil_data)
+        honest=honest, alpha=alpha, noise=noise, seed=seed, sybil_data=sybil_data, sybils=sybils)
     for kind in aggregators:
         if kind in out:
             continue
         t0 = time.perf_counter()
-        sc = scenario(honest, alpha, noise, seed, attack=kind != "clean", sybil_data=sybil_data)
+        sc = scenario(honest, alpha, noise, seed, attack=kind != "clean", sybil_data=sybil_data, sybils=sybils)
         guard = None
         if kind in ("guard", "guard_sticky"):
             guard = AggregationGuard(UpdateRecorder(), sticky=kind == "guard_sticky")
@@ -156,7 +162,7 @@ def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
         elif kind in ("fedavg", "clean"):
             run = simulate_federation(sc, *data)
         else:
-            run = simulate_federation(sc, *data, aggregate=flower_aggregate(kind, N_SYBILS))
+            run = simulate_federation(sc, *data, aggregate=flower_aggregate(kind, sybils))
         last = run.history.iloc[-1]
         out[kind] = dict(accuracy=float(last["accuracy"]), asr=float(last["attack_success"]),
                          flips=float(last["attack_flips"]), seconds=round(time.perf_counter() - t0, 1))
@@ -178,7 +184,8 @@ def quality(args: argparse.Namespace) -> None:
             for alpha in args.alphas:
                 for noise in args.noise:
                     print(f"cell honest={honest} alpha={alpha} noise={noise} seed={seed}", flush=True)
-                    run_cell(honest, alpha, noise, seed, data, tuple(args.aggregators), args.sybil_data)
+                    run_cell(honest, alpha, noise, seed, data, tuple(args.aggregators), args.sybil_data,
+                             args.sybils)
 
 
 def spread(args: argparse.Namespace) -> None:
@@ -542,13 +549,14 @@ def rebuilt(args: argparse.Namespace) -> None:
     print("|" + "---|" * (14 if args.act else 10))
     for sybil_data, seed, honest, alpha, noise in itertools.product(args.sybil_data, args.seeds, args.honest,
                                                                     args.alphas, args.noise):
-        path = WORK / f"rebuilt_h{honest}_a{alpha}_n{noise}_s{seed}_{sybil_data}.json"
+        path = WORK / f"rebuilt_h{honest}_a{alpha}_n{noise}_s{seed}_{sybil_data}{sybil_tag(args.sybils)}.json"
         cell = json.loads(path.read_text()) if path.is_file() else {}
         attacked = None  # the attacked federation's run and screen, when computed here
         if "attack" not in cell:
             t0 = time.perf_counter()
             for attack in (True, False):
-                run, table = screened(scenario(honest, alpha, noise, seed, attack=attack, sybil_data=sybil_data))
+                run, table = screened(scenario(honest, alpha, noise, seed, attack=attack, sybil_data=sybil_data,
+                                               sybils=args.sybils))
                 attacked = attacked or (run, table)
                 sybils = set(run.truth.index[run.truth["role"] == "sybil"])
                 honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
@@ -562,7 +570,7 @@ def rebuilt(args: argparse.Namespace) -> None:
             WORK.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(cell, indent=1))
         if args.act and "act" not in cell:
-            sc = scenario(honest, alpha, noise, seed, sybil_data=sybil_data)
+            sc = scenario(honest, alpha, noise, seed, sybil_data=sybil_data, sybils=args.sybils)
             run, table = attacked or screened(sc)
             last, guard = watched(sc, data, probes, probe_labels, JOIN + 3, trigger=table.loc[0, "trigger"])
             honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
@@ -719,7 +727,8 @@ def report(args: argparse.Namespace) -> None:
     rows = []
     for f in sorted(WORK.glob("h*_s*.json")):
         d = json.loads(f.read_text())
-        if d["seed"] in args.seeds and "guard" in d and d.get("sybil_data", "pool") == args.sybil_data:
+        if (d["seed"] in args.seeds and "guard" in d and d.get("sybil_data", "pool") == args.sybil_data
+                and d.get("sybils", N_SYBILS) == args.sybils):
             rows.append(d)
     rows.sort(key=lambda d: (d["honest"], d["alpha"], d["noise"], d["seed"]))
     print("| honest | alpha | noise | seed | recall r1 / r2 / r3 | honest flagged r3 | max honest excluded | "
@@ -752,6 +761,7 @@ def main(argv: list[str] | None = None) -> None:
                        default=[a for a in AGGREGATORS if a != "guard_sticky"])
         s.add_argument("--sybil-data", choices=SYBIL_DATA, default="pool",
                        help="each sybil trains on the attacker's pool, or on a fixed shard of its own")
+        s.add_argument("--sybils", type=int, default=N_SYBILS, help=f"the group's size ({N_SYBILS})")
     sub.add_parser("speed")
     trig = sub.add_parser("trigger")
     trig.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
@@ -771,6 +781,7 @@ def main(argv: list[str] | None = None) -> None:
         push.add_argument("--alphas", type=float, nargs="+", default=[0.1, 1.0])
         push.add_argument("--noise", type=float, nargs="+", default=[0.0])
         push.add_argument("--sybil-data", choices=SYBIL_DATA, nargs="+", default=["shard", "pool"])
+    push.add_argument("--sybils", type=int, default=N_SYBILS, help=f"rebuilt's only: the group's size ({N_SYBILS})")
     push.add_argument("--act", action="store_true",  # rebuilt's only: the loop's last parser
                       help="and a guard watching the top trigger from the fourth round")
     spr = sub.add_parser("spread")
