@@ -33,6 +33,7 @@ Tune on seed 0 (and the digits fixtures of the tests), report on seeds 100 and 1
     python benchmarks/federated.py report --seeds 100 101      # the markdown tables
     python benchmarks/federated.py pushers --seeds 100 101     # who pushes a known trigger; a guard that watches it
     python benchmarks/federated.py rebuilt --seeds 100 101     # no trigger known: every group's rebuilt, who pushes it
+    python benchmarks/federated.py rebuilt --text --sybil-data shard   # the same on the reviews (phrases screened)
     python benchmarks/federated.py text --seeds 100            # the bundled reviews: 100 sybils plant "lol"
     python benchmarks/federated.py spread --seeds 100 --honest 100 --alphas 0.1   # accuracy over 5 trainings
     python benchmarks/federated.py spread --sybil-data shard --aggregators honest watch clean   # shards, trigger known
@@ -519,12 +520,22 @@ def rebuilt(args: argparse.Namespace) -> None:
     server's checkpoint from before the sybils joined), the most pushed trigger taken; and the same in the federation
     drawn without the attacker (its false alarm). With ``--act``, the guard then told to watch that trigger from the
     sybils' fourth round on, its pushes measured on that checkpoint (as ``pushers``' "watch from r6" with the planted
-    patch). Cached per cell in ``rebuilt_<cell>.json``; printed as Markdown rows."""
+    patch). With ``--text``, the reviews' federation (sybils plant "lol"; ``text_scenario``), its screen reading the
+    first 1,000 test snippets with the watch list ``TEXT_WATCH`` (``rebuilt_text_<cell>.json``). Cached per cell in
+    ``rebuilt_<cell>.json``; printed as Markdown rows."""
     from forensics.federated import screen_group_triggers
-    from forensics.redteam.federated import build_model
+    from forensics.redteam.federated import build_model, simulate_text_federation
 
-    data = fashion()
-    probes, probe_labels = probe_images()
+    if args.text and args.act:
+        raise SystemExit("rebuilt --text: --act watches an image trigger only")
+    data = reviews() if args.text else fashion()
+    probes, probe_labels = (data[2][:1000], data[3][:1000]) if args.text else probe_images()
+
+    def cell_scenario(honest: int, alpha: float, noise: float, seed: int, attack: bool, sybil_data: str) -> Any:
+        if not args.text:
+            return scenario(honest, alpha, noise, seed, attack=attack, sybil_data=sybil_data, sybils=args.sybils)
+        return dataclasses.replace(text_scenario(honest, alpha, noise, seed, attack=attack), sybil_data=sybil_data,
+                                   n_sybils=args.sybils if attack else 0)
 
     def screened(sc: FederatedScenario) -> tuple[Any, Any]:
         rec, kept = UpdateRecorder(), {}
@@ -536,10 +547,14 @@ def rebuilt(args: argparse.Namespace) -> None:
                 kept.update(before=params.copy())
             if r == JOIN + 2:
                 kept.update(ids=list(ids), updates=updates.copy(), params=params.copy())
-        run = simulate_federation(sc, *data, on_round=on_round)
+        if args.text:
+            run = simulate_text_federation(sc, *data, phrase="lol", on_round=on_round)
+            text = dict(preprocess=run.preprocess, candidates=TEXT_WATCH)
+        else:
+            run, text = simulate_federation(sc, *data, on_round=on_round), {}
         table = screen_group_triggers(build_model(kept["params"], run.layout), kept["updates"],
                                       analyze_clients(rec).groups, probes, client_ids=kept["ids"],
-                                      labels=probe_labels, reference=build_model(kept["before"], run.layout))
+                                      labels=probe_labels, reference=build_model(kept["before"], run.layout), **text)
         return run, table
 
     print("| sybil data | honest | alpha | noise | seed | groups (size: sybils) | top trigger: target, pushers, "
@@ -549,28 +564,29 @@ def rebuilt(args: argparse.Namespace) -> None:
     print("|" + "---|" * (14 if args.act else 10))
     for sybil_data, seed, honest, alpha, noise in itertools.product(args.sybil_data, args.seeds, args.honest,
                                                                     args.alphas, args.noise):
-        path = WORK / f"rebuilt_h{honest}_a{alpha}_n{noise}_s{seed}_{sybil_data}{sybil_tag(args.sybils)}.json"
+        path = WORK / (f"rebuilt{'_text' if args.text else ''}_h{honest}_a{alpha}_n{noise}_s{seed}_{sybil_data}"
+                       f"{sybil_tag(args.sybils)}.json")
         cell = json.loads(path.read_text()) if path.is_file() else {}
         attacked = None  # the attacked federation's run and screen, when computed here
         if "attack" not in cell:
             t0 = time.perf_counter()
             for attack in (True, False):
-                run, table = screened(scenario(honest, alpha, noise, seed, attack=attack, sybil_data=sybil_data,
-                                               sybils=args.sybils))
+                run, table = screened(cell_scenario(honest, alpha, noise, seed, attack, sybil_data))
                 attacked = attacked or (run, table)
                 sybils = set(run.truth.index[run.truth["role"] == "sybil"])
                 honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
                 cell["attack" if attack else "clean"] = dict(
                     groups=[[len(m), len(set(m) & sybils)] for m in table["members"]],
                     rows=[dict(target=int(t), n_pushers=int(n), sybils=len(set(named) & sybils),
-                               honest=len(set(named) & honest_ids))
-                          for t, n, named in zip(table["target"], table["n_pushers"], table["pushers"])],
+                               honest=len(set(named) & honest_ids), phrase=getattr(trig, "phrase", None))
+                          for t, n, named, trig in zip(table["target"], table["n_pushers"], table["pushers"],
+                                                       table["trigger"])],
                     n_honest=len(honest_ids), n_sybils=len(sybils))
             cell["seconds"] = round(time.perf_counter() - t0)
             WORK.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(cell, indent=1))
         if args.act and "act" not in cell:
-            sc = scenario(honest, alpha, noise, seed, sybil_data=sybil_data, sybils=args.sybils)
+            sc = cell_scenario(honest, alpha, noise, seed, True, sybil_data)
             run, table = attacked or screened(sc)
             last, guard = watched(sc, data, probes, probe_labels, JOIN + 3, trigger=table.loc[0, "trigger"])
             honest_ids = set(run.truth.index[run.truth["role"] == "honest"])
@@ -579,8 +595,10 @@ def rebuilt(args: argparse.Namespace) -> None:
                                max_honest_left_out=max(len(set(ex) & honest_ids) for ex in guard.excluded.values()))
             path.write_text(json.dumps(cell, indent=1))
         a, c = cell["attack"], cell["clean"]
-        top = (f"{a['rows'][0]['target']}, {a['rows'][0]['n_pushers']}, {a['rows'][0]['sybils'] / a['n_sybils']:.2f}, "
-               f"{100 * a['rows'][0]['honest'] / a['n_honest']:.1f}%") if a["rows"] else "no group"
+        first = a["rows"][0] if a["rows"] else None
+        top = (f"{repr(first['phrase']) + ' -> ' if first.get('phrase') else ''}{first['target']}, "
+               f"{first['n_pushers']}, {first['sybils'] / a['n_sybils']:.2f}, "
+               f"{100 * first['honest'] / a['n_honest']:.1f}%") if first else "no group"
         nxt = str(a["rows"][1]["n_pushers"]) if len(a["rows"]) > 1 else "–"
         worst = (f"{len(c['rows'])}, {c['rows'][0]['n_pushers']} ({100 * c['rows'][0]['honest'] / c['n_honest']:.1f}%)"
                  if c["rows"] else "0, –")
@@ -782,6 +800,7 @@ def main(argv: list[str] | None = None) -> None:
         push.add_argument("--noise", type=float, nargs="+", default=[0.0])
         push.add_argument("--sybil-data", choices=SYBIL_DATA, nargs="+", default=["shard", "pool"])
     push.add_argument("--sybils", type=int, default=N_SYBILS, help=f"rebuilt's only: the group's size ({N_SYBILS})")
+    push.add_argument("--text", action="store_true", help="rebuilt's only: the reviews (sybils plant 'lol')")
     push.add_argument("--act", action="store_true",  # rebuilt's only: the loop's last parser
                       help="and a guard watching the top trigger from the fourth round")
     spr = sub.add_parser("spread")

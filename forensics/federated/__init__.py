@@ -9,8 +9,8 @@ success of a trigger with and without it, and which classes gain predictions), a
 reconstructs the image trigger it induces from the model alone when none is known (:func:`group_phrases`: the
 phrase, for a text model); once a trigger is known, :func:`trigger_pushers` says which clients' own updates push it
 (fake devices that hold poisoned data of their own look like honest devices of one class in every other respect), and
-:func:`screen_group_triggers` rebuilds every group's trigger and counts who pushes it, for when none is known. The
-Flower strategy wrappers (:class:`forensics.federated.flower.ForensicStrategy`, and
+:func:`screen_group_triggers` rebuilds every group's trigger (or phrase) and counts who pushes it, for when none is
+known. The Flower strategy wrappers (:class:`forensics.federated.flower.ForensicStrategy`, and
 :class:`~forensics.federated.flower.ForensicFedAvg` for Flower's Message API) record every round and can leave
 flagged clients out of the aggregation; they import flwr on first use. :func:`write_client_report` writes a
 self-contained HTML report of the clients (:mod:`forensics.federated.report`).
