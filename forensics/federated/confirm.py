@@ -594,11 +594,12 @@ def screen_group_triggers(
     For sybils that each hold data of their own, the analysis finds a group (they are alike as a class is) but no
     reason to flag it; what sets them apart is that a crowd pushes the same trigger. So every group is screened, not
     only a flagged one: :func:`group_trigger` on the group's mean update (for probe texts, :func:`group_phrases`,
-    its top phrase taken), then :func:`trigger_pushers` of every client of the round with that trigger, measured on
-    ``reference`` (a checkpoint from before the attack: once a model has learned a backdoor, pushes on it fade). An
-    honest group's trigger is a feature of the class its data lean to and a few of its class-mates push it; a planted
-    backdoor is pushed by the many who were given it. On the Fashion-MNIST and review federations of
-    ``benchmarks/federated.py`` (``python benchmarks/federated.py rebuilt [--text]``): see ``benchmarks/RESULTS.md``.
+    the most pushed of its phrases kept), then :func:`trigger_pushers` of every client of the round with that
+    trigger, measured on ``reference`` (a checkpoint from before the attack: once a model has learned a backdoor,
+    pushes on it fade). An honest group's trigger is a feature of the class its data lean to and a few of its
+    class-mates push it; a planted backdoor is pushed by the many who were given it. On the Fashion-MNIST and review
+    federations of ``benchmarks/federated.py`` (``python benchmarks/federated.py rebuilt [--text]``): see
+    ``benchmarks/RESULTS.md``.
 
     Parameters
     ----------
@@ -636,7 +637,7 @@ def screen_group_triggers(
     DataFrame
         One row per group with at least one member in the round, the most pushed trigger first: ``members``,
         ``target``, ``mask_ratio``, ``asr_rise`` (from :func:`group_trigger`; for texts ``mask_ratio`` is NaN and
-        ``asr_rise`` the top phrase's ``asr_with - asr_without``), ``n_pushers``, ``pushers`` (the client ids named),
+        ``asr_rise`` the kept phrase's ``asr_with - asr_without``), ``n_pushers``, ``pushers`` (the client ids named),
         ``members_pushing`` (the share of the group's members named) and ``trigger`` (:class:`InducedTrigger`, or
         :class:`~forensics.redteam.TextTrigger`).
     """
@@ -676,8 +677,8 @@ def screen_group_triggers(
 
     def most_pushed(found: list[tuple[Any, dict[str, Any]]]) -> tuple[Any, dict[str, Any], pd.DataFrame, list[str]]:
         # A group the analysis found holds honest clients too: the phrase its mean update raises most can be the
-        # words of the class they lean to, and the planted one rank below (on the reviews, "of the" before "lol"
-        # for 10 sybils among 12 honest clients); who pushes a candidate tells which is planted.
+        # words of the class they lean to, and the planted one rank below (see SCREEN_PHRASES); who pushes a
+        # candidate tells which is planted.
         rise_t, rise_c = _rises(measured_on, ids, list(rows), [t for t, _ in found], probes, labels=labels,
                                 preprocess=preprocess, batch_size=512, random_state=random_state)
         tried = []
