@@ -558,9 +558,9 @@ def rebuilt(args: argparse.Namespace) -> None:
         return run, table
 
     print("| sybil data | honest | alpha | noise | seed | groups (size: sybils) | top trigger: target, pushers, "
-          "sybils named, honest named | next group's pushers | without the attacker: groups, most pushers (honest "
-          "share) | s |" + (" ASR fedavg | watch rebuilt from r6: ASR | accuracy | max honest left out |"
-                            if args.act else ""))
+          "sybils named (of them carried), honest named (carried) | next group's pushers | without the attacker: "
+          "groups, most pushers (honest share; carried) | s |"
+          + (" ASR fedavg | watch rebuilt from r6: ASR | accuracy | max honest left out |" if args.act else ""))
     print("|" + "---|" * (14 if args.act else 10))
     for sybil_data, seed, honest, alpha, noise in itertools.product(args.sybil_data, args.seeds, args.honest,
                                                                     args.alphas, args.noise):
@@ -568,7 +568,7 @@ def rebuilt(args: argparse.Namespace) -> None:
                        f"{sybil_tag(args.sybils)}.json")
         cell = json.loads(path.read_text()) if path.is_file() else {}
         attacked = None  # the attacked federation's run and screen, when computed here
-        if "attack" not in cell:
+        if "attack" not in cell or any("carried_sybils" not in r for r in cell["attack"]["rows"]):
             t0 = time.perf_counter()
             for attack in (True, False):
                 run, table = screened(cell_scenario(honest, alpha, noise, seed, attack, sybil_data))
@@ -578,9 +578,14 @@ def rebuilt(args: argparse.Namespace) -> None:
                 cell["attack" if attack else "clean"] = dict(
                     groups=[[len(m), len(set(m) & sybils)] for m in table["members"]],
                     rows=[dict(target=int(t), n_pushers=int(n), sybils=len(set(named) & sybils),
-                               honest=len(set(named) & honest_ids), phrase=getattr(trig, "phrase", None))
-                          for t, n, named, trig in zip(table["target"], table["n_pushers"], table["pushers"],
-                                                       table["trigger"])],
+                               honest=len(set(named) & honest_ids), phrase=getattr(trig, "phrase", None),
+                               carried_sybils=len(set(carried) & sybils), carried_honest=len(set(carried) & honest_ids),
+                               size=len(members), members_pushing=float(share), mask_ratio=float(ratio),
+                               asr_rise=float(rise))
+                          for t, n, named, carried, trig, members, share, ratio, rise in zip(
+                              table["target"], table["n_pushers"], table["pushers"], table["carried"],
+                              table["trigger"], table["members"], table["members_pushing"], table["mask_ratio"],
+                              table["asr_rise"])],
                     n_honest=len(honest_ids), n_sybils=len(sybils))
             cell["seconds"] = round(time.perf_counter() - t0)
             WORK.mkdir(parents=True, exist_ok=True)
@@ -597,11 +602,12 @@ def rebuilt(args: argparse.Namespace) -> None:
         a, c = cell["attack"], cell["clean"]
         first = a["rows"][0] if a["rows"] else None
         top = (f"{repr(first['phrase']) + ' -> ' if first.get('phrase') else ''}{first['target']}, "
-               f"{first['n_pushers']}, {first['sybils'] / a['n_sybils']:.2f}, "
-               f"{100 * first['honest'] / a['n_honest']:.1f}%") if first else "no group"
+               f"{first['n_pushers']}, {first['sybils'] / a['n_sybils']:.2f} "
+               f"({first['carried_sybils'] / a['n_sybils']:+.2f}), {100 * first['honest'] / a['n_honest']:.1f}% "
+               f"({100 * first['carried_honest'] / a['n_honest']:+.1f})") if first else "no group"
         nxt = str(a["rows"][1]["n_pushers"]) if len(a["rows"]) > 1 else "–"
-        worst = (f"{len(c['rows'])}, {c['rows'][0]['n_pushers']} ({100 * c['rows'][0]['honest'] / c['n_honest']:.1f}%)"
-                 if c["rows"] else "0, –")
+        worst = (f"{len(c['rows'])}, {c['rows'][0]['n_pushers']} ({100 * c['rows'][0]['honest'] / c['n_honest']:.1f}%; "
+                 f"carried {c['rows'][0]['carried_honest']})" if c["rows"] else "0, –")
         sizes = ", ".join(f"{n}: {k}" for n, k in a["groups"])
         act = (f" {cell['act']['asr_fedavg']:.3f} | {cell['act']['asr']:.3f} | {cell['act']['accuracy']:.3f} | "
                f"{cell['act']['max_honest_left_out']} |" if args.act else "")

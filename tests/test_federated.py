@@ -27,7 +27,7 @@ from forensics.federated import (
     sketch,
     trigger_pushers,
 )
-from forensics.federated.confirm import SCREEN_PHRASES
+from forensics.federated.confirm import MEMBER_P, SCREEN_PHRASES, _members_carried
 from forensics.federated.guard import HOLD, AggregationGuard
 from forensics.federated.views import timeline_rounds
 from forensics.redteam.federated import (
@@ -646,6 +646,12 @@ def test_screening_every_group_rebuilds_the_shard_sybils_trigger_and_names_them_
     assert len(named & set(sybils)) >= 0.9 * len(sybils) and len(named - set(sybils)) <= 1
     assert top["members_pushing"] >= 0.9 and top["n_pushers"] == len(named)
     assert table.loc[1, "n_pushers"] < len(sybils) / 2
+    # Members named at the group's own bar are members, among the pushers once; an honest group carries none.
+    assert set(top["carried"]) <= set(sybils) and len(named) == len(top["pushers"])
+    assert table.loc[1, "members_pushing"] < 0.5 and table.loc[1, "carried"] == []
+    plain = screen_group_triggers(model, updates, [sybils], xte, client_ids=ids, labels=yte, reference=before,
+                                  steps=150, screen_steps=30, member_p=None)
+    assert plain.loc[0, "carried"] == [] and set(plain.loc[0, "pushers"]) == named - set(top["carried"])
     # A mapping of client -> update reads the same; a NaN update joins no group's mean and pushes nothing.
     mapped = dict(zip(ids, updates))
     mapped["honest-0000"] = np.full(updates.shape[1], np.nan, dtype=np.float32)
@@ -657,6 +663,22 @@ def test_screening_every_group_rebuilds_the_shard_sybils_trigger_and_names_them_
         screen_group_triggers(model, updates, [sybils], xte, client_ids=ids[:3])
     with pytest.raises(InputError, match="refine"):
         screen_group_triggers(model, updates, [sybils], xte, client_ids=ids, refine=-1)
+    with pytest.raises(InputError, match="member_p"):
+        screen_group_triggers(model, updates, [sybils], xte, client_ids=ids, member_p=0)
+
+
+def test_a_pushing_group_names_its_members_at_its_own_bar_and_a_group_that_does_not_push_names_none():
+    """Half of a group pushing at the bar corrected over every client: its other members are named at ``MEMBER_P``
+    each, uncorrected; below half, nobody is named that way."""
+    z = np.array([9.0, 8.0, 7.0, 3.0, 2.5, 2.0, 0.0, -1.0, np.nan])
+    members = pd.DataFrame(dict(z=z, is_pusher=z >= 4.1), index=[f"c{i}" for i in range(len(z))])
+    # Three of nine push: not the group's trigger, nobody carried.
+    assert _members_carried(members, MEMBER_P) == []
+    group = pd.concat([members, members.iloc[:3].rename(index=lambda c: c + "b")])
+    # Six of twelve push: p(3.0) = 0.0013 and p(2.5) = 0.006 are named at 0.01; p(2.0) = 0.023, NaN and the rest not.
+    assert _members_carried(group, MEMBER_P) == ["c3", "c4"]
+    assert _members_carried(group, 0.05) == ["c3", "c4", "c5"]
+    assert _members_carried(group.iloc[:0], MEMBER_P) == []
 
 
 def test_a_guard_that_watches_the_trigger_leaves_out_sybils_the_analysis_reads_as_devices(digits, shard_round):

@@ -568,6 +568,13 @@ def group_trigger(
     return trigger, info
 
 
+#: A group whose members push its trigger this often (each at :data:`PUSHER_THRESHOLD`, corrected over every
+#: client) is read as pushing it, and its other members are then named at :data:`MEMBER_P` each, uncorrected.
+MEMBER_SHARE = 0.5
+#: The one-sided p-value of a push at which a member of a pushing group is named with it: about this share of the
+#: group's members that push nothing would be named.
+MEMBER_P = 0.01
+
 #: Phrases of a group's update whose pushers :func:`screen_group_triggers` counts: a group the analysis found holds
 #: honest clients too, and the phrase its sybils plant can rank below the words of the class they all lean to (on the
 #: reviews, 7 shard sybils among 14 honest clients: "lol" not among group_phrases' default ten, seventh of twenty).
@@ -586,6 +593,7 @@ def screen_group_triggers(
     to_input: Callable[[Any], Any] | None = None,
     preprocess: Callable[[Any], Any] | None = None,
     refine: int = 1,
+    member_p: float | None = MEMBER_P,
     random_state: int = 0,
     **search: Any,
 ) -> pd.DataFrame:
@@ -625,6 +633,10 @@ def screen_group_triggers(
         the analysis found holds honest clients too, whose updates blur the trigger): on tuning seed 0 of the
         benchmark, at 400 honest clients, one refinement took the sybils named from 72 and 88 to 97 and 92 of 100,
         a second added nothing.
+    member_p : float in (0, 1) or None
+        Where at least :data:`MEMBER_SHARE` of a group's members push its trigger, its other members are named at this
+        one-sided p-value each (``carried``), not at the bar corrected over every client: the group was tested first,
+        and within it about ``member_p`` of the members that push nothing are named. None names no member that way.
     random_state : int
     **search
         Passed to :func:`group_trigger` (``target``, ``steps``, ``screen_steps``, ``l1``, ``lr``, ``scale``), or for
@@ -638,7 +650,8 @@ def screen_group_triggers(
         One row per group with at least one member in the round, the most pushed trigger first: ``members``,
         ``target``, ``mask_ratio``, ``asr_rise`` (from :func:`group_trigger`; for texts ``mask_ratio`` is NaN and
         ``asr_rise`` the kept phrase's ``asr_with - asr_without``), ``n_pushers``, ``pushers`` (the client ids named),
-        ``members_pushing`` (the share of the group's members named) and ``trigger`` (:class:`InducedTrigger`, or
+        ``members_pushing`` (the share of the group's members named at the corrected bar), ``carried`` (the members
+        named at ``member_p``, also in ``pushers``) and ``trigger`` (:class:`InducedTrigger`, or
         :class:`~forensics.redteam.TextTrigger`).
     """
     if isinstance(updates, Mapping):
@@ -651,6 +664,8 @@ def screen_group_triggers(
                              f"{None if client_ids is None else len(client_ids)}")
         ids = [str(c) for c in client_ids]
     refine = check_int(refine, "refine", low=0)
+    if member_p is not None:
+        member_p = check_number(member_p, "member_p", low=0, high=1, low_open=True)
     probes = _probes(images, preprocess)
     member_lists = list(groups["members"]) if isinstance(groups, pd.DataFrame) else list(groups)
     # A non-finite update cannot be applied (the analysis flags it as an anomaly): it joins no group's mean.
@@ -697,12 +712,26 @@ def screen_group_triggers(
             if not named:
                 break
             trigger, info, table, named = most_pushed(rebuilt(named, info["target"]))
+        carried = [] if member_p is None else _members_carried(table.loc[present], member_p)
         out.append(dict(members=present, target=info["target"], mask_ratio=info["mask_ratio"],
-                        asr_rise=info["asr_rise"], n_pushers=len(named), pushers=named,
-                        members_pushing=float(table.loc[present, "is_pusher"].mean()), trigger=trigger))
-    columns = ["members", "target", "mask_ratio", "asr_rise", "n_pushers", "pushers", "members_pushing", "trigger"]
+                        asr_rise=info["asr_rise"], n_pushers=len(named) + len(carried), pushers=named + carried,
+                        members_pushing=float(table.loc[present, "is_pusher"].mean()), carried=carried,
+                        trigger=trigger))
+    columns = ["members", "target", "mask_ratio", "asr_rise", "n_pushers", "pushers", "members_pushing", "carried",
+               "trigger"]
     frame = pd.DataFrame(out, columns=columns)
     return frame.sort_values("n_pushers", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _members_carried(members: pd.DataFrame, member_p: float) -> list[str]:
+    """The members of a group (rows of a :func:`trigger_pushers` table) named at ``member_p`` each because at least
+    :data:`MEMBER_SHARE` of them are pushers at the bar corrected over every client; none otherwise. The group was
+    tested first: a member below the corrected bar (z 4.1 among 500 clients, where a tenth of the sybils of the
+    benchmark's shard cells push at z 3.1-3.6) but unlikely to push this far by chance is one of them."""
+    pushing = members["is_pusher"].to_numpy(dtype=bool)
+    if not len(members) or pushing.mean() < MEMBER_SHARE:
+        return []
+    return [str(c) for c in members.index[~pushing & (stats.norm.sf(members["z"].to_numpy()) < member_p)]]
 
 
 def group_phrases(
