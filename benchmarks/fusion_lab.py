@@ -149,6 +149,8 @@ FUSIONS: dict[str, Callable[[Cell], np.ndarray | None]] = {
     "exact_floor": lambda c: cb.combine(c.scores, c.labels, label_null=c.label_null,
                                         floor=[s for s in c.scores if null_kind(s) == "exact_p"]).suspicion,
     "predicted_label_null": _predicted_label_null,
+    "no_label_floor": lambda c: cb.combine(c.scores, c.labels, label_null=c.label_null,
+                                           floor=("trigger", "targeted_flip")).suspicion,
 }
 ANCHORED: dict[str, Callable[[Cell], np.ndarray | None]] = {
     "anchored": lambda c: cb.combine(c.scores, c.labels, null_scores=c.nulls, label_null=c.label_null).suspicion,

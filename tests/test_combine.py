@@ -139,8 +139,8 @@ def test_a_weakly_confirmed_trigger_keeps_its_carriers_above_agreeing_moderate_e
     assert plain.suspicion[carriers].min() < plain.suspicion[agreeing].max()
     others = np.setdiff1d(np.arange(10_000), carriers)
     np.testing.assert_array_equal(c.suspicion[others], plain.suspicion[others])
-    with pytest.raises(InputError, match=r"floor names \['normal'\], whose null is neither an exact p-value nor a "
-                                         r"share of clean samples"):
+    with pytest.raises(InputError, match=r"floor names \['normal'\], whose null is neither an exact p-value, a "
+                                         r"share of clean samples nor a label's probability"):
         combine(scores, labels, floor=["normal"])
 
 
@@ -310,6 +310,8 @@ def test_the_label_null_of_the_model_ranks_flips_the_model_half_learned_and_only
     read = combine(signals(probs, labels), labels, n_classes=k, label_null=label_null(probs))
     assert read.label_gate >= LABEL_GATE and np.isnan(bound.label_gate)
     np.testing.assert_array_equal(read.suspicion, bound.suspicion)
+    no_floor = combine(signals(probs, labels), labels, n_classes=k, label_null=label_null(probs), floor=())
+    np.testing.assert_array_equal(read.suspicion, no_floor.suspicion)  # no label floor while the gate is shut
     assert np.mean(read.suspicion >= DEFAULT_THRESHOLD) <= 0.01
 
     # 5% flipped, some learned in part (probability 1e-4 to 0.3 of the new label): the bound k q calls those above
@@ -324,10 +326,21 @@ def test_the_label_null_of_the_model_ranks_flips_the_model_half_learned_and_only
     def recall(susp):
         return np.isin(flipped, np.argsort(-susp, kind="stable")[:budget]).mean()
 
-    # Beside five silent signals (measured: the loss alone 0.90 at twice the flips, the bound 0.64, the null 0.83).
+    # Beside five silent signals (measured: the loss alone 0.90 at twice the flips, the bound 0.64, the null 0.83 in
+    # the sum, 0.86 with the label signals' floor).
     alone = recall(s["high_loss"])
     assert recall(read.suspicion) >= recall(bound.suspicion) + 0.15
     assert recall(read.suspicion) >= alone - 0.1
     assert np.all(read.tail_p["high_loss"] <= bound.tail_p["high_loss"])
+
+    # Where the gate opens, each label signal's exact p-value sets a floor, corrected over the three rules (the sum
+    # and the two label signals): more of the flips reach the threshold (measured 0.40 -> 0.55), the clean labels
+    # stay under their 1% (0.3% -> 0.5%). Where it stays shut (above), no label floor: the bound is no exact p-value.
+    plain = combine(s, labels, n_classes=k, label_null=label_null(probs), floor=())
+    floor = -np.log10(np.minimum(1.0, 3 * read.tail_p[["high_loss", "label_quality"]].min(axis=1).to_numpy()))
+    np.testing.assert_allclose(read.suspicion, np.maximum(plain.suspicion, floor))
+    flagged = read.suspicion >= DEFAULT_THRESHOLD
+    assert flagged[flipped].mean() >= (plain.suspicion[flipped] >= DEFAULT_THRESHOLD).mean() + 0.1
+    assert np.delete(flagged, flipped).mean() <= 0.01
     with pytest.raises(InputError, match="label_null must be label_null"):
         combine(s, labels, label_null=np.array([[0.5, 0.1], [0.2, 0.3]]))

@@ -115,6 +115,19 @@ is confirmed there): tuning seeds (0-4, 65 cells) short of the best signal - 0.0
 (100-109, after the choice; 130 cells) short from 10 to 9 (sinusoid 106 -0.03 to 0.00), flagged 0.849 to 0.855
 (8-epoch: short 2 to 1, warp 101 -0.04 to 0.00, flagged 0.888 to 0.929); no cell fell.
 
+**Label signals set a floor where the gate opens.** Once the gate has found more improbable labels than a calibrated
+model draws, the labels were attacked, and a label signal's probability under the model's own predicted distribution
+is an exact p-value, as a confirmed trigger's is: ``high_loss`` and ``label_quality`` then set floors too (four rules
+beside a one-way relabelling: the sum, ``targeted_flip`` and the two). Where the gate stays shut (the bound ``k q`` is
+no p-value of its own) nothing changes. On the attack matrix's random flips (``fusion_lab.py``, ``no_label_floor``
+against ``shipped``) the tuning seeds' ranking stayed as it was (0-4: no cell short of the best signal - 0.02 either
+way) and the flips flagged at 2 rose from 0.31 to 0.34 of them on average (17-19% flipped: 0.1% to 7%); on the report
+seeds (100-109; 104 and 108 looked at while choosing between one label signal and both, both kept as the tuning seeds
+chose) cells short from 2 to 1 (108 -0.07 to -0.04, 104 -0.03 to -0.02), flagged 0.33 to 0.37, and the clean samples
+of those cells flagged at most 1.11% (from 1.48%: the relabelling's floor, now read over four rules, had put natural
+confusions of a pair over the threshold). The flips flagged stay few where a fifth of the labels are flipped: the model
+learned the noise, and its own predicted distribution is then wide.
+
 **The ``"by_class"`` null** (``spectral``, ``robust_spectral``, ``low_loss``: signals that see a backdoor in the one
 class it relabels to). A tail fitted to the bulk's median and quartiles cannot see a mode of clean samples beyond them:
 on the attack matrix's clean review snippets 3-5% of each class lie 30 to 600 robust spreads from its core (short
@@ -165,8 +178,9 @@ MAX_GAIN = 1e6
 #: Default threshold: an estimated 1% of clean samples reach it.
 DEFAULT_THRESHOLD = 2.0
 #: Signals whose own tail probability bounds the suspicion from below (see :func:`combine`'s ``floor``): a confirmed
-#: trigger's exact p-value, a one-way relabelling's estimated share of clean samples (its ``"posterior"`` null).
-FLOOR_SIGNALS = ("trigger", "targeted_flip")
+#: trigger's exact p-value, a one-way relabelling's estimated share of clean samples (its ``"posterior"`` null), the
+#: label signals' p-values under the model's own predicted distribution (only where the label gate opens).
+FLOOR_SIGNALS = ("trigger", "targeted_flip", "high_loss", "label_quality")
 #: The label signals read the model's own predicted distribution (:func:`label_null`) when more labels lie at a
 #: predicted share at most ``LABEL_ALPHA`` than a calibrated model would draw, at a one-sided binomial p-value
 #: below ``LABEL_GATE`` (a label attack); otherwise the bound ``k q``.
@@ -445,9 +459,10 @@ def combine(
     floor : collection of str
         Signals whose tail probability caps a sample's: its suspicion is never below that, whatever the other
         signals say: the p-value of an exact null (``"exact_p"``), or the estimated share of clean samples at or
-        above of a ``"posterior"`` null, times the number of rules that can flag a sample (the sum, and each floor
-        signal present: a Bonferroni bound over them). Default: :data:`FLOOR_SIGNALS` (a confirmed trigger, a one-way
-        relabelling); ``()`` for the plain sum.
+        above of a ``"posterior"`` null, or a label signal's p-value where the label gate opens, times the number of
+        rules that can flag a sample (the sum, and each floor signal present: a Bonferroni bound over them). Default:
+        :data:`FLOOR_SIGNALS` (a confirmed trigger, a one-way relabelling, the label signals); ``()`` for the plain
+        sum.
     label_null : ndarray, optional
         :func:`label_null` of the model's predicted probabilities. The label signals (``label_loss``,
         ``label_doubt``) are then read against it wherever the labels show an attack (:data:`LABEL_GATE`), else
@@ -498,13 +513,15 @@ def combine(
         if curve is not None and null_kind(name) in ("label_loss", "label_doubt"):
             label_q[name] = _label_q(null_kind(name), s)
     gate = float("nan")
+    gate_open = False
     if label_q:
         read = {name: np.clip(np.nan_to_num(_label_p(q, curve, k), nan=1.0), 1e-300, 1.0)  # type: ignore[arg-type]
                 for name, q in label_q.items()}
         # More improbable labels than a calibrated model draws: the labels were attacked, and the exact null
         # ranks the attacked labels where the bound would leave most of them at 1 (random flips: see the docstring).
         gate = min(float(stats.binom.sf(int((p <= LABEL_ALPHA).sum()) - 1, n, LABEL_ALPHA)) for p in read.values())
-        if gate < LABEL_GATE:
+        gate_open = gate < LABEL_GATE
+        if gate_open:
             tails.update(read)
     tail_p = pd.DataFrame(tails)
     p = tail_p.to_numpy()
@@ -515,12 +532,14 @@ def combine(
     # A floor signal bounds the suspicion from below (its p-value or share, Bonferroni-corrected over the rules: the
     # sum and each floor): silent signals beside a confirmed trigger or a one-way relabelling must not drown what it
     # found.
-    chosen = set(floor)
-    floored = [name for name in names if name in chosen]
-    inexact = [name for name in floored if null_kind(name) not in ("exact_p", "posterior")]
+    chosen = [name for name in names if name in set(floor)]
+    inexact = [name for name in chosen if null_kind(name) not in ("exact_p", "posterior", "label_loss", "label_doubt")]
     if inexact:
-        raise InputError(f"floor names {inexact}, whose null is neither an exact p-value nor a share of clean "
-                         "samples; only such a signal can set a floor")
+        raise InputError(f"floor names {inexact}, whose null is neither an exact p-value, a share of clean samples "
+                         "nor a label's probability; only such a signal can set a floor")
+    # A label signal's p-value is exact only under the model's own predicted distribution, read where the gate
+    # opened: a label attack confirmed, as a trigger is by its test.
+    floored = [name for name in chosen if null_kind(name) not in ("label_loss", "label_doubt") or gate_open]
     rules = 1 + len(floored)
     for name in floored:
         tail = np.minimum(tail, np.minimum(1.0, rules * tail_p[name].to_numpy()))
