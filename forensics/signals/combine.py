@@ -126,8 +126,9 @@ seeds (100-109; 104 and 108 looked at while choosing between one label signal an
 chose) cells short from 2 to 1 (108 -0.07 to -0.04, 104 -0.03 to -0.02), flagged 0.33 to 0.37, and the clean samples
 of those cells flagged at most 1.11% (from 1.48%: the relabelling's floor, now read over four rules, had put natural
 confusions of a pair over the threshold). The gate stayed shut, and the scores as they were, on the 25 backdoor cells
-of the tuning seeds and the 40 image-wide ones of the report seeds rebuilt beside them. The flips flagged stay few
-where a fifth of the labels are flipped: the model learned the noise, and its own predicted distribution is then wide.
+of the tuning seeds and the 40 image-wide cells, 10 pair flips and 10 clean image controls of the report seeds
+rebuilt beside them. The flips flagged stay few where a fifth of the labels are flipped: the model learned the noise,
+and its own predicted distribution is then wide.
 
 **The ``"by_class"`` null** (``spectral``, ``robust_spectral``, ``low_loss``: signals that see a backdoor in the one
 class it relabels to). A tail fitted to the bulk's median and quartiles cannot see a mode of clean samples beyond them:
