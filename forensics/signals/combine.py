@@ -534,7 +534,8 @@ def combine(
     # A floor signal bounds the suspicion from below (its p-value or share, Bonferroni-corrected over the rules: the
     # sum and each floor): silent signals beside a confirmed trigger or a one-way relabelling must not drown what it
     # found.
-    chosen = [name for name in names if name in set(floor)]
+    wanted = set(floor)
+    chosen = [name for name in names if name in wanted]
     inexact = [name for name in chosen if null_kind(name) not in ("exact_p", "posterior", "label_loss", "label_doubt")]
     if inexact:
         raise InputError(f"floor names {inexact}, whose null is neither an exact p-value, a share of clean samples "
