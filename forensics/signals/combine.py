@@ -515,15 +515,13 @@ def combine(
         if curve is not None and null_kind(name) in ("label_loss", "label_doubt"):
             label_q[name] = _label_q(null_kind(name), s)
     gate = float("nan")
-    gate_open = False
     if label_q:
         read = {name: np.clip(np.nan_to_num(_label_p(q, curve, k), nan=1.0), 1e-300, 1.0)  # type: ignore[arg-type]
                 for name, q in label_q.items()}
         # More improbable labels than a calibrated model draws: the labels were attacked, and the exact null
         # ranks the attacked labels where the bound would leave most of them at 1 (random flips: see the docstring).
         gate = min(float(stats.binom.sf(int((p <= LABEL_ALPHA).sum()) - 1, n, LABEL_ALPHA)) for p in read.values())
-        gate_open = gate < LABEL_GATE
-        if gate_open:
+        if gate < LABEL_GATE:
             tails.update(read)
     tail_p = pd.DataFrame(tails)
     p = tail_p.to_numpy()
@@ -541,8 +539,8 @@ def combine(
         raise InputError(f"floor names {inexact}, whose null is neither an exact p-value, a share of clean samples "
                          "nor a label's probability; only such a signal can set a floor")
     # A label signal's p-value is exact only under the model's own predicted distribution, read where the gate
-    # opened: a label attack confirmed, as a trigger is by its test.
-    floored = [name for name in chosen if null_kind(name) not in ("label_loss", "label_doubt") or gate_open]
+    # opened (never where it is NaN: no label null): a label attack confirmed, as a trigger is by its test.
+    floored = [name for name in chosen if null_kind(name) not in ("label_loss", "label_doubt") or gate < LABEL_GATE]
     rules = 1 + len(floored)
     for name in floored:
         tail = np.minimum(tail, np.minimum(1.0, rules * tail_p[name].to_numpy()))
