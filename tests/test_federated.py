@@ -1165,6 +1165,8 @@ def test_client_report_without_the_recording_or_a_flag_and_its_input_checks(host
     assert "give the recorder to see it" in page and "No sybil group" in page
     assert "No client reaches suspicion 2. The 10 most suspicious, for the record:" in page
     assert "<p class='verdict pass'>No client of 200 reaches suspicion &gt;= 2 over rounds 5-7" in page
+    # Fake devices that each keep data of their own are not flagged: the page points to the trigger screen.
+    assert "<li>Screen the group of look-alike clients that no signal flags for a planted trigger: " in page
     with pytest.raises(InputError, match="report must be a ClientReport .*; got DataFrame"):
         client_report_html(hostile.report.table)
     with pytest.raises(InputError, match="recorder must be an UpdateRecorder .*; got str"):

@@ -291,9 +291,17 @@ def _summary(report: ClientReport, recorder: UpdateRecorder | None, verdict: str
 def _next_steps(report: ClientReport, recorder: UpdateRecorder | None) -> str:
     t = report.table
     flagged = t[t["is_flagged"].to_numpy(dtype=bool)]
+    # The analysis reads how updates relate to each other: fake devices that each keep data of their own (and a few
+    # poisoned images) look like honest devices of one class, and only what their updates teach tells them apart.
+    unflagged = report.groups[report.groups["n_flagged"] == 0] if len(report.groups) else report.groups
+    which = "the group" if len(unflagged) == 1 else f"the {len(unflagged):,} groups"
+    screen = (f"Screen {which} of look-alike clients that no signal flags for a planted trigger: "
+              "forensics.federated.screen_group_triggers(model, updates, report.groups, probe_images) "
+              "rebuilds the trigger each group's mean update induces and names the clients whose own update pushes "
+              "it; a trigger pushed by many is confirmed with group_effect.") if len(unflagged) else ""
     if not len(flagged):
         steps = ["Nothing to exclude. Keep recording the rounds: a sybil group stands out once its members have "
-                 "sent updates over a few rounds."]
+                 "sent updates over a few rounds.", *([screen] if screen else [])]
     else:
         steps = [f"Leave the {len(flagged):,} flagged client(s) out of the aggregation from now on "
                  "(AggregationGuard(recorder, sticky=True) does it round by round) and re-aggregate the rounds since "
@@ -303,6 +311,8 @@ def _next_steps(report: ClientReport, recorder: UpdateRecorder | None) -> str:
                          "images, labels=..., trigger=...) with the mean update of its "
                          f"{int(row['size']):,} members (attack success with and without it, and which classes "
                          "gain predictions).")
+        if screen:
+            steps.append(screen)
         if recorder is not None and len(_metadata(recorder).columns):
             steps.append("Look at what the flagged clients share in their recorded metadata (in the table below): "
                          "the devices, accounts or enrolments behind a sybil group are the ones to block.")
