@@ -267,6 +267,9 @@ def score_cell(cell: Cell, work: Path, *, rescore: bool = False) -> pd.DataFrame
     metrics["clean_accuracy"] = f.attack.get("clean_accuracy", np.nan)
     metrics["confirmed"] = "; ".join(confirmed)
     metrics["signals_s"] = signal_seconds
+    # What the verdict says of the labels: the gate (attacked labels below LABEL_GATE) and cleanlab's count.
+    metrics["label_gate"] = info.get("label_gate", np.nan)
+    metrics["label_issues"] = info.get("label_issues", np.nan)
     metrics["triggers_s"] = trigger_seconds
     folder.mkdir(parents=True, exist_ok=True)
     cols = [c for c in table.columns if c.endswith("_score") or c == "suspicion"]
@@ -372,6 +375,23 @@ def control_table(rows: pd.DataFrame) -> pd.DataFrame:
                                    worst_flagged=("flagged_share", "max")).reset_index()
 
 
+def labels_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per family: the cells where the label gate opened (the verdict then says the labels look attacked) and
+    cleanlab's count of wrong labels that it gives, against the poison planted."""
+    if "label_issues" not in rows:
+        return pd.DataFrame()
+    c = rows[rows["method"] == "combined"].drop_duplicates(["family", "seed"])
+    out = []
+    for family, g in c.groupby("family", sort=False):
+        opened = g["label_gate"].to_numpy(dtype=float) < q.combine.LABEL_GATE
+        ratio = (g["label_issues"] / g["n_poison"].where(g["n_poison"] > 0))[opened]
+        out.append({"family": family, "cells": len(g), "gate opened": int(opened.sum()),
+                    "poison: median": g["n_poison"].median(), "counted wrong: median": g["label_issues"].median(),
+                    "min": g["label_issues"].min(), "max": g["label_issues"].max(),
+                    "counted / poison where it opened: median": ratio.median() if ratio.notna().any() else np.nan})
+    return pd.DataFrame(out)
+
+
 def cells_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per cell: parameters, ASR, the suspicion before and after, the best signal and the best anchor."""
     out = []
@@ -403,6 +423,8 @@ def report(rows: pd.DataFrame, command: str, total: float) -> str:
         ">= 0.5; label and source attacks always count). Context-only signals (`knn_outlier`) are not counted as "
         "signals: they are never summed into the suspicion.\n\n" + q.frame_markdown(family_table(rows)),
         "## Clean controls: share flagged at t = 2\n\n" + q.frame_markdown(control_table(rows)),
+        "## The labels: where the gate opened, and cleanlab's count of wrong labels\n\n"
+        + q.frame_markdown(labels_table(rows)),
         "## Every cell\n\n" + q.frame_markdown(cells_table(rows)),
     ])
 

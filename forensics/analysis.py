@@ -180,6 +180,8 @@ def investigate(
         # The label null of the model's predictions (combine's label_null), for the same reason.
         "label_null": None if info["label_null"] is None else info["label_null"].tolist(),
         "label_gate": info["label_gate"] if np.isfinite(info["label_gate"]) else None,
+        # cleanlab's count of wrong labels (label_quality's out-of-fold probabilities), for the verdict.
+        "label_issues": info.get("label_issues"),
         "reference_model_trained": trained, "activation_meta": {k: str(v) for k, v in meta.items()},
         "toolkit_version": info["toolkit_version"], "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -96,6 +96,9 @@ def test_investigate_trains_a_reference_model_and_finds_the_planted_poison(poiso
     curve = inv.label_null
     assert curve.shape == (256, 2) and (np.diff(curve[:, 1]) >= 0).all() and curve[-1, 1] == 1.0
     assert 0.0 <= inv.params["label_gate"] <= 1.0
+    # cleanlab's count of wrong labels, for the verdict: of the 100 planted (40 flipped, 60 patched and relabelled
+    # 0), the reference model memorized most, so its activations agree with them (measured 19).
+    assert isinstance(inv.params["label_issues"], int) and 5 <= inv.params["label_issues"] <= 100
     scores = {c[: -len("_score")]: inv.signals[c].to_numpy() for c in inv.signals.columns if c.endswith("_score")}
     again = combine(scores, ds.labels, n_classes=len(ds.class_names), label_null=curve)
     np.testing.assert_array_equal(again.suspicion, inv.signals["suspicion"].to_numpy())

@@ -13,7 +13,7 @@ import pytest
 from forensics import Dataset, Investigation
 from forensics.errors import InputError
 from forensics.integrity import canary_report, diff, make_manifest
-from forensics.report import render_report, scan_verdict
+from forensics.report import next_steps, render_report, scan_verdict
 
 HOSTILE = ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>")
 
@@ -205,6 +205,28 @@ def test_scan_verdict_counts_exactly_and_checks_its_options():
         render_report(inv, top=0, include_map=False)
 
 
+def test_the_verdict_says_how_many_labels_are_wrong_where_the_labels_show_an_attack():
+    ds = _hostile_text_dataset()
+    inv = _investigation(ds)
+    quiet = Investigation(ds, signals=inv.signals, params={"label_gate": 0.4, "label_issues": 2})
+    assert "labels" not in scan_verdict(quiet).text  # the gate shut: ambiguous labels are no finding
+    page = render_report(quiet, include_map=False)
+    assert "about 2 estimated wrong (cleanlab&#x27;s count on out-of-fold predictions" in page
+    # Random flips the model half learned: few flagged (3 here), the count says how many there are.
+    noisy = Investigation(ds, signals=inv.signals, params={"label_gate": 8.1e-51, "label_issues": 12})
+    v = scan_verdict(noisy, fail_above=0.05)
+    assert v.text == (
+        "PASS: 3 of 60 samples (5.00%) reach suspicion >= 2 (about 1% of clean samples do by chance), within the "
+        "5.00% allowed; more labels are improbable under the model than its own predictions allow (label noise or "
+        "flipping, p = 8.1e-51): about 12 (20.0%) estimated wrong.")
+    steps = next_steps(noisy)
+    assert ("Review the labels: about 12 are estimated wrong and 3 samples reach the threshold; the label signals "
+            "rank wrong labels first, so review the first 12 by suspicion, not only the flagged ones.") in steps
+    assert not any(step.startswith("Nothing stands out") for step in steps)
+    without_count = Investigation(ds, signals=inv.signals, params={"label_gate": 1e-9})
+    assert scan_verdict(without_count).text.endswith("(label noise or flipping, p = 1.0e-09).")
+
+
 def test_summary_names_each_signal_in_the_registry_words_with_its_changed_parameters():
     from forensics.signals import register, unregister
 
@@ -254,8 +276,6 @@ def test_the_clusters_table_names_the_noise_and_keeps_the_other_columns_one_clic
 
 
 def test_what_to_do_next_names_the_trigger_the_island_and_the_source_in_words():
-    from forensics.report import next_steps
-
     ds = _hostile_text_dataset()
     n = len(ds)
 

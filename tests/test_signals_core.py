@@ -10,7 +10,7 @@ from scipy import stats
 
 from forensics.errors import InputError
 from forensics.signals.clustering import activation_clustering, cluster_classes, cluster_evidence, split_p_values
-from forensics.signals.label_quality import label_issue_scores, out_of_fold_probs
+from forensics.signals.label_quality import estimated_label_issues, label_issue_scores, out_of_fold_probs
 from forensics.signals.loss import high_loss, low_loss_within_class, robust_z_within_class
 from forensics.signals.neighbors import knn_distance_outlier, knn_label_disagreement
 from forensics.signals.spectral import robust_spectral, spectral_signature
@@ -121,6 +121,19 @@ def test_label_issue_scores_from_features_rank_flips_first(flipped):
     scores = label_issue_scores(labels, features=features)
     np.testing.assert_array_equal(_top(scores, 5), flips)
     assert np.all((scores >= 0) & (scores <= 1))
+
+
+def test_the_count_of_wrong_labels_is_zero_on_clean_classes_and_near_the_planted_flips(clean):
+    features, labels = clean
+    assert estimated_label_issues(labels, out_of_fold_probs(features, labels)) == 0
+    rng = np.random.default_rng(3)
+    flips = rng.choice(len(labels), 90, replace=False)
+    noisy = labels.copy()
+    noisy[flips] = (labels[flips] + rng.integers(1, N_CLASSES, len(flips))) % N_CLASSES
+    # cleanlab's confident-joint count (measured 81 of the 90): a size to report, not a list.
+    assert 80 <= estimated_label_issues(noisy, out_of_fold_probs(features, noisy)) <= 90
+    with pytest.raises(InputError, match="pred_probs"):
+        estimated_label_issues(labels, np.full((5, 3), 1 / 3))
 
 
 def test_label_issue_scores_from_pred_probs_is_one_minus_self_confidence():

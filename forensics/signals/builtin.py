@@ -56,7 +56,11 @@ def _label_quality(ctx: SignalContext, *, method: str) -> np.ndarray:
     if method != "self_confidence":  # the combination reads the score as one minus a probability
         raise InputError(f"the label_quality signal scores self_confidence (one minus the out-of-fold probability of "
                          f"the label); got method={method!r}: call label_issue_scores for the other methods")
-    return label_quality.label_issue_scores(ctx.labels, pred_probs=ctx.out_of_fold(), method=method)
+    oof = ctx.out_of_fold()
+    # How many labels are wrong, for the verdict: a model that half learned flipped labels leaves most of them
+    # below the threshold, and the count still says how many there are.
+    ctx.outputs["label_issues"] = label_quality.estimated_label_issues(ctx.labels, oof)
+    return label_quality.label_issue_scores(ctx.labels, pred_probs=oof, method=method)
 
 
 @register("targeted_flip", reason="looks like a class that its label holds far too many of (a one-way relabelling)",

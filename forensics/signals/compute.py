@@ -94,8 +94,8 @@ def compute_signals(
         in ``shared_seconds``), ``skipped`` signals and why, ``signals`` that ran, ``signal_params`` (the effective
         parameters of every signal asked for), the combination's ``threshold``, ``random_state``, the toolkit's
         version, and the intermediates kept for an investigation (``duplicate_groups``, ``shared_marks``,
-        ``relabelled_pairs``) when they were computed; ``anchored``: the signals whose null the trusted set gave,
-        and ``null_scores``: the trusted samples' scores on them.
+        ``relabelled_pairs``, ``label_issues``) when they were computed; ``anchored``: the signals whose null the
+        trusted set gave, and ``null_scores``: the trusted samples' scores on them.
     """
     if signals is None and trusted is not None:  # the default set, and what reads the trusted samples
         signals = [*default_signals(), *(s.name for s in registered_signals() if "trusted" in s.needs)]

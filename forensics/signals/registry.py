@@ -262,7 +262,7 @@ class SignalContext:
     ----------
     outputs : dict
         Intermediates an investigation keeps beside the scores (``duplicate_groups``, ``shared_marks``,
-        ``relabelled_pairs``), filled as they are computed.
+        ``relabelled_pairs``, ``label_issues``), filled as they are computed.
     seconds : dict
         Seconds spent on each shared intermediate (included in the time of the signal that first asked for it).
     """
