@@ -11,9 +11,12 @@ norm (``noise`` 1.0). Ten rounds. Per cell the same federation runs under:
   leave the flagged clients out of FedAvg, and out of their next ``HOLD`` = 3 updates too); its report at round 5
   (the third round of the sybils) gives the sybil recall and the share of honest clients flagged;
 - ``guard_sticky`` (only when asked for): the same guard with ``sticky=True``, a client flagged once is left out for
-  good;
+  good; ``guard_probation`` (only when asked for): with ``probation=1``, a client joining after round 0 sits out its
+  first update (recorded and analysed, not aggregated);
 - ``krum``, ``median``, ``trimmed``: Flower's own ``aggregate_krum`` (told the true number of attackers),
   ``aggregate_median`` and ``aggregate_trimmed_avg`` (cut 0.2), from ``flwr.server.strategy.aggregate``;
+- ``honest_only`` (only when asked for): FedAvg over the honest clients alone, the same federation with every sybil left
+  out by a defence that knew the truth: the best any exclusion can do;
 - ``clean``: FedAvg without any attacker (the honest accuracy to keep).
 
 Attack success (ASR) = share of triggered test images (2,000 test images, those not of class 0) predicted as 0;
@@ -66,7 +69,10 @@ from forensics.federated.guard import AggregationGuard
 from forensics.redteam.federated import SYBIL_DATA, FederatedScenario, fedavg, simulate_federation
 
 WORK = Path(__file__).resolve().parent / "_work" / "federated"
-AGGREGATORS = ("fedavg", "guard", "guard_sticky", "krum", "median", "trimmed", "clean")
+AGGREGATORS = ("fedavg", "guard", "guard_sticky", "guard_probation", "krum", "median", "trimmed", "honest_only",
+               "clean")
+#: Run only when asked for (``--aggregators``).
+OPTIONAL = ("guard_sticky", "guard_probation", "honest_only")
 JOIN = 3
 N_SYBILS = 100
 
@@ -157,9 +163,12 @@ def run_cell(honest: int, alpha: float, noise: float, seed: int, data: Any,
         t0 = time.perf_counter()
         sc = scenario(honest, alpha, noise, seed, attack=kind != "clean", sybil_data=sybil_data, sybils=sybils)
         guard = None
-        if kind in ("guard", "guard_sticky"):
-            guard = AggregationGuard(UpdateRecorder(), sticky=kind == "guard_sticky")
+        if kind in ("guard", "guard_sticky", "guard_probation"):
+            guard = AggregationGuard(UpdateRecorder(), sticky=kind == "guard_sticky",
+                                     probation=int(kind == "guard_probation"))
             run = simulate_federation(sc, *data, aggregate=guarded(guard))
+        elif kind == "honest_only":
+            run = simulate_federation(sc, *data, aggregate=honest_only)
         elif kind in ("fedavg", "clean"):
             run = simulate_federation(sc, *data)
         else:
@@ -768,6 +777,20 @@ def report(args: argparse.Namespace) -> None:
                                                             "trimmed")) + " |")
 
 
+    # Where the newcomers' probation and the honest-only oracle ran: what exclusion can reach at best.
+    more = [d for d in rows if "guard_probation" in d or "honest_only" in d]
+    if more:
+        kinds = ("fedavg", "guard", "guard_probation", "honest_only", "clean")
+        print("\n| honest | alpha | noise | seed | recall r3: guard / + probation | ASR fedavg | guard | guard + "
+              "probation | honest only | clean | acc fedavg | guard | guard + probation | honest only | clean |")
+        print("|" + "---|" * 15)
+        for d in more:
+            rec = " / ".join(f"{d[k]['recall_r3']:.2f}" if k in d else "not run" for k in ("guard", "guard_probation"))
+            print(f"| {d['honest']} | {d['alpha']} | {d['noise']} | {d['seed']} | {rec} | "
+                  + " | ".join(_cell(d, k, "asr") for k in kinds) + " | "
+                  + " | ".join(_cell(d, k, "accuracy") for k in kinds) + " |")
+
+
 def _cell(d: dict[str, Any], kind: str, key: str) -> str:
     return f"{d[kind][key]:.3f}" if kind in d else "not run"
 
@@ -782,7 +805,7 @@ def main(argv: list[str] | None = None) -> None:
         s.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
         s.add_argument("--noise", type=float, nargs="+", default=[0.0, 1.0])
         s.add_argument("--aggregators", nargs="+", choices=AGGREGATORS,
-                       default=[a for a in AGGREGATORS if a != "guard_sticky"])
+                       default=[a for a in AGGREGATORS if a not in OPTIONAL])
         s.add_argument("--sybil-data", choices=SYBIL_DATA, default="pool",
                        help="each sybil trains on the attacker's pool, or on a fixed shard of its own")
         s.add_argument("--sybils", type=int, default=N_SYBILS, help=f"the group's size ({N_SYBILS})")
