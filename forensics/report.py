@@ -314,10 +314,11 @@ def _summary(inv: Investigation, verdict: Verdict, diff: Any, notes: Sequence[st
     if pairs:
         facts.append(("one-way relabelling", "; ".join(long for _, long in pairs[:5])))
     if params.get("label_issues") is not None:
-        facts.append(("labels", _label_noise(params, len(ds)) or (
-            f"about {int(params['label_issues']):,} estimated wrong (cleanlab's count on out-of-fold predictions: "
-            "ambiguous samples count too, and labels the model memorized do not), no more improbable under the model "
-            "than its own predictions allow")))
+        count = (f"about {int(params['label_issues']):,} estimated wrong (cleanlab's count on out-of-fold "
+                 "predictions: ambiguous samples count too, and labels the model memorized do not)")
+        read = "; no more improbable under the model than its own predictions allow" if params.get("label_gate") \
+            is not None else ""
+        facts.append(("labels", _label_noise(params, len(ds)) or count + read))
     trig = inv.triggers
     if len(trig):
         confirmed = trig[trig["verdict"] == "confirmed"]

@@ -212,6 +212,9 @@ def test_the_verdict_says_how_many_labels_are_wrong_where_the_labels_show_an_att
     assert "labels" not in scan_verdict(quiet).text  # the gate shut: ambiguous labels are no finding
     page = render_report(quiet, include_map=False)
     assert "about 2 estimated wrong (cleanlab&#x27;s count on out-of-fold predictions" in page
+    assert "do not); no more improbable under the model than its own predictions allow</td>" in page
+    no_model = Investigation(ds, signals=inv.signals, params={"label_issues": 2})  # no probabilities, no gate
+    assert "memorized do not)</td>" in render_report(no_model, include_map=False)
     # Random flips the model half learned: few flagged (3 here), the count says how many there are.
     noisy = Investigation(ds, signals=inv.signals, params={"label_gate": 8.1e-51, "label_issues": 12})
     v = scan_verdict(noisy, fail_above=0.05)
