@@ -775,8 +775,6 @@ def report(args: argparse.Namespace) -> None:
               + " | ".join(_cell(d, k, "asr") for k in ("fedavg", "guard", "krum", "median", "trimmed")) + " | "
               + " | ".join(_cell(d, k, "accuracy") for k in ("clean", "fedavg", "guard", "krum", "median",
                                                             "trimmed")) + " |")
-
-
     # Where the newcomers' probation and the honest-only oracle ran: what exclusion can reach at best.
     more = [d for d in rows if "guard_probation" in d or "honest_only" in d]
     if more:
