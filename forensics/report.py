@@ -135,13 +135,18 @@ def _label_noise(params: Mapping[str, Any], n: int) -> str:
     Said apart from the flagged share: where a model half learned flipped labels (random flips of 17-18% of the
     attack matrix's images), they rank first but few reach the threshold (1.3% flagged), and the count still says how
     many there are."""
-    gate = params.get("label_gate")
-    if gate is None or not gate < LABEL_GATE:
+    if not _labels_attacked(params):
         return ""
-    issues = params.get("label_issues")
+    gate, issues = params["label_gate"], params.get("label_issues")
     size = "" if issues is None else f": about {int(issues):,} ({int(issues) / max(n, 1):.1%}) estimated wrong"
     return (f"more labels are improbable under the model than its own predictions allow (label noise or flipping, "
             f"p = {float(gate):.1e}){size}")
+
+
+def _labels_attacked(params: Mapping[str, Any]) -> bool:
+    """Whether the combination's label gate opened (None: no model probabilities, no gate)."""
+    gate = params.get("label_gate")
+    return gate is not None and gate < LABEL_GATE
 
 
 def _relabellings(pairs: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -316,8 +321,8 @@ def _summary(inv: Investigation, verdict: Verdict, diff: Any, notes: Sequence[st
     if params.get("label_issues") is not None:
         count = (f"about {int(params['label_issues']):,} estimated wrong (cleanlab's count on out-of-fold "
                  "predictions: ambiguous samples count too, and labels the model memorized do not)")
-        read = "; no more improbable under the model than its own predictions allow" if params.get("label_gate") \
-            is not None else ""
+        gated = params.get("label_gate") is not None
+        read = "; no more improbable under the model than its own predictions allow" if gated else ""
         facts.append(("labels", _label_noise(params, len(ds)) or count + read))
     trig = inv.triggers
     if len(trig):
@@ -454,7 +459,7 @@ def next_steps(inv: Investigation, *, threshold: float = DEFAULT_THRESHOLD, max_
                          f"({_pct(row['mean'])}) are flagged, against {_pct(overall)} overall; if it is not to be "
                          "trusted, drop everything it contributed.")
     issues = inv.params.get("label_issues")
-    if _label_noise(inv.params, len(ds)) and issues is not None and int(issues) > flagged.sum():
+    if _labels_attacked(inv.params) and issues is not None and int(issues) > flagged.sum():
         steps.append(f"Review the labels: about {int(issues):,} are estimated wrong and {int(flagged.sum()):,} "
                      f"samples reach the threshold; the label signals rank wrong labels first, so review the first "
                      f"{int(issues):,} by suspicion, not only the flagged ones.")
